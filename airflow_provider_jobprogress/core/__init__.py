@@ -1,0 +1,38 @@
+"""The shared core: job vocabulary, policies, errors and the sans-I/O protocol machinery."""
+
+from airflow_provider_jobprogress.core.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    JobCancelledError,
+    JobFailedError,
+    JobNotFoundError,
+    JobProgressError,
+    JobTimeoutError,
+    OperationNotSupportedError,
+    RateLimitedError,
+    ResultNotReadyError,
+    VendorResponseError,
+    VendorUnavailableError,
+)
+from airflow_provider_jobprogress.core.model import JobProgress, JobState
+from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy, parse_retry_after
+
+__all__ = [
+    "AuthenticationError",
+    "InvalidRequestError",
+    "JobCancelledError",
+    "JobFailedError",
+    "JobNotFoundError",
+    "JobProgress",
+    "JobProgressError",
+    "JobState",
+    "JobTimeoutError",
+    "OperationNotSupportedError",
+    "PollPolicy",
+    "RateLimitedError",
+    "ResultNotReadyError",
+    "RetryPolicy",
+    "VendorResponseError",
+    "VendorUnavailableError",
+    "parse_retry_after",
+]

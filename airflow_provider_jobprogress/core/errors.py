@@ -1,0 +1,97 @@
+"""The error hierarchy: every error names the vendor and the job, and never carries a secret."""
+
+from __future__ import annotations
+
+
+class JobProgressError(Exception):
+    """Base of every error this provider raises.
+
+    The message always starts with the vendor and the job id (or what was being done when there is
+    no job yet) and ends with what to do next where there is something to do.
+    """
+
+    hint: str = ""
+
+    def __init__(self, vendor: str, job_id: str | None, message: str, *, hint: str | None = None) -> None:
+        self.vendor = vendor
+        self.job_id = job_id
+        self.detail = message
+        if hint is not None:
+            self.hint = hint
+        super().__init__(self._compose())
+
+    def _compose(self) -> str:
+        subject = f"{self.vendor} job {self.job_id}" if self.job_id else self.vendor
+        text = f"{subject}: {self.detail}"
+        return f"{text}. {self.hint}" if self.hint else text
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep the typed error intact when it crosses process boundaries (pickling).
+        return (_rebuild, (type(self), self.vendor, self.job_id, self.detail, self.hint, dict(self.__dict__)))
+
+
+def _rebuild(
+    cls: type[JobProgressError], vendor: str, job_id: str | None, detail: str, hint: str, state: dict[str, object]
+) -> JobProgressError:
+    err = cls.__new__(cls)
+    JobProgressError.__init__(err, vendor, job_id, detail, hint=hint)
+    err.__dict__.update(state)
+    return err
+
+
+class AuthenticationError(JobProgressError):
+    """The vendor refused our credentials or token (after one fresh login)."""
+
+    hint = "Check the login, password, license or client credentials in the Airflow connection"
+
+
+class JobNotFoundError(JobProgressError):
+    """The vendor does not know this job (wrong id, or the vendor forgot it)."""
+
+    hint = "Check the job id; finished jobs may have been dropped by the vendor"
+
+
+class RateLimitedError(JobProgressError):
+    """The vendor asked us to slow down (HTTP 429) for longer than we wait in one call."""
+
+    def __init__(self, vendor: str, job_id: str | None, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(vendor, job_id, message, hint="Poll less often or raise the vendor quota")
+
+
+class InvalidRequestError(JobProgressError):
+    """The vendor rejected what we asked for (HTTP 400/422): the job specification or change is wrong."""
+
+
+class VendorResponseError(JobProgressError):
+    """The vendor answered something we cannot read (HTML page, empty body, unknown code, bad JSON)."""
+
+    hint = "The server may be a proxy or a different API version; check the connection's host and API"
+
+
+class VendorUnavailableError(JobProgressError):
+    """The vendor could not be reached or kept failing (connection errors, timeouts, 5xx) after retries."""
+
+    hint = "The server may be down or overloaded; the task can be retried"
+
+
+class OperationNotSupportedError(JobProgressError):
+    """The vendor API has no such operation (for example cancelling a ScriptX PDF job)."""
+
+
+class ResultNotReadyError(JobProgressError):
+    """The job has no result yet because it has not finished."""
+
+    hint = "Wait for the job with a sensor before fetching its result"
+
+
+class JobFailedError(JobProgressError):
+    """The job ended in the vendor's failed state."""
+
+
+class JobCancelledError(JobProgressError):
+    """The job ended cancelled or abandoned."""
+
+
+class JobTimeoutError(JobProgressError):
+    """The job did not reach a terminal state before the deadline."""

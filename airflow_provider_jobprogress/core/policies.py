@@ -1,0 +1,151 @@
+"""Poll and retry policies: plain JSON-able values, because they travel inside trigger kwargs."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import pendulum
+
+_POLL_KINDS = ("fixed", "exponential", "sequence")
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """How long to wait between two progress polls.
+
+    - ``fixed``: always ``interval`` seconds.
+    - ``exponential``: ``interval * factor**k`` capped at ``max_interval``.
+    - ``sequence``: the vendor's list of intervals, the last one repeating (iTwin asks for 15, 30, 60, 120).
+
+    ``k`` counts polls since the last change of progress when ``restart_on_change`` is set (the vendor
+    sequence restarts whenever the percentage moves), else since the wait began.
+    """
+
+    kind: str = "fixed"
+    interval: float = 30.0
+    factor: float = 2.0
+    max_interval: float = 600.0
+    intervals: tuple[float, ...] = ()
+    restart_on_change: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in _POLL_KINDS:
+            raise ValueError(f"poll policy kind must be one of {_POLL_KINDS}, not {self.kind!r}")
+        if self.kind == "sequence" and not self.intervals:
+            raise ValueError("a sequence poll policy needs at least one interval")
+        values = (self.interval, self.max_interval, *self.intervals)
+        if any(v <= 0 for v in values) or self.factor < 1:
+            raise ValueError("poll intervals must be positive and the factor at least 1")
+
+    @classmethod
+    def fixed(cls, seconds: float) -> PollPolicy:
+        return cls(kind="fixed", interval=seconds)
+
+    @classmethod
+    def exponential(cls, initial: float, *, factor: float = 2.0, max_interval: float = 600.0) -> PollPolicy:
+        return cls(kind="exponential", interval=initial, factor=factor, max_interval=max_interval)
+
+    @classmethod
+    def sequence(cls, intervals: Sequence[float], *, restart_on_change: bool = True) -> PollPolicy:
+        return cls(kind="sequence", intervals=tuple(float(i) for i in intervals), restart_on_change=restart_on_change)
+
+    def delay(self, k: int) -> float:
+        """Seconds to wait before poll number ``k + 1`` (``k`` counted as the class doc says)."""
+        if self.kind == "fixed":
+            return self.interval
+        if self.kind == "exponential":
+            return float(min(self.interval * self.factor ** min(k, 64), self.max_interval))
+        return self.intervals[min(k, len(self.intervals) - 1)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "interval": self.interval,
+            "factor": self.factor,
+            "max_interval": self.max_interval,
+            "intervals": list(self.intervals),
+            "restart_on_change": self.restart_on_change,
+        }
+
+    @classmethod
+    def from_value(cls, value: PollPolicy | Mapping[str, Any] | float | int | None, default: PollPolicy) -> PollPolicy:
+        """Accept what a DAG author writes: a policy, its dict, a number of seconds, or None (default)."""
+        if value is None:
+            return default
+        if isinstance(value, PollPolicy):
+            return value
+        if isinstance(value, int | float):
+            return cls.fixed(float(value))
+        data = dict(value)
+        if "intervals" in data:
+            data["intervals"] = tuple(float(i) for i in data["intervals"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Which failures are retried and how long to back off between tries.
+
+    Transient failures (connection errors, timeouts, HTTP 5xx) are retried ``attempts - 1`` times with
+    exponential backoff and jitter. A 429 waits what the vendor's ``Retry-After`` says, up to
+    ``max_retry_after`` seconds in one call; a longer wait is handed back to the caller as
+    ``RateLimitedError`` so a trigger can sleep it without holding the request open.
+    """
+
+    attempts: int = 5
+    initial_delay: float = 1.0
+    factor: float = 2.0
+    max_delay: float = 60.0
+    jitter: float = 0.25
+    max_retry_after: float = 300.0
+    rate_limit_waits: int = 10
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.rate_limit_waits < 0:
+            raise ValueError("retry attempts must be at least 1 and rate_limit_waits not negative")
+        if min(self.initial_delay, self.max_delay, self.max_retry_after, self.jitter) < 0 or self.factor < 1:
+            raise ValueError("retry delays must not be negative and the factor at least 1")
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th consecutive transient failure (1-based)."""
+        base = min(self.initial_delay * self.factor ** max(failures - 1, 0), self.max_delay)
+        return base + random.uniform(0, base * self.jitter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempts": self.attempts,
+            "initial_delay": self.initial_delay,
+            "factor": self.factor,
+            "max_delay": self.max_delay,
+            "jitter": self.jitter,
+            "max_retry_after": self.max_retry_after,
+            "rate_limit_waits": self.rate_limit_waits,
+        }
+
+    @classmethod
+    def from_value(cls, value: RetryPolicy | Mapping[str, Any] | None) -> RetryPolicy:
+        if value is None:
+            return cls()
+        if isinstance(value, RetryPolicy):
+            return value
+        return cls(**dict(value))
+
+
+def parse_retry_after(value: str | None, *, now: pendulum.DateTime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if unreadable."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = pendulum.instance(parsedate_to_datetime(text))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max((when - (now or pendulum.now("UTC"))).total_seconds(), 0.0)

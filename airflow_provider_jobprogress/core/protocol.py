@@ -1,0 +1,343 @@
+"""Sans-I/O vendor protocol machinery: requests, responses, auth, retries and error mapping as pure flows.
+
+A *flow* is a generator that yields instructions (send this ``Request``, ``Sleep`` this long, give me
+a ``GetToken``) and receives their results; it returns a typed value. Vendor adapters write their
+endpoints as flows once; ``core.session`` runs the same flow with requests on workers and with httpx
+in the triggerer. Nothing in this module touches a socket or a clock.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
+
+from airflow_provider_jobprogress.core.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    JobNotFoundError,
+    JobProgressError,
+    RateLimitedError,
+    VendorResponseError,
+    VendorUnavailableError,
+)
+from airflow_provider_jobprogress.core.model import JobProgress
+from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy, parse_retry_after
+
+T = TypeVar("T")
+
+TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request, built by a vendor adapter. ``url`` is absolute."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] | None = None
+    json: Any = None
+    form: Mapping[str, str] | None = None
+    #: apply the vendor's credentials (False for the login call itself and for pre-signed URLs)
+    authenticated: bool = True
+    #: safe to send twice; a submit is not, so it is only retried when it surely never left
+    idempotent: bool = True
+
+    @property
+    def path(self) -> str:
+        """The URL without query string: what may appear in logs and errors (query strings carry SAS keys)."""
+        return urlsplit(self.url).path
+
+    def with_headers(self, extra: Mapping[str, str]) -> Request:
+        return replace(self, headers={**self.headers, **extra})
+
+
+@dataclass(frozen=True)
+class Response:
+    """A whole (small) HTTP answer. Header names are lower-cased."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @classmethod
+    def build(cls, status: int, headers: Mapping[str, str], body: bytes) -> Response:
+        return cls(status, {k.lower(): v for k, v in headers.items()}, body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Wait this many seconds (time.sleep on workers, asyncio.sleep in the triggerer)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class GetToken:
+    """Ask the session for a valid token; ``stale`` is the token the vendor just refused, if any."""
+
+    stale: Token | None = None
+
+
+@dataclass(frozen=True)
+class Token:
+    """A bearer or session token with its wall-clock expiry. Its repr never shows the value."""
+
+    value: str = field(repr=False)
+    expires_at: float | None = None
+
+    def usable(self, now: float, margin: float) -> bool:
+        return self.expires_at is None or now < self.expires_at - margin
+
+
+class TransportError(Exception):
+    """Raised by a transport into a flow: the request got no HTTP answer.
+
+    ``sent`` is False when the connection was never made (refused, DNS), so even a submit is safe to retry.
+    The message carries the error's class only, never the URL (query strings can hold keys).
+    """
+
+    def __init__(self, kind: str, *, sent: bool) -> None:
+        self.kind = kind
+        self.sent = sent
+        super().__init__(kind)
+
+
+Instruction = Request | Sleep | GetToken
+Flow = Generator[Instruction, Any, T]
+
+
+@dataclass(frozen=True)
+class ConnectionFields:
+    """The parts of an Airflow connection a vendor adapter reads; built by the hooks, sync or async."""
+
+    conn_id: str
+    conn_type: str | None = None
+    host: str | None = None
+    port: int | None = None
+    schema: str | None = None
+    login: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def extra_bool_or_path(self, key: str, default: bool = True) -> bool | str:
+        """Read a ``verify``-style extra: true/false or a CA bundle path."""
+        value = self.extra.get(key, default)
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip()
+        if text.lower() in ("true", "1", "yes", "on", ""):
+            return True
+        if text.lower() in ("false", "0", "no", "off"):
+            return False
+        return text
+
+
+class VendorApi:
+    """Base of the three vendor adapters: the shared request/answer discipline, written once.
+
+    Subclasses set ``vendor`` and ``default_poll_policy``, implement the auth hooks when the vendor
+    uses tokens, and write their endpoints as flows built on :meth:`send`.
+    """
+
+    vendor: ClassVar[str] = "vendor"
+    default_poll_policy: ClassVar[PollPolicy] = PollPolicy.fixed(30)
+    #: renew a token this many seconds before the vendor says it expires
+    token_margin: ClassVar[float] = 60.0
+
+    def __init__(self, *, retry_policy: RetryPolicy | None = None, verify: bool | str = True) -> None:
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.verify = verify
+
+    # -- auth, overridden by vendors ---------------------------------------------------------------
+    @property
+    def uses_token(self) -> bool:
+        return False
+
+    def login(self) -> Flow[Token]:
+        """Flow that obtains a fresh token (only for vendors where ``uses_token``)."""
+        raise NotImplementedError
+        yield  # pragma: no cover - makes this a generator
+
+    def authorize(self, request: Request, token: Token | None) -> Request:
+        """Attach credentials to a request (token header, Basic credentials...)."""
+        return request
+
+    def token_rejected(self, response: Response) -> bool:
+        """True when the answer means the token is stale and one fresh login may cure it."""
+        return response.status == 401
+
+    def error_message(self, response: Response) -> str:
+        """The vendor's human message in an error answer; vendors override to read their body format."""
+        return short_text(response)
+
+    # -- the shared exchange -----------------------------------------------------------------------
+    def send(self, request: Request, job_id: str | None, *, what: str) -> Flow[Response]:
+        """Send ``request`` with credentials, retries and one re-login; return the answer, errors raised.
+
+        2xx answers come back; 401/403/404/400/422/429 and exhausted 5xx become typed errors here,
+        unless ``expect`` handling is needed, in which case use :meth:`exchange` and check yourself.
+        """
+        response = yield from self.exchange(request, job_id, what=what)
+        if response.status >= 300:
+            raise self.status_error(response, job_id, what=what)
+        return response
+
+    def exchange(self, request: Request, job_id: str | None, *, what: str) -> Flow[Response]:
+        """Like :meth:`send` but hands back non-2xx answers other than retried ones, for vendor checks."""
+        policy = self.retry_policy
+        failures = rate_waits = 0
+        token: Token | None = None
+        relogged = False
+        while True:
+            if request.authenticated and self.uses_token:
+                token = yield GetToken(stale=None)
+            try:
+                response: Response = yield (self.authorize(request, token) if request.authenticated else request)
+            except TransportError as exc:
+                failures += 1
+                if (exc.sent and not request.idempotent) or failures >= policy.attempts:
+                    raise self.transport_failure(exc, request, job_id, what=f"{what} ({failures} tries)") from None
+                yield Sleep(policy.backoff(failures))
+                continue
+            if request.authenticated and self.uses_token and not relogged and self.token_rejected(response):
+                relogged = True
+                yield GetToken(stale=token)
+                continue
+            if response.status == 429:
+                wait = parse_retry_after(response.header("retry-after"))
+                rate_waits += 1
+                if wait is None:
+                    wait = policy.backoff(rate_waits)
+                if wait > policy.max_retry_after or rate_waits > policy.rate_limit_waits:
+                    raise RateLimitedError(
+                        self.vendor, job_id, f"{what}: rate limited ({self.error_message(response)})", retry_after=wait
+                    )
+                yield Sleep(wait)
+                continue
+            if response.status in TRANSIENT_STATUSES and request.idempotent and self.is_transient(response):
+                failures += 1
+                if failures < policy.attempts:
+                    yield Sleep(policy.backoff(failures))
+                    continue
+                raise VendorUnavailableError(
+                    self.vendor,
+                    job_id,
+                    f"{what} failed: HTTP {response.status} from {request.path} after {failures} tries "
+                    f"({self.error_message(response)})",
+                )
+            return response
+
+    def is_transient(self, response: Response) -> bool:
+        """Whether a 5xx answer is worth retrying; vendors whose 5xx can carry a verdict override this."""
+        return True
+
+    def status_error(self, response: Response, job_id: str | None, *, what: str) -> JobProgressError:
+        """Map an unexpected HTTP status to the typed error a user can act on."""
+        message = f"{what}: HTTP {response.status}: {self.error_message(response)}"
+        status = response.status
+        if status in (401, 403):
+            return AuthenticationError(self.vendor, job_id, message)
+        if status == 404:
+            return JobNotFoundError(self.vendor, job_id, message)
+        if status == 429:
+            return RateLimitedError(
+                self.vendor, job_id, message, retry_after=parse_retry_after(response.header("retry-after"))
+            )
+        if status in (400, 409, 422):
+            return InvalidRequestError(self.vendor, job_id, message)
+        if status >= 500:
+            return VendorUnavailableError(self.vendor, job_id, message)
+        return VendorResponseError(self.vendor, job_id, message)
+
+    def transport_failure(
+        self, exc: TransportError, request: Request | None, job_id: str | None, *, what: str
+    ) -> VendorUnavailableError:
+        where = f" calling {request.path}" if request is not None else ""
+        return VendorUnavailableError(self.vendor, job_id, f"{what} failed: {exc.kind}{where}")
+
+    # -- parsing helpers shared by vendors ---------------------------------------------------------
+    def parse_json(self, response: Response, job_id: str | None, *, what: str) -> Any:
+        """Decode a JSON answer or raise ``VendorResponseError`` saying what came instead."""
+        try:
+            return json.loads(response.body)
+        except (ValueError, UnicodeDecodeError):
+            raise VendorResponseError(
+                self.vendor, job_id, f"{what}: expected JSON, got {describe_body(response)}"
+            ) from None
+
+    def require(self, data: Any, key: str, job_id: str | None, *, what: str) -> Any:
+        """``data[key]`` from a JSON object, or a ``VendorResponseError`` naming the missing key."""
+        if not isinstance(data, dict) or key not in data:
+            raise VendorResponseError(self.vendor, job_id, f"{what}: answer has no {key!r} field")
+        return data[key]
+
+    # -- endpoints every vendor implements ---------------------------------------------------------
+    def progress(self, job_id: str) -> Flow[JobProgress]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def cancel(self, job_id: str) -> Flow[None]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def check(self) -> Flow[str]:
+        """A harmless call proving the connection works (handshake, version or token); returns a summary."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def results(self, job_id: str) -> Flow[list[ResultPart]]:
+        """Where the job's result is: one or more parts to download (streamed by the session)."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class ResultPart:
+    """One downloadable piece of a job's result.
+
+    ``request`` is fetched streamed; ``name`` is the file name to use under a directory destination.
+    ``value`` is set instead of ``request`` when the result is a small value (an id or a list of paths).
+    """
+
+    name: str
+    request: Request | None = None
+    content_type: str | None = None
+    value: str | None = None
+
+
+def now() -> float:
+    """Wall-clock seconds; tokens and deadlines are wall-clock because triggers move between hosts."""
+    return time.time()
+
+
+def short_text(response: Response, limit: int = 200) -> str:
+    text = " ".join(response.text.split())
+    if not text:
+        return "(empty body)"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def describe_body(response: Response) -> str:
+    """Say what a body looks like without dumping it: for errors about nonsense answers."""
+    if not response.body:
+        return f"an empty body (HTTP {response.status})"
+    kind = response.content_type or "no content type"
+    if b"<html" in response.body[:512].lower() or kind == "text/html":
+        return f"an HTML page (HTTP {response.status}, {kind}): {short_text(response, 80)}"
+    return f"{kind} (HTTP {response.status}): {short_text(response, 80)}"

@@ -1,0 +1,217 @@
+"""Provider metadata that Airflow discovers through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+OL_CONNECT = "Upland OL Connect"
+SCRIPTX = "MeadCo ScriptX.Services"
+ITWIN = "Bentley iTwin"
+
+# The generic trigger, sensor and fetch operator serve every vendor, so each integration lists them.
+_TRIGGER = "airflow_provider_jobprogress.triggers.job_progress"
+_GENERIC_SENSOR = "airflow_provider_jobprogress.sensors.job_progress"
+_FETCH_OPERATOR = "airflow_provider_jobprogress.operators.fetch_result"
+
+
+# The 3.3 UI turns each conn-fields entry into a form field: "label" becomes the field title,
+# schema "default" becomes the initial value (and is written into Connection.extra on save),
+# "enum" makes a dropdown and format "password" masks the field.
+def _verify_field() -> dict[str, Any]:
+    return {
+        "label": "Verify TLS",
+        "description": (
+            'TLS certificate check, as a string: "true" (default) verifies against the system CAs, '
+            '"false" turns the check off, any other value is the path to a CA bundle file.'
+        ),
+        "schema": {"type": ["string", "null"], "default": "true"},
+    }
+
+
+def _olconnect_connection() -> dict[str, Any]:
+    return {
+        "connection-type": "olconnect",
+        "hook-class-name": "airflow_provider_jobprogress.hooks.olconnect.OLConnectHook",
+        "hook-name": "Upland OL Connect",
+        "ui-field-behaviour": {
+            "hidden-fields": [],
+            "relabeling": {
+                "host": "Server",
+                "schema": "Protocol (http or https)",
+                "login": "User (empty: server security off)",
+                "password": "Password",
+            },
+            "placeholders": {
+                "host": "olconnect.example.com",
+                "port": "9340",
+                "schema": "http",
+                "login": "ol-admin",
+            },
+        },
+        "conn-fields": {
+            "auth": {
+                "label": "Authentication",
+                "description": (
+                    "token: log in once and send the auth_token header on later calls; "
+                    "basic: send Basic credentials on every call."
+                ),
+                "schema": {"type": ["string", "null"], "enum": ["token", "basic"], "default": "token"},
+            },
+            "verify": _verify_field(),
+        },
+    }
+
+
+def _scriptx_connection() -> dict[str, Any]:
+    return {
+        "connection-type": "scriptx",
+        "hook-class-name": "airflow_provider_jobprogress.hooks.scriptx.ScriptXHook",
+        "hook-name": "MeadCo ScriptX.Services",
+        "ui-field-behaviour": {
+            "hidden-fields": ["login"],
+            "relabeling": {
+                "host": "Server",
+                "schema": "Protocol (http or https)",
+                "port": "Port (optional)",
+                "password": "License GUID",
+            },
+            "placeholders": {
+                "host": "scriptxservices.meadroid.com",
+                "schema": "https",
+                "port": "41191 on a Windows PC, else empty",
+                "password": "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
+            },
+        },
+        "conn-fields": {
+            "variant": {
+                "label": "Service variant",
+                "description": (
+                    "cloud: MeadCo's hosted service; on_premise: your own ScriptX.Services server; "
+                    "windows_pc: ScriptX.Services for Windows PC on this network (port 41191)."
+                ),
+                "schema": {
+                    "type": ["string", "null"],
+                    "enum": ["cloud", "on_premise", "windows_pc"],
+                    "default": "cloud",
+                },
+            },
+            "verify": _verify_field(),
+        },
+    }
+
+
+def _itwin_connection() -> dict[str, Any]:
+    return {
+        "connection-type": "itwin",
+        "hook-class-name": "airflow_provider_jobprogress.hooks.itwin.ITwinHook",
+        "hook-name": "Bentley iTwin (reality data jobs)",
+        "ui-field-behaviour": {
+            "hidden-fields": ["host", "port", "schema"],
+            "relabeling": {"login": "Client ID", "password": "Client secret"},
+            "placeholders": {"login": "service-xxxxxxxxxxxxxxxxxxxx"},
+        },
+        "conn-fields": {
+            "api": {
+                "label": "Reality API",
+                "description": "The iTwin API that runs the jobs this connection watches.",
+                "schema": {
+                    "type": ["string", "null"],
+                    "enum": ["realitydataanalysis", "realityconversion", "reality-modeling"],
+                    "default": "realitydataanalysis",
+                },
+            },
+            "base_url": {
+                "label": "API base URL",
+                "description": "Root of the iTwin Platform APIs.",
+                "schema": {"type": ["string", "null"], "default": "https://api.bentley.com"},
+            },
+            "token_url": {
+                "label": "Token URL",
+                "description": (
+                    "OAuth2 token endpoint for the client-credentials grant of a service app; "
+                    "empty means https://ims.bentley.com/connect/token."
+                ),
+                # No schema default on purpose: Airflow treats any extra key containing "token" as
+                # secret, so the form would prefill "***" and save it into new connections.
+                "schema": {"type": ["string", "null"]},
+            },
+            "scope": {
+                "label": "OAuth scope",
+                "description": "Scopes requested with the token, separated by spaces.",
+                "schema": {"type": ["string", "null"], "default": "itwin-platform"},
+            },
+            "itwin_id": {
+                "label": "iTwin ID",
+                "description": "The iTwin that holds the jobs' reality data; needed to download outputs.",
+                "schema": {"type": ["string", "null"]},
+            },
+            "verify": _verify_field(),
+        },
+    }
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-jobprogress",
+        "name": "Job Progress",
+        "description": (
+            "Deferrable sensors and operators that wait on long-running vendor jobs "
+            "(Upland OL Connect, MeadCo ScriptX.Services, Bentley iTwin) and bring their results home."
+        ),
+        "integrations": [
+            {
+                "integration-name": OL_CONNECT,
+                "external-doc-url": "https://help.uplandsoftware.com/objectiflune/en/olconnect-api/2025.2/Cookbook/REST_API_Reference/All-In-One_Service.html",
+                "tags": ["service"],
+            },
+            {
+                "integration-name": SCRIPTX,
+                "external-doc-url": "https://support.meadroid.com/Developers/KnowledgeBank/TechnicalReference/ScriptXServices/WebServiceAPIReference/ServiceDescription/GET",
+                "tags": ["service"],
+            },
+            {
+                "integration-name": ITWIN,
+                "external-doc-url": "https://developer.bentley.com/apis/realitydataanalysis/operations/jobs-progress",
+                "tags": ["service"],
+            },
+        ],
+        "hooks": [
+            {"integration-name": OL_CONNECT, "python-modules": ["airflow_provider_jobprogress.hooks.olconnect"]},
+            {"integration-name": SCRIPTX, "python-modules": ["airflow_provider_jobprogress.hooks.scriptx"]},
+            {"integration-name": ITWIN, "python-modules": ["airflow_provider_jobprogress.hooks.itwin"]},
+        ],
+        "triggers": [
+            {"integration-name": OL_CONNECT, "python-modules": [_TRIGGER]},
+            {"integration-name": SCRIPTX, "python-modules": [_TRIGGER]},
+            {"integration-name": ITWIN, "python-modules": [_TRIGGER]},
+        ],
+        "sensors": [
+            {
+                "integration-name": OL_CONNECT,
+                "python-modules": [_GENERIC_SENSOR, "airflow_provider_jobprogress.sensors.olconnect"],
+            },
+            {
+                "integration-name": SCRIPTX,
+                "python-modules": [_GENERIC_SENSOR, "airflow_provider_jobprogress.sensors.scriptx"],
+            },
+            {
+                "integration-name": ITWIN,
+                "python-modules": [_GENERIC_SENSOR, "airflow_provider_jobprogress.sensors.itwin"],
+            },
+        ],
+        "operators": [
+            {
+                "integration-name": OL_CONNECT,
+                "python-modules": ["airflow_provider_jobprogress.operators.olconnect", _FETCH_OPERATOR],
+            },
+            {
+                "integration-name": SCRIPTX,
+                "python-modules": ["airflow_provider_jobprogress.operators.scriptx", _FETCH_OPERATOR],
+            },
+            {
+                "integration-name": ITWIN,
+                "python-modules": ["airflow_provider_jobprogress.operators.itwin", _FETCH_OPERATOR],
+            },
+        ],
+        "connection-types": [_olconnect_connection(), _scriptx_connection(), _itwin_connection()],
+    }

@@ -1,0 +1,49 @@
+"""Hook for Bentley iTwin reality-data jobs (connection type ``itwin``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from airflow_provider_jobprogress.core.errors import JobProgressError
+from airflow_provider_jobprogress.hooks.base import JobProgressHook
+from airflow_provider_jobprogress.vendors.itwin import ITwinApi
+
+
+class ITwinHook(JobProgressHook[ITwinApi]):
+    """Create, submit, follow, cancel and download reality-data jobs of the iTwin Platform.
+
+    The connection holds the service app's client id (login) and secret (password) and extras ``api``
+    (``realitydataanalysis``, ``realityconversion`` or ``reality-modeling``), ``base_url``,
+    ``token_url``, ``scope``, ``itwin_id`` and ``verify``.
+    """
+
+    conn_type: ClassVar[str] = "itwin"
+    default_conn_name: ClassVar[str] = "itwin_default"
+    hook_name: ClassVar[str] = "Bentley iTwin (reality data jobs)"
+    api_class = ITwinApi
+
+    def submit(self, specification: Mapping[str, Any]) -> str:
+        """Create the job and submit it; returns its id.
+
+        If the submit step fails the created (unsubmitted) job is deleted, so nothing is left behind.
+        """
+        job_id = self.create_job(specification)
+        try:
+            self.submit_job(job_id)
+        except JobProgressError:
+            with contextlib.suppress(JobProgressError):
+                self.session.run(self.api.delete_unsubmitted(job_id))
+            raise
+        return job_id
+
+    def create_job(self, specification: Mapping[str, Any]) -> str:
+        return self.session.run(self.api.create(specification))
+
+    def submit_job(self, job_id: str) -> None:
+        self.session.run(self.api.start(job_id))
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        """The job's details (state, outputs, execution information)."""
+        return self.session.run(self.api.details(job_id))

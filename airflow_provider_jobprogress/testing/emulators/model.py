@@ -1,0 +1,499 @@
+"""The emulators' model: scenarios, jobs and their progression, HTTP request/reply values, shared state."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import random
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+VENDORS = ("olconnect", "scriptx", "itwin")
+OUTCOMES = frozenset({"succeed", "fail", "cancel", "soft_error", "immediate", "code_exception"})
+# Outcomes that end in failure; ScriptX-only outcomes fail on the other vendors, which have no such answer.
+FAILING_OUTCOMES = frozenset({"fail", "soft_error", "code_exception"})
+GARBAGE_MODES = frozenset({"html", "empty", "nonnumeric", "malformed", "unknown_status"})
+SCENARIO_HEADER = "X-Emulator-Scenario"
+CHUNK_SIZE = 64 * 1024
+
+JobState = Literal["unsubmitted", "running", "succeeded", "failed", "cancelled"]
+TokenStatus = Literal["valid", "expired", "unknown"]
+Gate = Literal["rate_limited", "unavailable", "garbage"]
+
+
+class ScenarioError(ValueError):
+    """A scenario given over HTTP or in code is not valid."""
+
+
+def _check_count(name: str, value: object, minimum: int = 0) -> None:
+    # bool is an int subclass; `"flaky": true` in JSON is a mistake worth rejecting.
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ScenarioError(f"scenario field {name!r} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How one emulated job behaves; every field has a default so a scenario names only what it changes."""
+
+    outcome: str = "succeed"
+    steps: int = 4
+    duration: float | None = None
+    rate_limit: int = 0
+    retry_after: int = 1
+    flaky: int = 0
+    result_size: int = 2048
+    drop_download_at: int | None = None
+    garbage: str | None = None
+    outputs: int = 1
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise ScenarioError(f"scenario outcome must be one of {sorted(OUTCOMES)}, got {self.outcome!r}")
+        if self.garbage is not None and self.garbage not in GARBAGE_MODES:
+            raise ScenarioError(f"scenario garbage must be one of {sorted(GARBAGE_MODES)}, got {self.garbage!r}")
+        for name in ("steps", "rate_limit", "retry_after", "flaky", "result_size"):
+            _check_count(name, getattr(self, name))
+        _check_count("outputs", self.outputs, minimum=1)
+        if self.drop_download_at is not None:
+            _check_count("drop_download_at", self.drop_download_at)
+        if self.duration is not None:
+            if isinstance(self.duration, bool) or not isinstance(self.duration, int | float) or self.duration <= 0:
+                raise ScenarioError(f"scenario duration must be a number > 0 or null, got {self.duration!r}")
+            object.__setattr__(self, "duration", float(self.duration))
+        if not isinstance(self.message, str):
+            raise ScenarioError(f"scenario message must be a string, got {self.message!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Scenario:
+        """Build a scenario from JSON-like data; unknown keys are an error so typos do not pass silently."""
+        if not isinstance(data, Mapping):
+            raise ScenarioError(f"a scenario must be a JSON object, got {type(data).__name__}")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ScenarioError(f"unknown scenario fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def fails(self) -> bool:
+        return self.outcome in FAILING_OUTCOMES
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the emulator answered (path without query string, so no secret leaks into the log)."""
+
+    method: str
+    path: str
+    status: int
+    vendor: str | None
+    job_id: str | None
+    ts: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Download:
+    """One download of a result file: what was actually written to the socket."""
+
+    index: int
+    sha256: str
+    size: int
+    complete: bool
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A read-only snapshot of one emulated job, for assertions in tests."""
+
+    vendor: str
+    job_id: str
+    state: JobState
+    scenario: Scenario
+    submitted_at: float | None
+    polls: int
+    status_calls: int
+    cancelled: bool
+    result_count: int
+    downloads: tuple[Download, ...]
+
+    @property
+    def served_sha256(self) -> tuple[str, ...]:
+        """sha256 of every complete download, in order."""
+        return tuple(d.sha256 for d in self.downloads if d.complete)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["served_sha256"] = list(self.served_sha256)
+        return data
+
+
+@dataclass
+class Job:
+    """One emulated job; mutated only under EmulatorState.lock."""
+
+    vendor: str
+    job_id: str
+    scenario: Scenario
+    result_count: int = 1
+    result_prefix: bytes = b""
+    created_at: float = field(default_factory=time.time)
+    created_mono: float = field(default_factory=time.monotonic)
+    started: float | None = None  # monotonic; None while not submitted (iTwin v1 "unsubmitted")
+    polls: int = 0
+    status_calls: int = 0
+    cancelled_at: float | None = None
+    ended_at: float | None = None  # monotonic; when a poll (or "immediate") reached the end
+    downloads: list[Download] = field(default_factory=list)
+    downloads_started: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def submit(self, now: float) -> None:
+        self.started = now
+
+    def cancel(self, now: float) -> None:
+        self.cancelled_at = now
+
+    def complete_now(self, now: float) -> None:
+        self.ended_at = now
+
+    def stage(self, now: float) -> int:
+        """0 = nothing yet, 1..steps = intermediate values, steps + 1 = the end."""
+        end = self.scenario.steps + 1
+        if self.started is None:
+            return 0
+        if self.ended_at is not None:
+            return end
+        if self.scenario.duration is None:
+            return min(self.polls, end)
+        return min(int((now - self.started) / self.scenario.duration * end), end)
+
+    def reached_end(self, now: float) -> bool:
+        return self.stage(now) > self.scenario.steps
+
+    def state(self, now: float) -> JobState:
+        if self.cancelled_at is not None:
+            return "cancelled"
+        if self.started is None:
+            return "unsubmitted"
+        if not self.reached_end(now):
+            return "running"
+        if self.scenario.fails:
+            return "failed"
+        return "cancelled" if self.scenario.outcome == "cancel" else "succeeded"
+
+    def percent(self, now: float) -> int:
+        return round(self.stage(now) * 100 / (self.scenario.steps + 1))
+
+    def finished_at(self, now: float) -> float | None:
+        """Monotonic time the job reached a terminal state, None while it has not."""
+        if self.cancelled_at is not None:
+            return self.cancelled_at
+        if self.started is None or not self.reached_end(now):
+            return None
+        if self.ended_at is not None:
+            return self.ended_at
+        assert self.scenario.duration is not None  # deterministic jobs always set ended_at
+        return self.started + self.scenario.duration
+
+    def wall(self, mono: float) -> float:
+        """Wall-clock time of a monotonic instant, for the dates vendors report."""
+        return self.created_at + (mono - self.created_mono)
+
+    def gate(self) -> Gate | None:
+        """Count a progress/status call; say whether this one is answered with 429, 503 or garbage."""
+        n = self.status_calls
+        self.status_calls += 1
+        if n < self.scenario.rate_limit:
+            return "rate_limited"
+        if n < self.scenario.rate_limit + self.scenario.flaky:
+            return "unavailable"
+        return "garbage" if self.scenario.garbage else None
+
+    def advance(self, now: float) -> None:
+        """One answered poll: deterministic jobs move one step (wall-clock jobs move by themselves)."""
+        if self.started is None or self.cancelled_at is not None or self.reached_end(now):
+            return
+        if self.scenario.duration is None:
+            self.polls += 1
+            if self.reached_end(now):
+                self.ended_at = now
+        else:
+            self.polls += 1
+
+    @property
+    def collected(self) -> bool:
+        return any(d.complete for d in self.downloads)
+
+    def snapshot(self, now: float) -> JobRecord:
+        return JobRecord(
+            vendor=self.vendor,
+            job_id=self.job_id,
+            state=self.state(now),
+            scenario=self.scenario,
+            submitted_at=None if self.started is None else self.wall(self.started),
+            polls=self.polls,
+            status_calls=self.status_calls,
+            cancelled=self.cancelled_at is not None,
+            result_count=self.result_count,
+            downloads=tuple(self.downloads),
+        )
+
+
+def spread(stage: int, steps: int, values: Sequence[Any]) -> Any:
+    """Map intermediate stage 1..steps onto `values`, first and last included (stage 0 shows the first)."""
+    if stage <= 1 or steps <= 1:
+        return values[0] if stage <= 1 or steps == 0 else values[-1]
+    return values[round((stage - 1) * (len(values) - 1) / (steps - 1))]
+
+
+def result_chunks(job_id: str, index: int, size: int, prefix: bytes = b"") -> Iterator[bytes]:
+    """Deterministic pseudo-random result bytes, generated chunk by chunk so any size streams in flat memory."""
+    head = prefix[:size]
+    if head:
+        yield head
+    remaining = size - len(head)
+    chunk_no = 0
+    while remaining > 0:
+        n = min(CHUNK_SIZE, remaining)
+        seed = hashlib.sha256(f"{job_id}:{index}:{chunk_no}".encode()).digest()
+        # Not security relevant: a fast seeded generator keeps big results cheap to produce twice.
+        yield random.Random(seed).randbytes(n)
+        remaining -= n
+        chunk_no += 1
+
+
+def sha256_of(chunks: Iterable[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def iso(ts: float) -> str:
+    """UTC ISO 8601 with a Z, the way the vendors print dates."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@dataclass(frozen=True)
+class Request:
+    """A parsed HTTP request; header names are lower-cased."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def json(self) -> Any:
+        """The body as JSON; raises ValueError when it is not."""
+        return json.loads(self.body.decode("utf-8"))
+
+
+SentCallback = Callable[[str, int, bool], None]
+
+
+@dataclass
+class Reply:
+    """What to answer: a small body, or a stream of `length` bytes that may be cut after `drop_after`."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    stream: Iterable[bytes] | None = None
+    length: int = 0
+    drop_after: int | None = None
+    job_id: str | None = None
+    on_sent: SentCallback | None = None
+
+    @classmethod
+    def text(cls, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Reply:
+        return cls(status, text.encode("utf-8"), {"Content-Type": content_type})
+
+    @classmethod
+    def json(cls, status: int, payload: Any) -> Reply:
+        return cls(status, json.dumps(payload).encode("utf-8"), {"Content-Type": "application/json"})
+
+    @classmethod
+    def empty(cls, status: int) -> Reply:
+        return cls(status)
+
+    def for_job(self, job_id: str | None) -> Reply:
+        self.job_id = job_id
+        return self
+
+
+NOT_FOUND = "Not Found"
+HTML_ERROR_PAGE = (
+    "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
+    "<body><h1>Bad Gateway</h1><p>The proxy server received an invalid response.</p></body></html>"
+)
+
+
+def rate_limited(scenario: Scenario) -> Reply:
+    """Plain 429 for vendors that document no rate-limit body."""
+    reply = Reply.text(429, "Too Many Requests")
+    reply.headers["Retry-After"] = str(scenario.retry_after)
+    return reply
+
+
+def unavailable() -> Reply:
+    """Plain 503 without a vendor error body: the kind of answer a proxy gives, transient by nature."""
+    return Reply.text(503, "Service Unavailable")
+
+
+def common_garbage(mode: str) -> Reply | None:
+    """The garbage answers every vendor shares; None for the vendor-specific modes."""
+    if mode == "html":
+        return Reply.text(200, HTML_ERROR_PAGE, "text/html; charset=utf-8")
+    if mode == "empty":
+        return Reply.text(200, "")
+    return None
+
+
+def basic_credentials(request: Request) -> tuple[str, str] | None:
+    """(user, password) from Basic auth; None when no Authorization header; ("", "") when malformed."""
+    header = request.header("Authorization")
+    if header is None:
+        return None
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return ("", "")
+    try:
+        user, _, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return ("", "")
+    return (user, password)
+
+
+class EmulatorState:
+    """Everything the three APIs share: jobs, tokens, scenarios, the call log. One lock guards it all."""
+
+    def __init__(self, *, token_ttl: int, olconnect_security: bool, retention: float) -> None:
+        self.lock = threading.RLock()
+        self.token_ttl = token_ttl
+        self.olconnect_security = olconnect_security
+        self.retention = retention
+        self.base_url = ""
+        self.jobs: dict[tuple[str, str], Job] = {}
+        self.calls: list[Call] = []
+        self.tokens: dict[str, dict[str, float]] = {}
+        self.queues: dict[str, deque[Scenario]] = {}
+        self.defaults: dict[str, Scenario] = {}
+        self.managed_files: dict[str, tuple[str, int]] = {}
+        self.reality_data: dict[str, tuple[str, int]] = {}
+        self.sas_grants: dict[str, tuple[str, float]] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.jobs.clear()
+            self.calls.clear()
+            self.managed_files.clear()
+            self.reality_data.clear()
+            self.sas_grants.clear()
+            self.tokens = {vendor: {} for vendor in VENDORS}
+            self.queues = {vendor: deque() for vendor in VENDORS}
+            self.defaults = {vendor: Scenario() for vendor in VENDORS}
+
+    # -- scenarios -------------------------------------------------------------------------------
+    def queue_scenario(self, vendor: str, scenario: Scenario, *, default: bool = False) -> None:
+        check_vendor(vendor)
+        with self.lock:
+            if default:
+                self.defaults[vendor] = scenario
+            else:
+                self.queues[vendor].append(scenario)
+
+    def choose_scenario(self, vendor: str, header: str | None, body_value: Any) -> Scenario:
+        """Header > submit body's "emulator" key > next queued > default; the queue is consumed only when used."""
+        if header is not None:
+            try:
+                data = json.loads(header)
+            except ValueError as exc:
+                raise ScenarioError(f"{SCENARIO_HEADER} is not JSON: {exc}") from exc
+            return Scenario.from_dict(data)
+        if body_value is not None:
+            return Scenario.from_dict(body_value)
+        with self.lock:
+            queue = self.queues[vendor]
+            return queue.popleft() if queue else self.defaults[vendor]
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def add_job(self, job: Job) -> None:
+        with self.lock:
+            self.jobs[(job.vendor, job.job_id)] = job
+
+    def job(self, vendor: str, job_id: str) -> Job | None:
+        with self.lock:
+            return self.jobs.get((vendor, job_id))
+
+    def download(self, job: Job, index: int, content_type: str, headers: Mapping[str, str] | None = None) -> Reply:
+        """Stream result file `index` of `job`; the job's first download is cut when the scenario says so."""
+        with self.lock:
+            first = job.downloads_started == 0
+            job.downloads_started += 1
+        size = job.scenario.result_size
+
+        def sent(sha256: str, n: int, complete: bool) -> None:
+            with self.lock:
+                job.downloads.append(Download(index, sha256, n, complete))
+
+        return Reply(
+            200,
+            headers={"Content-Type": content_type, **(headers or {})},
+            stream=result_chunks(job.job_id, index, size, job.result_prefix),
+            length=size,
+            drop_after=job.scenario.drop_download_at if first else None,
+            job_id=job.job_id,
+            on_sent=sent,
+        )
+
+    # -- tokens ----------------------------------------------------------------------------------
+    def issue_token(self, vendor: str) -> str:
+        token = secrets.token_urlsafe(32)
+        with self.lock:
+            self.tokens[vendor][token] = time.monotonic() + self.token_ttl
+        return token
+
+    def token_status(self, vendor: str, token: str) -> TokenStatus:
+        with self.lock:
+            expires = self.tokens[vendor].get(token)
+        if expires is None:
+            return "unknown"
+        return "valid" if time.monotonic() < expires else "expired"
+
+    def expire_tokens(self) -> None:
+        with self.lock:
+            for issued in self.tokens.values():
+                for token in issued:
+                    issued[token] = float("-inf")
+
+    # -- call log --------------------------------------------------------------------------------
+    def record(self, call: Call) -> None:
+        with self.lock:
+            self.calls.append(call)
+
+    def snapshot_calls(self) -> list[Call]:
+        with self.lock:
+            return list(self.calls)
+
+
+def check_vendor(vendor: str) -> None:
+    if vendor not in VENDORS:
+        raise ValueError(f"vendor must be one of {VENDORS}, got {vendor!r}")

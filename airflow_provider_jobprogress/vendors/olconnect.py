@@ -1,0 +1,214 @@
+"""Upland OL Connect All-In-One print operations: endpoints, auth flow and answers, as pure flows.
+
+Decisions where the vendor docs are silent (see shared/vendors/README.md):
+- a failed operation shows as getProgress answering HTTP 500 with a JSON Error body: FAILED with that
+  message; a message that says the operation was cancelled means CANCELLED. A 5xx without such a body
+  is transient and retried.
+- getProgress 404: servers drop finished operations from their active list, so we ask getResultTxt;
+  a result means SUCCEEDED, otherwise the operation is unknown (JobNotFoundError).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from airflow_provider_jobprogress.core.errors import JobFailedError, JobNotFoundError, VendorResponseError
+from airflow_provider_jobprogress.core.model import JobProgress, JobState
+from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.core.protocol import (
+    ConnectionFields,
+    Flow,
+    Request,
+    Response,
+    ResultPart,
+    Token,
+    VendorApi,
+    describe_body,
+    now,
+)
+
+DEFAULT_PORT = 9340
+ROOT = "/rest/serverengine"
+PRINT = f"{ROOT}/workflow/print"
+AUTH_MODES = ("token", "basic")
+
+
+class OLConnectApi(VendorApi):
+    """The All-In-One (``/workflow/print``) service of an OL Connect server."""
+
+    vendor = "OL Connect"
+    # The vendor gives no polling guidance; operations take seconds to minutes.
+    default_poll_policy = PollPolicy.exponential(5, factor=1.5, max_interval=60)
+    token_margin = 15.0
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        auth: str = "token",
+        retry_policy: RetryPolicy | None = None,
+        verify: bool | str = True,
+    ) -> None:
+        super().__init__(retry_policy=retry_policy, verify=verify)
+        if auth not in AUTH_MODES:
+            raise ValueError(f"OL Connect connection extra 'auth' must be one of {AUTH_MODES}, not {auth!r}")
+        self.base_url = base_url.rstrip("/")
+        self._user = user or None
+        self._password = password or ""
+        self.auth = auth
+
+    @classmethod
+    def from_connection(cls, conn: ConnectionFields, *, retry_policy: RetryPolicy | None = None) -> OLConnectApi:
+        host = (conn.host or "localhost").rstrip("/")
+        if "://" not in host:
+            host = f"{conn.schema or 'http'}://{host}:{conn.port or DEFAULT_PORT}"
+        return cls(
+            host,
+            user=conn.login,
+            password=conn.password,
+            auth=str(conn.extra.get("auth") or "token").lower(),
+            retry_policy=retry_policy,
+            verify=conn.extra_bool_or_path("verify"),
+        )
+
+    # -- auth ------------------------------------------------------------------------------------
+    @property
+    def uses_token(self) -> bool:
+        return self._user is not None and self.auth == "token"
+
+    def _basic(self) -> dict[str, str]:
+        raw = f"{self._user}:{self._password}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+    def login(self) -> Flow[Token]:
+        request = Request("POST", f"{ROOT}/authentication/login", headers=self._basic(), authenticated=False)
+        response = yield from self.send(self._url(request), None, what="log in")
+        token = response.text.strip()
+        if not token or "<" in token:
+            raise VendorResponseError(self.vendor, None, f"log in: expected a token, got {describe_body(response)}")
+        lifetime = response.header("token-expires-in")
+        expires = now() + float(lifetime) if lifetime and lifetime.strip().isdigit() else None
+        return Token(token, expires)
+
+    def authorize(self, request: Request, token: Token | None) -> Request:
+        if token is not None:
+            return request.with_headers({"auth_token": token.value})
+        if self._user is not None:
+            return request.with_headers(self._basic())
+        return request  # server security disabled
+
+    def token_rejected(self, response: Response) -> bool:
+        # 401 = expired, 403 = invalid on servers up to 2023; 2024.2+ answer 401 for both.
+        return response.status in (401, 403)
+
+    def error_message(self, response: Response) -> str:
+        error = _json_error(response)
+        if error is not None:
+            return str(error.get("message") or error)
+        return super().error_message(response)
+
+    def is_transient(self, response: Response) -> bool:
+        # A 5xx carrying a JSON Error body is the server's verdict on the operation, not a hiccup.
+        return _json_error(response) is None
+
+    def _url(self, request: Request) -> Request:
+        return replace(request, url=self.base_url + request.url)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Request:
+        return self._url(Request(method, path, **kwargs))
+
+    # -- endpoints -------------------------------------------------------------------------------
+    def check(self) -> Flow[str]:
+        response = yield from self.send(self._call("GET", f"{PRINT}/version"), None, what="read the service version")
+        return f"OL Connect All-In-One service {response.text.strip()[:40]} at {self.base_url}"
+
+    def submit(self, configuration: Mapping[str, Any]) -> Flow[str]:
+        """Start an All-In-One operation; returns its operationId."""
+        request = self._call("POST", f"{PRINT}/submit", json=dict(configuration), idempotent=False)
+        response = yield from self.exchange(request, None, what="submit an All-In-One operation")
+        if response.status >= 500 and _json_error(response) is not None:
+            raise JobFailedError(self.vendor, None, f"submit refused: {self.error_message(response)}")
+        if response.status >= 300:
+            raise self.status_error(response, None, what="submit an All-In-One operation")
+        operation_id = (response.header("operationid") or "").strip()
+        if not operation_id:
+            raise VendorResponseError(
+                self.vendor, None, f"submit answered HTTP {response.status} without an operationId header"
+            )
+        return operation_id
+
+    def progress(self, job_id: str) -> Flow[JobProgress]:
+        what = "read progress"
+        response = yield from self.exchange(self._call("GET", f"{PRINT}/getProgress/{job_id}"), job_id, what=what)
+        if response.status == 404:
+            return (yield from self._progress_after_drop(job_id))
+        error = _json_error(response)
+        if response.status >= 500 and error is not None:
+            message = str(error.get("message") or "operation failed")
+            state = JobState.CANCELLED if "cancel" in message.lower() else JobState.FAILED
+            return JobProgress(self.vendor, job_id, state, message=message, raw=error)
+        if response.status >= 300:
+            raise self.status_error(response, job_id, what=what)
+        return parse_progress(response, job_id)
+
+    def _progress_after_drop(self, job_id: str) -> Flow[JobProgress]:
+        request = self._call("POST", f"{PRINT}/getResultTxt/{job_id}")
+        response = yield from self.exchange(request, job_id, what="read the result of a dropped operation")
+        if response.status == 200:
+            return JobProgress(
+                self.vendor,
+                job_id,
+                JobState.SUCCEEDED,
+                100.0,
+                message="operation no longer listed; its result is available",
+                raw=response.text.strip(),
+            )
+        raise JobNotFoundError(self.vendor, job_id, f"getProgress and getResultTxt answered {response.status}")
+
+    def cancel(self, job_id: str) -> Flow[None]:
+        yield from self.send(self._call("POST", f"{PRINT}/cancel/{job_id}"), job_id, what="cancel")
+        return None
+
+    def result_text(self, job_id: str) -> Flow[str]:
+        """getResultTxt: the entity id or output path(s), never the file bytes."""
+        request = self._call("POST", f"{PRINT}/getResultTxt/{job_id}")
+        response = yield from self.send(request, job_id, what="read the result as text")
+        return response.text
+
+    def results(self, job_id: str) -> Flow[list[ResultPart]]:
+        # getResult answers an id, output paths, or the single output file's bytes: stream it as is.
+        return [ResultPart(name=f"{job_id}.out", request=self._call("POST", f"{PRINT}/getResult/{job_id}"))]
+        yield  # pragma: no cover
+
+
+def parse_progress(response: Response, job_id: str) -> JobProgress:
+    """Read a getProgress answer: ``0``..``100`` while running, ``done`` when complete."""
+    text = response.text.strip()
+    if text.lower() == "done":
+        return JobProgress(OLConnectApi.vendor, job_id, JobState.SUCCEEDED, 100.0, raw=text)
+    try:
+        percent = float(text)
+    except ValueError:
+        percent = -1.0
+    if not 0 <= percent <= 100 or response.content_type == "text/html":
+        raise VendorResponseError(
+            OLConnectApi.vendor, job_id, f"getProgress: expected 0-100 or 'done', got {describe_body(response)}"
+        )
+    return JobProgress(OLConnectApi.vendor, job_id, JobState.RUNNING, percent, raw=text)
+
+
+def _json_error(response: Response) -> dict[str, Any] | None:
+    """The ``{"error": {status, message, parameter}}`` body of newer servers, if that is what came."""
+    try:
+        data = json.loads(response.body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return data["error"]  # type: ignore[no-any-return]
+    return None

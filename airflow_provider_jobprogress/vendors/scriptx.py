@@ -1,0 +1,161 @@
+"""MeadCo ScriptX.Services PrintPdf jobs: endpoints, license auth and JobStatus codes, as pure flows.
+
+Decisions where the vendor docs are silent (see shared/vendors/README.md): status 100 (Collected) and
+102 (CompletedWait) mean SUCCEEDED (100 says the output was already downloaded); any code not on the
+vendor page is an error that names it. PrintPdf has no cancel: ``cancel`` says so and sends nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+from airflow_provider_jobprogress.core.errors import (
+    JobFailedError,
+    OperationNotSupportedError,
+    VendorResponseError,
+)
+from airflow_provider_jobprogress.core.model import JobProgress, JobState
+from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.core.protocol import ConnectionFields, Flow, Request, ResultPart, VendorApi
+
+VARIANTS = ("cloud", "on_premise", "windows_pc")
+CLOUD_HOST = "scriptxservices.meadroid.com"
+WINDOWS_PC_PORT = 41191
+PDF = "/api/v1/printPdf"
+
+#: JobStatus code -> (name, state, message for a person)
+JOB_STATUS: dict[int, tuple[str, JobState]] = {
+    0: ("NotStarted", JobState.QUEUED),
+    1: ("Queued", JobState.QUEUED),
+    2: ("Starting", JobState.RUNNING),
+    3: ("Downloading", JobState.RUNNING),
+    4: ("Downloaded", JobState.RUNNING),
+    5: ("Printing", JobState.RUNNING),
+    6: ("Completed", JobState.SUCCEEDED),
+    7: ("Paused", JobState.RUNNING),
+    8: ("PrintingPdf", JobState.RUNNING),
+    100: ("Collected", JobState.SUCCEEDED),
+    101: ("CodeException", JobState.FAILED),
+    102: ("CompletedWait", JobState.SUCCEEDED),
+    -1: ("ItemError", JobState.FAILED),
+    -2: ("Abandoned", JobState.CANCELLED),
+}
+#: PrintRequestStatus codes answered by the print call
+QUEUED_TO_DEVICE, QUEUED_TO_FILE, SOFT_ERROR, OK, NOT_SET = 1, 2, 3, 4, 0
+
+
+class ScriptXApi(VendorApi):
+    """The PrintPdf area of a ScriptX.Services server (Cloud, On-Premise or Windows PC)."""
+
+    vendor = "ScriptX.Services"
+    # MeadCo's own client polls status every second; PDF jobs finish in seconds.
+    default_poll_policy = PollPolicy.exponential(2, factor=1.5, max_interval=30)
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        license_guid: str | None = None,
+        variant: str = "cloud",
+        retry_policy: RetryPolicy | None = None,
+        verify: bool | str = True,
+    ) -> None:
+        super().__init__(retry_policy=retry_policy, verify=verify)
+        if variant not in VARIANTS:
+            raise ValueError(f"ScriptX connection extra 'variant' must be one of {VARIANTS}, not {variant!r}")
+        self.base_url = base_url.rstrip("/")
+        self._license = license_guid or None
+        self.variant = variant
+
+    @classmethod
+    def from_connection(cls, conn: ConnectionFields, *, retry_policy: RetryPolicy | None = None) -> ScriptXApi:
+        variant = str(conn.extra.get("variant") or "cloud").lower()
+        host = (conn.host or ("127.0.0.1" if variant == "windows_pc" else CLOUD_HOST)).rstrip("/")
+        if "://" not in host:
+            scheme = conn.schema or ("http" if variant == "windows_pc" else "https")
+            port = conn.port or (WINDOWS_PC_PORT if variant == "windows_pc" else None)
+            host = f"{scheme}://{host}" + (f":{port}" if port else "")
+        return cls(
+            host,
+            license_guid=conn.password,
+            variant=variant,
+            retry_policy=retry_policy,
+            verify=conn.extra_bool_or_path("verify"),
+        )
+
+    def authorize(self, request: Request, token: object) -> Request:
+        if self._license is None:
+            return request  # On-Premise ignores the header; nothing to send
+        raw = f"{self._license}:".encode()
+        return request.with_headers({"Authorization": "Basic " + base64.b64encode(raw).decode()})
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Request:
+        return Request(method, self.base_url + path, **kwargs)
+
+    # -- endpoints -------------------------------------------------------------------------------
+    def check(self) -> Flow[str]:
+        if self.variant == "on_premise" or self._license is None:
+            response = yield from self.send(self._call("GET", "/api"), None, what="read the service description")
+            data = self.parse_json(response, None, what="read the service description")
+            version = data.get("serviceVersion") if isinstance(data, dict) else None
+            return f"ScriptX.Services at {self.base_url}, service version {_version(version)}"
+        response = yield from self.send(self._call("GET", "/api/v1/licensing"), None, what="check the license")
+        data = self.parse_json(response, None, what="check the license")
+        company = data.get("company") if isinstance(data, dict) else None
+        return f"ScriptX.Services at {self.base_url}: license accepted" + (f" ({company})" if company else "")
+
+    def submit(self, description: Mapping[str, Any]) -> Flow[str]:
+        """POST a PrintPdfDescription; returns the job token to poll (or raises if refused at once)."""
+        request = self._call("POST", f"{PDF}/print", json=dict(description), idempotent=False)
+        response = yield from self.send(request, None, what="submit a PDF print")
+        data = self.parse_json(response, None, what="submit a PDF print")
+        status = self.require(data, "status", None, what="submit a PDF print")
+        job_id = str(data.get("jobIdentifier") or "") or None
+        message = str(data.get("message") or "")
+        if status in (QUEUED_TO_DEVICE, QUEUED_TO_FILE, OK) and job_id:
+            return job_id
+        if status in (SOFT_ERROR, NOT_SET):
+            raise JobFailedError(self.vendor, job_id, f"print refused (status {status}): {message or 'no message'}")
+        raise VendorResponseError(
+            self.vendor, job_id, f"print answered status {status!r} without a job identifier to follow"
+        )
+
+    def progress(self, job_id: str) -> Flow[JobProgress]:
+        what = "read job status"
+        response = yield from self.send(self._call("GET", f"{PDF}/status/{job_id}"), job_id, what=what)
+        data = self.parse_json(response, job_id, what=what)
+        return parse_status(data, job_id)
+
+    def cancel(self, job_id: str) -> Flow[None]:
+        raise OperationNotSupportedError(
+            self.vendor, job_id, "PrintPdf jobs cannot be cancelled (the API has no cancel for them); nothing was sent"
+        )
+        yield  # pragma: no cover
+
+    def results(self, job_id: str) -> Flow[list[ResultPart]]:
+        request = self._call("GET", f"{PDF}/download/{job_id}")
+        return [ResultPart(name=f"{job_id}.pdf", request=request, content_type="application/pdf")]
+        yield  # pragma: no cover
+
+
+def parse_status(data: Any, job_id: str) -> JobProgress:
+    """Map a JobStatus answer ``{status, message, jobIdentifier}`` to a ``JobProgress``."""
+    vendor = ScriptXApi.vendor
+    if not isinstance(data, dict) or "status" not in data:
+        raise VendorResponseError(vendor, job_id, "job status answer has no 'status' field")
+    code = data["status"]
+    if isinstance(code, bool) or not isinstance(code, int) or code not in JOB_STATUS:
+        raise VendorResponseError(vendor, job_id, f"unknown job status code {code!r} (not on the vendor's list)")
+    name, state = JOB_STATUS[code]
+    message = str(data.get("message") or "") or None
+    if code == 100:
+        message = "output already collected: the PDF was downloaded before and is gone from the server"
+    return JobProgress(vendor, job_id, state, step=name, message=message, raw=data)
+
+
+def _version(value: Any) -> str:
+    if isinstance(value, dict):
+        return ".".join(str(value.get(k, 0)) for k in ("major", "minor", "build"))
+    return str(value or "unknown")
