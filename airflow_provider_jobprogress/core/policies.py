@@ -103,11 +103,16 @@ class RetryPolicy:
     jitter: float = 0.25
     max_retry_after: float = 300.0
     rate_limit_waits: int = 10
+    #: how long a wait keeps polling through an unreachable vendor (after each call's own retries)
+    outage_tolerance: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.rate_limit_waits < 0:
             raise ValueError("retry attempts must be at least 1 and rate_limit_waits not negative")
-        if min(self.initial_delay, self.max_delay, self.max_retry_after, self.jitter) < 0 or self.factor < 1:
+        if (
+            min(self.initial_delay, self.max_delay, self.max_retry_after, self.jitter, self.outage_tolerance) < 0
+            or self.factor < 1
+        ):
             raise ValueError("retry delays must not be negative and the factor at least 1")
 
     def backoff(self, failures: int) -> float:
@@ -124,6 +129,7 @@ class RetryPolicy:
             "jitter": self.jitter,
             "max_retry_after": self.max_retry_after,
             "rate_limit_waits": self.rate_limit_waits,
+            "outage_tolerance": self.outage_tolerance,
         }
 
     @classmethod

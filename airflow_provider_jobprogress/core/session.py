@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 #: (connect, read) seconds; a progress call that hangs longer is a transient failure, retried
 DEFAULT_TIMEOUT = (10.0, 60.0)
 SecretSink = Callable[[str], None]
+#: connections per vendor connection and event loop, shared by all its triggers
+POOL_SIZE = 20
 
 
 def _no_sink(_: str) -> None:
@@ -198,7 +200,9 @@ class AsyncSession:
         self.client = httpx.AsyncClient(
             verify=api.verify,
             timeout=httpx.Timeout(read, connect=connect),
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            # Keep-alive as many as we open: with fewer, httpcore closes connections under load and every
+            # poll of a busy triggerer pays a new TCP (and TLS) handshake.
+            limits=httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE),
             follow_redirects=False,
         )
         self._token: Token | None = None

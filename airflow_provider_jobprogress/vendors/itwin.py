@@ -151,9 +151,13 @@ class ITwinApi(VendorApi):
 
     def error_message(self, response: Response) -> str:
         error = _error(response)
-        if error is not None:
-            return f"{error.get('code', 'Error')}: {error.get('message', '')}".strip()
-        return super().error_message(response)
+        if error is None:
+            return super().error_message(response)
+        text = f"{error.get('code', 'Error')}: {error.get('message', '')}".strip()
+        details = [d for d in error.get("details") or [] if isinstance(d, dict)]
+        if details:
+            text += " (" + "; ".join(f"{d.get('target') or d.get('code')}: {d.get('message')}" for d in details) + ")"
+        return text
 
     def _call(self, method: str, path: str, *, version: int | None = None, **kwargs: Any) -> Request:
         accept = f"application/vnd.bentley.itwin-platform.v{version or self.family.version}+json"

@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import json
 import random
+import re
 import secrets
 import threading
 import time
@@ -99,6 +100,8 @@ class Call:
     vendor: str | None
     job_id: str | None
     ts: float
+    #: the client's address:port, one per TCP connection: how tests count connection pools
+    peer: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -226,12 +229,9 @@ class Job:
         """One answered poll: deterministic jobs move one step (wall-clock jobs move by themselves)."""
         if self.started is None or self.cancelled_at is not None or self.reached_end(now):
             return
-        if self.scenario.duration is None:
-            self.polls += 1
-            if self.reached_end(now):
-                self.ended_at = now
-        else:
-            self.polls += 1
+        self.polls += 1
+        if self.scenario.duration is None and self.reached_end(now):
+            self.ended_at = now
 
     @property
     def collected(self) -> bool:
@@ -255,8 +255,8 @@ class Job:
 def spread(stage: int, steps: int, values: Sequence[Any]) -> Any:
     """Map intermediate stage 1..steps onto `values`, first and last included (stage 0 shows the first)."""
     if stage <= 1 or steps <= 1:
-        return values[0] if stage <= 1 or steps == 0 else values[-1]
-    return values[round((stage - 1) * (len(values) - 1) / (steps - 1))]
+        return values[0]
+    return values[round((min(stage, steps) - 1) * (len(values) - 1) / (steps - 1))]
 
 
 def result_chunks(job_id: str, index: int, size: int, prefix: bytes = b"") -> Iterator[bytes]:
@@ -497,3 +497,20 @@ class EmulatorState:
 def check_vendor(vendor: str) -> None:
     if vendor not in VENDORS:
         raise ValueError(f"vendor must be one of {VENDORS}, got {vendor!r}")
+
+
+Route = tuple[str, re.Pattern[str], Callable[..., Reply]]
+
+
+def route(request: Request, state: EmulatorState, routes: Sequence[Route]) -> Reply | None:
+    """Call the handler whose method and path pattern match; 405 for a known path with another method."""
+    path_known = False
+    for method, pattern, handler in routes:
+        match = pattern.fullmatch(request.path)
+        if match is None:
+            continue
+        if request.method == method:
+            reply: Reply = handler(request, state, *match.groups())
+            return reply
+        path_known = True
+    return Reply.text(405, "Method Not Allowed") if path_known else None

@@ -1,0 +1,1 @@
+"""Deferrable sensors that wait on vendor jobs."""

@@ -1,0 +1,382 @@
+"""One threaded HTTP server hosting the three vendor APIs, the control API and the call log."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlsplit
+
+from . import itwin, olconnect, scriptx
+from .model import (
+    VENDORS,
+    Call,
+    EmulatorState,
+    JobRecord,
+    Reply,
+    Request,
+    Scenario,
+    ScenarioError,
+    check_vendor,
+    result_chunks,
+    sha256_of,
+)
+
+log = logging.getLogger(__name__)
+
+CONTROL = "/_emulator"
+VendorHandler = Callable[[Request, EmulatorState], Reply]
+VENDOR_ROUTES: tuple[tuple[str, tuple[str, ...], VendorHandler], ...] = (
+    (olconnect.VENDOR, olconnect.PREFIXES, olconnect.handle),
+    (scriptx.VENDOR, scriptx.PREFIXES, scriptx.handle),
+    (itwin.VENDOR, itwin.PREFIXES, itwin.handle),
+)
+
+
+def _vendor_of(path: str) -> tuple[str, VendorHandler] | None:
+    for vendor, prefixes, handler in VENDOR_ROUTES:
+        if any(path == prefix or path.startswith(prefix + "/") for prefix in prefixes):
+            return vendor, handler
+    return None
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # Many tests start emulators back to back; a fresh port each time, never a lingering one.
+    allow_reuse_address = False
+
+    def __init__(self, address: tuple[str, int], emulator: VendorEmulator) -> None:
+        self.emulator = emulator
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like the real servers; every answer has a Content-Length
+    server_version = "JobProgressEmulator/1.0"
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_PATCH(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The default writes every request line (query strings included, so SAS signatures) to stderr.
+        return
+
+    @property
+    def _emulator(self) -> VendorEmulator:
+        return cast(_HTTPServer, self.server).emulator
+
+    def _serve(self) -> None:
+        request = self._read_request()
+        emulator = self._emulator
+        target = _vendor_of(request.path)
+        vendor = None if target is None else target[0]
+        try:
+            reply = self._answer(request, emulator, target)
+        except ScenarioError as exc:
+            reply = Reply.text(400, f"emulator: invalid scenario: {exc}")
+        except Exception:
+            log.exception("emulator failed on %s %s", request.method, request.path)
+            reply = Reply.text(500, "emulator internal error")
+        # Record before answering: a client that has its answer must find its call in the log.
+        if not request.path.startswith(CONTROL):
+            peer = f"{self.client_address[0]}:{self.client_address[1]}"
+            call = Call(request.method, request.path, reply.status, vendor, reply.job_id, time.time(), peer)
+            emulator.state.record(call)
+        self._write(reply)
+        log.debug("%s %s -> %s", request.method, request.path, reply.status)
+
+    def _answer(self, request: Request, emulator: VendorEmulator, target: tuple[str, VendorHandler] | None) -> Reply:
+        if request.path == CONTROL or request.path.startswith(CONTROL + "/"):
+            return emulator.control(request)
+        if target is None:
+            return Reply.text(404, "Not Found")
+        return target[1](request, emulator.state)
+
+    def _read_request(self) -> Request:
+        parts = urlsplit(self.path)
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        return Request(
+            method=self.command,
+            path=parts.path,
+            query=dict(parse_qsl(parts.query, keep_blank_values=True)),
+            headers=headers,
+            body=self._read_body(headers),
+        )
+
+    def _read_body(self, headers: dict[str, str]) -> bytes:
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            return self._read_chunked()
+        length = int(headers.get("content-length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _read_chunked(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(parts)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()
+
+    def _write(self, reply: Reply) -> None:
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        length = reply.length if reply.stream is not None else len(reply.body)
+        if reply.status != 204:  # RFC 9110: a 204 carries no Content-Length
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+        try:
+            if reply.stream is None:
+                self.wfile.write(reply.body)
+            else:
+                self._stream(reply)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _stream(self, reply: Reply) -> None:
+        """Write the stream chunk by chunk, hashing what went out; cut the connection at drop_after."""
+        assert reply.stream is not None
+        limit = reply.length if reply.drop_after is None else min(reply.drop_after, reply.length)
+        sent = 0
+        sha = hashlib.sha256()
+        try:
+            for chunk in reply.stream:
+                piece = chunk[: limit - sent]
+                self.wfile.write(piece)
+                sha.update(piece)
+                sent += len(piece)
+                if sent >= limit:
+                    break
+        finally:
+            complete = sent == reply.length
+            if reply.on_sent is not None:
+                reply.on_sent(sha.hexdigest(), sent, complete)
+        if not complete:
+            self._abort()
+
+    def _abort(self) -> None:
+        # Content-Length promised more: closing now is exactly what a dropped connection looks like.
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+_JOB_PATH = re.compile(f"{CONTROL}/jobs/([^/]+)/([^/]+)")
+_SHA_PATH = re.compile(f"{CONTROL}/jobs/([^/]+)/([^/]+)/result-sha256")
+
+
+class VendorEmulator:
+    """OL Connect, ScriptX.Services and iTwin emulated on one local HTTP server; a context manager.
+
+    Credentials it accepts are the class constants below; they are test values, not secrets.
+    """
+
+    OLCONNECT_USER = olconnect.USER
+    OLCONNECT_PASSWORD = olconnect.PASSWORD
+    SCRIPTX_LICENSE = scriptx.LICENSE_GUID
+    ITWIN_CLIENT_ID = itwin.CLIENT_ID
+    ITWIN_CLIENT_SECRET = itwin.CLIENT_SECRET
+    ITWIN_ID = itwin.ITWIN_ID
+    CONN_TYPES = {"olconnect": "olconnect", "scriptx": "scriptx", "itwin": "itwin"}
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token_ttl: int = 3600,
+        olconnect_security: bool = True,
+        retention: float = 300.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.state = EmulatorState(token_ttl=token_ttl, olconnect_security=olconnect_security, retention=retention)
+        self._server: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> VendorEmulator:
+        if self._server is not None:
+            return self
+        self._server = _HTTPServer((self.host, self.port), self)
+        self.port = self._server.server_address[1]
+        self.state.base_url = self.url
+        # A short poll interval makes stop() quick: tests start and stop an emulator each.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"vendor-emulator-{self.port}"
+        )
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> VendorEmulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- scenarios, tokens -----------------------------------------------------------------------
+    def set_next_scenario(self, vendor: str, scenario: Scenario) -> None:
+        """Queue `scenario` for the next job submitted to `vendor` (FIFO)."""
+        self.state.queue_scenario(vendor, scenario)
+
+    def set_default_scenario(self, vendor: str, scenario: Scenario) -> None:
+        self.state.queue_scenario(vendor, scenario, default=True)
+
+    def expire_tokens(self) -> None:
+        """Every OL Connect and iTwin token issued so far is expired from now on."""
+        self.state.expire_tokens()
+
+    def reset(self) -> None:
+        self.state.reset()
+
+    # -- observations ----------------------------------------------------------------------------
+    @property
+    def calls(self) -> list[Call]:
+        return self.state.snapshot_calls()
+
+    def count(self, method: str, path_contains: str) -> int:
+        return sum(1 for c in self.calls if c.method == method.upper() and path_contains in c.path)
+
+    def job(self, vendor: str, job_id: str) -> JobRecord:
+        check_vendor(vendor)
+        with self.state.lock:
+            job = self.state.job(vendor, job_id)
+            if job is None:
+                raise KeyError(f"{vendor} has no job {job_id!r}")
+            return job.snapshot(time.monotonic())
+
+    def result_bytes(self, vendor: str, job_id: str, index: int = 0) -> Iterator[bytes]:
+        """What a download of result file `index` serves, chunk by chunk."""
+        check_vendor(vendor)
+        job = self.state.job(vendor, job_id)
+        if job is None:
+            raise KeyError(f"{vendor} has no job {job_id!r}")
+        if not 0 <= index < job.result_count:
+            raise IndexError(f"{vendor} job {job_id} has {job.result_count} result file(s), not index {index}")
+        return result_chunks(job.job_id, index, job.scenario.result_size, job.result_prefix)
+
+    def result_sha256(self, vendor: str, job_id: str, index: int = 0) -> str:
+        return sha256_of(self.result_bytes(vendor, job_id, index))
+
+    def connections(self) -> dict[str, str]:
+        """Airflow connection JSON per default connection id, pointing at this emulator."""
+        ol = {
+            "conn_type": self.CONN_TYPES["olconnect"],
+            "host": self.host,
+            "port": self.port,
+            "schema": "http",
+            "login": self.OLCONNECT_USER,
+            "password": self.OLCONNECT_PASSWORD,
+            "extra": {"auth": "token"},
+        }
+        sx = {
+            "conn_type": self.CONN_TYPES["scriptx"],
+            "host": self.host,
+            "port": self.port,
+            "schema": "http",
+            "password": self.SCRIPTX_LICENSE,
+            "extra": {"variant": "cloud"},
+        }
+        it = {
+            "conn_type": self.CONN_TYPES["itwin"],
+            "login": self.ITWIN_CLIENT_ID,
+            "password": self.ITWIN_CLIENT_SECRET,
+            "extra": {
+                "api": "realitydataanalysis",
+                "base_url": self.url,
+                "token_url": f"{self.url}/connect/token",
+                "scope": itwin.SCOPE,
+                "itwin_id": self.ITWIN_ID,
+            },
+        }
+        return {
+            f"{name}_default": json.dumps(conn) for name, conn in (("olconnect", ol), ("scriptx", sx), ("itwin", it))
+        }
+
+    # -- control API over HTTP -------------------------------------------------------------------
+    def control(self, request: Request) -> Reply:
+        """Answer /_emulator/*: the same controls as the Python API, for tests in other processes."""
+        path, method = request.path, request.method
+        if (method, path) == ("GET", f"{CONTROL}/calls"):
+            return Reply.json(200, [call.to_dict() for call in self.calls])
+        if (method, path) == ("GET", f"{CONTROL}/connections"):
+            return Reply.json(200, self.connections())
+        if (method, path) == ("POST", f"{CONTROL}/scenario"):
+            return self._control_scenario(request)
+        if (method, path) == ("POST", f"{CONTROL}/expire-tokens"):
+            self.expire_tokens()
+            return Reply.empty(204)
+        if (method, path) == ("POST", f"{CONTROL}/reset"):
+            self.reset()
+            return Reply.empty(204)
+        if method == "GET":
+            return self._control_job(request)
+        return Reply.json(404, {"error": f"no control endpoint {method} {path}"})
+
+    def _control_scenario(self, request: Request) -> Reply:
+        try:
+            body = request.json()
+        except ValueError:
+            return Reply.json(400, {"error": "body must be JSON"})
+        if not isinstance(body, dict) or body.get("vendor") not in VENDORS:
+            return Reply.json(400, {"error": f"vendor must be one of {list(VENDORS)}"})
+        scenario = Scenario.from_dict(body.get("scenario") or {})
+        self.state.queue_scenario(body["vendor"], scenario, default=bool(body.get("default")))
+        return Reply.empty(204)
+
+    def _control_job(self, request: Request) -> Reply:
+        sha = _SHA_PATH.fullmatch(request.path)
+        match = sha or _JOB_PATH.fullmatch(request.path)
+        if match is None or match.group(1) not in VENDORS:
+            return Reply.json(404, {"error": f"no control endpoint GET {request.path}"})
+        vendor, job_id = match.groups()
+        try:
+            if sha is None:
+                return Reply.json(200, self.job(vendor, job_id).to_dict())
+            index = int(request.query.get("index", "0"))
+            return Reply.json(200, {"sha256": self.result_sha256(vendor, job_id, index)})
+        except (KeyError, IndexError, ValueError) as exc:
+            return Reply.json(404, {"error": str(exc)})

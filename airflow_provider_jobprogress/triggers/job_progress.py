@@ -1,0 +1,224 @@
+"""JobProgressTrigger: waits on any vendor's job in the triggerer, knowing nothing about vendors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.providers.common.compat.connection import get_async_connection
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
+
+from airflow_provider_jobprogress.core.errors import (
+    JobProgressError,
+    OperationNotSupportedError,
+    RateLimitedError,
+    VendorUnavailableError,
+)
+from airflow_provider_jobprogress.core.model import JobProgress, JobState
+from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
+
+CLASSPATH = "airflow_provider_jobprogress.triggers.job_progress.JobProgressTrigger"
+#: below Airflow's [triggerer] on_kill_timeout (30 s), so our own timeout speaks first
+ON_KILL_TIMEOUT = 20.0
+
+STATUS_BY_STATE = {
+    JobState.SUCCEEDED: "success",
+    JobState.FAILED: "failed",
+    JobState.CANCELLED: "cancelled",
+}
+
+
+class JobProgressTrigger(BaseTrigger):
+    """Poll a vendor job until it is terminal, the deadline passes, or an error retries cannot cure.
+
+    Everything it needs is in its kwargs (plain JSON), so a triggerer restart re-creates it and the wait
+    goes on: no job is submitted or cancelled by a restart. It yields exactly one event, then returns:
+
+    ``{"status": "success"|"failed"|"cancelled"|"timeout"|"error", "progress": {...}|None,
+    "message": str, "error": error class name|None}``
+
+    With ``finish_in_triggerer`` a success ends the task here (``TaskSuccessEvent`` with the progress as
+    XCom ``return_value``, stored by Airflow as a JSON string); every other outcome resumes the task on a
+    worker so failure semantics (no retry, ``soft_fail``) stay the sensor's.
+
+    :param hook_class_path: import path of a ``JobProgressHook`` subclass
+    :param conn_id: the Airflow connection to reach the vendor
+    :param job_id: the vendor's job id
+    :param poll_policy: ``PollPolicy.to_dict()``
+    :param retry_policy: ``RetryPolicy.to_dict()``
+    :param deadline: wall-clock epoch seconds after which the wait ends with a ``timeout`` event
+    :param cancel_on_kill: cancel the remote job when a user kills the task (Airflow 3.3+ ``on_kill``)
+    :param cancel_on_timeout: cancel the remote job when the deadline passes
+    """
+
+    def __init__(
+        self,
+        *,
+        hook_class_path: str,
+        conn_id: str,
+        job_id: str,
+        poll_policy: dict[str, Any] | None = None,
+        retry_policy: dict[str, Any] | None = None,
+        deadline: float | None = None,
+        cancel_on_kill: bool = True,
+        cancel_on_timeout: bool = False,
+        finish_in_triggerer: bool = False,
+    ) -> None:
+        super().__init__()
+        self.hook_class_path = hook_class_path
+        self.conn_id = conn_id
+        self.job_id = job_id
+        self.poll_policy = poll_policy
+        self.retry_policy = retry_policy
+        self.deadline = deadline
+        self.cancel_on_kill = cancel_on_kill
+        self.cancel_on_timeout = cancel_on_timeout
+        self.finish_in_triggerer = finish_in_triggerer
+        self._last: JobProgress | None = None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            CLASSPATH,
+            {
+                "hook_class_path": self.hook_class_path,
+                "conn_id": self.conn_id,
+                "job_id": self.job_id,
+                "poll_policy": self.poll_policy,
+                "retry_policy": self.retry_policy,
+                "deadline": self.deadline,
+                "cancel_on_kill": self.cancel_on_kill,
+                "cancel_on_timeout": self.cancel_on_timeout,
+                "finish_in_triggerer": self.finish_in_triggerer,
+            },
+        )
+
+    async def _hook(self) -> Any:
+        path = self.hook_class_path
+        if not path:
+            # The generic sensor started in the triggerer: the connection's type names the vendor.
+            conn = await get_async_connection(self.conn_id)
+            path = HOOK_CLASS_BY_CONN_TYPE.get(conn.conn_type or "", "")
+            if not path:
+                raise JobProgressError(
+                    "jobprogress",
+                    self.job_id,
+                    f"connection {self.conn_id!r} has type "
+                    f"{conn.conn_type!r}, not one of {sorted(HOOK_CLASS_BY_CONN_TYPE)}",
+                )
+        hook_class = load_hook_class(path)
+        return hook_class(self.conn_id, retry_policy=RetryPolicy.from_value(self.retry_policy))
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            hook = await self._hook()
+        except JobProgressError as exc:
+            yield self._error_event(exc)
+            return
+        vendor = hook.vendor()
+        policy = PollPolicy.from_value(self.poll_policy, hook.default_poll_policy())
+        retry = RetryPolicy.from_value(self.retry_policy)
+        job = str(self.job_id)
+        polls_since_change = 0
+        outage_since: float | None = None
+        while True:
+            try:
+                progress = await hook.aget_progress(job)
+                outage_since = None
+            except RateLimitedError as exc:
+                # The vendor's wait was longer than one call holds on; it is not a poll, just a pause.
+                self.log.warning("%s; waiting %.0f s as asked", exc, exc.retry_after or 0)
+                if await self._sleep_or_deadline(exc.retry_after or policy.delay(polls_since_change)):
+                    yield await self._timeout_event(hook, vendor, job)
+                    return
+                continue
+            except VendorUnavailableError as exc:
+                outage_since = outage_since or time.time()
+                if time.time() - outage_since > retry.outage_tolerance:
+                    yield self._error_event(exc)
+                    return
+                self.log.warning("%s; still waiting (unreachable for %.0f s)", exc, time.time() - outage_since)
+                progress = None
+            except JobProgressError as exc:
+                yield self._error_event(exc)
+                return
+            if progress is not None:
+                if progress.changed_from(self._last):
+                    self.log.info("%s", progress.describe())
+                    if policy.restart_on_change:
+                        polls_since_change = 0
+                self._last = progress
+                if progress.is_terminal:
+                    yield self._terminal_event(progress)
+                    return
+            if await self._sleep_or_deadline(policy.delay(polls_since_change)):
+                yield await self._timeout_event(hook, vendor, job)
+                return
+            polls_since_change += 1
+
+    async def _sleep_or_deadline(self, seconds: float) -> bool:
+        """Sleep ``seconds`` but not past the deadline; True when the deadline has passed."""
+        if self.deadline is not None:
+            left = self.deadline - time.time()
+            if left <= 0:
+                return True
+            seconds = min(seconds, left)
+        await asyncio.sleep(seconds)
+        return self.deadline is not None and time.time() >= self.deadline
+
+    def _terminal_event(self, progress: JobProgress) -> TriggerEvent:
+        status = STATUS_BY_STATE[progress.state]
+        if status == "success" and self.finish_in_triggerer:
+            return TaskSuccessEvent(xcoms={"return_value": progress.to_dict()})
+        return TriggerEvent(
+            {"status": status, "progress": progress.to_dict(), "message": progress.describe(), "error": None}
+        )
+
+    def _error_event(self, exc: JobProgressError) -> TriggerEvent:
+        self.log.error("%s", exc)
+        last = self._last.to_dict() if self._last else None
+        return TriggerEvent({"status": "error", "progress": last, "message": str(exc), "error": type(exc).__name__})
+
+    async def _timeout_event(self, hook: Any, vendor: str, job: str) -> TriggerEvent:
+        message = f"{vendor} job {job}: not finished before the deadline"
+        if self._last is not None:
+            message += f" (last seen {self._last.describe()})"
+        if self.cancel_on_timeout:
+            message += "; " + await self._cancel(hook, vendor, job, reason="deadline passed")
+        self.log.error("%s", message)
+        last = self._last.to_dict() if self._last else None
+        return TriggerEvent({"status": "timeout", "progress": last, "message": message, "error": None})
+
+    async def _cancel(self, hook: Any, vendor: str, job: str, *, reason: str) -> str:
+        """Cancel this trigger's job (only this one), bounded in time; returns what happened."""
+        try:
+            await asyncio.wait_for(hook.acancel(job), timeout=ON_KILL_TIMEOUT)
+        except OperationNotSupportedError as exc:
+            return f"not cancelled: {exc.detail}"
+        except (JobProgressError, TimeoutError) as exc:
+            self.log.warning("%s job %s: cancel after %s failed: %s", vendor, job, reason, exc)
+            return f"cancel failed: {exc}"
+        self.log.warning("%s job %s: cancelled (%s)", vendor, job, reason)
+        return "remote job cancelled"
+
+    async def on_kill(self) -> None:
+        """A user killed the task (Airflow 3.3+): cancel the remote job if it is still running.
+
+        Never called on a triggerer restart or shutdown, so a restart cancels nothing.
+        """
+        if not self.cancel_on_kill or (self._last is not None and self._last.is_terminal):
+            return
+        try:
+            hook = await self._hook()
+        except JobProgressError:
+            return
+        job = str(self.job_id)
+        try:
+            current = await asyncio.wait_for(hook.aget_progress(job), timeout=ON_KILL_TIMEOUT / 2)
+        except (JobProgressError, TimeoutError):
+            current = None
+        if current is not None and current.is_terminal:
+            return
+        await self._cancel(hook, hook.vendor(), job, reason="the task was killed")

@@ -1,0 +1,40 @@
+"""Shared fixtures: a throwaway Airflow home, a migrated metadata DB, and running vendor emulators."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_HOME = Path(tempfile.mkdtemp(prefix="jobprogress-airflow-"))
+# Airflow reads its configuration at import time: settle it before anything imports airflow.
+os.environ.setdefault("AIRFLOW_HOME", str(_HOME))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "tests" / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
+
+from airflow_provider_jobprogress.testing.emulators import VendorEmulator  # noqa: E402
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[VendorEmulator]:
+    """A fresh emulator of the three vendor APIs on 127.0.0.1, with AIRFLOW_CONN_* pointing at it."""
+    with VendorEmulator() as emu:
+        for conn_id, uri in emu.connections().items():
+            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", uri)
+        yield emu
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated SQLite metadata DB in the throwaway AIRFLOW_HOME (what ``dag.test()`` needs)."""
+    airflow = Path(sys.executable).with_name("airflow")
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+    return Path(os.environ["AIRFLOW_HOME"])

@@ -1,0 +1,191 @@
+"""JobProgressTrigger in a real event loop against the emulators: events, restarts, kills, shared clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from airflow_provider_jobprogress.core import JobState, PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
+from airflow_provider_jobprogress.hooks.itwin import ITwinHook
+from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
+from airflow_provider_jobprogress.hooks.scriptx import ScriptXHook
+from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
+from airflow_provider_jobprogress.triggers.job_progress import CLASSPATH, JobProgressTrigger
+
+FAST_POLL = PollPolicy.fixed(0.01).to_dict()
+FAST_RETRY = RetryPolicy(initial_delay=0.01, max_delay=0.02, jitter=0, attempts=2, outage_tolerance=30).to_dict()
+HOOKS = {
+    "olconnect": "airflow_provider_jobprogress.hooks.olconnect.OLConnectHook",
+    "scriptx": "airflow_provider_jobprogress.hooks.scriptx.ScriptXHook",
+    "itwin": "airflow_provider_jobprogress.hooks.itwin.ITwinHook",
+}
+
+
+def submit(vendor: str) -> str:
+    if vendor == "olconnect":
+        return OLConnectHook().submit({"datamining": {"identifier": "a.csv", "config": "dm"}})
+    if vendor == "scriptx":
+        return ScriptXHook().submit("https://example.invalid/a.pdf")
+    return ITwinHook().submit(
+        {"name": "j", "type": "objects2D", "inputs": [{"type": "photos", "id": "i"}], "outputs": ["objects2D"]}
+    )
+
+
+def trigger(vendor: str, job_id: str, **kwargs: Any) -> JobProgressTrigger:
+    params: dict[str, Any] = {
+        "hook_class_path": HOOKS[vendor],
+        "conn_id": f"{vendor}_default",
+        "job_id": job_id,
+        "poll_policy": FAST_POLL,
+        "retry_policy": FAST_RETRY,
+    }
+    params.update(kwargs)
+    return JobProgressTrigger(**params)
+
+
+async def events(trig: JobProgressTrigger) -> list[Any]:
+    return [event async for event in trig.run()]
+
+
+@pytest.fixture(autouse=True)
+async def close_shared_sessions() -> AsyncIterator[None]:
+    yield
+    await ASYNC_SESSIONS.aclose_all()
+
+
+def test_serialize_is_plain_json_and_round_trips() -> None:
+    trig = trigger("itwin", "job-1", deadline=1_900_000_000.5, cancel_on_timeout=True)
+    classpath, kwargs = trig.serialize()
+    assert classpath == CLASSPATH
+    assert json.loads(json.dumps(kwargs)) == kwargs
+    from airflow.sdk import serde
+
+    assert serde.deserialize(serde.serialize(kwargs)) == kwargs
+    assert JobProgressTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+@pytest.mark.parametrize("vendor", sorted(HOOKS))
+async def test_success_yields_one_event_with_final_progress(emulator: VendorEmulator, vendor: str, capsys) -> None:
+    job_id = submit(vendor)
+    got = await events(trigger(vendor, job_id))
+    assert len(got) == 1
+    payload = got[0].payload
+    assert payload["status"] == "success"
+    assert payload["progress"]["state"] == JobState.SUCCEEDED.value
+    assert payload["progress"]["job_id"] == job_id
+    # Airflow's structlog writes to stdout: one line per change of progress, never one per poll.
+    lines = [line for line in capsys.readouterr().out.splitlines() if job_id in line]
+    assert len(lines) >= 3, "a line for each change of progress"
+    assert len(lines) == len(set(lines)) or vendor == "scriptx"
+
+
+@pytest.mark.parametrize(("outcome", "status"), [("fail", "failed"), ("cancel", "cancelled")])
+@pytest.mark.parametrize("vendor", sorted(HOOKS))
+async def test_failed_and_cancelled_jobs(emulator: VendorEmulator, vendor: str, outcome: str, status: str) -> None:
+    emulator.set_next_scenario(vendor, Scenario(outcome=outcome, steps=1, message="disk full"))
+    got = await events(trigger(vendor, submit(vendor)))
+    assert [e.payload["status"] for e in got] == [status]
+    if outcome == "fail":
+        assert "disk full" in got[0].payload["message"]
+
+
+async def test_deadline_gives_timeout_event_and_can_cancel(emulator: VendorEmulator) -> None:
+    emulator.set_next_scenario("olconnect", Scenario(steps=10_000))
+    job_id = submit("olconnect")
+    got = await events(trigger("olconnect", job_id, deadline=time.time() + 0.3, cancel_on_timeout=True))
+    assert [e.payload["status"] for e in got] == ["timeout"]
+    assert "remote job cancelled" in got[0].payload["message"]
+    assert emulator.count("POST", f"/cancel/{job_id}") == 1
+
+
+async def test_unreachable_vendor_is_waited_through(emulator: VendorEmulator) -> None:
+    # Each poll's own retries (2 tries) give up; the wait goes on until the vendor answers again.
+    emulator.set_next_scenario("itwin", Scenario(flaky=5, steps=1))
+    got = await events(trigger("itwin", submit("itwin")))
+    assert [e.payload["status"] for e in got] == ["success"]
+
+
+async def test_unknown_job_is_an_error_event(emulator: VendorEmulator) -> None:
+    got = await events(trigger("scriptx", "no-such-token"))
+    assert got[0].payload["status"] == "error"
+    assert got[0].payload["error"] == "JobNotFoundError"
+
+
+async def test_restart_from_serialized_kwargs_completes_without_submit_or_cancel(emulator: VendorEmulator) -> None:
+    emulator.set_next_scenario("itwin", Scenario(steps=6))
+    job_id = submit("itwin")
+    first = trigger("itwin", job_id, poll_policy=PollPolicy.fixed(0.05).to_dict())
+    task = asyncio.create_task(events(first))
+    await asyncio.sleep(0.12)
+    task.cancel()  # what a triggerer shutdown does: CancelledError, no on_kill
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    polls_before = emulator.count("GET", f"/jobs/{job_id}/progress")
+    assert 0 < polls_before < 6
+    _, kwargs = first.serialize()
+    got = await events(JobProgressTrigger(**json.loads(json.dumps(kwargs))))
+    assert [e.payload["status"] for e in got] == ["success"]
+    assert emulator.count("POST", "/realitydataanalysis/jobs") == 1
+    assert emulator.count("PATCH", f"/jobs/{job_id}") == 1  # the submit only: no cancel
+
+
+async def test_on_kill_cancels_a_running_job(emulator: VendorEmulator) -> None:
+    emulator.set_next_scenario("olconnect", Scenario(steps=100))
+    job_id = submit("olconnect")
+    trig = trigger("olconnect", job_id, poll_policy=PollPolicy.fixed(0.05).to_dict())
+    task = asyncio.create_task(events(trig))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await trig.on_kill()
+    assert emulator.count("POST", f"/cancel/{job_id}") == 1
+
+
+async def test_on_kill_after_success_cancels_nothing(emulator: VendorEmulator) -> None:
+    emulator.set_next_scenario("olconnect", Scenario(steps=1))
+    job_id = submit("olconnect")
+    trig = trigger("olconnect", job_id)
+    await events(trig)
+    await trig.on_kill()
+    assert emulator.count("POST", "/cancel/") == 0
+
+
+async def test_on_kill_for_scriptx_sends_nothing(emulator: VendorEmulator) -> None:
+    emulator.set_next_scenario("scriptx", Scenario(steps=100))
+    trig = trigger("scriptx", submit("scriptx"))
+    await trig.on_kill()  # PrintPdf has no cancel: logged, nothing sent, no exception
+
+
+async def test_finish_in_triggerer_yields_task_success_event(emulator: VendorEmulator) -> None:
+    from airflow.triggers.base import TaskSuccessEvent
+
+    got = await events(trigger("itwin", submit("itwin"), finish_in_triggerer=True))
+    assert len(got) == 1
+    assert isinstance(got[0], TaskSuccessEvent)
+    assert got[0].xcoms["return_value"]["state"] == "succeeded"
+
+
+async def test_two_hundred_triggers_share_one_token_and_one_pool(emulator: VendorEmulator) -> None:
+    emulator.set_default_scenario("itwin", Scenario(steps=3))
+    hook = ITwinHook()
+    job_ids = [
+        hook.submit(
+            {"name": f"j{i}", "type": "objects2D", "inputs": [{"type": "photos", "id": "i"}], "outputs": ["objects2D"]}
+        )
+        for i in range(200)
+    ]
+    tokens_before = emulator.count("POST", "/connect/token")
+    got = await asyncio.gather(*(events(trigger("itwin", job_id)) for job_id in job_ids))
+    assert all(e[0].payload["status"] == "success" for e in got)
+    assert emulator.count("POST", "/connect/token") - tokens_before == 1
+    sessions = ASYNC_SESSIONS.sessions()
+    assert len(sessions) == 1
+    peers = {c.peer for c in emulator.calls if c.path.endswith("/progress")}
+    assert len(peers) <= 20, f"one pool of at most 20 connections, saw {len(peers)}"
