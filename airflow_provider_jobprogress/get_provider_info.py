@@ -125,15 +125,14 @@ def _itwin_connection() -> dict[str, Any]:
                 "description": "Root of the iTwin Platform APIs.",
                 "schema": {"type": ["string", "null"], "default": "https://api.bentley.com"},
             },
-            "token_url": {
-                "label": "Token URL",
+            "auth_url": {
+                "label": "Token endpoint (IMS)",
                 "description": (
-                    "OAuth2 token endpoint for the client-credentials grant of a service app; "
-                    "empty means https://ims.bentley.com/connect/token."
+                    "OAuth2 token endpoint for the client-credentials grant of a service app. "
+                    "Named auth_url, not token_url: Airflow masks every extra whose key contains 'token'. "
+                    "The older key token_url is still read."
                 ),
-                # No schema default on purpose: Airflow treats any extra key containing "token" as
-                # secret, so the form would prefill "***" and save it into new connections.
-                "schema": {"type": ["string", "null"]},
+                "schema": {"type": ["string", "null"], "default": "https://ims.bentley.com/connect/token"},
             },
             "scope": {
                 "label": "OAuth scope",

@@ -859,7 +859,7 @@ def test_connections_point_at_the_emulator(emulator: VendorEmulator) -> None:
     )
     assert conns["scriptx_default"]["password"] == emulator.SCRIPTX_LICENSE
     extra = conns["itwin_default"]["extra"]
-    assert extra["token_url"] == f"{emulator.url}/connect/token"
+    assert extra["auth_url"] == f"{emulator.url}/connect/token"
     assert extra["itwin_id"] == emulator.ITWIN_ID
 
 

@@ -137,7 +137,9 @@ class ConnectionFields:
 
     def extra_bool_or_path(self, key: str, default: bool = True) -> bool | str:
         """Read a ``verify``-style extra: true/false or a CA bundle path."""
-        value = self.extra.get(key, default)
+        value = self.extra.get(key)
+        if value is None:  # absent, or saved empty by the connection form
+            return default
         if isinstance(value, bool):
             return value
         text = str(value).strip()

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from functools import cached_property
 from typing import Any, ClassVar, Generic, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.sdk import BaseHook
@@ -132,7 +133,15 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     def result_parts(self, job_id: str) -> list[ResultPart]:
         """Where the job's result is: the parts a download streams (ids or paths come as values)."""
-        return self.session.run(self.api.results(job_id))
+        parts = self.session.run(self.api.results(job_id))
+        for part in parts:
+            # A pre-signed URL (an Azure SAS) carries its key in the query: mask it wherever it is logged.
+            if part.request is not None and not part.request.authenticated:
+                query = urlsplit(part.request.url).query
+                for value in [query, *(v for _, v in parse_qsl(query))]:
+                    if len(value) >= 8:
+                        _mask(value)
+        return parts
 
     @contextlib.contextmanager
     def open_result(self, part: ResultPart, job_id: str) -> Iterator[StreamedResponse]:

@@ -16,7 +16,7 @@ class ITwinHook(JobProgressHook[ITwinApi]):
 
     The connection holds the service app's client id (login) and secret (password) and extras ``api``
     (``realitydataanalysis``, ``realityconversion`` or ``reality-modeling``), ``base_url``,
-    ``token_url``, ``scope``, ``itwin_id`` and ``verify``.
+    ``auth_url`` (the token endpoint; ``token_url`` is read too), ``scope``, ``itwin_id`` and ``verify``.
     """
 
     conn_type: ClassVar[str] = "itwin"

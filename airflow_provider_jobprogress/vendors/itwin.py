@@ -112,7 +112,8 @@ class ITwinApi(VendorApi):
             client_secret=conn.password or "",
             api=str(extra.get("api") or "realitydataanalysis"),
             base_url=str(extra.get("base_url") or BASE_URL),
-            token_url=str(extra.get("token_url") or TOKEN_URL),
+            # auth_url, because Airflow masks extras whose key contains "token"; token_url still read
+            token_url=str(extra.get("auth_url") or extra.get("token_url") or TOKEN_URL),
             scope=str(extra.get("scope") or SCOPE),
             itwin_id=extra.get("itwin_id"),
             retry_policy=retry_policy,

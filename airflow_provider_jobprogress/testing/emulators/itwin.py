@@ -95,7 +95,7 @@ def _token(request: Request, state: EmulatorState) -> Reply:
     if form.get("grant_type") != "client_credentials":
         return Reply.json(400, {"error": "unsupported_grant_type"})
     client = basic_credentials(request) or (form.get("client_id", ""), form.get("client_secret", ""))
-    if client != (CLIENT_ID, CLIENT_SECRET):
+    if client != (CLIENT_ID, state.secret("itwin_client_secret")):
         return Reply.json(400, {"error": "invalid_client"})
     if set(form.get("scope", SCOPE).split()) != {SCOPE}:
         return Reply.json(400, {"error": "invalid_scope"})

@@ -384,8 +384,11 @@ def basic_credentials(request: Request) -> tuple[str, str] | None:
 class EmulatorState:
     """Everything the three APIs share: jobs, tokens, scenarios, the call log. One lock guards it all."""
 
-    def __init__(self, *, token_ttl: int, olconnect_security: bool, retention: float) -> None:
+    def __init__(
+        self, *, token_ttl: int, olconnect_security: bool, retention: float, secrets: Mapping[str, str]
+    ) -> None:
         self.lock = threading.RLock()
+        self.secrets = dict(secrets)
         self.token_ttl = token_ttl
         self.olconnect_security = olconnect_security
         self.retention = retention
@@ -410,6 +413,10 @@ class EmulatorState:
             self.tokens = {vendor: {} for vendor in VENDORS}
             self.queues = {vendor: deque() for vendor in VENDORS}
             self.defaults = {vendor: Scenario() for vendor in VENDORS}
+
+    def secret(self, name: str) -> str:
+        """The credential the emulator accepts (olconnect_password, scriptx_license, itwin_client_secret)."""
+        return self.secrets[name]
 
     # -- scenarios -------------------------------------------------------------------------------
     def queue_scenario(self, vendor: str, scenario: Scenario, *, default: bool = False) -> None:

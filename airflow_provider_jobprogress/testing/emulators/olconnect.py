@@ -66,7 +66,7 @@ def _login(request: Request, state: EmulatorState) -> Reply:
     credentials = basic_credentials(request)
     if credentials is None:
         return _credentials_required()
-    if credentials != (USER, PASSWORD):
+    if credentials != (USER, state.secret("olconnect_password")):
         return error(401, "Invalid user name or password")
     reply = Reply.text(200, state.issue_token(VENDOR))
     reply.headers["Token-Expires-In"] = str(state.token_ttl)
@@ -88,7 +88,11 @@ def _denied(request: Request, state: EmulatorState) -> Reply | None:
     credentials = basic_credentials(request)
     if credentials is None:
         return _credentials_required()
-    return None if credentials == (USER, PASSWORD) else error(403, "Invalid user name or password")
+    return (
+        None
+        if credentials == (USER, state.secret("olconnect_password"))
+        else error(403, "Invalid user name or password")
+    )
 
 
 def _not_found(job_id: str) -> Reply:

@@ -59,11 +59,13 @@ LICENSE_OPTIONS = {
 VERSION = {"major": 2, "minor": 23, "build": 1, "revision": 0, "majorRevision": 0, "minorRevision": 0}
 
 
-def _unauthorized(request: Request) -> Reply | None:
+def _unauthorized(request: Request, state: EmulatorState) -> Reply | None:
     credentials = basic_credentials(request)
     if credentials is None:
         return Reply.text(401, "Unauthorized")
-    return None if credentials[0] == LICENSE_GUID else Reply.text(401, "Unauthorized - unknown license")
+    return (
+        None if credentials[0] == state.secret("scriptx_license") else Reply.text(401, "Unauthorized - unknown license")
+    )
 
 
 def _describe(request: Request, state: EmulatorState) -> Reply:
@@ -104,7 +106,11 @@ def _ping(request: Request, state: EmulatorState) -> Reply:
     guid = request.query.get("licenseGuid")
     if guid is None:
         return Reply.json(200, {})
-    return Reply.json(200, LICENSE_OPTIONS) if guid == LICENSE_GUID else Reply.text(404, "License not found")
+    return (
+        Reply.json(200, LICENSE_OPTIONS)
+        if guid == state.secret("scriptx_license")
+        else Reply.text(404, "License not found")
+    )
 
 
 def _print(request: Request, state: EmulatorState) -> Reply:
@@ -209,7 +215,7 @@ def handle(request: Request, state: EmulatorState) -> Reply:
     reply = route(request, state, OPEN_ROUTES)
     if reply is not None:
         return reply
-    denied = _unauthorized(request)
+    denied = _unauthorized(request, state)
     if denied is not None:
         return denied
     return route(request, state, ROUTES) or Reply.text(404, "Not Found")

@@ -9,7 +9,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, cast
@@ -213,10 +213,24 @@ class VendorEmulator:
         token_ttl: int = 3600,
         olconnect_security: bool = True,
         retention: float = 300.0,
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
+        """``secrets`` overrides the accepted credentials (olconnect_password, scriptx_license,
+        itwin_client_secret), e.g. with distinctive values a test then searches logs for."""
         self.host = host
         self.port = port
-        self.state = EmulatorState(token_ttl=token_ttl, olconnect_security=olconnect_security, retention=retention)
+        accepted = {
+            "olconnect_password": self.OLCONNECT_PASSWORD,
+            "scriptx_license": self.SCRIPTX_LICENSE,
+            "itwin_client_secret": self.ITWIN_CLIENT_SECRET,
+        }
+        unknown = set(secrets or {}) - set(accepted)
+        if unknown:
+            raise ValueError(f"unknown emulator secrets {sorted(unknown)}; known: {sorted(accepted)}")
+        accepted.update(secrets or {})
+        self.state = EmulatorState(
+            token_ttl=token_ttl, olconnect_security=olconnect_security, retention=retention, secrets=accepted
+        )
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -309,7 +323,7 @@ class VendorEmulator:
             "port": self.port,
             "schema": "http",
             "login": self.OLCONNECT_USER,
-            "password": self.OLCONNECT_PASSWORD,
+            "password": self.state.secret("olconnect_password"),
             "extra": {"auth": "token"},
         }
         sx = {
@@ -317,17 +331,17 @@ class VendorEmulator:
             "host": self.host,
             "port": self.port,
             "schema": "http",
-            "password": self.SCRIPTX_LICENSE,
+            "password": self.state.secret("scriptx_license"),
             "extra": {"variant": "cloud"},
         }
         it = {
             "conn_type": self.CONN_TYPES["itwin"],
             "login": self.ITWIN_CLIENT_ID,
-            "password": self.ITWIN_CLIENT_SECRET,
+            "password": self.state.secret("itwin_client_secret"),
             "extra": {
                 "api": "realitydataanalysis",
                 "base_url": self.url,
-                "token_url": f"{self.url}/connect/token",
+                "auth_url": f"{self.url}/connect/token",
                 "scope": itwin.SCOPE,
                 "itwin_id": self.ITWIN_ID,
             },
