@@ -47,6 +47,20 @@ def every_secret(emu: VendorEmulator) -> list[str]:
     return found
 
 
+async def wait_in_trigger(hook_path: str, conn_id: str, job_id: str) -> list[str]:
+    trig = JobProgressTrigger(
+        hook_class_path=hook_path,
+        conn_id=conn_id,
+        job_id=job_id,
+        poll_policy=PollPolicy.fixed(0.01).to_dict(),
+        retry_policy=FAST.to_dict(),
+    )
+    try:
+        return [json.dumps(e.payload) async for e in trig.run()]
+    finally:
+        await ASYNC_SESSIONS.aclose_all()
+
+
 def whole_life(emu: VendorEmulator) -> list[str]:
     """Drive each vendor through success, failure, expiry, rate limits and bad credentials; collect error texts."""
     texts: list[str] = []
@@ -74,20 +88,8 @@ def whole_life(emu: VendorEmulator) -> list[str]:
                             pass
             texts.append(str(hook.test_connection()))
 
-            async def wait(
-                hook_path: str = f"{hook_class.__module__}.{hook_class.__name__}", job: str = job_id
-            ) -> None:
-                trig = JobProgressTrigger(
-                    hook_class_path=hook_path,
-                    conn_id=f"{vendor}_default",
-                    job_id=job,
-                    poll_policy=PollPolicy.fixed(0.01).to_dict(),
-                    retry_policy=FAST.to_dict(),
-                )
-                texts.extend(json.dumps(e.payload) for e in [e async for e in trig.run()])
-                await ASYNC_SESSIONS.aclose_all()
-
-            asyncio.run(wait())
+            hook_path = f"{hook_class.__module__}.{hook_class.__name__}"
+            texts.extend(asyncio.run(wait_in_trigger(hook_path, f"{vendor}_default", job_id)))
         for bad in ("job-that-is-not-there",):
             try:
                 hook_class(retry_policy=FAST).get_progress(bad)
