@@ -64,7 +64,10 @@ def test_serialize_is_plain_json_and_round_trips() -> None:
     classpath, kwargs = trig.serialize()
     assert classpath == CLASSPATH
     assert json.loads(json.dumps(kwargs)) == kwargs
-    from airflow.sdk import serde
+    try:
+        from airflow.sdk import serde
+    except ImportError:  # Airflow < 3.2
+        from airflow.serialization import serde  # type: ignore[no-redef]
 
     assert serde.deserialize(serde.serialize(kwargs)) == kwargs
     assert JobProgressTrigger(**kwargs).serialize() == (classpath, kwargs)

@@ -17,7 +17,11 @@ from airflow.providers.common.compat.sdk import (
     BaseSensorOperator,
     PokeReturnValue,
 )
-from airflow.sdk.exceptions import TaskDeferralTimeout
+
+try:
+    from airflow.sdk.exceptions import TaskDeferralTimeout
+except ImportError:  # Airflow < 3.2
+    from airflow.exceptions import TaskDeferralTimeout  # type: ignore[no-redef,attr-defined]
 from airflow.triggers.base import StartTriggerArgs
 
 from airflow_provider_jobprogress.core.errors import (
