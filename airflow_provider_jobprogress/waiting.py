@@ -1,0 +1,184 @@
+"""The waiting machinery shared by sensors and submit operators: one way to wait, defer and conclude."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from functools import cached_property
+from typing import Any, ClassVar
+
+from airflow.providers.common.compat.sdk import (
+    AirflowException,
+    AirflowFailException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+    BaseHook,
+)
+
+from airflow_provider_jobprogress.core.errors import (
+    JobCancelledError,
+    JobFailedError,
+    JobProgressError,
+    OperationNotSupportedError,
+)
+from airflow_provider_jobprogress.core.model import JobProgress, JobState
+from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
+from airflow_provider_jobprogress.hooks.base import JobProgressHook
+from airflow_provider_jobprogress.triggers.job_progress import JobProgressTrigger
+
+
+class JobWaitMixin:
+    """Hook resolution, policies, the trigger, and turning a job's end into the task's outcome.
+
+    Mixed into Airflow operators (``BaseSensorOperator`` or ``BaseOperator``); expects ``job_id`` and
+    ``conn_id`` attributes, ``log``, and optionally ``soft_fail``.
+    """
+
+    #: set by vendor classes; None = resolve the vendor from the connection's type
+    hook_class_path: ClassVar[str | None] = None
+    default_conn_id: ClassVar[str | None] = None
+
+    job_id: Any
+    conn_id: str
+    log: Any
+    cancel_on_kill: bool
+    cancel_on_timeout: bool
+    finish_in_triggerer: bool
+
+    def _init_waiting(
+        self,
+        *,
+        poll_policy: PollPolicy | Mapping[str, Any] | float | None,
+        retry_policy: RetryPolicy | Mapping[str, Any] | None,
+        cancel_on_kill: bool,
+        cancel_on_timeout: bool,
+        finish_in_triggerer: bool = False,
+    ) -> None:
+        # Validate policies now, at parse time: a bad policy must never surface after a job was started.
+        self._poll_policy = PollPolicy.from_value(poll_policy, self._default_poll_policy()) if poll_policy else None
+        self._retry_policy = RetryPolicy.from_value(retry_policy)
+        self.cancel_on_kill = cancel_on_kill
+        self.cancel_on_timeout = cancel_on_timeout
+        self.finish_in_triggerer = finish_in_triggerer
+        self._last: JobProgress | None = None
+
+    @classmethod
+    def _default_poll_policy(cls) -> PollPolicy:
+        if cls.hook_class_path is None:
+            return PollPolicy.fixed(30)
+        hook: type[JobProgressHook[Any]] = load_hook_class(cls.hook_class_path)
+        return hook.default_poll_policy()
+
+    @property
+    def poll_policy(self) -> PollPolicy:
+        return self._poll_policy or type(self.hook).default_poll_policy()
+
+    @cached_property
+    def hook(self) -> JobProgressHook[Any]:
+        path = self.hook_class_path
+        if path is None:
+            conn_type = BaseHook.get_connection(self.conn_id).conn_type
+            path = HOOK_CLASS_BY_CONN_TYPE.get(conn_type or "")
+            if path is None:
+                raise AirflowFailException(
+                    f"connection {self.conn_id!r} has type {conn_type!r}; this provider knows "
+                    f"{sorted(HOOK_CLASS_BY_CONN_TYPE)}"
+                )
+        hook_class: type[JobProgressHook[Any]] = load_hook_class(path)
+        return hook_class(self.conn_id, retry_policy=self._retry_policy)
+
+    def _trigger_kwargs(self, job_id: Any, *, deadline: float | None) -> dict[str, Any]:
+        return {
+            "hook_class_path": self.hook_class_path or "",
+            "conn_id": self.conn_id,
+            "job_id": job_id,
+            "poll_policy": self._poll_policy.to_dict() if self._poll_policy else None,
+            "retry_policy": self._retry_policy.to_dict(),
+            "deadline": deadline,
+            "cancel_on_kill": self.cancel_on_kill,
+            "cancel_on_timeout": self.cancel_on_timeout,
+            "finish_in_triggerer": self.finish_in_triggerer,
+        }
+
+    def _trigger(self, job_id: str, *, timeout: float) -> JobProgressTrigger:
+        trigger = JobProgressTrigger(**self._trigger_kwargs(job_id, deadline=time.time() + timeout))
+        if not trigger.hook_class_path:  # resolved on the worker already: spare the triggerer a lookup
+            trigger.hook_class_path = f"{type(self.hook).__module__}.{type(self.hook).__qualname__}"
+        return trigger
+
+    def _defer_wait(self, job_id: str, *, timeout: float, method_name: str = "execute_complete") -> None:
+        self.defer(  # type: ignore[attr-defined]
+            trigger=self._trigger(job_id, timeout=timeout),
+            method_name=method_name,
+            timeout=timedelta(seconds=timeout),
+        )
+
+    def _read(self, job_id: str) -> JobProgress:
+        progress = self.hook.get_progress(job_id)
+        if progress.changed_from(self._last):
+            self.log.info("%s", progress.describe())
+        self._last = progress
+        return progress
+
+    def _wait_here(self, job_id: str, *, timeout: float) -> JobProgress:
+        """Poll on the worker (non-deferrable operators) with the same policy the trigger uses."""
+        deadline = time.time() + timeout
+        policy, polls_since_change = self.poll_policy, 0
+        while True:
+            before = self._last
+            progress = self._read(job_id)
+            if progress.is_terminal:
+                return progress
+            if progress.changed_from(before) and policy.restart_on_change:
+                polls_since_change = 0
+            if time.time() >= deadline:
+                if self.cancel_on_timeout:
+                    self._cancel_remote("the wait timed out")
+                raise AirflowSensorTimeout(f"{progress.describe()}: not finished within {timeout:g} s")
+            time.sleep(min(policy.delay(polls_since_change), max(deadline - time.time(), 0)))
+            polls_since_change += 1
+
+    def _conclude(self, context: Any, event: dict[str, Any] | str | None) -> JobProgress:
+        """The trigger's event as the job's final progress (raising for anything but success)."""
+        if isinstance(event, str):
+            # A TaskSuccessEvent resumed on a worker (dag.test() does this) arrives as a bare state:
+            # the job is finished, so one read gives its final progress.
+            return self._outcome(self._read(str(self.job_id)))
+        if not event or "status" not in event:
+            raise AirflowException(f"{type(self).__name__}: no event from the trigger for job {self.job_id}")
+        status = event["status"]
+        progress = JobProgress.from_dict(event["progress"]) if event.get("progress") else None
+        if progress is not None and status in ("success", "failed", "cancelled"):
+            self._last = progress
+            return self._outcome(progress)
+        if status == "timeout":
+            raise AirflowSensorTimeout(event.get("message") or f"job {self.job_id} timed out")
+        raise AirflowException(event.get("message") or f"waiting for job {self.job_id} failed: {event}")
+
+    def _outcome(self, progress: JobProgress) -> JobProgress:
+        """Succeeded: the progress. Failed: fail without retry. Cancelled: fail, or skip with soft_fail."""
+        if progress.state is JobState.SUCCEEDED:
+            self.log.info("%s", progress.describe())
+            return progress
+        vendor_says = progress.message or "no message from the vendor"
+        if progress.state is JobState.CANCELLED:
+            error: JobProgressError = JobCancelledError(progress.vendor, progress.job_id, f"cancelled: {vendor_says}")
+            self.log.error("%s", error)
+            if getattr(self, "soft_fail", False):
+                raise AirflowSkipException(str(error)) from error
+            raise AirflowFailException(str(error)) from error
+        error = JobFailedError(progress.vendor, progress.job_id, f"failed: {vendor_says}")
+        self.log.error("%s", error)
+        raise AirflowFailException(str(error)) from error
+
+    def _cancel_remote(self, reason: str, job_id: Any = None) -> None:
+        job = str(job_id or self.job_id)
+        try:
+            self.hook.cancel(job)
+            self.log.warning("%s job %s cancelled: %s", self.hook.vendor(), job, reason)
+        except OperationNotSupportedError as exc:
+            self.log.warning("%s", exc)
+        except JobProgressError as exc:
+            self.log.error("cancel after %s failed: %s", reason, exc)
