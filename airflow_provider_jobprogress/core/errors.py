@@ -85,6 +85,12 @@ class ResultNotReadyError(JobProgressError):
     hint = "Wait for the job with a sensor before fetching its result"
 
 
+class ResultNotForXComError(JobProgressError):
+    """The result is binary or larger than the operator's ``max_xcom_bytes``: it belongs in storage."""
+
+    hint = "Set destination= (a file://, s3://, gs://... path) to stream it to storage"
+
+
 class JobFailedError(JobProgressError):
     """The job ended in the vendor's failed state."""
 

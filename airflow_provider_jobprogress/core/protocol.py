@@ -303,6 +303,10 @@ class VendorApi:
         raise NotImplementedError
         yield  # pragma: no cover
 
+    def result_value(self, text: str) -> Any:
+        """A small text result as the value a DAG wants; vendors whose results are ids or paths override."""
+        return text
+
     def results(self, job_id: str) -> Flow[list[ResultPart]]:
         """Where the job's result is: one or more parts to download (streamed by the session)."""
         raise NotImplementedError

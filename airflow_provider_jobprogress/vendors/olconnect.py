@@ -181,6 +181,11 @@ class OLConnectApi(VendorApi):
         response = yield from self.send(request, job_id, what="read the result as text")
         return response.text
 
+    def result_value(self, text: str) -> Any:
+        """getResult text is an entity id, or one absolute output path per line."""
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[0] if len(lines) == 1 else lines
+
     def results(self, job_id: str) -> Flow[list[ResultPart]]:
         # getResult answers an id, output paths, or the single output file's bytes: stream it as is.
         return [ResultPart(name=f"{job_id}.out", request=self._call("POST", f"{PRINT}/getResult/{job_id}"))]

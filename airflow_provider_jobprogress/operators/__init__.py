@@ -1,0 +1,1 @@
+"""Operators that submit vendor jobs and bring their results home."""

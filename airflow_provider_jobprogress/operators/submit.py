@@ -1,0 +1,123 @@
+"""The generic submit operator: start a job once, re-attach on retry, optionally wait with the sensor's machinery."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.providers.common.compat.sdk import BaseOperator
+
+from airflow_provider_jobprogress.core.errors import JobNotFoundError
+from airflow_provider_jobprogress.core.model import JobState
+from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.waiting import JobWaitMixin
+
+#: where the job id is kept across tries (Airflow 3.3 task_state_store) and pushed (XCom key)
+JOB_ID_KEY = "job_id"
+DEFAULT_TIMEOUT = 7 * 24 * 3600.0
+
+
+class JobSubmitOperator(JobWaitMixin, BaseOperator):
+    """Submit one vendor job; its id is the XCom ``return_value`` (and XCom ``job_id``, pushed at once).
+
+    A retry does not submit a second job while the first one is still alive: the job id is kept in
+    Airflow 3.3's ``task_state_store`` (below 3.3, in the XCom of the earlier try when Airflow kept it)
+    and the task re-attaches to that job, saying so in the log. A job that already failed or was
+    cancelled is submitted anew.
+
+    :param wait_for_completion: wait until the job is finished (the task then fails if the job fails)
+    :param deferrable: wait in the triggerer (default) rather than on the worker
+    :param timeout: seconds to wait for completion
+    """
+
+    ui_color = "#d8ecf3"
+    job_id: Any = None
+
+    def __init__(
+        self,
+        *,
+        conn_id: str | None = None,
+        wait_for_completion: bool = False,
+        deferrable: bool = True,
+        poll_policy: PollPolicy | Mapping[str, Any] | float | None = None,
+        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        cancel_on_kill: bool = True,
+        cancel_on_timeout: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self._init_waiting(
+            poll_policy=poll_policy,
+            retry_policy=retry_policy,
+            cancel_on_kill=cancel_on_kill,
+            cancel_on_timeout=cancel_on_timeout,
+        )
+        super().__init__(**kwargs)
+        self.conn_id = conn_id or self.default_conn_id or ""
+        if not self.conn_id:
+            raise ValueError(f"{type(self).__name__} {self.task_id!r} needs a conn_id")
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.timeout = timeout
+
+    # -- what each vendor operator provides ------------------------------------------------------
+    def submit_job(self, context: Any) -> str:
+        """Submit the job through ``self.hook``; return its id."""
+        raise NotImplementedError
+
+    # -- the shared life -------------------------------------------------------------------------
+    def execute(self, context: Any) -> Any:
+        job_id = self._reattach(context) or self._submit(context)
+        self.job_id = job_id
+        context["ti"].xcom_push(key=JOB_ID_KEY, value=job_id)
+        if not self.wait_for_completion:
+            return job_id
+        progress = self._read(job_id)
+        if not progress.is_terminal:
+            if self.deferrable:
+                self._defer_wait(job_id, timeout=self.timeout)
+            progress = self._wait_here(job_id, timeout=self.timeout)
+        self._finish(context, self._outcome(progress))
+        return job_id
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | str | None = None) -> Any:
+        self.job_id = context["ti"].xcom_pull(task_ids=self.task_id, key=JOB_ID_KEY)
+        self._finish(context, self._conclude(context, event))
+        return self.job_id
+
+    def _finish(self, context: Any, progress: Any) -> None:
+        context["ti"].xcom_push(key="progress", value=progress.to_dict())
+
+    def _submit(self, context: Any) -> str:
+        job_id = str(self.submit_job(context))
+        self.log.info("%s: submitted job %s", self.hook.vendor(), job_id)
+        store = context.get("task_state_store")
+        if store is not None:
+            store.set(JOB_ID_KEY, job_id)
+        return job_id
+
+    def _reattach(self, context: Any) -> str | None:
+        """The job of an earlier try, if it is still alive (or already succeeded)."""
+        store = context.get("task_state_store")
+        earlier = store.get(JOB_ID_KEY) if store is not None else None
+        ti = context["ti"]
+        if not earlier and getattr(ti, "try_number", 1) > 1:
+            earlier = ti.xcom_pull(task_ids=self.task_id, key=JOB_ID_KEY)
+        if not earlier:
+            return None
+        job_id = str(earlier)
+        try:
+            progress = self._read(job_id)
+        except JobNotFoundError:
+            self.log.warning("%s job %s of an earlier try is unknown now; submitting anew", self.hook.vendor(), job_id)
+            return None
+        if progress.state in (JobState.FAILED, JobState.CANCELLED):
+            self.log.warning("%s; the earlier try's job ended, submitting a new one", progress.describe())
+            return None
+        self.log.info("%s; re-attaching to the earlier try's job instead of submitting again", progress.describe())
+        return job_id
+
+    def on_kill(self) -> None:
+        """Worker-side kill while waiting on the worker: cancel the remote job unless it finished."""
+        if self.job_id and self.cancel_on_kill and not (self._last is not None and self._last.is_terminal):
+            self._cancel_remote("the task was killed", self.job_id)
