@@ -95,9 +95,9 @@ class SyncSession:
                 self._token = token
             return token
 
-    def _send(self, request: Request) -> Response:
+    def _request(self, request: Request, *, stream: bool) -> requests.Response:
         try:
-            answer = self.http.request(
+            return self.http.request(
                 request.method,
                 request.url,
                 headers=dict(request.headers),
@@ -105,10 +105,14 @@ class SyncSession:
                 json=request.json,
                 data=request.form,
                 timeout=self.timeout,
+                stream=stream,
                 allow_redirects=False,
             )
         except requests.exceptions.RequestException as exc:
             raise _transport_error(exc) from None
+
+    def _send(self, request: Request) -> Response:
+        answer = self._request(request, stream=False)
         return Response.build(answer.status_code, answer.headers, answer.content)
 
     @contextlib.contextmanager
@@ -122,19 +126,9 @@ class SyncSession:
                     token = self._get_token(None)
                 prepared = self.api.authorize(request, token)
             try:
-                answer = self.http.request(
-                    prepared.method,
-                    prepared.url,
-                    headers=dict(prepared.headers),
-                    params=prepared.params,
-                    json=prepared.json,
-                    data=prepared.form,
-                    timeout=self.timeout,
-                    stream=True,
-                    allow_redirects=False,
-                )
-            except requests.exceptions.RequestException as exc:
-                raise self.api.transport_failure(_transport_error(exc), request, job_id, what=what) from None
+                answer = self._request(prepared, stream=True)
+            except TransportError as exc:
+                raise self.api.transport_failure(exc, request, job_id, what=what) from None
             with contextlib.closing(answer):
                 if answer.status_code >= 300:
                     small = Response.build(answer.status_code, answer.headers, answer.raw.read(64 * 1024))
