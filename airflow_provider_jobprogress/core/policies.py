@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -80,7 +82,7 @@ class PollPolicy:
             return value
         if isinstance(value, int | float):
             return cls.fixed(float(value))
-        data = dict(value)
+        data = _known_fields(cls, value)
         if "intervals" in data:
             data["intervals"] = tuple(float(i) for i in data["intervals"])
         return cls(**data)
@@ -117,7 +119,7 @@ class RetryPolicy:
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait after the ``failures``-th consecutive transient failure (1-based)."""
-        base = min(self.initial_delay * self.factor ** max(failures - 1, 0), self.max_delay)
+        base = min(self.initial_delay * self.factor ** min(max(failures - 1, 0), 64), self.max_delay)
         return base + random.uniform(0, base * self.jitter)
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,7 +140,16 @@ class RetryPolicy:
             return cls()
         if isinstance(value, RetryPolicy):
             return value
-        return cls(**dict(value))
+        return cls(**_known_fields(cls, value))
+
+
+def _known_fields(cls: type, value: Mapping[str, Any]) -> dict[str, Any]:
+    """The mapping as constructor arguments, or a ValueError naming the keys that are not fields."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no {', '.join(unknown)}; it takes {', '.join(sorted(names))}")
+    return dict(value)
 
 
 def parse_retry_after(value: str | None, *, now: pendulum.DateTime | None = None) -> float | None:
@@ -147,9 +158,11 @@ def parse_retry_after(value: str | None, *, now: pendulum.DateTime | None = None
         return None
     text = value.strip()
     try:
-        return max(float(text), 0.0)
+        seconds = float(text)
     except ValueError:
-        pass
+        seconds = None
+    if seconds is not None:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = pendulum.instance(parsedate_to_datetime(text))
     except (TypeError, ValueError, IndexError):

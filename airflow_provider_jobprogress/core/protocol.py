@@ -52,6 +52,12 @@ class Request:
         """The URL without query string: what may appear in logs and errors (query strings carry SAS keys)."""
         return urlsplit(self.url).path
 
+    def __repr__(self) -> str:
+        # Headers carry tokens and Basic credentials, forms client secrets, queries SAS keys: names only.
+        headers = ", ".join(self.headers)
+        form = ", ".join(self.form or {})
+        return f"Request({self.method} {self.path}, headers=[{headers}], form=[{form}])"
+
     def with_headers(self, extra: Mapping[str, str]) -> Request:
         return replace(self, headers={**self.headers, **extra})
 

@@ -21,9 +21,9 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
     """Submit one vendor job; its id is the XCom ``return_value`` (and XCom ``job_id``, pushed at once).
 
     A retry does not submit a second job while the first one is still alive: the job id is kept in
-    Airflow 3.3's ``task_state_store`` (below 3.3, in the XCom of the earlier try when Airflow kept it)
-    and the task re-attaches to that job, saying so in the log. A job that already failed or was
-    cancelled is submitted anew.
+    Airflow 3.3's ``task_state_store`` and the task re-attaches to that job, saying so in the log. A job
+    that already failed or was cancelled is submitted anew. Below 3.3 Airflow keeps nothing across tries
+    (it clears the earlier try's XComs), so each try submits its own job there.
 
     :param wait_for_completion: wait until the job is finished (the task then fails if the job fails)
     :param deferrable: wait in the triggerer (default) rather than on the worker
@@ -100,9 +100,6 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
         """The job of an earlier try, if it is still alive (or already succeeded)."""
         store = context.get("task_state_store")
         earlier = store.get(JOB_ID_KEY) if store is not None else None
-        ti = context["ti"]
-        if not earlier and getattr(ti, "try_number", 1) > 1:
-            earlier = ti.xcom_pull(task_ids=self.task_id, key=JOB_ID_KEY)
         if not earlier:
             return None
         job_id = str(earlier)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -17,6 +18,43 @@ try:
     from airflow.sdk.exceptions import TaskDeferralTimeout
 except ImportError:  # Airflow < 3.2
     from airflow.exceptions import TaskDeferralTimeout  # type: ignore[no-redef,attr-defined]
+
+
+def _airflow_version() -> tuple[int, int]:
+    from airflow import __version__
+
+    major, minor = __version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def _check_finish_in_triggerer(task_id: str, job_id: Any) -> bool:
+    """Whether the wait can start in the triggerer; raises for a job_id the triggerer cannot render.
+
+    Below Airflow 3.3 the triggerer renders no templates, so the sensor falls back to the worker path
+    (with a warning). On 3.3, a job_id must be a template string, and ``xcom_pull`` in it needs
+    ``map_indexes=-1``: without it Airflow asks for an XCom sequence, a message the triggerer's
+    supervisor cannot decode, and the wait hangs until its timeout (seen on 3.3.2).
+    """
+    if _airflow_version() < (3, 3):
+        warnings.warn(
+            f"{task_id}: finish_in_triggerer needs Airflow 3.3 (templates rendered in the triggerer); "
+            "this task waits in the triggerer and finishes on a worker instead",
+            UserWarning,
+            stacklevel=3,
+        )
+        return False
+    example = "job_id=\"{{ ti.xcom_pull(task_ids='submit', map_indexes=-1) }}\""
+    if not isinstance(job_id, str):
+        raise ValueError(
+            f"{task_id}: with finish_in_triggerer, job_id must be a template string the triggerer renders, "
+            f"such as {example}; got {type(job_id).__name__}"
+        )
+    if "xcom_pull(" in job_id and "map_indexes" not in job_id:
+        raise ValueError(
+            f"{task_id}: with finish_in_triggerer, xcom_pull in job_id needs map_indexes=-1 ({example}); "
+            "without it Airflow 3.3's triggerer cannot answer the XCom request and the wait hangs"
+        )
+    return True
 
 
 class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
@@ -37,9 +75,10 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
     :param cancel_on_kill: cancel the remote job when a user kills the task (trigger ``on_kill``, Airflow 3.3+,
         or the worker's ``on_kill`` in poke mode)
     :param finish_in_triggerer: start the wait in the triggerer and end the task there on success, so the
-        whole wait uses no worker slot. Costs: downstream tasks pull the XCom as a JSON *string*, and
-        custom XCom backends are bypassed (Airflow's behaviour for ``TaskSuccessEvent``). Off by default
-        so downstream tasks get a dict.
+        whole wait uses no worker slot (Airflow 3.3+). Costs: downstream tasks pull the XCom as a JSON
+        *string*, and custom XCom backends are bypassed (Airflow's behaviour for ``TaskSuccessEvent``).
+        Off by default so downstream tasks get a dict. ``job_id`` must then be a template string, and an
+        ``xcom_pull`` in it needs ``map_indexes=-1``: ``"{{ ti.xcom_pull(task_ids='submit', map_indexes=-1) }}"``.
     """
 
     template_fields: Sequence[str] = ("job_id", "conn_id")
@@ -74,7 +113,7 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
         self.job_id = job_id
         self.conn_id = conn_id
         self.deferrable = deferrable
-        if deferrable and finish_in_triggerer:
+        if deferrable and finish_in_triggerer and _check_finish_in_triggerer(self.task_id, job_id):
             self.start_from_trigger = True
             self.start_trigger_args = StartTriggerArgs(
                 trigger_cls=CLASSPATH,

@@ -142,8 +142,10 @@ class ITwinApi(VendorApi):
         token = data.get("access_token") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
             raise VendorResponseError(self.vendor, None, "token endpoint answered without an access_token")
-        lifetime = data.get("expires_in")
-        expires = now() + float(lifetime) if isinstance(lifetime, int | float) else None
+        try:  # a number, or a numeric string on some servers
+            expires: float | None = now() + float(data.get("expires_in"))
+        except (TypeError, ValueError):
+            expires = None
         return Token(token, expires)
 
     def authorize(self, request: Request, token: Token | None) -> Request:
@@ -233,7 +235,8 @@ class ITwinApi(VendorApi):
         return JobProgress(self.vendor, job_id, state, percent, message=message, raw={"job": job})
 
     def _failure_message(self, job_id: str, job: dict[str, Any]) -> Flow[str]:
-        errors = (job.get("executionInformation") or {}).get("errors") or []
+        info = job.get("executionInformation")
+        errors = (info.get("errors") if isinstance(info, dict) else None) or []
         if not errors and self.family.version == 2:
             request = self._call("GET", self._job_path(job_id) + "/messages")
             response = yield from self.send(request, job_id, what="read job messages")

@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 from airflow_provider_jobprogress.core.errors import JobFailedError, JobNotFoundError, VendorResponseError
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
@@ -145,7 +146,7 @@ class OLConnectApi(VendorApi):
 
     def progress(self, job_id: str) -> Flow[JobProgress]:
         what = "read progress"
-        response = yield from self.exchange(self._call("GET", f"{PRINT}/getProgress/{job_id}"), job_id, what=what)
+        response = yield from self.exchange(self._call("GET", f"{PRINT}/getProgress/{_q(job_id)}"), job_id, what=what)
         if response.status == 404:
             return (yield from self._progress_after_drop(job_id))
         error = _json_error(response)
@@ -158,7 +159,7 @@ class OLConnectApi(VendorApi):
         return parse_progress(response, job_id)
 
     def _progress_after_drop(self, job_id: str) -> Flow[JobProgress]:
-        request = self._call("POST", f"{PRINT}/getResultTxt/{job_id}")
+        request = self._call("POST", f"{PRINT}/getResultTxt/{_q(job_id)}")
         response = yield from self.exchange(request, job_id, what="read the result of a dropped operation")
         if response.status == 200:
             return JobProgress(
@@ -172,12 +173,12 @@ class OLConnectApi(VendorApi):
         raise JobNotFoundError(self.vendor, job_id, f"getProgress and getResultTxt answered {response.status}")
 
     def cancel(self, job_id: str) -> Flow[None]:
-        yield from self.send(self._call("POST", f"{PRINT}/cancel/{job_id}"), job_id, what="cancel")
+        yield from self.send(self._call("POST", f"{PRINT}/cancel/{_q(job_id)}"), job_id, what="cancel")
         return None
 
     def result_text(self, job_id: str) -> Flow[str]:
         """getResultTxt: the entity id or output path(s), never the file bytes."""
-        request = self._call("POST", f"{PRINT}/getResultTxt/{job_id}")
+        request = self._call("POST", f"{PRINT}/getResultTxt/{_q(job_id)}")
         response = yield from self.send(request, job_id, what="read the result as text")
         return response.text
 
@@ -188,8 +189,12 @@ class OLConnectApi(VendorApi):
 
     def results(self, job_id: str) -> Flow[list[ResultPart]]:
         # getResult answers an id, output paths, or the single output file's bytes: stream it as is.
-        return [ResultPart(name=f"{job_id}.out", request=self._call("POST", f"{PRINT}/getResult/{job_id}"))]
+        return [ResultPart(name=f"{job_id}.out", request=self._call("POST", f"{PRINT}/getResult/{_q(job_id)}"))]
         yield  # pragma: no cover
+
+
+def _q(job_id: str) -> str:
+    return quote(job_id, safe="")
 
 
 def parse_progress(response: Response, job_id: str) -> JobProgress:

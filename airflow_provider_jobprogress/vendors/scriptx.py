@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from airflow_provider_jobprogress.core.errors import (
     JobFailedError,
@@ -112,6 +113,8 @@ class ScriptXApi(VendorApi):
         response = yield from self.send(request, None, what="submit a PDF print")
         data = self.parse_json(response, None, what="submit a PDF print")
         status = self.require(data, "status", None, what="submit a PDF print")
+        if isinstance(status, bool) or not isinstance(status, int):
+            raise VendorResponseError(self.vendor, None, f"print answered a status that is not a code: {status!r}")
         job_id = str(data.get("jobIdentifier") or "") or None
         message = str(data.get("message") or "")
         if status in (QUEUED_TO_DEVICE, QUEUED_TO_FILE, OK) and job_id:
@@ -124,7 +127,7 @@ class ScriptXApi(VendorApi):
 
     def progress(self, job_id: str) -> Flow[JobProgress]:
         what = "read job status"
-        response = yield from self.send(self._call("GET", f"{PDF}/status/{job_id}"), job_id, what=what)
+        response = yield from self.send(self._call("GET", f"{PDF}/status/{quote(job_id, safe='')}"), job_id, what=what)
         data = self.parse_json(response, job_id, what=what)
         return parse_status(data, job_id)
 
@@ -135,7 +138,7 @@ class ScriptXApi(VendorApi):
         yield  # pragma: no cover
 
     def results(self, job_id: str) -> Flow[list[ResultPart]]:
-        request = self._call("GET", f"{PDF}/download/{job_id}")
+        request = self._call("GET", f"{PDF}/download/{quote(job_id, safe='')}")
         return [ResultPart(name=f"{job_id}.pdf", request=request, content_type="application/pdf")]
         yield  # pragma: no cover
 

@@ -25,7 +25,13 @@ SUBMITS: dict[str, dict[str, Any]] = {
 
 
 def build(dag_id: str, **sensor_kwargs: Any) -> DAG:
-    with DAG(dag_id, schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False) as dag:
+    with DAG(
+        dag_id,
+        schedule=None,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        is_paused_upon_creation=False,
+    ) as dag:
 
         @task
         def submit(**context: Any) -> str:
@@ -38,10 +44,10 @@ def build(dag_id: str, **sensor_kwargs: Any) -> DAG:
             pulled = context["ti"].xcom_pull(task_ids="wait")
             return {"type": type(pulled).__name__, "value": pulled}
 
+        sensor_kwargs.setdefault("job_id", "{{ ti.xcom_pull(task_ids='submit') }}")
         wait = JobProgressSensor(
             task_id="wait",
             conn_id="{{ dag_run.conf['vendor'] }}_default",
-            job_id="{{ ti.xcom_pull(task_ids='submit') }}",
             poll_policy=0.05,
             retry_policy={"initial_delay": 0.01, "max_delay": 0.05, "jitter": 0},
             **sensor_kwargs,
@@ -55,4 +61,6 @@ poke = build("jp_wait_poke", deferrable=False, mode="poke")
 reschedule = build("jp_wait_reschedule", deferrable=False, mode="reschedule")
 soft = build("jp_wait_soft_fail", soft_fail=True)
 deadline = build("jp_wait_deadline", timeout=1, cancel_on_timeout=True)
-in_triggerer = build("jp_wait_in_triggerer", finish_in_triggerer=True)
+in_triggerer = build(
+    "jp_wait_in_triggerer", finish_in_triggerer=True, job_id="{{ ti.xcom_pull(task_ids='submit', map_indexes=-1) }}"
+)

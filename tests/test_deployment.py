@@ -1,0 +1,222 @@
+"""Real-deployment tests: the sensor deferred to a real triggerer (separate processes, LocalExecutor, SQLite).
+
+Run with ``pytest tests/test_deployment.py -m deployment``; the harness is in ``tests/deployment.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from airflow_provider_jobprogress.testing.emulators import Call, Scenario, VendorEmulator
+
+from . import deployment as harness
+from .deployment import Deployment, wait_for
+
+
+def harness_airflow_version() -> tuple[int, int]:
+    from airflow import __version__
+
+    major, minor = __version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+# the harness's module-scoped fixtures, used by name below
+deployment = harness.deployment
+vendor_emulator = harness.vendor_emulator
+
+pytestmark = pytest.mark.deployment
+
+VENDORS = ("olconnect", "scriptx", "itwin")
+#: what JobProgress.vendor says for each connection type
+VENDOR_NAMES = {"olconnect": "OL Connect", "scriptx": "ScriptX.Services", "itwin": "iTwin"}
+DEFERRABLE = "jp_wait_deferrable"
+IN_TRIGGERER = "jp_wait_in_triggerer"
+
+
+def job_calls(emu: VendorEmulator, job_id: str) -> list[Call]:
+    return [c for c in emu.calls if c.job_id == job_id]
+
+
+def submit_calls(calls: list[Call]) -> list[Call]:
+    """Calls that start a job: OL Connect submit, ScriptX print, iTwin create (+ its PATCH to start, below)."""
+    return [c for c in calls if c.method == "POST" and "cancel" not in c.path]
+
+
+def cancel_calls(calls: list[Call]) -> list[Call]:
+    """OL Connect POST .../cancel/<id>, iTwin v2 DELETE or v1 PATCH beyond the one that submitted."""
+    cancels = [c for c in calls if "cancel" in c.path or c.method == "DELETE"]
+    patches = [c for c in calls if c.method == "PATCH"]
+    return cancels + patches[1:]
+
+
+def progress_calls(calls: list[Call]) -> list[Call]:
+    return [c for c in calls if c.method == "GET"]
+
+
+def start_runs(dep: Deployment, dag_id: str, vendors: tuple[str, ...] = VENDORS) -> dict[str, str]:
+    return {vendor: dep.trigger_run(dag_id, {"vendor": vendor}) for vendor in vendors}
+
+
+def wait_runs(dep: Deployment, dag_id: str, runs: dict[str, str], timeout: float = 75) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    return {v: dep.wait_run(dag_id, r, max(deadline - time.monotonic(), 1)) for v, r in runs.items()}
+
+
+def job_ids(dep: Deployment, dag_id: str, runs: dict[str, str], timeout: float = 90) -> dict[str, str]:
+    ids = {}
+    for vendor, run_id in runs.items():
+        dep.wait_task_state(dag_id, run_id, "submit", "success", timeout)
+        ids[vendor] = str(dep.xcom(dag_id, run_id, "submit"))
+    return ids
+
+
+def test_sensor_waits_in_the_triggerer_and_succeeds(deployment: Deployment, vendor_emulator: VendorEmulator) -> None:
+    dep, emu = deployment, vendor_emulator
+    for vendor in VENDORS:
+        emu.set_next_scenario(vendor, Scenario(steps=4))
+    runs = start_runs(dep, DEFERRABLE)
+    states = wait_runs(dep, DEFERRABLE, runs)
+    assert states == dict.fromkeys(VENDORS, "success")
+    ids = job_ids(dep, DEFERRABLE, runs)
+    for vendor, run_id in runs.items():
+        job = ids[vendor]
+        assert dep.task_state(DEFERRABLE, run_id, "wait") == "success"
+        sensor_xcom = dep.xcom(DEFERRABLE, run_id, "wait")
+        pulled = dep.xcom(DEFERRABLE, run_id, "downstream")
+        assert pulled["type"] == "dict", pulled
+        assert pulled["value"] == sensor_xcom
+        assert pulled["value"]["state"] == "succeeded"
+        assert pulled["value"]["job_id"] == job
+        assert pulled["value"]["vendor"] == VENDOR_NAMES[vendor]
+        trigger_logs = dep.trigger_logs(DEFERRABLE, run_id, "wait")
+        assert trigger_logs, f"no trigger log in {dep.task_log_dir(DEFERRABLE, run_id, 'wait')}"
+        text = "".join(p.read_text(errors="replace") for p in trigger_logs)
+        assert f"job {job}: running" in text, text[-2000:]
+        assert f"job {job}: succeeded" in text, text[-2000:]
+        # the worker resumed the task after the trigger: a worker attempt log exists too
+        assert (dep.task_log_dir(DEFERRABLE, run_id, "wait") / "attempt=1.log").exists()
+        calls = job_calls(emu, job)
+        assert len(submit_calls(calls)) == 1, calls
+        assert cancel_calls(calls) == [], calls
+        assert emu.job(vendor, job).state == "succeeded"
+
+
+needs_3_3 = pytest.mark.skipif(
+    harness_airflow_version() < (3, 3), reason="templates rendered in the triggerer and trigger on_kill are Airflow 3.3"
+)
+
+
+@needs_3_3
+def test_finish_in_triggerer_uses_no_worker(deployment: Deployment, vendor_emulator: VendorEmulator) -> None:
+    """``finish_in_triggerer=True``: the task starts in the triggerer and ends there (TaskSuccessEvent).
+
+    What downstream pulls in this mode: Airflow stores the event's XCom with ``json.dumps``, so
+    ``xcom_pull`` returns the progress dict as a JSON *string* (``type == "str"``).
+    """
+    dep, emu = deployment, vendor_emulator
+    for vendor in VENDORS:
+        emu.set_next_scenario(vendor, Scenario(steps=4))
+    runs = start_runs(dep, IN_TRIGGERER)
+    states = wait_runs(dep, IN_TRIGGERER, runs)
+    assert states == dict.fromkeys(VENDORS, "success")
+    ids = job_ids(dep, IN_TRIGGERER, runs)
+    for vendor, run_id in runs.items():
+        job = ids[vendor]
+        log_dir = dep.task_log_dir(IN_TRIGGERER, run_id, "wait")
+        assert dep.task_state(IN_TRIGGERER, run_id, "wait") == "success"
+        trigger_logs = dep.trigger_logs(IN_TRIGGERER, run_id, "wait")
+        assert trigger_logs, f"no trigger log in {log_dir}: {sorted(p.name for p in log_dir.glob('*'))}"
+        text = "".join(p.read_text(errors="replace") for p in trigger_logs)
+        assert f"job {job}: succeeded" in text, text[-2000:]
+        assert f"job {job}: running" in text, text[-2000:]
+        # no worker ever ran the sensor: only the trigger log is there
+        assert sorted(p.name for p in log_dir.iterdir()) == [p.name for p in trigger_logs]
+        assert not (log_dir / "attempt=1.log").exists()
+        pulled = dep.xcom(IN_TRIGGERER, run_id, "downstream")
+        assert pulled["type"] == "str", pulled
+        value = json.loads(pulled["value"])
+        assert value["state"] == "succeeded"
+        assert value["job_id"] == job
+        assert value["vendor"] == VENDOR_NAMES[vendor]
+        calls = job_calls(emu, job)
+        assert len(submit_calls(calls)) == 1, calls
+        assert cancel_calls(calls) == [], calls
+
+
+@needs_3_3
+def test_killing_a_deferred_task_cancels_the_remote_job(
+    deployment: Deployment, vendor_emulator: VendorEmulator
+) -> None:
+    dep, emu = deployment, vendor_emulator
+    emu.set_next_scenario("olconnect", Scenario(steps=100000))
+    runs = start_runs(dep, DEFERRABLE, ("olconnect",))
+    run_id = runs["olconnect"]
+    job = job_ids(dep, DEFERRABLE, runs)["olconnect"]
+    dep.wait_task_state(DEFERRABLE, run_id, "wait", "deferred", timeout=90)
+    # the trigger is polling: more progress calls arrive after the deferral
+    seen = len(progress_calls(job_calls(emu, job)))
+    wait_for("the trigger to poll", lambda: len(progress_calls(job_calls(emu, job))) >= seen + 2, 60)
+    dep.mark_failed(DEFERRABLE, run_id, "wait")
+    cancel_path = f"/rest/serverengine/workflow/print/cancel/{job}"
+    wait_for(
+        "the trigger's on_kill to cancel the job",
+        lambda: any(c.method == "POST" and c.path == cancel_path for c in emu.calls),
+        40,
+    )
+    time.sleep(3)  # a second cancel would come now, if any
+    cancels = [c for c in emu.calls if c.method == "POST" and c.path == cancel_path]
+    assert len(cancels) == 1, cancels
+    assert cancels[0].status == 204
+    assert emu.job("olconnect", job).cancelled
+    assert dep.wait_run(DEFERRABLE, run_id, 60) == "failed"
+    assert dep.task_state(DEFERRABLE, run_id, "wait") == "failed"
+    assert dep.task_state(DEFERRABLE, run_id, "downstream") == "upstream_failed"
+    assert len(submit_calls(job_calls(emu, job))) == 1
+    text = "".join(p.read_text(errors="replace") for p in dep.trigger_logs(DEFERRABLE, run_id, "wait"))
+    assert "Trigger cancelled by user action, invoking on_kill" in text, text[-2000:]
+    assert f"job {job}: cancelled (the task was killed)" in text, text[-2000:]
+
+
+def test_triggerer_restart_mid_wait_completes_without_new_submit_or_cancel(
+    deployment: Deployment, vendor_emulator: VendorEmulator
+) -> None:
+    dep, emu = deployment, vendor_emulator
+    for vendor in VENDORS:
+        emu.set_next_scenario(vendor, Scenario(duration=25))
+    runs = start_runs(dep, DEFERRABLE)
+    ids = job_ids(dep, DEFERRABLE, runs)
+    for run_id in runs.values():
+        dep.wait_task_state(DEFERRABLE, run_id, "wait", "deferred", timeout=60)
+    before = {v: len(progress_calls(job_calls(emu, j))) for v, j in ids.items()}
+
+    def all_polling() -> bool:
+        return all(len(progress_calls(job_calls(emu, j))) >= before[v] + 2 for v, j in ids.items())
+
+    wait_for("every trigger to poll", all_polling, 30)
+    for vendor, job in ids.items():
+        assert emu.job(vendor, job).state == "running", f"{vendor} job finished before the restart"
+    restarted_at = time.time()
+    dep.restart("triggerer")
+    states = wait_runs(dep, DEFERRABLE, runs, timeout=120)
+    assert states == dict.fromkeys(VENDORS, "success"), states
+    for vendor, job in ids.items():
+        calls = job_calls(emu, job)
+        assert len(submit_calls(calls)) == 1, calls
+        assert cancel_calls(calls) == [], calls
+        assert not emu.job(vendor, job).cancelled
+        assert emu.job(vendor, job).state == "succeeded"
+        # the new triggerer picked the wait up again
+        assert [c for c in progress_calls(calls) if c.ts > restarted_at], calls
+        # one trigger log per triggerer that ran the trigger (attempt=1.log.trigger.<triggerer job id>.log)
+        trigger_logs = dep.trigger_logs(DEFERRABLE, runs[vendor], "wait")
+        assert len(trigger_logs) == 2, trigger_logs
+        text = "".join(p.read_text(errors="replace") for p in trigger_logs)
+        assert "on_kill" not in text, text[-2000:]
+        assert f"job {job}: succeeded" in text, text[-2000:]
+        pulled: Any = dep.xcom(DEFERRABLE, runs[vendor], "downstream")
+        assert pulled["type"] == "dict", pulled
+        assert pulled["value"]["state"] == "succeeded", pulled
