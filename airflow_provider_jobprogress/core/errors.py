@@ -97,7 +97,3 @@ class JobFailedError(JobProgressError):
 
 class JobCancelledError(JobProgressError):
     """The job ended cancelled or abandoned."""
-
-
-class JobTimeoutError(JobProgressError):
-    """The job did not reach a terminal state before the deadline."""

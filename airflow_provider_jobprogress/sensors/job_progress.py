@@ -144,8 +144,10 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
         try:
             return super().resume_execution(next_method, next_kwargs, context)
-        except (AirflowSensorTimeout, TaskDeferralTimeout):
-            if self.cancel_on_timeout:
+        except (AirflowSensorTimeout, TaskDeferralTimeout) as exc:
+            # Only Airflow's own deferral timeout: when our trigger's deadline fired, it cancelled already.
+            scheduler_timeout = isinstance(exc, TaskDeferralTimeout) or isinstance(exc.__cause__, TaskDeferralTimeout)
+            if self.cancel_on_timeout and scheduler_timeout:
                 self._cancel_remote("the sensor timed out")
             raise
 
