@@ -176,3 +176,17 @@ def test_a_result_far_larger_than_the_chunk_streams_with_flat_memory(
     # Peak Python allocations stay near a few chunks (the emulator serving in this process included),
     # nowhere near the 64 MiB result.
     assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_olconnect_several_spool_files_land_in_the_directory(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path
+) -> None:
+    emulator.set_next_scenario("olconnect", Scenario(steps=1, outputs=3, result_size=7000))
+    run = load("jp_fetch_storage_olconnect").test(run_conf={"out": str(tmp_path)})
+    job_id = xcom(run, "submit")
+    stored = xcom(run, "fetch")
+    assert len(stored) == 3
+    for i, item in enumerate(stored):
+        path = Path(item["uri"].removeprefix("file://"))
+        assert path.parent == tmp_path
+        assert sha256(path) == item["sha256"] == emulator.result_sha256("olconnect", job_id, i)

@@ -916,3 +916,41 @@ def test_driver_fails_when_scripted_replies_are_left_unused() -> None:
         drive(scriptx().progress("t1"), [sx_status(6), sx_status(6)])
     with pytest.raises(pytest.fail.Exception, match="1 scripted replies unused"):
         drive(scriptx().progress("t1"), [text(404), sx_status(6)])
+
+
+# -- OL Connect results: one output, several spool files ------------------------------------------
+
+
+def test_olconnect_single_output_result_is_get_result() -> None:
+    parts, requests, _ = drive(olconnect().results("op1"), [text(200, "/out/op1/letter.pdf")])
+    assert [r.path for r in requests] == ["/rest/serverengine/workflow/print/getResultTxt/op1"]
+    assert len(parts) == 1
+    assert parts[0].request is not None
+    assert parts[0].request.url == f"{OLC_PRINT}/getResult/op1"
+
+
+def test_olconnect_several_spool_files_come_from_the_file_store() -> None:
+    answers = [text(200, "/out/op1/a.pdf\n/out/op1/b.pdf\n"), text(200, "1001\n1002\n")]
+    parts, requests, _ = drive(olconnect().results("op1"), answers)
+    assert [r.path.rsplit("/", 1)[0] for r in requests] == [
+        "/rest/serverengine/workflow/print/getResultTxt",
+        "/rest/serverengine/workflow/print/getManagedResult",
+    ]
+    assert [p.name for p in parts] == ["a.pdf", "b.pdf"]
+    assert [p.request.url for p in parts if p.request] == [
+        f"{OLC}/rest/serverengine/filestore/file/1001",
+        f"{OLC}/rest/serverengine/filestore/file/1002",
+    ]
+
+
+def test_olconnect_spool_paths_are_the_result_where_no_file_store_result_exists() -> None:
+    answers = [text(200, "/out/op1/a.pdf\n/out/op1/b.pdf"), text(404, "not found")]
+    parts, _, _ = drive(olconnect().results("op1"), answers)
+    assert len(parts) == 1
+    assert parts[0].value == "/out/op1/a.pdf\n/out/op1/b.pdf"
+
+
+def test_olconnect_xcom_result_of_several_spool_files_is_their_paths() -> None:
+    parts, requests, _ = drive(olconnect().xcom_results("op1"), [text(200, "/out/a.pdf\n/out/b.pdf")])
+    assert len(requests) == 1
+    assert olconnect().result_value(parts[0].value or "") == ["/out/a.pdf", "/out/b.pdf"]

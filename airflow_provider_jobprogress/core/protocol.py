@@ -318,6 +318,10 @@ class VendorApi:
         raise NotImplementedError
         yield  # pragma: no cover
 
+    def xcom_results(self, job_id: str) -> Flow[list[ResultPart]]:
+        """The result as a DAG wants it in XCom; vendors whose results are ids or paths override."""
+        return (yield from self.results(job_id))
+
 
 @dataclass(frozen=True)
 class ResultPart:

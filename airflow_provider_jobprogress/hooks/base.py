@@ -133,7 +133,14 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     def result_parts(self, job_id: str) -> list[ResultPart]:
         """Where the job's result is: the parts a download streams (ids or paths come as values)."""
-        parts = self.session.run(self.api.results(job_id))
+        return self._masked(self.session.run(self.api.results(job_id)))
+
+    def xcom_result_parts(self, job_id: str) -> list[ResultPart]:
+        """The result parts as XCom wants them (OL Connect: several spool files as their paths)."""
+        return self._masked(self.session.run(self.api.xcom_results(job_id)))
+
+    @staticmethod
+    def _masked(parts: list[ResultPart]) -> list[ResultPart]:
         for part in parts:
             # A pre-signed URL (an Azure SAS) carries its key in the query: mask it wherever it is logged.
             if part.request is not None and not part.request.authenticated:

@@ -62,12 +62,11 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         if progress.state in (JobState.QUEUED, JobState.RUNNING):
             raise ResultNotReadyError(progress.vendor, job_id, f"the job is {progress.state.value}, not finished")
         self._outcome(progress)  # failed / cancelled jobs fail the task here, with the vendor's message
-        parts = self.hook.result_parts(job_id)
+        to_xcom = self.destination is None
+        parts = self.hook.xcom_result_parts(job_id) if to_xcom else self.hook.result_parts(job_id)
         if not parts:
             raise AirflowFailException(f"{progress.vendor} job {job_id}: the job finished without any result")
-        if self.destination is None:
-            return self._to_xcom(job_id, parts)
-        return self._to_storage(job_id, parts)
+        return self._to_xcom(job_id, parts) if to_xcom else self._to_storage(job_id, parts)
 
     # -- XCom ------------------------------------------------------------------------------------
     def _to_xcom(self, job_id: str, parts: list[ResultPart]) -> Any:

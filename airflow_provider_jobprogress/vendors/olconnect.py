@@ -187,10 +187,38 @@ class OLConnectApi(VendorApi):
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         return lines[0] if len(lines) == 1 else lines
 
-    def results(self, job_id: str) -> Flow[list[ResultPart]]:
-        # getResult answers an id, output paths, or the single output file's bytes: stream it as is.
+    def xcom_results(self, job_id: str) -> Flow[list[ResultPart]]:
+        """For XCom, several spool files are their paths (getResultTxt), not their bytes."""
+        text = yield from self.result_text(job_id)
+        if len([line for line in text.splitlines() if line.strip()]) > 1:
+            return [ResultPart(name=f"{job_id}.paths.txt", value=text)]
         return [ResultPart(name=f"{job_id}.out", request=self._call("POST", f"{PRINT}/getResult/{_q(job_id)}"))]
-        yield  # pragma: no cover
+
+    def results(self, job_id: str) -> Flow[list[ResultPart]]:
+        """One part for getResult, or one per spool file when the operation wrote several.
+
+        getResult answers an entity id, the bytes of a single output file, or (several spool files) their
+        absolute paths on the server. Those files are fetched from the File Store through
+        getManagedResult (newer servers); where the server has no File Store result, the paths
+        themselves are the result.
+        """
+        text = yield from self.result_text(job_id)
+        paths = [line.strip() for line in text.splitlines() if line.strip()]
+        if len(paths) < 2:
+            return [ResultPart(name=f"{job_id}.out", request=self._call("POST", f"{PRINT}/getResult/{_q(job_id)}"))]
+        request = self._call("POST", f"{PRINT}/getManagedResult/{_q(job_id)}")
+        response = yield from self.exchange(request, job_id, what="read the managed result")
+        file_ids = [line.strip() for line in response.text.splitlines() if line.strip()]
+        if response.status != 200 or len(file_ids) != len(paths):
+            return [ResultPart(name=f"{job_id}.paths.txt", value=text)]
+        return [
+            ResultPart(name=_basename(path), request=self._call("GET", f"{ROOT}/filestore/file/{_q(file_id)}"))
+            for path, file_id in zip(paths, file_ids, strict=True)
+        ]
+
+
+def _basename(path: str) -> str:
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or "output"
 
 
 def _q(job_id: str) -> str:
