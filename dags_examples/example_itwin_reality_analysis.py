@@ -33,7 +33,7 @@ with DAG(
     submit = ITwinSubmitJobOperator(
         task_id="submit",
         specification={
-            "name": "Road signs {{ ds }}",
+            "name": "Road signs {{ run_id }}",
             "type": "objects2D",
             "inputs": [{"type": "photos", "id": "{{ params.photos }}"}],
             "outputs": ["objects2D"],

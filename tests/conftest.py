@@ -23,7 +23,10 @@ _BUNDLES = [
     {"name": name, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {"path": str(path)}}
     for name, path in (("test_dags", ROOT / "tests" / "dags"), ("examples", ROOT / "dags_examples"))
 ]
-os.environ.setdefault("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps(_BUNDLES))
+DAG_BUNDLES_JSON = json.dumps(_BUNDLES)
+os.environ.setdefault("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", DAG_BUNDLES_JSON)
+# The examples poll at the vendors' pace by default; tests do not wait minutes for that.
+os.environ.setdefault("JOBPROGRESS_EXAMPLE_POLL_SECONDS", "0.2")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 

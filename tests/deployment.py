@@ -36,9 +36,12 @@ import httpx
 import pytest
 
 from airflow_provider_jobprogress.testing.emulators import VendorEmulator
+from tests.conftest import DAG_BUNDLES_JSON
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS_FOLDER = ROOT / "tests" / "dags"  # the same DAGs the dag.test() tests run
+#: the shipped example DAGs the deployment runs as users would
+EXAMPLE_DAGS = ("example_olconnect_print", "example_scriptx_print_pdf", "example_itwin_reality_analysis")
 BIN = Path(sys.executable).parent
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
@@ -265,6 +268,9 @@ def airflow_env(home: Path, port: int, connections: dict[str, str]) -> dict[str,
             "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+            # the tests' DAGs and the shipped examples, as two bundles
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": DAG_BUNDLES_JSON,
+            "JOBPROGRESS_EXAMPLE_POLL_SECONDS": "0.5",
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -332,7 +338,7 @@ def deployment(request: pytest.FixtureRequest, vendor_emulator: VendorEmulator) 
     try:
         for component in COMPONENTS:
             dep.start(component)
-        dep.wait_ready(["jp_wait_deferrable", "jp_wait_in_triggerer"])
+        dep.wait_ready(["jp_wait_deferrable", "jp_wait_in_triggerer", *EXAMPLE_DAGS])
         yield dep
     except BaseException:
         sys.stderr.write(dep.log_tails() + "\n")
