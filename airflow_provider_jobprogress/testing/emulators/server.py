@@ -162,19 +162,23 @@ class _Handler(BaseHTTPRequestHandler):
         limit = reply.length if reply.drop_after is None else min(reply.drop_after, reply.length)
         sent = 0
         sha = hashlib.sha256()
+        recorded = False
         try:
             for chunk in reply.stream:
                 piece = chunk[: limit - sent]
-                self.wfile.write(piece)
                 sha.update(piece)
+                if sent + len(piece) >= limit and reply.on_sent is not None:
+                    # Record before the last bytes leave: a client that has them must find the record.
+                    reply.on_sent(sha.hexdigest(), limit, limit == reply.length)
+                    recorded = True
+                self.wfile.write(piece)
                 sent += len(piece)
                 if sent >= limit:
                     break
         finally:
-            complete = sent == reply.length
-            if reply.on_sent is not None:
-                reply.on_sent(sha.hexdigest(), sent, complete)
-        if not complete:
+            if not recorded and reply.on_sent is not None:
+                reply.on_sent(sha.hexdigest(), sent, sent == reply.length)
+        if sent != reply.length:
             self._abort()
 
     def _abort(self) -> None:
