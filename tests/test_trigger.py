@@ -121,16 +121,19 @@ async def test_unknown_job_is_an_error_event(emulator: VendorEmulator) -> None:
 
 
 async def test_restart_from_serialized_kwargs_completes_without_submit_or_cancel(emulator: VendorEmulator) -> None:
-    emulator.set_next_scenario("itwin", Scenario(steps=6))
+    emulator.set_next_scenario("itwin", Scenario(steps=20))
     job_id = submit("itwin")
     first = trigger("itwin", job_id, poll_policy=PollPolicy.fixed(0.05).to_dict())
     task = asyncio.create_task(events(first))
-    await asyncio.sleep(0.12)
+    for _ in range(500):  # until the trigger is polling (bounded: 10 s)
+        await asyncio.sleep(0.02)
+        if emulator.count("GET", f"/jobs/{job_id}/progress") >= 2:
+            break
     task.cancel()  # what a triggerer shutdown does: CancelledError, no on_kill
     with pytest.raises(asyncio.CancelledError):
         await task
     polls_before = emulator.count("GET", f"/jobs/{job_id}/progress")
-    assert 0 < polls_before < 6
+    assert 2 <= polls_before < 20, "stopped mid-wait"
     _, kwargs = first.serialize()
     got = await events(JobProgressTrigger(**json.loads(json.dumps(kwargs))))
     assert [e.payload["status"] for e in got] == ["success"]
