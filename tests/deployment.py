@@ -6,8 +6,9 @@ and SQLite in a throwaway ``AIRFLOW_HOME``; connections come from ``AIRFLOW_CONN
 
 Facts checked against the installed Airflow (3.3.2):
 
-- ``[core] simple_auth_manager_all_admins = True`` installs ``SimpleAllAdminMiddleware``, which adds an admin
-  bearer token to every request: no ``POST /auth/token`` is needed (``api_fastapi/auth/managers/simple``).
+- ``[core] simple_auth_manager_all_admins = True``: on 3.3 ``SimpleAllAdminMiddleware`` adds an admin bearer
+  token to every request; 3.1 has no such middleware and answers 401, but both serve ``GET /auth/token``
+  (no credentials) with an admin token, so the client fetches one (``api_fastapi/auth/managers/simple``).
 - Paths (``api_fastapi/core_api/routes/public``, all under ``/api/v2``): ``GET /monitor/health``,
   ``GET /dags/{dag_id}``, ``POST /dags/{dag_id}/dagRuns`` (``logical_date`` is required, may be null),
   ``GET /dags/{dag_id}/dagRuns/{run_id}``, ``GET|PATCH /dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}``
@@ -150,8 +151,15 @@ class Deployment:
             return all(body.get(part, {}).get("status") == "healthy" for part in ("scheduler", "triggerer"))
 
         wait_for("scheduler and triggerer healthy", healthy, timeout)
+        self._authenticate()
         for dag_id in dag_ids:
             wait_for(f"DAG {dag_id} parsed", functools.partial(self._dag_ready, dag_id), timeout)
+
+    def _authenticate(self) -> None:
+        """An admin token without credentials (all-admins mode), sent on every REST call."""
+        response = httpx.get(f"{self.base_url}/auth/token", timeout=30)
+        assert response.status_code in (200, 201), f"GET /auth/token answered {response.status_code}: {response.text}"
+        self.client.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
     def _dag_ready(self, dag_id: str) -> bool:
         self._check_alive()
