@@ -52,6 +52,9 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     # Many tests start emulators back to back; a fresh port each time, never a lingering one.
     allow_reuse_address = False
+    # socketserver's default listen backlog is 5: a burst of new connections (hundreds of waits starting at
+    # once) overflows it and Linux answers with resets. A real vendor server accepts them.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], emulator: VendorEmulator) -> None:
         self.emulator = emulator
