@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from compare import Summary, cell, summarize
 
 VARIANTS = ("ours", "reference")
 CHUNK_SIZE = 1 << 20
@@ -133,28 +134,7 @@ def run_worker(variant: str, mib: int, out_dir: Path) -> dict[str, Any]:
     return result
 
 
-def spread(values: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
-    summary: dict[str, dict[str, dict[str, float]]] = {}
-    for key in ("growth_mib", "mib_per_s", "seconds", "baseline_mib"):
-        ours = [float(run[key]) for run in runs["ours"]]
-        reference = [float(run[key]) for run in runs["reference"]]
-        # Each repeat's pair ran back to back, so its ratio carries the least drift of the machine.
-        ratios = [r / o if o > 0 else float("inf") for o, r in zip(ours, reference, strict=True)]
-        summary[key] = {"ours": spread(ours), "reference": spread(reference), "ratio": spread(ratios)}
-    return summary
-
-
-def cell(stats: dict[str, float], digits: int) -> str:
-    if stats["min"] == stats["max"]:
-        return f"{stats['median']:.{digits}f}"
-    return f"{stats['median']:.{digits}f} ({stats['min']:.{digits}f}-{stats['max']:.{digits}f})"
-
-
-def markdown(summary: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace) -> str:
+def markdown(summary: Summary, args: argparse.Namespace) -> str:
     rows = (
         ("growth_mib", "peak RSS growth (MiB)", 1),
         ("mib_per_s", "throughput (MiB/s)", 1),
@@ -196,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for variant in order:
                 runs[variant].append(run_worker(variant, args.mib, Path(tmp)))
                 print(f"repeat {repeat + 1}/{args.repeats}: {runs[variant][-1]}", file=sys.stderr)
-    summary = summarize(runs)
+    summary = summarize(runs, ("growth_mib", "mib_per_s", "seconds", "baseline_mib"))
     if args.json:
         print(json.dumps({"args": vars(args), "runs": runs, "summary": summary}, indent=2, default=str))
     else:

@@ -17,7 +17,6 @@ import atexit
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
 import httpx
+from compare import Summary, cell, summarize
 
 from airflow_provider_jobprogress.core import PollPolicy
 from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
@@ -195,28 +195,7 @@ def measure(emu: Emulator, job_ids: Sequence[str], wait: Callable[[], Awaitable[
     )
 
 
-def spread(values: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def summarize(runs: dict[str, list[Measurement]]) -> dict[str, dict[str, dict[str, float]]]:
-    summary: dict[str, dict[str, dict[str, float]]] = {}
-    for key, _ in METRICS:
-        ours = [float(getattr(m, key)) for m in runs["ours"]]
-        reference = [float(getattr(m, key)) for m in runs["reference"]]
-        # Ratio of each repeat's pair (run back to back), so machine noise between repeats cancels.
-        ratios = [r / o if o else float("inf") for o, r in zip(ours, reference, strict=True)]
-        summary[key] = {"ours": spread(ours), "reference": spread(reference), "ratio": spread(ratios)}
-    return summary
-
-
-def cell(stats: dict[str, float], digits: int) -> str:
-    if stats["min"] == stats["max"]:
-        return f"{stats['median']:.{digits}f}"
-    return f"{stats['median']:.{digits}f} ({stats['min']:.{digits}f}-{stats['max']:.{digits}f})"
-
-
-def markdown(summary: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace) -> str:
+def markdown(summary: Summary, args: argparse.Namespace) -> str:
     lines = [
         f"{args.waits} concurrent iTwin waits, {args.steps} steps each, poll every {args.interval} s, "
         f"{args.repeats} repeats: median (min-max)",
@@ -258,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 job_ids = create_jobs(emu, args.waits, args.steps)
                 runs[name].append(measure(emu, job_ids, variants[name](job_ids)))
                 print(f"repeat {repeat + 1}/{args.repeats} {name}: {runs[name][-1]}", file=sys.stderr)
-    summary = summarize(runs)
+    summary = summarize({name: [asdict(m) for m in ms] for name, ms in runs.items()}, [key for key, _ in METRICS])
     if args.json:
         raw = {name: [asdict(m) for m in measured] for name, measured in runs.items()}
         print(json.dumps({"args": vars(args), "runs": raw, "summary": summary}, indent=2))
