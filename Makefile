@@ -23,7 +23,7 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy airflow_provider_jobprogress
+	$(BIN)/mypy airflow_provider_jobprogress tests dags_examples benchmarks
 
 unit: venv
 	$(BIN)/python -m pytest -q

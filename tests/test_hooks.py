@@ -80,7 +80,8 @@ def test_job_life_submit_progress_succeeded_result(emulator: VendorEmulator, ven
     running = [p for p in seen if not p.is_terminal]
     assert len(running) >= 3, "intermediate progress must be visible"
     if vendor != "scriptx":  # ScriptX reports status codes, not percentages
-        percents = [p.percent for p in running]
+        percents = [p.percent for p in running if p.percent is not None]
+        assert len(percents) == len(running), "every running answer carries a percentage"
         assert percents == sorted(percents)
         assert 0 < percents[0] < percents[-1] < 100
     else:
@@ -205,15 +206,21 @@ def test_olconnect_basic_mode_never_logs_in(emulator: VendorEmulator, monkeypatc
     assert emulator.count("POST", "/authentication/login") == 0
 
 
+def olconnect() -> tuple[OLConnectHook, Any]:
+    hook, submit = make("olconnect")
+    assert isinstance(hook, OLConnectHook)
+    return hook, submit
+
+
 def test_olconnect_missing_input_is_invalid_request(emulator: VendorEmulator) -> None:
-    hook, _ = make("olconnect")
+    hook, _ = olconnect()
     with pytest.raises(InvalidRequestError, match="File Store"):
         hook.submit({"datamining": {"identifier": "missing", "config": "x"}})
 
 
 def test_olconnect_cancel_is_sent_and_job_ends_cancelled(emulator: VendorEmulator) -> None:
     emulator.set_next_scenario("olconnect", Scenario(steps=10))
-    hook, submit = make("olconnect")
+    hook, submit = olconnect()
     job_id = submit(hook)
     hook.get_progress(job_id)
     hook.cancel(job_id)
@@ -223,7 +230,7 @@ def test_olconnect_cancel_is_sent_and_job_ends_cancelled(emulator: VendorEmulato
 
 def test_olconnect_result_text_gives_paths_for_several_spool_files(emulator: VendorEmulator) -> None:
     emulator.set_next_scenario("olconnect", Scenario(steps=1, outputs=3))
-    hook, submit = make("olconnect")
+    hook, submit = olconnect()
     job_id = submit(hook)
     follow(hook, job_id)
     lines = hook.get_result_text(job_id).split()

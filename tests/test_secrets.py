@@ -8,11 +8,13 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from airflow_provider_jobprogress.core import JobProgressError, PollPolicy, RetryPolicy
 from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
+from airflow_provider_jobprogress.hooks.base import JobProgressHook
 from airflow_provider_jobprogress.hooks.itwin import ITwinHook
 from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
 from airflow_provider_jobprogress.hooks.scriptx import ScriptXHook
@@ -25,6 +27,7 @@ SECRETS = {
     "itwin_client_secret": "itwin-Sec-7b7b-3e3e-abab",
 }
 FAST = RetryPolicy(initial_delay=0.01, max_delay=0.02, jitter=0, attempts=2)
+HOOKS: dict[str, type[JobProgressHook[Any]]] = {"olconnect": OLConnectHook, "scriptx": ScriptXHook, "itwin": ITwinHook}
 
 
 @pytest.fixture
@@ -71,8 +74,7 @@ def whole_life(emu: VendorEmulator) -> list[str]:
             {"name": "j", "type": "objects2D", "inputs": [{"type": "photos", "id": "i"}], "outputs": ["objects2D"]}
         ),
     }
-    hooks = {"olconnect": OLConnectHook, "scriptx": ScriptXHook, "itwin": ITwinHook}
-    for vendor, hook_class in hooks.items():
+    for vendor, hook_class in HOOKS.items():
         for scenario in (Scenario(steps=2, rate_limit=1), Scenario(outcome="fail", steps=1, flaky=1)):
             emu.set_next_scenario(vendor, scenario)
             hook = hook_class(retry_policy=FAST)
@@ -106,14 +108,14 @@ def test_no_secret_in_logs_or_errors(secret_emulator: VendorEmulator, caplog, ca
         conn = json.loads(secret_emulator.connections()[f"{vendor}_default"])
         conn["password"] = "Wrong-" + SECRETS[next(k for k in SECRETS if k.startswith(vendor))]
         monkeypatch.setenv(f"AIRFLOW_CONN_{vendor.upper()}_DEFAULT", json.dumps(conn))
-        hook = {"olconnect": OLConnectHook, "scriptx": ScriptXHook, "itwin": ITwinHook}[vendor](retry_policy=FAST)
+        hook = HOOKS[vendor](retry_policy=FAST)
         ok, message = hook.test_connection()
         assert not ok
         texts.append(message)
     try:
-        from airflow.sdk.log import _secrets_masker
+        from airflow.sdk.log import _secrets_masker  # type: ignore[attr-defined]
     except ImportError:  # Airflow < 3.3
-        from airflow.sdk._shared.secrets_masker import _secrets_masker  # type: ignore[no-redef]
+        from airflow.sdk._shared.secrets_masker import _secrets_masker  # type: ignore[no-redef,attr-defined]
 
     out, err = capfd.readouterr()
     printed = "\n".join([out, err, *texts])

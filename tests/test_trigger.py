@@ -67,7 +67,7 @@ def test_serialize_is_plain_json_and_round_trips() -> None:
     try:
         from airflow.sdk import serde
     except ImportError:  # Airflow < 3.2
-        from airflow.serialization import serde  # type: ignore[no-redef]
+        from airflow.serialization import serde  # type: ignore[no-redef,attr-defined]
 
     assert serde.deserialize(serde.serialize(kwargs)) == kwargs
     assert JobProgressTrigger(**kwargs).serialize() == (classpath, kwargs)
@@ -175,7 +175,11 @@ async def test_finish_in_triggerer_yields_task_success_event(emulator: VendorEmu
     got = await events(trigger("itwin", submit("itwin"), finish_in_triggerer=True))
     assert len(got) == 1
     assert isinstance(got[0], TaskSuccessEvent)
-    assert got[0].xcoms["return_value"]["state"] == "succeeded"
+    xcoms = got[0].xcoms
+    assert xcoms is not None
+    final = xcoms["return_value"]
+    assert isinstance(final, dict)
+    assert final["state"] == "succeeded"
 
 
 async def test_two_hundred_triggers_share_one_token_and_one_pool(emulator: VendorEmulator) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator, ObjectStoragePath
 
@@ -13,6 +13,9 @@ from airflow_provider_jobprogress.core.policies import RetryPolicy
 from airflow_provider_jobprogress.core.protocol import ResultPart
 from airflow_provider_jobprogress.results import IncompleteDownloadError, stage_file, staging
 from airflow_provider_jobprogress.waiting import JobWaitMixin
+
+if TYPE_CHECKING:
+    from airflow.sdk import XComArg
 
 TEXT_TYPES = ("text/", "application/json", "application/xml")
 
@@ -40,9 +43,9 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
     def __init__(
         self,
         *,
-        job_id: str,
+        job_id: str | XComArg,
         conn_id: str,
-        destination: str | ObjectStoragePath | None = None,
+        destination: str | ObjectStoragePath | XComArg | None = None,
         max_xcom_bytes: int = 48 * 1024,
         chunk_size: int = 1 << 20,
         retry_policy: RetryPolicy | Mapping[str, Any] | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowSensorTimeout, BaseSensorOperator, PokeReturnValue
 from airflow.triggers.base import StartTriggerArgs
@@ -18,6 +18,9 @@ try:
     from airflow.sdk.exceptions import TaskDeferralTimeout
 except ImportError:  # Airflow < 3.2
     from airflow.exceptions import TaskDeferralTimeout  # type: ignore[no-redef,attr-defined]
+
+if TYPE_CHECKING:
+    from airflow.sdk import XComArg
 
 
 def _airflow_version() -> tuple[int, int]:
@@ -87,7 +90,7 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
     def __init__(
         self,
         *,
-        job_id: str,
+        job_id: str | XComArg,
         conn_id: str | None = None,
         deferrable: bool = True,
         poll_policy: PollPolicy | Mapping[str, Any] | float | None = None,

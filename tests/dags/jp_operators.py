@@ -12,7 +12,10 @@ from airflow_provider_jobprogress.operators.itwin import ITwinSubmitJobOperator
 from airflow_provider_jobprogress.operators.olconnect import OLConnectSubmitOperator
 from airflow_provider_jobprogress.operators.scriptx import ScriptXPrintPdfOperator
 
-FAST = {"poll_policy": 0.05, "retry_policy": {"initial_delay": 0.01, "max_delay": 0.05, "jitter": 0, "attempts": 2}}
+FAST: dict[str, Any] = {
+    "poll_policy": 0.05,
+    "retry_policy": {"initial_delay": 0.01, "max_delay": 0.05, "jitter": 0, "attempts": 2},
+}
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 
 
