@@ -173,6 +173,12 @@ class JobWaitMixin:
         self.log.error("%s", error)
         raise AirflowFailException(str(error)) from error
 
+    def on_kill(self) -> None:
+        """A worker-side kill while the job is watched on the worker (poke mode, or a submit operator waiting
+        there): cancel the remote job unless it already finished. A deferred task is the trigger's to cancel."""
+        if self.cancel_on_kill and self.job_id and not (self._last is not None and self._last.is_terminal):
+            self._cancel_remote("the task was killed")
+
     def _cancel_remote(self, reason: str, job_id: Any = None) -> None:
         job = str(job_id or self.job_id)
         try:

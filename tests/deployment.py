@@ -346,7 +346,7 @@ def deployment(request: pytest.FixtureRequest, vendor_emulator: VendorEmulator) 
     try:
         for component in COMPONENTS:
             dep.start(component)
-        dep.wait_ready(["jp_wait_deferrable", "jp_wait_in_triggerer", *EXAMPLE_DAGS])
+        dep.wait_ready(["jp_wait_deferrable", "jp_wait_in_triggerer", "jp_wait_poke", *EXAMPLE_DAGS])
         yield dep
     except BaseException:
         sys.stderr.write(dep.log_tails() + "\n")

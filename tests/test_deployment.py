@@ -36,6 +36,7 @@ VENDORS = ("olconnect", "scriptx", "itwin")
 VENDOR_NAMES = {"olconnect": "OL Connect", "scriptx": "ScriptX.Services", "itwin": "iTwin"}
 DEFERRABLE = "jp_wait_deferrable"
 IN_TRIGGERER = "jp_wait_in_triggerer"
+POKE = "jp_wait_poke"
 
 
 def job_calls(emu: VendorEmulator, job_id: str) -> list[Call]:
@@ -180,6 +181,31 @@ def test_killing_a_deferred_task_cancels_the_remote_job(
     text = "".join(p.read_text(errors="replace") for p in dep.trigger_logs(DEFERRABLE, run_id, "wait"))
     assert "Trigger cancelled by user action, invoking on_kill" in text, text[-2000:]
     assert f"job {job}: cancelled (the task was killed)" in text, text[-2000:]
+
+
+def test_killing_a_poking_task_cancels_the_remote_job(deployment: Deployment, vendor_emulator: VendorEmulator) -> None:
+    """Poke mode waits on a worker. Marking the task failed makes Airflow SIGTERM the task process (the
+    supervisor's heartbeat is refused), and the sensor's own ``on_kill`` cancels the job: on every version."""
+    dep, emu = deployment, vendor_emulator
+    emu.set_next_scenario("itwin", Scenario(steps=100000))
+    runs = start_runs(dep, POKE, ("itwin",))
+    run_id = runs["itwin"]
+    job = job_ids(dep, POKE, runs)["itwin"]
+    dep.wait_task_state(POKE, run_id, "wait", "running", timeout=60)
+    seen = len(progress_calls(job_calls(emu, job)))
+    wait_for("the sensor to poke", lambda: len(progress_calls(job_calls(emu, job))) >= seen + 2, 60)
+    assert cancel_calls(job_calls(emu, job)) == []
+    dep.mark_failed(POKE, run_id, "wait")
+    wait_for("the sensor's on_kill to cancel the job", lambda: cancel_calls(job_calls(emu, job)), 60)
+    assert dep.wait_run(POKE, run_id, 60) == "failed"
+    cancels = cancel_calls(job_calls(emu, job))
+    assert len(cancels) == 1, cancels
+    assert emu.job("itwin", job).state == "cancelled"
+    assert dep.task_state(POKE, run_id, "wait") == "failed"
+    assert len(submit_calls(job_calls(emu, job))) == 1
+    log = dep.task_log_dir(POKE, run_id, "wait") / "attempt=1.log"
+    text = log.read_text(errors="replace")
+    assert f"iTwin job {job} cancelled: the task was killed" in text, text[-2000:]
 
 
 def test_triggerer_restart_mid_wait_completes_without_new_submit_or_cancel(

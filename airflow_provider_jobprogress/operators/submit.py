@@ -113,8 +113,3 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
             return None
         self.log.info("%s; re-attaching to the earlier try's job instead of submitting again", progress.describe())
         return job_id
-
-    def on_kill(self) -> None:
-        """Worker-side kill while waiting on the worker: cancel the remote job unless it finished."""
-        if self.job_id and self.cancel_on_kill and not (self._last is not None and self._last.is_terminal):
-            self._cancel_remote("the task was killed", self.job_id)

@@ -153,8 +153,3 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
             if self.cancel_on_timeout and scheduler_timeout:
                 self._cancel_remote("the sensor timed out")
             raise
-
-    def on_kill(self) -> None:
-        """Worker-side kill (poke mode): cancel the remote job unless it already finished."""
-        if self.cancel_on_kill and not (self._last is not None and self._last.is_terminal):
-            self._cancel_remote("the task was killed")
