@@ -23,7 +23,7 @@ from airflow_provider_jobprogress.core.errors import (
     OperationNotSupportedError,
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
-from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
 from airflow_provider_jobprogress.hooks.base import JobProgressHook
 from airflow_provider_jobprogress.triggers.job_progress import JobProgressTrigger
@@ -51,14 +51,14 @@ class JobWaitMixin:
         self,
         *,
         poll_policy: PollPolicy | Mapping[str, Any] | float | None,
-        retry_policy: RetryPolicy | Mapping[str, Any] | None,
+        request_retry: RequestRetry | Mapping[str, Any] | None,
         cancel_on_kill: bool,
         cancel_on_timeout: bool,
         finish_in_triggerer: bool = False,
     ) -> None:
         # Validate policies now, at parse time: a bad policy must never surface after a job was started.
         self._poll_policy = PollPolicy.from_value(poll_policy, self._default_poll_policy()) if poll_policy else None
-        self._retry_policy = RetryPolicy.from_value(retry_policy)
+        self._request_retry = RequestRetry.from_value(request_retry)
         self.cancel_on_kill = cancel_on_kill
         self.cancel_on_timeout = cancel_on_timeout
         self.finish_in_triggerer = finish_in_triggerer
@@ -87,7 +87,7 @@ class JobWaitMixin:
                     f"{sorted(HOOK_CLASS_BY_CONN_TYPE)}"
                 )
         hook_class: type[JobProgressHook[Any]] = load_hook_class(path)
-        return hook_class(self.conn_id, retry_policy=self._retry_policy)
+        return hook_class(self.conn_id, request_retry=self._request_retry)
 
     def _trigger_kwargs(self, job_id: Any, *, deadline: float | None) -> dict[str, Any]:
         return {
@@ -95,7 +95,7 @@ class JobWaitMixin:
             "conn_id": self.conn_id,
             "job_id": job_id,
             "poll_policy": self._poll_policy.to_dict() if self._poll_policy else None,
-            "retry_policy": self._retry_policy.to_dict(),
+            "request_retry": self._request_retry.to_dict(),
             "deadline": deadline,
             "cancel_on_kill": self.cancel_on_kill,
             "cancel_on_timeout": self.cancel_on_timeout,

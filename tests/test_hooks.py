@@ -17,7 +17,7 @@ from airflow_provider_jobprogress.core import (
     JobState,
     OperationNotSupportedError,
     RateLimitedError,
-    RetryPolicy,
+    RequestRetry,
     VendorResponseError,
 )
 from airflow_provider_jobprogress.hooks.base import JobProgressHook
@@ -26,7 +26,7 @@ from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
 from airflow_provider_jobprogress.hooks.scriptx import ScriptXHook
 from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
 
-FAST = RetryPolicy(initial_delay=0.01, max_delay=0.05, jitter=0)
+FAST = RequestRetry(initial_delay=0.01, max_delay=0.05, jitter=0)
 OL_CONFIG = {"datamining": {"identifier": "invoices.csv", "config": "invoices"}, "outputcreation": {"config": "pdf"}}
 PDF = {"document": "https://example.invalid/report.pdf", "device": {"printToFileName": "report.pdf"}}
 ITWIN_SPEC = {
@@ -45,7 +45,7 @@ VENDORS: dict[str, tuple[type[JobProgressHook[Any]], Any]] = {
 
 def make(vendor: str, **kwargs: Any) -> tuple[JobProgressHook[Any], Any]:
     hook_class, submit = VENDORS[vendor]
-    return hook_class(retry_policy=FAST, **kwargs), submit
+    return hook_class(request_retry=FAST, **kwargs), submit
 
 
 def follow(hook: JobProgressHook[Any], job_id: str, limit: int = 50) -> list[JobProgress]:
@@ -130,7 +130,7 @@ def test_rate_limit_waits_for_retry_after_then_reads(emulator: VendorEmulator, v
 def test_rate_limit_longer_than_we_hold_is_rate_limited_error(emulator: VendorEmulator, vendor: str) -> None:
     emulator.set_next_scenario(vendor, Scenario(rate_limit=1, retry_after=120))
     hook_class, submit = VENDORS[vendor]
-    hook = hook_class(retry_policy=RetryPolicy(max_retry_after=5, initial_delay=0.01, jitter=0))
+    hook = hook_class(request_retry=RequestRetry(max_retry_after=5, initial_delay=0.01, jitter=0))
     job_id = submit(hook)
     with pytest.raises(RateLimitedError) as err:
         hook.get_progress(job_id)
@@ -287,7 +287,7 @@ def test_itwin_reality_modeling_v2(emulator: VendorEmulator, monkeypatch) -> Non
     conn = json.loads(emulator.connections()["itwin_default"])
     conn["extra"]["api"] = "reality-modeling"
     monkeypatch.setenv("AIRFLOW_CONN_ITWIN_DEFAULT", json.dumps(conn))
-    hook = ITwinHook(retry_policy=FAST)
+    hook = ITwinHook(request_retry=FAST)
     spec = {"inputs": [{"type": "CCImageCollection", "id": "in-1"}], "outputs": ["modelingReference"]}
     job_id = hook.submit({"type": "Reconstruction", "name": "mesh", "specifications": spec})
     assert follow(hook, job_id)[-1].state is JobState.SUCCEEDED
@@ -314,7 +314,7 @@ def test_async_progress_matches_sync(emulator: VendorEmulator) -> None:
 
     async def read() -> JobProgress:
         try:
-            return await ITwinHook(retry_policy=FAST).aget_progress(job_id)
+            return await ITwinHook(request_retry=FAST).aget_progress(job_id)
         finally:
             await ASYNC_SESSIONS.aclose_all()
 

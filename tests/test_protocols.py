@@ -25,7 +25,7 @@ from airflow_provider_jobprogress.core.errors import (
     VendorUnavailableError,
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
-from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy, parse_retry_after
+from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, parse_retry_after
 from airflow_provider_jobprogress.core.protocol import (
     ConnectionFields,
     GetToken,
@@ -225,32 +225,32 @@ def test_poll_policy_round_trips_through_its_json_dict(policy: PollPolicy) -> No
     assert PollPolicy.from_value(data, PollPolicy.fixed(99)) == policy
 
 
-def test_retry_policy_round_trips_through_its_json_dict() -> None:
-    policy = RetryPolicy(attempts=3, initial_delay=0.5, max_retry_after=10, rate_limit_waits=2)
-    assert RetryPolicy.from_value(json.loads(json.dumps(policy.to_dict()))) == policy
-    assert RetryPolicy.from_value(None) == RetryPolicy()
+def test_request_retry_round_trips_through_its_json_dict() -> None:
+    policy = RequestRetry(attempts=3, initial_delay=0.5, max_retry_after=10, rate_limit_waits=2)
+    assert RequestRetry.from_value(json.loads(json.dumps(policy.to_dict()))) == policy
+    assert RequestRetry.from_value(None) == RequestRetry()
 
 
 @pytest.mark.parametrize("kwargs", [{"attempts": 0}, {"initial_delay": -1}, {"factor": 0.9}, {"jitter": -0.1}])
-def test_invalid_retry_policy_raises_value_error(kwargs: dict[str, Any]) -> None:
+def test_invalid_request_retry_raises_value_error(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011
-        RetryPolicy(**kwargs)
+        RequestRetry(**kwargs)
 
 
 @pytest.mark.parametrize(("failures", "base"), [(1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0), (7, 60.0), (20, 60.0)])
 def test_retry_backoff_grows_to_max_delay_with_bounded_jitter(failures: int, base: float) -> None:
-    policy = RetryPolicy(initial_delay=1, factor=2, max_delay=60, jitter=0.25)
+    policy = RequestRetry(initial_delay=1, factor=2, max_delay=60, jitter=0.25)
     delays = [policy.backoff(failures) for _ in range(300)]
     assert all(base <= d <= base * 1.25 for d in delays)
     assert max(delays) > base  # the jitter is really there
 
 
 def test_retry_backoff_without_jitter_is_exact() -> None:
-    assert RetryPolicy(initial_delay=1, factor=3, jitter=0).backoff(3) == 9.0
+    assert RequestRetry(initial_delay=1, factor=3, jitter=0).backoff(3) == 9.0
 
 
 def test_retry_backoff_after_very_many_failures_stays_at_max_delay() -> None:
-    assert RetryPolicy(jitter=0).backoff(5000) == 60.0
+    assert RequestRetry(jitter=0).backoff(5000) == 60.0
 
 
 @pytest.mark.parametrize(("header", "seconds"), [("120", 120.0), (" 2 ", 2.0), ("0.5", 0.5), ("-3", 0.0)])
@@ -338,7 +338,7 @@ def test_five_503_raise_vendor_unavailable() -> None:
 
 def test_five_503_sleep_four_times_with_growing_backoff() -> None:
     sleeps: list[Sleep] = []
-    flow = scriptx(retry_policy=RetryPolicy(jitter=0)).progress("t1")
+    flow = scriptx(request_retry=RequestRetry(jitter=0)).progress("t1")
     with pytest.raises(VendorUnavailableError):
         drive(flow, [text(503)] * 5, sleep_log=sleeps)
     assert [s.seconds for s in sleeps] == [1.0, 2.0, 4.0, 8.0]
@@ -381,15 +381,15 @@ def test_429_waits_for_retry_after() -> None:
 
 
 def test_429_is_not_counted_as_a_failure() -> None:
-    policy = RetryPolicy(attempts=2, jitter=0)
+    policy = RequestRetry(attempts=2, jitter=0)
     replies = [text(429, "", {"Retry-After": "3"}), text(503), sx_status(6)]
-    progress, _, sleeps = drive(scriptx(retry_policy=policy).progress("t1"), replies)
+    progress, _, sleeps = drive(scriptx(request_retry=policy).progress("t1"), replies)
     assert progress.state is JobState.SUCCEEDED
     assert sleeps == [Sleep(3.0), Sleep(1.0)]
 
 
 def test_429_longer_than_max_retry_after_raises_rate_limited() -> None:
-    api = scriptx(retry_policy=RetryPolicy(max_retry_after=60))
+    api = scriptx(request_retry=RequestRetry(max_retry_after=60))
     with pytest.raises(RateLimitedError) as info:
         drive(api.progress("t1"), [text(429, "quota", {"Retry-After": "600"})])
     assert info.value.retry_after == 600.0
@@ -397,7 +397,7 @@ def test_429_longer_than_max_retry_after_raises_rate_limited() -> None:
 
 
 def test_429_more_often_than_rate_limit_waits_raises_rate_limited() -> None:
-    api = scriptx(retry_policy=RetryPolicy(rate_limit_waits=2))
+    api = scriptx(request_retry=RequestRetry(rate_limit_waits=2))
     with pytest.raises(RateLimitedError):
         drive(api.progress("t1"), [text(429, "", {"Retry-After": "1"})] * 3)
 

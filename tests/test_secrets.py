@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_jobprogress.core import JobProgressError, PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.core import JobProgressError, PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
 from airflow_provider_jobprogress.hooks.base import JobProgressHook
 from airflow_provider_jobprogress.hooks.itwin import ITwinHook
@@ -26,7 +26,7 @@ SECRETS = {
     "scriptx_license": "9a1c5e77-0d0d-4b1e-8c2a-feedfacecafe",
     "itwin_client_secret": "itwin-Sec-7b7b-3e3e-abab",
 }
-FAST = RetryPolicy(initial_delay=0.01, max_delay=0.02, jitter=0, attempts=2)
+FAST = RequestRetry(initial_delay=0.01, max_delay=0.02, jitter=0, attempts=2)
 HOOKS: dict[str, type[JobProgressHook[Any]]] = {"olconnect": OLConnectHook, "scriptx": ScriptXHook, "itwin": ITwinHook}
 
 
@@ -56,7 +56,7 @@ async def wait_in_trigger(hook_path: str, conn_id: str, job_id: str) -> list[str
         conn_id=conn_id,
         job_id=job_id,
         poll_policy=PollPolicy.fixed(0.01).to_dict(),
-        retry_policy=FAST.to_dict(),
+        request_retry=FAST.to_dict(),
     )
     try:
         return [json.dumps(e.payload) async for e in trig.run()]
@@ -77,7 +77,7 @@ def whole_life(emu: VendorEmulator) -> list[str]:
     for vendor, hook_class in HOOKS.items():
         for scenario in (Scenario(steps=2, rate_limit=1), Scenario(outcome="fail", steps=1, flaky=1)):
             emu.set_next_scenario(vendor, scenario)
-            hook = hook_class(retry_policy=FAST)
+            hook = hook_class(request_retry=FAST)
             job_id = submits[vendor](hook)
             emu.expire_tokens()
             while not (progress := hook.get_progress(job_id)).is_terminal:
@@ -94,7 +94,7 @@ def whole_life(emu: VendorEmulator) -> list[str]:
             texts.extend(asyncio.run(wait_in_trigger(hook_path, f"{vendor}_default", job_id)))
         for bad in ("job-that-is-not-there",):
             try:
-                hook_class(retry_policy=FAST).get_progress(bad)
+                hook_class(request_retry=FAST).get_progress(bad)
             except JobProgressError as exc:
                 texts.append(str(exc))
     return texts
@@ -108,7 +108,7 @@ def test_no_secret_in_logs_or_errors(secret_emulator: VendorEmulator, caplog, ca
         conn = json.loads(secret_emulator.connections()[f"{vendor}_default"])
         conn["password"] = "Wrong-" + SECRETS[next(k for k in SECRETS if k.startswith(vendor))]
         monkeypatch.setenv(f"AIRFLOW_CONN_{vendor.upper()}_DEFAULT", json.dumps(conn))
-        hook = HOOKS[vendor](retry_policy=FAST)
+        hook = HOOKS[vendor](request_retry=FAST)
         ok, message = hook.test_connection()
         assert not ok
         texts.append(message)

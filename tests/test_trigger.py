@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_jobprogress.core import JobState, PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.core import JobState, PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
 from airflow_provider_jobprogress.hooks.itwin import ITwinHook
 from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
@@ -19,7 +19,7 @@ from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmula
 from airflow_provider_jobprogress.triggers.job_progress import CLASSPATH, JobProgressTrigger
 
 FAST_POLL = PollPolicy.fixed(0.01).to_dict()
-FAST_RETRY = RetryPolicy(initial_delay=0.01, max_delay=0.02, jitter=0, attempts=2, outage_tolerance=30).to_dict()
+FAST_RETRY = RequestRetry(initial_delay=0.01, max_delay=0.02, jitter=0, attempts=2, outage_tolerance=30).to_dict()
 HOOKS = {
     "olconnect": "airflow_provider_jobprogress.hooks.olconnect.OLConnectHook",
     "scriptx": "airflow_provider_jobprogress.hooks.scriptx.ScriptXHook",
@@ -43,7 +43,7 @@ def trigger(vendor: str, job_id: str, **kwargs: Any) -> JobProgressTrigger:
         "conn_id": f"{vendor}_default",
         "job_id": job_id,
         "poll_policy": FAST_POLL,
-        "retry_policy": FAST_RETRY,
+        "request_retry": FAST_RETRY,
     }
     params.update(kwargs)
     return JobProgressTrigger(**params)

@@ -15,7 +15,7 @@ from airflow_provider_jobprogress.core.errors import (
     VendorUnavailableError,
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
-from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy, parse_retry_after
+from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, RetryPolicy, parse_retry_after
 
 __all__ = [
     "AuthenticationError",
@@ -29,6 +29,7 @@ __all__ = [
     "OperationNotSupportedError",
     "PollPolicy",
     "RateLimitedError",
+    "RequestRetry",
     "ResultNotForXComError",
     "ResultNotReadyError",
     "RetryPolicy",

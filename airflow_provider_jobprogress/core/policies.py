@@ -89,8 +89,12 @@ class PollPolicy:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Which failures are retried and how long to back off between tries.
+class RequestRetry:
+    """Which failures of one vendor *request* are retried and how long to back off between tries.
+
+    Not Airflow's task-level ``retry_policy`` (Airflow 3.3): that decides whether a failed task runs
+    again; this one decides how one HTTP call to the vendor is retried inside a task or trigger. Operators
+    take it as ``request_retry`` so Airflow's ``retry_policy`` stays Airflow's.
 
     Transient failures (connection errors, timeouts, HTTP 5xx) are retried ``attempts - 1`` times with
     exponential backoff and jitter. A 429 waits what the vendor's ``Retry-After`` says, up to
@@ -135,12 +139,16 @@ class RetryPolicy:
         }
 
     @classmethod
-    def from_value(cls, value: RetryPolicy | Mapping[str, Any] | None) -> RetryPolicy:
+    def from_value(cls, value: RequestRetry | Mapping[str, Any] | None) -> RequestRetry:
         if value is None:
             return cls()
-        if isinstance(value, RetryPolicy):
+        if isinstance(value, RequestRetry):
             return value
         return cls(**_known_fields(cls, value))
+
+
+#: The 0.1 name, kept for one release: it collides with ``airflow.sdk.RetryPolicy`` (task retries).
+RetryPolicy = RequestRetry
 
 
 def _known_fields(cls: type, value: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from airflow_provider_jobprogress.core.errors import (
     VendorUnavailableError,
 )
 from airflow_provider_jobprogress.core.model import JobProgress
-from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy, parse_retry_after
+from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, parse_retry_after
 
 T = TypeVar("T")
 
@@ -168,8 +168,8 @@ class VendorApi:
     #: renew a token this many seconds before the vendor says it expires
     token_margin: ClassVar[float] = 60.0
 
-    def __init__(self, *, retry_policy: RetryPolicy | None = None, verify: bool | str = True) -> None:
-        self.retry_policy = retry_policy or RetryPolicy()
+    def __init__(self, *, request_retry: RequestRetry | None = None, verify: bool | str = True) -> None:
+        self.request_retry = request_retry or RequestRetry()
         self.verify = verify
 
     # -- auth, overridden by vendors ---------------------------------------------------------------
@@ -208,7 +208,7 @@ class VendorApi:
 
     def exchange(self, request: Request, job_id: str | None, *, what: str) -> Flow[Response]:
         """Like :meth:`send` but hands back non-2xx answers other than retried ones, for vendor checks."""
-        policy = self.retry_policy
+        policy = self.request_retry
         failures = rate_waits = 0
         token: Token | None = None
         relogged = False

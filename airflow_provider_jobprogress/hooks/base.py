@@ -13,7 +13,7 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_jobprogress.core.errors import JobProgressError
 from airflow_provider_jobprogress.core.model import JobProgress
-from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.protocol import ConnectionFields, ResultPart, VendorApi
 from airflow_provider_jobprogress.core.session import (
     ASYNC_SESSIONS,
@@ -63,12 +63,12 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         self,
         conn_id: str | None = None,
         *,
-        retry_policy: RetryPolicy | dict[str, Any] | None = None,
+        request_retry: RequestRetry | dict[str, Any] | None = None,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__()
         self.conn_id = conn_id or self.default_conn_name
-        self.retry_policy = RetryPolicy.from_value(retry_policy)
+        self.request_retry = RequestRetry.from_value(request_retry)
         self.timeout = timeout
         self._async_api: ApiT | None = None
         self._async_key = ""
@@ -94,7 +94,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     # -- connection ------------------------------------------------------------------------------
     def _make_api(self, fields: ConnectionFields) -> ApiT:
-        return self.api_class.from_connection(fields, retry_policy=self.retry_policy)  # type: ignore[attr-defined,no-any-return]
+        return self.api_class.from_connection(fields, request_retry=self.request_retry)  # type: ignore[attr-defined,no-any-return]
 
     @cached_property
     def api(self) -> ApiT:
@@ -114,7 +114,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
             conn = await get_async_connection(self.conn_id, hook=self)
             extra = await get_async_extra_dejson(conn)
             self._async_api = self._make_api(_fields(self.conn_id, conn, extra))
-            self._async_key = _key_material(type(self), _fields(self.conn_id, conn, extra), self.retry_policy)
+            self._async_key = _key_material(type(self), _fields(self.conn_id, conn, extra), self.request_retry)
         api = self._async_api
 
         def factory() -> AsyncSession:
@@ -188,7 +188,7 @@ def _fields(conn_id: str, conn: Any, extra: Any) -> ConnectionFields:
     )
 
 
-def _key_material(hook: type, fields: ConnectionFields, retry: RetryPolicy) -> str:
+def _key_material(hook: type, fields: ConnectionFields, retry: RequestRetry) -> str:
     return repr(
         (
             hook.__module__,

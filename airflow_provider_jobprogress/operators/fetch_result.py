@@ -9,7 +9,7 @@ from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperat
 
 from airflow_provider_jobprogress.core.errors import ResultNotForXComError, ResultNotReadyError, VendorUnavailableError
 from airflow_provider_jobprogress.core.model import JobState
-from airflow_provider_jobprogress.core.policies import RetryPolicy
+from airflow_provider_jobprogress.core.policies import RequestRetry
 from airflow_provider_jobprogress.core.protocol import ResultPart
 from airflow_provider_jobprogress.results import IncompleteDownloadError, stage_file, staging
 from airflow_provider_jobprogress.waiting import JobWaitMixin
@@ -48,10 +48,10 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         destination: str | ObjectStoragePath | XComArg | None = None,
         max_xcom_bytes: int = 48 * 1024,
         chunk_size: int = 1 << 20,
-        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        request_retry: RequestRetry | Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._init_waiting(poll_policy=None, retry_policy=retry_policy, cancel_on_kill=False, cancel_on_timeout=False)
+        self._init_waiting(poll_policy=None, request_retry=request_retry, cancel_on_kill=False, cancel_on_timeout=False)
         super().__init__(**kwargs)
         self.job_id = job_id
         self.conn_id = conn_id

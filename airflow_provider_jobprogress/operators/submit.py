@@ -9,7 +9,7 @@ from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_provider_jobprogress.core.errors import JobNotFoundError
 from airflow_provider_jobprogress.core.model import JobState
-from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.waiting import JobWaitMixin
 
 #: where the job id is kept across tries (Airflow 3.3 task_state_store) and pushed (XCom key)
@@ -40,7 +40,7 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
         wait_for_completion: bool = False,
         deferrable: bool = True,
         poll_policy: PollPolicy | Mapping[str, Any] | float | None = None,
-        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        request_retry: RequestRetry | Mapping[str, Any] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = False,
@@ -48,7 +48,7 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
     ) -> None:
         self._init_waiting(
             poll_policy=poll_policy,
-            retry_policy=retry_policy,
+            request_retry=request_retry,
             cancel_on_kill=cancel_on_kill,
             cancel_on_timeout=cancel_on_timeout,
         )

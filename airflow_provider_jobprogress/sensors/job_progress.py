@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowSensorTimeout, BaseSensorOperator, PokeReturnValue
 from airflow.triggers.base import StartTriggerArgs
 
-from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.triggers.job_progress import CLASSPATH
 from airflow_provider_jobprogress.waiting import JobWaitMixin
 
@@ -73,7 +73,7 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
     :param job_id: the vendor's job id (OL Connect operationId, ScriptX job token, iTwin job id); templated
     :param conn_id: Airflow connection; its type (olconnect, scriptx, itwin) picks the vendor; templated
     :param poll_policy: a ``PollPolicy``, its dict, or seconds; default: the vendor's own guidance
-    :param retry_policy: a ``RetryPolicy`` or its dict, for transient errors and rate limits
+    :param request_retry: a ``RequestRetry`` or its dict, for transient errors and rate limits
     :param cancel_on_timeout: cancel the remote job when the sensor times out
     :param cancel_on_kill: cancel the remote job when a user kills the task (trigger ``on_kill``, Airflow 3.3+,
         or the worker's ``on_kill`` in poke mode)
@@ -94,7 +94,7 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
         conn_id: str | None = None,
         deferrable: bool = True,
         poll_policy: PollPolicy | Mapping[str, Any] | float | None = None,
-        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        request_retry: RequestRetry | Mapping[str, Any] | None = None,
         cancel_on_timeout: bool = False,
         cancel_on_kill: bool = True,
         finish_in_triggerer: bool = False,
@@ -102,7 +102,7 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
     ) -> None:
         self._init_waiting(
             poll_policy=poll_policy,
-            retry_policy=retry_policy,
+            request_retry=request_retry,
             cancel_on_kill=cancel_on_kill,
             cancel_on_timeout=cancel_on_timeout,
             finish_in_triggerer=finish_in_triggerer,

@@ -17,7 +17,7 @@ from airflow_provider_jobprogress.core.errors import (
     VendorUnavailableError,
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
-from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
 
 CLASSPATH = "airflow_provider_jobprogress.triggers.job_progress.JobProgressTrigger"
@@ -48,7 +48,7 @@ class JobProgressTrigger(BaseTrigger):
     :param conn_id: the Airflow connection to reach the vendor
     :param job_id: the vendor's job id
     :param poll_policy: ``PollPolicy.to_dict()``
-    :param retry_policy: ``RetryPolicy.to_dict()``
+    :param request_retry: ``RequestRetry.to_dict()`` (``retry_policy``, its 0.1 name, is still accepted)
     :param deadline: wall-clock epoch seconds after which the wait ends with a ``timeout`` event
     :param cancel_on_kill: cancel the remote job when a user kills the task (Airflow 3.3+ ``on_kill``)
     :param cancel_on_timeout: cancel the remote job when the deadline passes
@@ -61,18 +61,20 @@ class JobProgressTrigger(BaseTrigger):
         conn_id: str,
         job_id: str,
         poll_policy: dict[str, Any] | None = None,
-        retry_policy: dict[str, Any] | None = None,
+        request_retry: dict[str, Any] | None = None,
         deadline: float | None = None,
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = False,
         finish_in_triggerer: bool = False,
+        retry_policy: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.hook_class_path = hook_class_path
         self.conn_id = conn_id
         self.job_id = job_id
         self.poll_policy = poll_policy
-        self.retry_policy = retry_policy
+        # ``retry_policy``: the 0.1 name, so triggers serialized before an upgrade are re-created intact.
+        self.request_retry = request_retry if request_retry is not None else retry_policy
         self.deadline = deadline
         self.cancel_on_kill = cancel_on_kill
         self.cancel_on_timeout = cancel_on_timeout
@@ -87,7 +89,7 @@ class JobProgressTrigger(BaseTrigger):
                 "conn_id": self.conn_id,
                 "job_id": self.job_id,
                 "poll_policy": self.poll_policy,
-                "retry_policy": self.retry_policy,
+                "request_retry": self.request_retry,
                 "deadline": self.deadline,
                 "cancel_on_kill": self.cancel_on_kill,
                 "cancel_on_timeout": self.cancel_on_timeout,
@@ -109,7 +111,7 @@ class JobProgressTrigger(BaseTrigger):
                     f"{conn.conn_type!r}, not one of {sorted(HOOK_CLASS_BY_CONN_TYPE)}",
                 )
         hook_class = load_hook_class(path)
-        return hook_class(self.conn_id, retry_policy=RetryPolicy.from_value(self.retry_policy))
+        return hook_class(self.conn_id, request_retry=RequestRetry.from_value(self.request_retry))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
@@ -119,7 +121,7 @@ class JobProgressTrigger(BaseTrigger):
             return
         vendor = hook.vendor()
         policy = PollPolicy.from_value(self.poll_policy, hook.default_poll_policy())
-        retry = RetryPolicy.from_value(self.retry_policy)
+        retry = RequestRetry.from_value(self.request_retry)
         job = str(self.job_id)
         polls_since_change = 0
         outage_since: float | None = None

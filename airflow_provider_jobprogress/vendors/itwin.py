@@ -20,7 +20,7 @@ from airflow_provider_jobprogress.core.errors import (
     VendorResponseError,
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
-from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.protocol import (
     ConnectionFields,
     Flow,
@@ -85,10 +85,10 @@ class ITwinApi(VendorApi):
         token_url: str = TOKEN_URL,
         scope: str = SCOPE,
         itwin_id: str | None = None,
-        retry_policy: RetryPolicy | None = None,
+        request_retry: RequestRetry | None = None,
         verify: bool | str = True,
     ) -> None:
-        super().__init__(retry_policy=retry_policy, verify=verify)
+        super().__init__(request_retry=request_retry, verify=verify)
         if api not in FAMILIES:
             raise ValueError(f"iTwin connection extra 'api' must be one of {sorted(FAMILIES)}, not {api!r}")
         if not client_id or not client_secret:
@@ -105,7 +105,7 @@ class ITwinApi(VendorApi):
         self._client_secret = client_secret
 
     @classmethod
-    def from_connection(cls, conn: ConnectionFields, *, retry_policy: RetryPolicy | None = None) -> ITwinApi:
+    def from_connection(cls, conn: ConnectionFields, *, request_retry: RequestRetry | None = None) -> ITwinApi:
         extra = conn.extra
         return cls(
             client_id=conn.login or "",
@@ -116,7 +116,7 @@ class ITwinApi(VendorApi):
             token_url=str(extra.get("auth_url") or extra.get("token_url") or TOKEN_URL),
             scope=str(extra.get("scope") or SCOPE),
             itwin_id=extra.get("itwin_id"),
-            retry_policy=retry_policy,
+            request_retry=request_retry,
             verify=conn.extra_bool_or_path("verify"),
         )
 

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from airflow_provider_jobprogress.core.errors import JobFailedError, JobNotFoundError, VendorResponseError
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
-from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.protocol import (
     ConnectionFields,
     Flow,
@@ -53,10 +53,10 @@ class OLConnectApi(VendorApi):
         user: str | None = None,
         password: str | None = None,
         auth: str = "token",
-        retry_policy: RetryPolicy | None = None,
+        request_retry: RequestRetry | None = None,
         verify: bool | str = True,
     ) -> None:
-        super().__init__(retry_policy=retry_policy, verify=verify)
+        super().__init__(request_retry=request_retry, verify=verify)
         if auth not in AUTH_MODES:
             raise ValueError(f"OL Connect connection extra 'auth' must be one of {AUTH_MODES}, not {auth!r}")
         self.base_url = base_url.rstrip("/")
@@ -65,7 +65,7 @@ class OLConnectApi(VendorApi):
         self.auth = auth
 
     @classmethod
-    def from_connection(cls, conn: ConnectionFields, *, retry_policy: RetryPolicy | None = None) -> OLConnectApi:
+    def from_connection(cls, conn: ConnectionFields, *, request_retry: RequestRetry | None = None) -> OLConnectApi:
         host = (conn.host or "localhost").rstrip("/")
         if "://" not in host:
             host = f"{conn.schema or 'http'}://{host}:{conn.port or DEFAULT_PORT}"
@@ -74,7 +74,7 @@ class OLConnectApi(VendorApi):
             user=conn.login,
             password=conn.password,
             auth=str(conn.extra.get("auth") or "token").lower(),
-            retry_policy=retry_policy,
+            request_retry=request_retry,
             verify=conn.extra_bool_or_path("verify"),
         )
 

@@ -18,7 +18,7 @@ from airflow_provider_jobprogress.core.errors import (
     VendorResponseError,
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
-from airflow_provider_jobprogress.core.policies import PollPolicy, RetryPolicy
+from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.protocol import ConnectionFields, Flow, Request, ResultPart, VendorApi
 
 VARIANTS = ("cloud", "on_premise", "windows_pc")
@@ -60,10 +60,10 @@ class ScriptXApi(VendorApi):
         *,
         license_guid: str | None = None,
         variant: str = "cloud",
-        retry_policy: RetryPolicy | None = None,
+        request_retry: RequestRetry | None = None,
         verify: bool | str = True,
     ) -> None:
-        super().__init__(retry_policy=retry_policy, verify=verify)
+        super().__init__(request_retry=request_retry, verify=verify)
         if variant not in VARIANTS:
             raise ValueError(f"ScriptX connection extra 'variant' must be one of {VARIANTS}, not {variant!r}")
         self.base_url = base_url.rstrip("/")
@@ -71,7 +71,7 @@ class ScriptXApi(VendorApi):
         self.variant = variant
 
     @classmethod
-    def from_connection(cls, conn: ConnectionFields, *, retry_policy: RetryPolicy | None = None) -> ScriptXApi:
+    def from_connection(cls, conn: ConnectionFields, *, request_retry: RequestRetry | None = None) -> ScriptXApi:
         variant = str(conn.extra.get("variant") or "cloud").lower()
         host = (conn.host or ("127.0.0.1" if variant == "windows_pc" else CLOUD_HOST)).rstrip("/")
         if "://" not in host:
@@ -82,7 +82,7 @@ class ScriptXApi(VendorApi):
             host,
             license_guid=conn.password,
             variant=variant,
-            retry_policy=retry_policy,
+            request_retry=request_retry,
             verify=conn.extra_bool_or_path("verify"),
         )
 

@@ -14,7 +14,7 @@ from airflow_provider_jobprogress.operators.scriptx import ScriptXPrintPdfOperat
 
 FAST: dict[str, Any] = {
     "poll_policy": 0.05,
-    "retry_policy": {"initial_delay": 0.01, "max_delay": 0.05, "jitter": 0, "attempts": 2},
+    "request_retry": {"initial_delay": 0.01, "max_delay": 0.05, "jitter": 0, "attempts": 2},
 }
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 
@@ -55,7 +55,7 @@ def build(vendor: str, dag_id: str, *, destination: str | None, retries: int = 0
             job_id="{{ ti.xcom_pull(task_ids='submit') }}",
             destination=destination,
             chunk_size=64 * 1024,
-            retry_policy=FAST["retry_policy"],
+            request_retry=FAST["request_retry"],
         )
 
         @task

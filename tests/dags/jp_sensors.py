@@ -49,7 +49,7 @@ def build(dag_id: str, **sensor_kwargs: Any) -> DAG:
             task_id="wait",
             conn_id="{{ dag_run.conf['vendor'] }}_default",
             poll_policy=0.05,
-            retry_policy={"initial_delay": 0.01, "max_delay": 0.05, "jitter": 0},
+            request_retry={"initial_delay": 0.01, "max_delay": 0.05, "jitter": 0},
             **sensor_kwargs,
         )
         submit() >> wait >> downstream()
