@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 from datetime import timedelta
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from airflow.providers.common.compat.sdk import (
     AirflowException,
@@ -14,19 +14,41 @@ from airflow.providers.common.compat.sdk import (
     AirflowSensorTimeout,
     AirflowSkipException,
     BaseHook,
+    conf,
 )
 
 from airflow_provider_jobprogress.core.errors import (
+    DeadlineExceededError,
     JobCancelledError,
     JobFailedError,
     JobProgressError,
     OperationNotSupportedError,
+    error_from_event,
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
-from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
+from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, jittered
 from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
 from airflow_provider_jobprogress.hooks.base import JobProgressHook
-from airflow_provider_jobprogress.triggers.job_progress import JobProgressTrigger
+from airflow_provider_jobprogress.triggers.job_progress import ON_KILL_BUDGET, JobProgressTrigger
+
+#: Airflow's own deferral timeout comes this long after the trigger's deadline: only a backstop (for a
+#: triggerer that is down), never a race with the trigger, which cancels within ON_KILL_BUDGET and reports
+DEFERRAL_BACKSTOP = ON_KILL_BUDGET + 35.0
+#: what Airflow resumes a task with when its deferral timed out (``next_method``, ``next_kwargs["error"]``)
+TRIGGER_FAIL = "__fail__"
+TRIGGER_TIMEOUT = "Trigger timeout"
+
+
+def deferral_settle_seconds() -> float:
+    """How long after a deferral the trigger must not end the wait.
+
+    Airflow up to 3.3.2 marks a deferred task failed when its trigger fires and the task is running again
+    before the executor has reported the process that deferred (apache/airflow#72716, #71580). The
+    supervisor notices that process's exit within ``[workers] min_heartbeat_interval`` (5 s); twice that
+    leaves room for a loaded scheduler. The jobs we wait on run minutes, so the first poll coming no
+    sooner costs nothing that matters.
+    """
+    return 2.0 * float(conf.getfloat("workers", "min_heartbeat_interval", fallback=5.0))
 
 
 class JobWaitMixin:
@@ -89,7 +111,9 @@ class JobWaitMixin:
         hook_class: type[JobProgressHook[Any]] = load_hook_class(path)
         return hook_class(self.conn_id, request_retry=self._request_retry)
 
-    def _trigger_kwargs(self, job_id: Any, *, deadline: float | None) -> dict[str, Any]:
+    def _trigger_kwargs(
+        self, job_id: Any, *, deadline: float | None, first_poll_at: float | None = None
+    ) -> dict[str, Any]:
         return {
             "hook_class_path": self.hook_class_path or "",
             "conn_id": self.conn_id,
@@ -100,23 +124,33 @@ class JobWaitMixin:
             "cancel_on_kill": self.cancel_on_kill,
             "cancel_on_timeout": self.cancel_on_timeout,
             "finish_in_triggerer": self.finish_in_triggerer,
+            "first_poll_at": first_poll_at,
         }
 
     def _trigger(self, job_id: str, *, timeout: float) -> JobProgressTrigger:
-        trigger = JobProgressTrigger(**self._trigger_kwargs(job_id, deadline=time.time() + timeout))
+        """The trigger for a wait this worker hands over, having just read the job itself.
+
+        Its first poll comes one interval after that read, and not before Airflow has settled the deferral.
+        """
+        now = time.time()
+        first_poll_at = now + max(jittered(self.poll_policy.delay(0)), deferral_settle_seconds())
+        kwargs = self._trigger_kwargs(job_id, deadline=now + timeout, first_poll_at=first_poll_at)
+        trigger = JobProgressTrigger(**kwargs)
         if not trigger.hook_class_path:  # resolved on the worker already: spare the triggerer a lookup
             trigger.hook_class_path = f"{type(self.hook).__module__}.{type(self.hook).__qualname__}"
         return trigger
 
     def _defer_wait(self, job_id: str, *, timeout: float, method_name: str = "execute_complete") -> None:
+        """Hand the wait to the triggerer. The trigger's deadline is the one rule; Airflow's timeout is a backstop."""
         self.defer(  # type: ignore[attr-defined]
             trigger=self._trigger(job_id, timeout=timeout),
             method_name=method_name,
-            timeout=timedelta(seconds=timeout),
+            kwargs={"job_id": job_id},
+            timeout=timedelta(seconds=timeout + DEFERRAL_BACKSTOP),
         )
 
-    def _read(self, job_id: str) -> JobProgress:
-        progress = self.hook.get_progress(job_id)
+    def _read(self, job_id: str, *, deadline: float | None = None) -> JobProgress:
+        progress = self.hook.get_progress(job_id, deadline=deadline)
         if progress.changed_from(self._last):
             self.log.info("%s", progress.describe())
         self._last = progress
@@ -128,17 +162,23 @@ class JobWaitMixin:
         policy, polls_since_change = self.poll_policy, 0
         while True:
             before = self._last
-            progress = self._read(job_id)
+            try:
+                progress = self._read(job_id, deadline=deadline)
+            except DeadlineExceededError as exc:
+                self._timed_out(str(exc), job_id)
             if progress.is_terminal:
                 return progress
             if progress.changed_from(before) and policy.restart_on_change:
                 polls_since_change = 0
             if time.time() >= deadline:
-                if self.cancel_on_timeout:
-                    self._cancel_remote("the wait timed out")
-                raise AirflowSensorTimeout(f"{progress.describe()}: not finished within {timeout:g} s")
-            time.sleep(min(policy.delay(polls_since_change), max(deadline - time.time(), 0)))
+                self._timed_out(f"{progress.describe()}: not finished within {timeout:g} s", job_id)
+            time.sleep(min(jittered(policy.delay(polls_since_change)), max(deadline - time.time(), 0)))
             polls_since_change += 1
+
+    def _timed_out(self, message: str, job_id: str) -> NoReturn:
+        if self.cancel_on_timeout:
+            self._cancel_remote("the wait timed out", job_id)
+        raise AirflowSensorTimeout(message)
 
     def _conclude(self, context: Any, event: dict[str, Any] | str | None) -> JobProgress:
         """The trigger's event as the job's final progress (raising for anything but success)."""
@@ -155,23 +195,39 @@ class JobWaitMixin:
             return self._outcome(progress)
         if status == "timeout":
             raise AirflowSensorTimeout(event.get("message") or f"job {self.job_id} timed out")
-        raise AirflowException(event.get("message") or f"waiting for job {self.job_id} failed: {event}")
+        # An error reaching the vendor says nothing about the job: it fails the task even with soft_fail
+        # (Airflow skips on any AirflowException there), and stays retryable.
+        raise error_from_event(event.get("error"), event.get("message") or f"waiting for job {self.job_id} failed")
 
     def _outcome(self, progress: JobProgress) -> JobProgress:
-        """Succeeded: the progress. Failed: fail without retry. Cancelled: fail, or skip with soft_fail."""
+        """Succeeded: the progress. Failed or cancelled: the task fails without retry, or is skipped with
+        ``soft_fail``, whenever it is seen (before deferring, while deferred, or poking)."""
         if progress.state is JobState.SUCCEEDED:
             self.log.info("%s", progress.describe())
             return progress
         vendor_says = progress.message or "no message from the vendor"
+        error: JobProgressError
         if progress.state is JobState.CANCELLED:
-            error: JobProgressError = JobCancelledError(progress.vendor, progress.job_id, f"cancelled: {vendor_says}")
-            self.log.error("%s", error)
-            if getattr(self, "soft_fail", False):
-                raise AirflowSkipException(str(error)) from error
-            raise AirflowFailException(str(error)) from error
-        error = JobFailedError(progress.vendor, progress.job_id, f"failed: {vendor_says}")
+            error = JobCancelledError(progress.vendor, progress.job_id, f"cancelled: {vendor_says}")
+        else:
+            error = JobFailedError(progress.vendor, progress.job_id, f"failed: {vendor_says}")
         self.log.error("%s", error)
+        if getattr(self, "soft_fail", False):
+            raise AirflowSkipException(f"{error} (soft_fail)") from error
         raise AirflowFailException(str(error)) from error
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
+        """Airflow's deferral timeout (the backstop, when the trigger could not report) cancels the job too
+        when ``cancel_on_timeout`` says so: before Airflow turns it into a failure or a soft_fail skip."""
+        # a str Enum in Airflow (TriggerFailureReason): compare by value
+        timed_out = next_method == TRIGGER_FAIL and (next_kwargs or {}).get("error") == TRIGGER_TIMEOUT
+        if timed_out and self.cancel_on_timeout:
+            self._cancel_remote("Airflow's deferral timeout passed", self._resumed_job_id(context))
+        return super().resume_execution(next_method, next_kwargs, context)  # type: ignore[misc]
+
+    def _resumed_job_id(self, context: Any) -> str:
+        """The job this task waited on, when Airflow resumes it without the trigger's event."""
+        return str(self.job_id)
 
     def on_kill(self) -> None:
         """A worker-side kill while the job is watched on the worker (poke mode, or a submit operator waiting
@@ -180,9 +236,10 @@ class JobWaitMixin:
             self._cancel_remote("the task was killed")
 
     def _cancel_remote(self, reason: str, job_id: Any = None) -> None:
+        """Cancel the job, within ``ON_KILL_BUDGET`` however the vendor behaves; never raises."""
         job = str(job_id or self.job_id)
         try:
-            self.hook.cancel(job)
+            self.hook.cancel(job, deadline=time.time() + ON_KILL_BUDGET)
             self.log.warning("%s job %s cancelled: %s", self.hook.vendor(), job, reason)
         except OperationNotSupportedError as exc:
             self.log.warning("%s", exc)

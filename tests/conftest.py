@@ -29,6 +29,10 @@ os.environ.setdefault("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", DAG_BUND
 os.environ.setdefault("JOBPROGRESS_EXAMPLE_POLL_SECONDS", "0.2")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
+# dag.test() runs every task in this process: no executor reports a deferral late, so the trigger's
+# first poll need not wait for Airflow to settle it (2 x this interval; see waiting.deferral_settle_seconds).
+# The deployment tests run real components with Airflow's default (5 s).
+os.environ.setdefault("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", "0")
 
 from airflow_provider_jobprogress.testing.emulators import VendorEmulator  # noqa: E402
 

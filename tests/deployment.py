@@ -92,9 +92,11 @@ class Deployment:
         self.client = httpx.Client(base_url=f"{self.base_url}/api/v2", timeout=30)
 
     # -- processes ---------------------------------------------------------------------------------
-    def start(self, component: str) -> subprocess.Popen[bytes]:
-        n = self._starts[component] = self._starts.get(component, 0) + 1
-        log_path = self.logs_dir / f"{component}.{n}.log"
+    def start(self, component: str, name: str | None = None) -> subprocess.Popen[bytes]:
+        """Start ``airflow <component>``; ``name`` (default: the component) tells two of a kind apart."""
+        name = name or component
+        n = self._starts[name] = self._starts.get(name, 0) + 1
+        log_path = self.logs_dir / f"{name}.{n}.log"
         handle = log_path.open("ab")
         self._handles.append(handle)
         args = [str(BIN / "airflow"), component]
@@ -112,16 +114,23 @@ class Deployment:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.procs[component] = proc
-        self._log_files[component if n == 1 else f"{component}#{n}"] = log_path
+        self.procs[name] = proc
+        self._log_files[name if n == 1 else f"{name}#{n}"] = log_path
         return proc
 
-    def stop(self, component: str, grace: float = 10.0) -> None:
-        """SIGTERM the component's process group, SIGKILL it after ``grace`` seconds."""
-        proc = self.procs.pop(component, None)
+    def stop(self, name: str, grace: float = 10.0) -> None:
+        """SIGTERM the process group started as ``name``, SIGKILL it after ``grace`` seconds."""
+        proc = self.procs.pop(name, None)
         if proc is None:
             return
         stop_group(proc, grace)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the process group started as ``name`` at once: a host lost, nothing cleaned up."""
+        proc = self.procs.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
     def restart(self, component: str, grace: float = 10.0) -> None:
         self.stop(component, grace)
@@ -215,9 +224,12 @@ class Deployment:
 
         wait_for(f"{dag_id}/{run_id}/{task_id} to be {state}", reached, timeout)
 
-    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
         """The XCom value as stored (the API answers the raw serialized value; JSON-decoded once here)."""
-        response = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")
+        response = self.client.get(
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"map_index": map_index},
+        )
         assert response.status_code == 200, response.text
         return response.json()["value"]
 
@@ -346,7 +358,16 @@ def deployment(request: pytest.FixtureRequest, vendor_emulator: VendorEmulator) 
     try:
         for component in COMPONENTS:
             dep.start(component)
-        dep.wait_ready(["jp_wait_deferrable", "jp_wait_in_triggerer", "jp_wait_poke", *EXAMPLE_DAGS])
+        dep.wait_ready(
+            [
+                "jp_wait_deferrable",
+                "jp_wait_cancel_on_kill",
+                "jp_wait_in_triggerer",
+                "jp_wait_poke",
+                "jp_mapped_submit_wait_fetch",
+                *EXAMPLE_DAGS,
+            ]
+        )
         yield dep
     except BaseException:
         sys.stderr.write(dep.log_tails() + "\n")

@@ -35,6 +35,8 @@ VENDORS = ("olconnect", "scriptx", "itwin")
 #: what JobProgress.vendor says for each connection type
 VENDOR_NAMES = {"olconnect": "OL Connect", "scriptx": "ScriptX.Services", "itwin": "iTwin"}
 DEFERRABLE = "jp_wait_deferrable"
+CANCEL_ON_KILL = "jp_wait_cancel_on_kill"
+MAPPED = "jp_mapped_submit_wait_fetch"
 IN_TRIGGERER = "jp_wait_in_triggerer"
 POKE = "jp_wait_poke"
 
@@ -153,16 +155,17 @@ def test_finish_in_triggerer_uses_no_worker(deployment: Deployment, vendor_emula
 def test_killing_a_deferred_task_cancels_the_remote_job(
     deployment: Deployment, vendor_emulator: VendorEmulator
 ) -> None:
+    """A sensor asked to own its job (``cancel_on_kill=True``) cancels it when a user kills the task."""
     dep, emu = deployment, vendor_emulator
     emu.set_next_scenario("olconnect", Scenario(steps=100000))
-    runs = start_runs(dep, DEFERRABLE, ("olconnect",))
+    runs = start_runs(dep, CANCEL_ON_KILL, ("olconnect",))
     run_id = runs["olconnect"]
-    job = job_ids(dep, DEFERRABLE, runs)["olconnect"]
-    dep.wait_task_state(DEFERRABLE, run_id, "wait", "deferred", timeout=90)
+    job = job_ids(dep, CANCEL_ON_KILL, runs)["olconnect"]
+    dep.wait_task_state(CANCEL_ON_KILL, run_id, "wait", "deferred", timeout=90)
     # the trigger is polling: more progress calls arrive after the deferral
     seen = len(progress_calls(job_calls(emu, job)))
     wait_for("the trigger to poll", lambda: len(progress_calls(job_calls(emu, job))) >= seen + 2, 60)
-    dep.mark_failed(DEFERRABLE, run_id, "wait")
+    dep.mark_failed(CANCEL_ON_KILL, run_id, "wait")
     cancel_path = f"/rest/serverengine/workflow/print/cancel/{job}"
     wait_for(
         "the trigger's on_kill to cancel the job",
@@ -174,13 +177,35 @@ def test_killing_a_deferred_task_cancels_the_remote_job(
     assert len(cancels) == 1, cancels
     assert cancels[0].status == 204
     assert emu.job("olconnect", job).cancelled
-    assert dep.wait_run(DEFERRABLE, run_id, 60) == "failed"
-    assert dep.task_state(DEFERRABLE, run_id, "wait") == "failed"
-    assert dep.task_state(DEFERRABLE, run_id, "downstream") == "upstream_failed"
+    assert dep.wait_run(CANCEL_ON_KILL, run_id, 60) == "failed"
+    assert dep.task_state(CANCEL_ON_KILL, run_id, "wait") == "failed"
+    assert dep.task_state(CANCEL_ON_KILL, run_id, "downstream") == "upstream_failed"
     assert len(submit_calls(job_calls(emu, job))) == 1
-    text = "".join(p.read_text(errors="replace") for p in dep.trigger_logs(DEFERRABLE, run_id, "wait"))
+    text = "".join(p.read_text(errors="replace") for p in dep.trigger_logs(CANCEL_ON_KILL, run_id, "wait"))
     assert "Trigger cancelled by user action, invoking on_kill" in text, text[-2000:]
     assert f"job {job}: cancelled (the task was killed)" in text, text[-2000:]
+
+
+@needs_3_3
+def test_killing_a_waiting_sensor_leaves_the_job_it_does_not_own(
+    deployment: Deployment, vendor_emulator: VendorEmulator
+) -> None:
+    """By default a sensor owns nothing: "mark failed" on it must not cancel the upstream task's job."""
+    dep, emu = deployment, vendor_emulator
+    emu.set_next_scenario("olconnect", Scenario(steps=100000))
+    runs = start_runs(dep, DEFERRABLE, ("olconnect",))
+    run_id = runs["olconnect"]
+    job = job_ids(dep, DEFERRABLE, runs)["olconnect"]
+    dep.wait_task_state(DEFERRABLE, run_id, "wait", "deferred", timeout=90)
+    seen = len(progress_calls(job_calls(emu, job)))
+    wait_for("the trigger to poll", lambda: len(progress_calls(job_calls(emu, job))) >= seen + 2, 60)
+    dep.mark_failed(DEFERRABLE, run_id, "wait")
+    assert dep.wait_run(DEFERRABLE, run_id, 60) == "failed"
+    time.sleep(5)  # Airflow has reaped the trigger; a cancel would have come by now
+    text = "".join(p.read_text(errors="replace") for p in dep.trigger_logs(DEFERRABLE, run_id, "wait"))
+    assert cancel_calls(job_calls(emu, job)) == [], text[-2000:]
+    assert not emu.job("olconnect", job).cancelled
+    assert emu.job("olconnect", job).state == "running"
 
 
 def test_killing_a_poking_task_cancels_the_remote_job(deployment: Deployment, vendor_emulator: VendorEmulator) -> None:
@@ -278,3 +303,70 @@ def test_example_dags_run_as_users_run_them(deployment: Deployment, vendor_emula
         assert len(submit_calls(job_calls(emu, job))) == 1
     leftovers = [p.name for p in tmp_path.rglob(".*.part")]
     assert not leftovers, leftovers
+
+
+def test_mapped_submits_each_wait_on_their_own_job(
+    deployment: Deployment, vendor_emulator: VendorEmulator, tmp_path
+) -> None:
+    """Mapped submit (waiting in the triggerer) → mapped fetch: every map index keeps its own job."""
+    dep, emu = deployment, vendor_emulator
+    emu.set_default_scenario("scriptx", Scenario(steps=3, result_size=10_000))
+    run_id = dep.trigger_run(MAPPED, {"out": str(tmp_path)})
+    try:
+        assert dep.wait_run(MAPPED, run_id, 150) == "success"
+    finally:
+        emu.set_default_scenario("scriptx", Scenario())
+    jobs = {i: dep.xcom(MAPPED, run_id, "print", map_index=i) for i in range(3)}
+    assert all(isinstance(j, str) for j in jobs.values()), jobs
+    assert len(set(jobs.values())) == 3, jobs
+    for index, job in jobs.items():
+        assert dep.xcom(MAPPED, run_id, "print", key="progress", map_index=index)["job_id"] == job
+        stored = dep.xcom(MAPPED, run_id, "fetch", map_index=index)
+        item = stored[0] if isinstance(stored, list) else stored
+        path = tmp_path.joinpath(item["uri"].removeprefix(f"file://{tmp_path}/"))
+        assert path.parent == tmp_path / str(index)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == emu.result_sha256("scriptx", job, 0)
+        assert len(submit_calls(job_calls(emu, job))) == 1
+
+
+def token_calls(emu: VendorEmulator, since: float) -> list[Call]:
+    return [c for c in emu.calls if c.ts > since and c.path.endswith(("/connect/token", "/authentication/login"))]
+
+
+def test_a_killed_triggerer_hands_its_waits_to_another(deployment: Deployment, vendor_emulator: VendorEmulator) -> None:
+    """Two triggerers; the one running the waits dies (SIGKILL). The other takes them over: each wait ends
+    with exactly one event, nothing is cancelled or submitted again, and tokens are not asked for in a storm."""
+    dep, emu = deployment, vendor_emulator
+    dep.start("triggerer", name="triggerer-2")
+    try:
+        for vendor in VENDORS:
+            emu.set_next_scenario(vendor, Scenario(duration=45))
+        runs = start_runs(dep, DEFERRABLE)
+        ids = job_ids(dep, DEFERRABLE, runs)
+        for run_id in runs.values():
+            dep.wait_task_state(DEFERRABLE, run_id, "wait", "deferred", timeout=90)
+        before = {v: len(progress_calls(job_calls(emu, j))) for v, j in ids.items()}
+        wait_for(
+            "every trigger to poll",
+            lambda: all(len(progress_calls(job_calls(emu, j))) > before[v] for v, j in ids.items()),
+            60,
+        )
+        killed_at = time.time()
+        dep.kill("triggerer")
+        states = wait_runs(dep, DEFERRABLE, runs, timeout=150)
+        assert states == dict.fromkeys(VENDORS, "success"), states
+        for vendor, job in ids.items():
+            calls = job_calls(emu, job)
+            assert len(submit_calls(calls)) == 1, calls
+            assert cancel_calls(calls) == [], calls
+            assert emu.job(vendor, job).state == "succeeded"
+            texts = [p.read_text(errors="replace") for p in dep.trigger_logs(DEFERRABLE, runs[vendor], "wait")]
+            assert sum(t.count("Trigger fired event") for t in texts) == 1, texts
+            assert not any("on_kill" in t for t in texts), texts
+            assert dep.task_instance(DEFERRABLE, runs[vendor], "wait")["try_number"] == 1
+        # the surviving triggerer asks each token-using vendor for a token once at most
+        tokens = token_calls(emu, killed_at)
+        assert len(tokens) <= 2, tokens
+    finally:
+        dep.start("triggerer")  # back to one triggerer for whatever runs next
+        dep.stop("triggerer-2")

@@ -2,6 +2,7 @@
 
 from airflow_provider_jobprogress.core.errors import (
     AuthenticationError,
+    DeadlineExceededError,
     InvalidRequestError,
     JobCancelledError,
     JobFailedError,
@@ -19,6 +20,7 @@ from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry,
 
 __all__ = [
     "AuthenticationError",
+    "DeadlineExceededError",
     "InvalidRequestError",
     "JobCancelledError",
     "JobFailedError",

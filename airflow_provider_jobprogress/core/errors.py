@@ -30,6 +30,27 @@ class JobProgressError(Exception):
         return (_rebuild, (type(self), self.vendor, self.job_id, self.detail, self.hint, dict(self.__dict__)))
 
 
+def error_from_event(name: str | None, message: str) -> JobProgressError:
+    """The typed error a trigger's error event names (by class name), carrying the event's message as is.
+
+    Names that are not ours (an unplanned exception in the trigger) give the base ``JobProgressError``.
+    """
+    cls = next((c for c in _all_errors() if c.__name__ == name), JobProgressError)
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.vendor, err.job_id, err.detail, err.hint = "", None, message, ""
+    return err
+
+
+def _all_errors() -> list[type[JobProgressError]]:
+    found, todo = [], [JobProgressError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
 def _rebuild(
     cls: type[JobProgressError], vendor: str, job_id: str | None, detail: str, hint: str, state: dict[str, object]
 ) -> JobProgressError:
@@ -73,6 +94,12 @@ class VendorUnavailableError(JobProgressError):
     """The vendor could not be reached or kept failing (connection errors, timeouts, 5xx) after retries."""
 
     hint = "The server may be down or overloaded; the task can be retried"
+
+
+class DeadlineExceededError(JobProgressError):
+    """The wait's deadline passed during a call (in its retries, or a pause the vendor asked for)."""
+
+    hint = "Raise the task's timeout, or poll less often"
 
 
 class OperationNotSupportedError(JobProgressError):

@@ -13,6 +13,14 @@ from typing import Any
 import pendulum
 
 _POLL_KINDS = ("fixed", "exponential", "sequence")
+#: each poll interval is stretched or shrunk by up to this fraction at random (``jittered``), so waits
+#: started together drift apart instead of polling the vendor in bursts
+POLL_JITTER = 0.1
+
+
+def jittered(seconds: float) -> float:
+    """``seconds`` give or take ``POLL_JITTER``: the same mean, never the same instant for every wait."""
+    return seconds * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import httpx
 import requests
 
+from airflow_provider_jobprogress.core.errors import DeadlineExceededError
 from airflow_provider_jobprogress.core.protocol import (
     Flow,
     GetToken,
@@ -67,7 +68,9 @@ class SyncSession:
     def close(self) -> None:
         self.http.close()
 
-    def run(self, flow: Flow[T]) -> T:
+    def run(self, flow: Flow[T], *, deadline: float | None = None, job_id: str | None = None) -> T:
+        """Drive ``flow`` to its value. With a wall-clock ``deadline``, no pause (a backoff, or a wait the
+        vendor asked for with Retry-After) and no request outlives it: ``DeadlineExceededError`` instead."""
         reply: Any = None
         error: BaseException | None = None
         while True:
@@ -77,14 +80,29 @@ class SyncSession:
                 return stop.value  # type: ignore[no-any-return]
             reply, error = None, None
             if isinstance(step, Sleep):
+                if deadline is not None and now() + step.seconds > deadline:
+                    flow.close()
+                    raise self._deadline_error(job_id, f"the deadline comes before a {step.seconds:.0f} s pause ends")
                 time.sleep(step.seconds)
             elif isinstance(step, GetToken):
                 reply = self._get_token(step.stale)
             else:
                 try:
-                    reply = self._send(step)
+                    reply = self._send(step, self._timeout_until(deadline, job_id))
                 except TransportError as exc:
                     error = exc
+
+    def _timeout_until(self, deadline: float | None, job_id: str | None) -> tuple[float, float]:
+        if deadline is None:
+            return self.timeout
+        left = deadline - now()
+        if left <= 0:
+            raise self._deadline_error(job_id, "the deadline passed")
+        connect, read = self.timeout
+        return (min(connect, left), min(read, left))
+
+    def _deadline_error(self, job_id: str | None, detail: str) -> DeadlineExceededError:
+        return DeadlineExceededError(self.api.vendor, job_id, f"gave up waiting: {detail}")
 
     def _get_token(self, stale: Token | None) -> Token:
         with self._lock:
@@ -95,7 +113,9 @@ class SyncSession:
                 self._token = token
             return token
 
-    def _request(self, request: Request, *, stream: bool) -> requests.Response:
+    def _request(
+        self, request: Request, *, stream: bool, timeout: tuple[float, float] | None = None
+    ) -> requests.Response:
         try:
             return self.http.request(
                 request.method,
@@ -104,15 +124,15 @@ class SyncSession:
                 params=request.params,
                 json=request.json,
                 data=request.form,
-                timeout=self.timeout,
+                timeout=timeout or self.timeout,
                 stream=stream,
                 allow_redirects=False,
             )
         except requests.exceptions.RequestException as exc:
             raise _transport_error(exc) from None
 
-    def _send(self, request: Request) -> Response:
-        answer = self._request(request, stream=False)
+    def _send(self, request: Request, timeout: tuple[float, float] | None = None) -> Response:
+        answer = self._request(request, stream=False, timeout=timeout)
         return Response.build(answer.status_code, answer.headers, answer.content)
 
     @contextlib.contextmanager

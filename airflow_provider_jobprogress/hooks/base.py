@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from functools import cached_property
@@ -40,9 +41,7 @@ async def _amask(secret: str) -> None:
     if amask is not None:
         await amask(secret)
         return
-    from asgiref.sync import sync_to_async
-
-    await sync_to_async(sdk_log.mask_secret)(secret)
+    await asyncio.to_thread(sdk_log.mask_secret, secret)
 
 
 class JobProgressHook(BaseHook, Generic[ApiT]):
@@ -82,16 +81,6 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     def default_poll_policy(cls) -> PollPolicy:
         return cls.api_class.default_poll_policy
 
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Connection form for Airflow below 3.2; 3.2+ reads the same facts from ``get_provider_info``."""
-        from airflow_provider_jobprogress.get_provider_info import get_provider_info
-
-        for conn_type in get_provider_info()["connection-types"]:
-            if conn_type["connection-type"] == cls.conn_type:
-                return dict(conn_type.get("ui-field-behaviour", {}))
-        return {}
-
     # -- connection ------------------------------------------------------------------------------
     def _make_api(self, fields: ConnectionFields) -> ApiT:
         return self.api_class.from_connection(fields, request_retry=self.request_retry)  # type: ignore[attr-defined,no-any-return]
@@ -125,11 +114,13 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         return ASYNC_SESSIONS.get(self._async_key, factory)
 
     # -- the job's life, sync --------------------------------------------------------------------
-    def get_progress(self, job_id: str) -> JobProgress:
-        return self.session.run(self.api.progress(job_id))
+    def get_progress(self, job_id: str, *, deadline: float | None = None) -> JobProgress:
+        """The job's progress now. ``deadline`` (epoch seconds) bounds retries and vendor-asked pauses:
+        past it, ``DeadlineExceededError``."""
+        return self.session.run(self.api.progress(job_id), deadline=deadline, job_id=job_id)
 
-    def cancel(self, job_id: str) -> None:
-        self.session.run(self.api.cancel(job_id))
+    def cancel(self, job_id: str, *, deadline: float | None = None) -> None:
+        self.session.run(self.api.cancel(job_id), deadline=deadline, job_id=job_id)
 
     def result_parts(self, job_id: str) -> list[ResultPart]:
         """Where the job's result is: the parts a download streams (ids or paths come as values)."""
@@ -173,6 +164,22 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     async def acancel(self, job_id: str) -> None:
         session = await self.asession()
         await session.run(session.api.cancel(job_id))
+
+
+def ui_field_behaviour(hook: type[JobProgressHook[Any]]) -> dict[str, Any]:
+    """A hook's connection form for Airflow below 3.2, from the facts 3.2+ reads in ``get_provider_info``.
+
+    Airflow below 3.2 only calls a hook's *own* ``get_ui_field_behaviour`` (each vendor hook binds this
+    function to that name) and validates snake_case keys (``hidden_fields``), where the provider info has
+    kebab-case ones (``hidden-fields``).
+    """
+    from airflow_provider_jobprogress.get_provider_info import get_provider_info
+
+    for conn_type in get_provider_info()["connection-types"]:
+        if conn_type["connection-type"] == hook.conn_type:
+            behaviour = conn_type.get("ui-field-behaviour", {})
+            return {key.replace("-", "_"): value for key, value in behaviour.items()}
+    return {"hidden_fields": [], "relabeling": {}}
 
 
 def _fields(conn_id: str, conn: Any, extra: Any) -> ConnectionFields:

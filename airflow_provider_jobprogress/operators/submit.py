@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
-from airflow_provider_jobprogress.core.errors import JobNotFoundError
+from airflow_provider_jobprogress.core.errors import DeadlineExceededError, JobNotFoundError
 from airflow_provider_jobprogress.core.model import JobState
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.waiting import JobWaitMixin
@@ -72,7 +73,10 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
         context["ti"].xcom_push(key=JOB_ID_KEY, value=job_id)
         if not self.wait_for_completion:
             return job_id
-        progress = self._read(job_id)
+        try:
+            progress = self._read(job_id, deadline=time.time() + self.timeout)
+        except DeadlineExceededError as exc:
+            self._timed_out(str(exc), job_id)
         if not progress.is_terminal:
             if self.deferrable:
                 self._defer_wait(job_id, timeout=self.timeout)
@@ -80,10 +84,19 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
         self._finish(context, self._outcome(progress))
         return job_id
 
-    def execute_complete(self, context: Any, event: dict[str, Any] | str | None = None) -> Any:
-        self.job_id = context["ti"].xcom_pull(task_ids=self.task_id, key=JOB_ID_KEY)
+    def execute_complete(
+        self, context: Any, event: dict[str, Any] | str | None = None, job_id: str | None = None
+    ) -> Any:
+        # The job id travels with the deferral itself: a mapped task's index never meets another's job.
+        self.job_id = job_id or self._resumed_job_id(context)
         self._finish(context, self._conclude(context, event))
         return self.job_id
+
+    def _resumed_job_id(self, context: Any) -> str:
+        """This try's job when Airflow resumes without our kwargs (its deferral timeout): the XCom this map
+        index pushed before deferring."""
+        ti = context["ti"]
+        return str(ti.xcom_pull(task_ids=self.task_id, key=JOB_ID_KEY, map_indexes=ti.map_index))
 
     def _finish(self, context: Any, progress: Any) -> None:
         context["ti"].xcom_push(key="progress", value=progress.to_dict())

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowSensorTimeout, BaseSensorOperator, PokeReturnValue
+from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.triggers.base import StartTriggerArgs
 
+from airflow_provider_jobprogress.core.errors import DeadlineExceededError
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.triggers.job_progress import CLASSPATH
 from airflow_provider_jobprogress.waiting import JobWaitMixin
-
-try:
-    from airflow.sdk.exceptions import TaskDeferralTimeout
-except ImportError:  # Airflow < 3.2
-    from airflow.exceptions import TaskDeferralTimeout  # type: ignore[no-redef,attr-defined]
 
 if TYPE_CHECKING:
     from airflow.sdk import XComArg
@@ -66,9 +63,13 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
     Deferrable by default: the wait runs in the triggerer and holds no worker slot. ``mode="poke"`` or
     ``"reschedule"`` with ``deferrable=False`` give the same outcome with the same poll policy.
 
-    Outcomes: succeeded → success, XCom = final progress dict; failed → the task fails without retry
-    (the vendor's message in the log); cancelled → fails (skips with ``soft_fail``); ``timeout`` passed
-    → ``AirflowSensorTimeout``, cancelling the remote job first when ``cancel_on_timeout``.
+    Outcomes: succeeded → success, XCom = final progress dict; failed or cancelled → the task fails
+    without retry (the vendor's message in the log); ``timeout`` passed → ``AirflowSensorTimeout``,
+    cancelling the remote job first when ``cancel_on_timeout``. With ``soft_fail`` a failed or cancelled
+    job and a timeout mark the task *skipped* instead, whenever they are seen (before deferring, while
+    deferred, or poking). Errors reaching the vendor (credentials, configuration, an outage longer than
+    ``outage_tolerance``) say nothing about the job: they fail the task even with ``soft_fail``, and
+    Airflow's ``retries`` apply to them.
 
     :param job_id: the vendor's job id (OL Connect operationId, ScriptX job token, iTwin job id); templated
     :param conn_id: Airflow connection; its type (olconnect, scriptx, itwin) picks the vendor; templated
@@ -76,7 +77,9 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
     :param request_retry: a ``RequestRetry`` or its dict, for transient errors and rate limits
     :param cancel_on_timeout: cancel the remote job when the sensor times out
     :param cancel_on_kill: cancel the remote job when a user kills the task (trigger ``on_kill``, Airflow 3.3+,
-        or the worker's ``on_kill`` in poke mode)
+        or the worker's ``on_kill`` in poke mode). Off by default: a sensor watches a job some other task
+        started, and "mark success" or "clear" on a waiting sensor must not cancel that task's job. The
+        submit operators, which own their job, cancel it by default.
     :param finish_in_triggerer: start the wait in the triggerer and end the task there on success, so the
         whole wait uses no worker slot (Airflow 3.3+). Costs: downstream tasks pull the XCom as a JSON
         *string*, and custom XCom backends are bypassed (Airflow's behaviour for ``TaskSuccessEvent``).
@@ -96,7 +99,7 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
         poll_policy: PollPolicy | Mapping[str, Any] | float | None = None,
         request_retry: RequestRetry | Mapping[str, Any] | None = None,
         cancel_on_timeout: bool = False,
-        cancel_on_kill: bool = True,
+        cancel_on_kill: bool = False,
         finish_in_triggerer: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -129,27 +132,40 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        progress = self._read(str(self.job_id))
+        job_id = str(self.job_id)
+        try:
+            progress = self._read(job_id, deadline=time.time() + self.timeout)
+        except DeadlineExceededError as exc:
+            self._timed_out(str(exc), job_id)
         if progress.is_terminal:
             return self._outcome(progress).to_dict()
-        self._defer_wait(str(self.job_id), timeout=self.timeout)
+        self._defer_wait(job_id, timeout=self.timeout)
 
     def poke(self, context: Any) -> PokeReturnValue | bool:
-        progress = self._read(str(self.job_id))
-        if not progress.is_terminal:
-            return False
-        return PokeReturnValue(is_done=True, xcom_value=self._outcome(progress).to_dict())
+        job_id, deadline = str(self.job_id), self._poke_deadline(context)
+        try:
+            progress = self._read(job_id, deadline=deadline)
+        except DeadlineExceededError as exc:
+            self._timed_out(str(exc), job_id)
+        if progress.is_terminal:
+            return PokeReturnValue(is_done=True, xcom_value=self._outcome(progress).to_dict())
+        if time.time() >= deadline:
+            # before Airflow's own check, which would not cancel the job
+            self._timed_out(f"{progress.describe()}: not finished within {self.timeout:g} s", job_id)
+        return False
 
-    def execute_complete(self, context: Any, event: dict[str, Any] | str | None = None) -> Any:
+    def _poke_deadline(self, context: Any) -> float:
+        """When a poking wait ends: the sensor's timeout counted from the wait's start, as Airflow counts it."""
+        ti = context.get("ti")
+        started = ti.get_first_reschedule_date(context) if ti is not None and self.reschedule else None
+        started = started or getattr(ti, "start_date", None)
+        if started is None:  # outside a task run (a direct call): from the first poke
+            self._poke_started = getattr(self, "_poke_started", None) or time.time()
+            return float(self._poke_started) + self.timeout
+        return float(started.timestamp()) + self.timeout
+
+    def execute_complete(
+        self, context: Any, event: dict[str, Any] | str | None = None, job_id: str | None = None
+    ) -> Any:
         """Resume after the trigger: turn its event into the task's outcome."""
         return self._conclude(context, event).to_dict()
-
-    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
-        try:
-            return super().resume_execution(next_method, next_kwargs, context)
-        except (AirflowSensorTimeout, TaskDeferralTimeout) as exc:
-            # Only Airflow's own deferral timeout: when our trigger's deadline fired, it cancelled already.
-            scheduler_timeout = isinstance(exc, TaskDeferralTimeout) or isinstance(exc.__cause__, TaskDeferralTimeout)
-            if self.cancel_on_timeout and scheduler_timeout:
-                self._cancel_remote("the sensor timed out")
-            raise

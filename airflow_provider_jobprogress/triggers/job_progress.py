@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,12 +18,15 @@ from airflow_provider_jobprogress.core.errors import (
     VendorUnavailableError,
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
-from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
+from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, jittered
 from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
 
 CLASSPATH = "airflow_provider_jobprogress.triggers.job_progress.JobProgressTrigger"
-#: below Airflow's [triggerer] on_kill_timeout (30 s), so our own timeout speaks first
-ON_KILL_TIMEOUT = 20.0
+#: the whole of an ``on_kill`` (connection, one progress read, the cancel) and of a cancel on timeout fits in
+#: this many seconds: below Airflow's ``[triggerer] on_kill_timeout`` (30 s), so ours ends first
+ON_KILL_BUDGET = 25.0
+#: the longest an unplanned error's text may be in an event (events land in the metadata database)
+MAX_MESSAGE = 500
 
 STATUS_BY_STATE = {
     JobState.SUCCEEDED: "success",
@@ -31,11 +35,16 @@ STATUS_BY_STATE = {
 }
 
 
+class _DeadlinePassed(Exception):
+    """The wait's deadline passed while a poll was still under way (in the vendor's retries or pauses)."""
+
+
 class JobProgressTrigger(BaseTrigger):
     """Poll a vendor job until it is terminal, the deadline passes, or an error retries cannot cure.
 
     Everything it needs is in its kwargs (plain JSON), so a triggerer restart re-creates it and the wait
-    goes on: no job is submitted or cancelled by a restart. It yields exactly one event, then returns:
+    goes on: no job is submitted or cancelled by a restart. It yields exactly one event, whatever happens
+    (an exception nobody planned for included), then returns:
 
     ``{"status": "success"|"failed"|"cancelled"|"timeout"|"error", "progress": {...}|None,
     "message": str, "error": error class name|None}``
@@ -44,7 +53,13 @@ class JobProgressTrigger(BaseTrigger):
     XCom ``return_value``, stored by Airflow as a JSON string); every other outcome resumes the task on a
     worker so failure semantics (no retry, ``soft_fail``) stay the sensor's.
 
-    :param hook_class_path: import path of a ``JobProgressHook`` subclass
+    When polls happen: the first at ``first_poll_at`` when the task has just read the job on a worker
+    (one interval later, and never before Airflow has settled the deferral: see ``waiting.py``), else at a
+    random moment within the first interval; then every interval of the poll policy, each stretched or
+    shrunk by up to ``core.policies.POLL_JITTER`` so that waits started together do not poll together. A poll still in
+    its retries or pauses when the deadline passes is abandoned at the deadline.
+
+    :param hook_class_path: import path of a ``JobProgressHook`` subclass ("" = from the connection's type)
     :param conn_id: the Airflow connection to reach the vendor
     :param job_id: the vendor's job id
     :param poll_policy: ``PollPolicy.to_dict()``
@@ -52,6 +67,7 @@ class JobProgressTrigger(BaseTrigger):
     :param deadline: wall-clock epoch seconds after which the wait ends with a ``timeout`` event
     :param cancel_on_kill: cancel the remote job when a user kills the task (Airflow 3.3+ ``on_kill``)
     :param cancel_on_timeout: cancel the remote job when the deadline passes
+    :param first_poll_at: wall-clock epoch seconds of the first poll (None: within the first interval)
     """
 
     def __init__(
@@ -66,6 +82,7 @@ class JobProgressTrigger(BaseTrigger):
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = False,
         finish_in_triggerer: bool = False,
+        first_poll_at: float | None = None,
         retry_policy: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -79,6 +96,7 @@ class JobProgressTrigger(BaseTrigger):
         self.cancel_on_kill = cancel_on_kill
         self.cancel_on_timeout = cancel_on_timeout
         self.finish_in_triggerer = finish_in_triggerer
+        self.first_poll_at = first_poll_at
         self._last: JobProgress | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -94,6 +112,7 @@ class JobProgressTrigger(BaseTrigger):
                 "cancel_on_kill": self.cancel_on_kill,
                 "cancel_on_timeout": self.cancel_on_timeout,
                 "finish_in_triggerer": self.finish_in_triggerer,
+                "first_poll_at": self.first_poll_at,
             },
         )
 
@@ -114,38 +133,40 @@ class JobProgressTrigger(BaseTrigger):
         return hook_class(self.conn_id, request_retry=RequestRetry.from_value(self.request_retry))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        # Exactly one event, whatever happens: Airflow only says "exited without sending an event" otherwise.
         try:
-            hook = await self._hook()
-        except JobProgressError as exc:
-            yield self._error_event(exc)
-            return
-        vendor = hook.vendor()
+            event = await self._wait()
+        except Exception as exc:  # the one place where anything unplanned becomes an event
+            event = self._error_event(exc)
+        yield event
+
+    async def _wait(self) -> TriggerEvent:
+        hook = await self._hook()
+        vendor, job = hook.vendor(), str(self.job_id)
         policy = PollPolicy.from_value(self.poll_policy, hook.default_poll_policy())
         retry = RequestRetry.from_value(self.request_retry)
-        job = str(self.job_id)
-        polls_since_change = 0
+        delay = self._first_delay(policy)
+        polls_since_change = 1  # the first delay stood for the policy's first interval
         outage_since: float | None = None
         while True:
+            if await self._sleep_or_deadline(delay):
+                return await self._timeout_event(hook, vendor, job)
             try:
-                progress = await hook.aget_progress(job)
+                progress: JobProgress | None = await self._poll(hook, job)
                 outage_since = None
+            except _DeadlinePassed:
+                return await self._timeout_event(hook, vendor, job)
             except RateLimitedError as exc:
-                # The vendor's wait was longer than one call holds on; it is not a poll, just a pause.
-                self.log.warning("%s; waiting %.0f s as asked", exc, exc.retry_after or 0)
-                if await self._sleep_or_deadline(exc.retry_after or policy.delay(polls_since_change)):
-                    yield await self._timeout_event(hook, vendor, job)
-                    return
+                # The vendor's pause was longer than one call holds on; it is not a poll, just a pause.
+                delay = exc.retry_after or jittered(policy.delay(polls_since_change))
+                self.log.warning("%s; waiting %.0f s as asked", exc, delay)
                 continue
             except VendorUnavailableError as exc:
                 outage_since = outage_since or time.time()
                 if time.time() - outage_since > retry.outage_tolerance:
-                    yield self._error_event(exc)
-                    return
+                    return self._error_event(exc)
                 self.log.warning("%s; still waiting (unreachable for %.0f s)", exc, time.time() - outage_since)
                 progress = None
-            except JobProgressError as exc:
-                yield self._error_event(exc)
-                return
             if progress is not None:
                 if progress.changed_from(self._last):
                     self.log.info("%s", progress.describe())
@@ -153,12 +174,32 @@ class JobProgressTrigger(BaseTrigger):
                         polls_since_change = 0
                 self._last = progress
                 if progress.is_terminal:
-                    yield self._terminal_event(progress)
-                    return
-            if await self._sleep_or_deadline(policy.delay(polls_since_change)):
-                yield await self._timeout_event(hook, vendor, job)
-                return
+                    return self._terminal_event(progress)
+            delay = jittered(policy.delay(polls_since_change))
             polls_since_change += 1
+
+    def _first_delay(self, policy: PollPolicy) -> float:
+        """Until ``first_poll_at``; without one (or past it, after a restart), a random point in one interval."""
+        now = time.time()
+        if self.first_poll_at is not None and self.first_poll_at > now:
+            return self.first_poll_at - now
+        return random.uniform(0, policy.delay(0))
+
+    async def _poll(self, hook: Any, job: str) -> JobProgress:
+        """One progress read, abandoned at the deadline however long its retries and pauses would take."""
+        if self.deadline is None:
+            return await hook.aget_progress(job)  # type: ignore[no-any-return]
+        left = self.deadline - time.time()
+        if left <= 0:
+            raise _DeadlinePassed
+        timeout = asyncio.timeout(left)
+        try:
+            async with timeout:
+                return await hook.aget_progress(job)  # type: ignore[no-any-return]
+        except TimeoutError:
+            if timeout.expired():
+                raise _DeadlinePassed from None
+            raise
 
     async def _sleep_or_deadline(self, seconds: float) -> bool:
         """Sleep ``seconds`` but not past the deadline; True when the deadline has passed."""
@@ -178,10 +219,17 @@ class JobProgressTrigger(BaseTrigger):
             {"status": status, "progress": progress.to_dict(), "message": progress.describe(), "error": None}
         )
 
-    def _error_event(self, exc: JobProgressError) -> TriggerEvent:
-        self.log.error("%s", exc)
+    def _error_event(self, exc: Exception) -> TriggerEvent:
+        if isinstance(exc, JobProgressError):
+            message = str(exc)
+            self.log.error("%s", message)
+        else:
+            # Not one of ours: keep the traceback in the trigger log, and say plainly what happened.
+            detail = " ".join(str(exc).split())[:MAX_MESSAGE] or "(no message)"
+            message = f"job {self.job_id} on connection {self.conn_id!r}: {type(exc).__name__}: {detail}"
+            self.log.exception("waiting for %s failed unexpectedly", message)
         last = self._last.to_dict() if self._last else None
-        return TriggerEvent({"status": "error", "progress": last, "message": str(exc), "error": type(exc).__name__})
+        return TriggerEvent({"status": "error", "progress": last, "message": message, "error": type(exc).__name__})
 
     async def _timeout_event(self, hook: Any, vendor: str, job: str) -> TriggerEvent:
         message = f"{vendor} job {job}: not finished before the deadline"
@@ -196,31 +244,39 @@ class JobProgressTrigger(BaseTrigger):
     async def _cancel(self, hook: Any, vendor: str, job: str, *, reason: str) -> str:
         """Cancel this trigger's job (only this one), bounded in time; returns what happened."""
         try:
-            await asyncio.wait_for(hook.acancel(job), timeout=ON_KILL_TIMEOUT)
+            await asyncio.wait_for(hook.acancel(job), timeout=ON_KILL_BUDGET)
         except OperationNotSupportedError as exc:
             return f"not cancelled: {exc.detail}"
         except (JobProgressError, TimeoutError) as exc:
-            self.log.warning("%s job %s: cancel after %s failed: %s", vendor, job, reason, exc)
-            return f"cancel failed: {exc}"
+            self.log.warning("%s job %s: cancel after %s failed: %s", vendor, job, reason, exc or "timed out")
+            return f"cancel failed: {exc or 'timed out'}"
         self.log.warning("%s job %s: cancelled (%s)", vendor, job, reason)
         return "remote job cancelled"
 
     async def on_kill(self) -> None:
         """A user killed the task (Airflow 3.3+): cancel the remote job if it is still running.
 
-        Never called on a triggerer restart or shutdown, so a restart cancels nothing.
+        Never called on a triggerer restart or shutdown, so a restart cancels nothing. The whole of it
+        (connection, a progress read, the cancel) is bounded by ``ON_KILL_BUDGET``.
         """
         if not self.cancel_on_kill or (self._last is not None and self._last.is_terminal):
             return
+        budget = asyncio.timeout(ON_KILL_BUDGET)
         try:
-            hook = await self._hook()
-        except JobProgressError:
-            return
+            async with budget:
+                await self._cancel_if_running()
+        except TimeoutError:
+            self.log.warning("job %s: cancel on kill gave up after %.0f s", self.job_id, ON_KILL_BUDGET)
+        except Exception as exc:  # on_kill must never raise into Airflow's cleanup
+            self.log.warning("job %s: cancel on kill failed: %s: %s", self.job_id, type(exc).__name__, exc)
+
+    async def _cancel_if_running(self) -> None:
+        hook = await self._hook()
         job = str(self.job_id)
         try:
-            current = await asyncio.wait_for(hook.aget_progress(job), timeout=ON_KILL_TIMEOUT / 2)
+            current = await asyncio.wait_for(hook.aget_progress(job), timeout=ON_KILL_BUDGET / 3)
         except (JobProgressError, TimeoutError):
-            current = None
+            current = None  # unknown: cancelling a job that ended is harmless, leaving one running is not
         if current is not None and current.is_terminal:
             return
         await self._cancel(hook, hook.vendor(), job, reason="the task was killed")

@@ -57,10 +57,13 @@ def build(dag_id: str, **sensor_kwargs: Any) -> DAG:
 
 
 deferrable = build("jp_wait_deferrable")
-poke = build("jp_wait_poke", deferrable=False, mode="poke")
+# the sensor owns nothing by default; these DAGs ask it to cancel the job when the task is killed
+cancel_on_kill = build("jp_wait_cancel_on_kill", cancel_on_kill=True)
+poke = build("jp_wait_poke", deferrable=False, mode="poke", cancel_on_kill=True)
 reschedule = build("jp_wait_reschedule", deferrable=False, mode="reschedule")
 soft = build("jp_wait_soft_fail", soft_fail=True)
 deadline = build("jp_wait_deadline", timeout=1, cancel_on_timeout=True)
 in_triggerer = build(
     "jp_wait_in_triggerer", finish_in_triggerer=True, job_id="{{ ti.xcom_pull(task_ids='submit', map_indexes=-1) }}"
 )
+poke_deadline = build("jp_wait_poke_deadline", deferrable=False, mode="poke", timeout=2)

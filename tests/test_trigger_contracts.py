@@ -1,0 +1,148 @@
+"""JobProgressTrigger's promises to Airflow: one event for anything, deadlines kept, polls spread, kills bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from airflow_provider_jobprogress.core import PollPolicy, RequestRetry
+from airflow_provider_jobprogress.core.model import JobProgress
+from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
+from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
+from airflow_provider_jobprogress.triggers import job_progress
+from airflow_provider_jobprogress.triggers.job_progress import JobProgressTrigger
+from tests.test_trigger import close_shared_sessions, events, submit, trigger
+
+__all__ = ["close_shared_sessions"]  # the autouse fixture, shared with test_trigger
+
+
+class ExplodingHook(OLConnectHook):
+    """A hook whose progress read fails with an error no parser should ever let out."""
+
+    async def aget_progress(self, job_id: str) -> JobProgress:
+        raise RuntimeError("something no one planned for")
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[str, int]]:
+    """A TCP server that accepts connections and never answers: a vendor that hangs."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        yield server.getsockname()
+
+
+def first_poll_times(emulator: VendorEmulator, job_ids: list[str]) -> list[float]:
+    firsts: dict[str, float] = {}
+    for call in emulator.calls:
+        for job_id in job_ids:
+            if job_id in call.path and call.method == "GET" and job_id not in firsts:
+                firsts[job_id] = call.ts
+    return sorted(firsts.values())
+
+
+async def test_first_poll_waits_until_first_poll_at(emulator: VendorEmulator) -> None:
+    """After a worker deferral the task has just read the job: the trigger's first poll comes later."""
+    emulator.set_next_scenario("olconnect", Scenario(steps=1))
+    job_id = submit("olconnect")
+    started = time.time()
+    got = await events(trigger("olconnect", job_id, first_poll_at=started + 1.0))
+    assert [e.payload["status"] for e in got] == ["success"]
+    polls = [c.ts for c in emulator.calls if f"/getProgress/{job_id}" in c.path]
+    assert polls, "the trigger polled"
+    assert min(polls) >= started + 1.0
+
+
+async def test_waits_started_together_spread_their_polls(emulator: VendorEmulator) -> None:
+    """No lockstep: a hundred waits started at once poll at different moments within their interval."""
+    emulator.set_default_scenario("olconnect", Scenario(steps=1))
+    job_ids = [submit("olconnect") for _ in range(100)]
+    interval = PollPolicy.fixed(2.0).to_dict()
+    started = time.time()
+    await asyncio.gather(*(events(trigger("olconnect", j, poll_policy=interval)) for j in job_ids))
+    firsts = first_poll_times(emulator, job_ids)
+    assert len(firsts) == 100
+    assert firsts[-1] - firsts[0] >= 1.0, "first polls spread over the interval"
+    assert all(t <= started + 2.0 + 1.0 for t in firsts), "no first poll later than one interval (plus slack)"
+    busiest = max(sum(1 for t in firsts if start <= t < start + 0.2) for start in firsts)
+    assert busiest <= 40, f"{busiest} of 100 first polls within 0.2 s: a burst"
+
+
+async def test_deadline_is_kept_while_a_poll_is_in_retries(emulator: VendorEmulator) -> None:
+    """A vendor answering 503 keeps one poll in its backoff for seconds; the deadline still ends the wait."""
+    emulator.set_next_scenario("olconnect", Scenario(flaky=1000, steps=1))
+    job_id = submit("olconnect")
+    slow_retries = RequestRetry(initial_delay=5, max_delay=5, jitter=0, attempts=5).to_dict()
+    deadline = time.time() + 0.5
+    got = await events(trigger("olconnect", job_id, request_retry=slow_retries, deadline=deadline))
+    ended = time.time()
+    assert [e.payload["status"] for e in got] == ["timeout"]
+    assert ended - deadline < 2.0, f"timeout event {ended - deadline:.1f} s after the deadline"
+
+
+async def test_an_unexpected_exception_still_gives_exactly_one_error_event(emulator: VendorEmulator) -> None:
+    trig = trigger("olconnect", "op-1")
+    trig.hook_class_path = f"{__name__}.ExplodingHook"
+    got = await events(trig)
+    assert len(got) == 1
+    payload = got[0].payload
+    assert payload["status"] == "error"
+    assert payload["error"] == "RuntimeError"
+    assert "op-1" in payload["message"]
+    assert "something no one planned for" in payload["message"]
+
+
+async def test_a_missing_connection_gives_one_error_event_naming_it(emulator: VendorEmulator) -> None:
+    got = await events(trigger("olconnect", "op-1", conn_id="no_such_connection"))
+    assert len(got) == 1
+    assert got[0].payload["status"] == "error"
+    assert "no_such_connection" in got[0].payload["message"]
+
+
+async def test_generic_trigger_with_a_missing_connection_gives_one_error_event(emulator: VendorEmulator) -> None:
+    got = await events(trigger("olconnect", "op-1", conn_id="no_such_connection", hook_class_path=""))
+    assert [e.payload["status"] for e in got] == ["error"]
+    assert "no_such_connection" in got[0].payload["message"]
+
+
+async def test_on_kill_is_bounded_when_the_vendor_hangs(
+    emulator: VendorEmulator, silent_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """on_kill has Airflow's [triggerer] on_kill_timeout (30 s); ours ends first, whatever the vendor does."""
+    host, port = silent_server
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_HANGING",
+        f'{{"conn_type": "olconnect", "host": "{host}", "port": {port}, "schema": "http"}}',
+    )
+    monkeypatch.setattr(job_progress, "ON_KILL_BUDGET", 1.5)
+    trig = trigger("olconnect", "op-1", conn_id="hanging")
+    started = time.monotonic()
+    await trig.on_kill()
+    assert time.monotonic() - started < 3.0
+
+
+def test_on_kill_budget_is_under_airflows_on_kill_timeout() -> None:
+    assert job_progress.ON_KILL_BUDGET < 30
+
+
+async def test_rate_limit_pause_longer_than_the_deadline_ends_at_the_deadline(emulator: VendorEmulator) -> None:
+    emulator.set_next_scenario("olconnect", Scenario(rate_limit=5, retry_after=600, steps=1))
+    job_id = submit("olconnect")
+    deadline = time.time() + 0.5
+    got = await events(trigger("olconnect", job_id, deadline=deadline))
+    assert [e.payload["status"] for e in got] == ["timeout"]
+    assert time.time() - deadline < 2.0
+
+
+def _kwargs_of(trig: JobProgressTrigger) -> dict[str, Any]:
+    return trig.serialize()[1]
+
+
+def test_first_poll_at_travels_in_the_serialized_kwargs() -> None:
+    trig = trigger("olconnect", "op-1", first_poll_at=1_900_000_000.0)
+    assert _kwargs_of(JobProgressTrigger(**_kwargs_of(trig)))["first_poll_at"] == 1_900_000_000.0
