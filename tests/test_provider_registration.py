@@ -231,3 +231,27 @@ def test_hook_class_matches_its_connection_type(conn: dict[str, Any]) -> None:
     assert getattr(hook_cls, "default_conn_name", None)
     # Once a hook is imported, ProvidersManager shows the class's hook_name instead of "hook-name".
     assert getattr(hook_cls, "hook_name", None) == conn["hook-name"]
+
+
+@pytest.mark.parametrize("conn_type", sorted(OUR_CONN_TYPES))
+def test_field_behaviour_reaches_every_airflow_version(fresh_providers_manager: Any, conn_type: str) -> None:
+    """3.2+ reads the declarative provider info; below, only a hook's *own* ``get_ui_field_behaviour``,
+    validated against ``customized_form_field_behaviours.schema.json``. Both must give the form's labels."""
+    from airflow import __version__ as airflow_version
+    from packaging.version import Version
+
+    if Version(airflow_version) < Version("3.2"):
+        pytest.importorskip("wtforms", reason="below 3.2 Airflow reads hook form methods only with FAB's wtforms")
+    behaviour = fresh_providers_manager.field_behaviours.get(conn_type)
+    assert behaviour, f"Airflow knows no field behaviour for {conn_type}"
+    expected = next(c for c in _connection_types() if c["connection-type"] == conn_type)["ui-field-behaviour"]
+    assert behaviour["relabeling"] == expected["relabeling"]
+    assert behaviour["hidden_fields"] == expected["hidden-fields"]
+
+
+@pytest.mark.parametrize("conn", _connection_types(), ids=lambda c: c["connection-type"])
+def test_the_pre_3_2_field_behaviour_method_passes_airflows_schema(conn: dict[str, Any]) -> None:
+    hook_class = _import_attr(conn["hook-class-name"])
+    assert "get_ui_field_behaviour" in hook_class.__dict__, "Airflow < 3.2 only reads the hook's own method"
+    schema = _load_airflow_schema("customized_form_field_behaviours.schema.json")
+    jsonschema.validate(hook_class.get_ui_field_behaviour(), schema)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from airflow_provider_jobprogress.core.errors import JobProgressError
-from airflow_provider_jobprogress.hooks.base import JobProgressHook
+from airflow_provider_jobprogress.hooks.base import JobProgressHook, ui_field_behaviour
 from airflow_provider_jobprogress.vendors.itwin import ITwinApi
 
 
@@ -23,6 +23,8 @@ class ITwinHook(JobProgressHook[ITwinApi]):
     default_conn_name: ClassVar[str] = "itwin_default"
     hook_name: ClassVar[str] = "Bentley iTwin (reality data jobs)"
     api_class = ITwinApi
+    #: Airflow below 3.2 reads only a hook's own method (3.2+ reads the provider info)
+    get_ui_field_behaviour = classmethod(ui_field_behaviour)
 
     def submit(self, specification: Mapping[str, Any]) -> str:
         """Create the job and submit it; returns its id.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from airflow_provider_jobprogress.hooks.base import JobProgressHook
+from airflow_provider_jobprogress.hooks.base import JobProgressHook, ui_field_behaviour
 from airflow_provider_jobprogress.vendors.olconnect import OLConnectApi
 
 
@@ -21,6 +21,8 @@ class OLConnectHook(JobProgressHook[OLConnectApi]):
     default_conn_name: ClassVar[str] = "olconnect_default"
     hook_name: ClassVar[str] = "Upland OL Connect"
     api_class = OLConnectApi
+    #: Airflow below 3.2 reads only a hook's own method (3.2+ reads the provider info)
+    get_ui_field_behaviour = classmethod(ui_field_behaviour)
 
     def submit(self, configuration: Mapping[str, Any]) -> str:
         """Start an All-In-One operation from its JSON configuration; returns the operationId."""

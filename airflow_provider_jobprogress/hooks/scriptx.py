@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from airflow_provider_jobprogress.hooks.base import JobProgressHook
+from airflow_provider_jobprogress.hooks.base import JobProgressHook, ui_field_behaviour
 from airflow_provider_jobprogress.vendors.scriptx import ScriptXApi
 
 
@@ -21,6 +21,8 @@ class ScriptXHook(JobProgressHook[ScriptXApi]):
     default_conn_name: ClassVar[str] = "scriptx_default"
     hook_name: ClassVar[str] = "MeadCo ScriptX.Services"
     api_class = ScriptXApi
+    #: Airflow below 3.2 reads only a hook's own method (3.2+ reads the provider info)
+    get_ui_field_behaviour = classmethod(ui_field_behaviour)
 
     def submit(
         self,

@@ -1,0 +1,70 @@
+"""What the package imports, it declares: nothing works by the luck of another package's dependencies."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+PACKAGE = Path(__file__).resolve().parent.parent / "airflow_provider_jobprogress"
+DIST = "airflow-provider-jobprogress"
+#: distributions that come with what we declare by name (apache-airflow brings its core and task SDK)
+PROVIDED_BY_AIRFLOW = {"apache-airflow", "apache-airflow-core", "apache-airflow-task-sdk"}
+
+
+def imported_top_levels(root: Path) -> dict[str, list[str]]:
+    """Top-level names imported anywhere under ``root`` (not relative imports), with the files importing them."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                found.setdefault(name.split(".")[0], []).append(str(path.relative_to(root.parent)))
+    return found
+
+
+def declared_runtime_distributions() -> set[str]:
+    requires = importlib.metadata.requires(DIST) or []
+    return {canonicalize_name(Requirement(r).name) for r in requires if "extra ==" not in r}
+
+
+def test_every_third_party_import_of_the_package_is_a_declared_dependency() -> None:
+    declared = declared_runtime_distributions()
+    if "apache-airflow" in declared:
+        declared |= PROVIDED_BY_AIRFLOW
+    by_module = importlib.metadata.packages_distributions()
+    undeclared: dict[str, tuple[list[str], list[str]]] = {}
+    for top, files in imported_top_levels(PACKAGE).items():
+        if top in sys.stdlib_module_names or top == "airflow_provider_jobprogress":
+            continue
+        dists = {canonicalize_name(d) for d in by_module.get(top, [])}
+        if top == "airflow":
+            continue  # a namespace shared by apache-airflow and its providers; providers are checked below
+        if not dists & declared:
+            undeclared[top] = (sorted(dists), files[:3])
+    assert not undeclared, f"imported but not declared: {undeclared}"
+
+
+def test_airflow_providers_the_package_imports_are_declared() -> None:
+    """``airflow.providers.X`` comes from apache-airflow-providers-X (common.compat, and any other)."""
+    declared = declared_runtime_distributions()
+    missing: dict[str, str] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            module = node.module if isinstance(node, ast.ImportFrom) and node.level == 0 else None
+            if module and module.startswith("airflow.providers."):
+                provider = module.split(".")[2]
+                if provider == "common":
+                    provider = "-".join(module.split(".")[2:4])
+                dist = canonicalize_name(f"apache-airflow-providers-{provider}")
+                if dist not in declared:
+                    missing.setdefault(dist, str(path.relative_to(PACKAGE.parent)))
+    assert not missing, f"provider packages imported but not declared: {missing}"
