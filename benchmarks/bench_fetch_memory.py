@@ -96,7 +96,7 @@ def worker(variant: str, mib: int, out_dir: Path) -> dict[str, Any]:
                 destination=f"file://{target}",
                 chunk_size=CHUNK_SIZE,
             )
-            stored = operator.execute({})
+            [stored] = operator.execute({})
             written = int(stored["bytes"])
         else:
             url = f"{emu.url}/api/v1/printPdf/download/{token}"
