@@ -18,11 +18,12 @@ import importlib.util
 import os
 import re
 import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from airflow_provider_jobprogress.core.errors import ResultDestinationError
 
@@ -355,15 +356,20 @@ class S3Store(ResultStore):
         created = self._call("create_multipart_upload", Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256")
         upload = _Upload(key, created["UploadId"], [])
         self._pending.append(upload)  # registered first: a failure mid-stream aborts it
-        digest, buffer = _Digest(), bytearray()
-        for chunk in chunks:
-            digest.update(chunk)
-            buffer += chunk
-            while len(buffer) >= S3_PART_SIZE:
-                self._upload_part(upload, bytes(buffer[:S3_PART_SIZE]))
-                del buffer[:S3_PART_SIZE]
-        if buffer or not upload.parts:
-            self._upload_part(upload, bytes(buffer))
+        digest = _Digest()
+        # Each part is spooled to a temporary file and sent from it in small reads: holding a part as one
+        # bytes object costs its size several times over (join, socket buffer, allocator high-water).
+        with tempfile.TemporaryFile(prefix="jobprogress-part-") as part:
+            part_digest = _Digest()
+            for chunk in chunks:
+                digest.update(chunk)
+                part_digest.update(chunk)
+                part.write(chunk)
+                if part_digest.size >= S3_PART_SIZE:  # parts need not be equal, only >= 5 MiB but the last
+                    self._upload_part(upload, part, part_digest)
+                    part_digest = _Digest()
+            if part_digest.size or not upload.parts:
+                self._upload_part(upload, part, part_digest)
         return StoredFile(
             self.file_uri(name),
             name or PurePosixPath(key).name,
@@ -373,17 +379,21 @@ class S3Store(ResultStore):
             content_type,
         )
 
-    def _upload_part(self, upload: _Upload, data: bytes) -> None:
+    def _upload_part(self, upload: _Upload, part: IO[bytes], digest: _Digest) -> None:
         number = len(upload.parts) + 1
-        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        checksum = base64.b64encode(digest.sha.digest()).decode()
+        part.seek(0)
         answer = self._call(
             "upload_part",
             Key=upload.key,
             UploadId=upload.upload_id,
             PartNumber=number,
-            Body=data,
+            Body=part,
+            ContentLength=digest.size,
             ChecksumSHA256=checksum,
         )
+        part.seek(0)
+        part.truncate()
         upload.parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum})
 
     def commit(self) -> None:
