@@ -125,14 +125,14 @@ def check_destination(value: Any, vendor: str, job_id: str | None) -> Destinatio
 
 
 def _raw_uri(path: Any) -> str:
-    """The URI an ``ObjectStoragePath`` was made from: its ``str`` drops a trailing slash, which means "folder"."""
+    """An ``ObjectStoragePath``'s URI with the trailing slash (meaning "folder") its ``str`` drops."""
+    uri = str(path)
     for holder in (getattr(path, "__wrapped__", None), path):
         for attribute in ("_raw_urlpaths", "_raw_paths"):
             raw = getattr(holder, attribute, None)
-            if isinstance(raw, list | tuple) and len(raw) == 1 and isinstance(raw[0], str):
-                text = raw[0]
-                return text if "://" in text or not getattr(path, "protocol", "") else f"{path.protocol}://{text}"
-    return str(path)
+            if isinstance(raw, list | tuple) and raw and str(raw[-1]).endswith("/") and not uri.endswith("/"):
+                return uri + "/"
+    return uri
 
 
 def _has_filesystem(scheme: str) -> bool:
