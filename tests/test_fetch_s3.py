@@ -229,3 +229,26 @@ def test_a_256_mib_result_streams_to_s3_in_flat_memory(
     assert object_sha256(s3, "big/result.bin") == measured["served"]
     print(f"256 MiB to S3: peak RSS growth {measured['growth_mib']:.1f} MiB")
     assert measured["growth_mib"] <= 64 * 1e6 / 2**20, f"peak RSS grew {measured['growth_mib']:.1f} MiB"
+
+
+@pytest.mark.parametrize("outcome", ["commit", "abort"])
+def test_other_object_stores_commit_uncommitted_fsspec_files_together(s3: Any, outcome: str) -> None:
+    """FsspecStore (gs://, abfs://...) on s3fs, the fsspec filesystem at hand: nothing shows before commit."""
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_jobprogress.results import FsspecStore
+
+    path = ObjectStoragePath(f"s3://{CONN_ID}@{s3.bucket}/generic/")
+    store = FsspecStore("v", "j", str(path), path.fs, path.path, folder=True)
+    store.prepare()
+    first = store.write("a.bin", [b"a" * (6 << 20)], content_type="application/octet-stream", source=None)
+    store.write("b/c.txt", [b"hello"], content_type="text/plain", source=None)
+    assert objects(s3) == {}, "nothing visible before the commit"
+    if outcome == "commit":
+        store.commit()
+        assert objects(s3) == {"generic/a.bin": 6 << 20, "generic/b/c.txt": 5}
+        assert object_sha256(s3, "generic/a.bin") == first.sha256
+    else:
+        store.abort()
+        assert objects(s3) == {}
+    assert unfinished_uploads(s3) == []
