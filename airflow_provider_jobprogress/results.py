@@ -1,96 +1,510 @@
-"""Bringing results home: stream a download to any ``ObjectStoragePath`` without a partial file, ever.
+"""Bringing results home: every file of a result lands whole, inside its destination, or none does.
 
-Each file is written to a hidden temporary object beside its target, checked against the size the
-vendor announced, and moved into place only when every file of the result is complete. On any error
-the temporaries are deleted and nothing appears at the destination.
+The destination is checked before any result byte is requested (``check_destination``, also at DAG
+parse time), then created and proven writable (``ResultStore.prepare``) before a download starts, so
+a result a vendor serves only once is never collected into a place that cannot keep it. Each file is
+streamed into a place no reader sees (a hidden staging folder on a local disk, an uncompleted
+multipart upload on S3, an uncommitted fsspec file elsewhere) and all of them are made visible only
+when every file arrived complete; on any error, or after a killed try, nothing of it stays.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime
 import hashlib
-import uuid
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from airflow_provider_jobprogress.core.errors import ResultDestinationError
+
+LOCAL_SCHEMES = frozenset({"file", "local"})
+#: the extra of this package that brings a scheme's storage library
+EXTRAS = {"s3": "s3", "s3a": "s3", "s3n": "s3", "gs": "gcs", "gcs": "gcs"}
+_URI = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
+#: S3 part size: small enough for flat memory, big enough for S3's 10,000-part limit up to 80 GB
+S3_PART_SIZE = 8 << 20
 
 
 @dataclass(frozen=True)
 class StoredFile:
-    """What landed at the destination: the XCom of a fetch to storage."""
+    """One file that landed at the destination: an item of a fetch's XCom (always a list of these)."""
 
     uri: str
+    name: str
+    source: str | None
     bytes: int
     sha256: str
     content_type: str
-    name: str
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "uri": self.uri,
+            "name": self.name,
+            "source": self.source,
             "bytes": self.bytes,
             "sha256": self.sha256,
             "content_type": self.content_type,
-            "name": self.name,
         }
 
 
-class IncompleteDownloadError(Exception):
-    """The body ended before the announced Content-Length."""
+# -- the destination, checked without touching storage ------------------------------------------------
 
 
-@dataclass
-class _Staged:
-    temp: Any
-    target: Any
-    stored: StoredFile
+@dataclass(frozen=True)
+class DestinationSpec:
+    """What a destination says before any storage is touched: its URI, scheme, and whether it names a folder."""
+
+    uri: str
+    scheme: str
+    folder: bool
+
+    @property
+    def local(self) -> bool:
+        return self.scheme in LOCAL_SCHEMES
 
 
-def _temporary_beside(target: Any) -> Any:
-    return target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.part"
+def is_templated(value: Any) -> bool:
+    """True for a value Airflow renders later (a Jinja string, an XComArg): it is checked at run time."""
+    from airflow.sdk import XComArg
+
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    return isinstance(value, XComArg)
 
 
-def _write(temp: Any, chunks: Iterable[bytes], expected: int | None) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    with temp.open("wb") as sink:
-        for chunk in chunks:
-            sink.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
-    if expected is not None and size != expected:
-        raise IncompleteDownloadError(f"received {size} of {expected} announced bytes")
-    return size, digest.hexdigest()
+def check_destination(value: Any, vendor: str, job_id: str | None) -> DestinationSpec:
+    """Check a destination (a URI string or an ``ObjectStoragePath``) without touching storage.
+
+    Refused with ``ResultDestinationError``: anything but a string or ``ObjectStoragePath``, an empty or
+    relative path (it would land in the worker's current folder), a scheme no installed filesystem serves,
+    a scheme whose storage library is missing, an object store URI without a bucket.
+    """
+
+    def refuse(why: str) -> ResultDestinationError:
+        return ResultDestinationError(vendor, job_id, f"destination {value!r} {why}")
+
+    if isinstance(value, str):
+        uri = value
+    elif type(value).__name__ == "ObjectStoragePath":
+        uri = _raw_uri(value)
+    else:
+        raise refuse(f"is a {type(value).__name__}; it must be a URI string or an ObjectStoragePath")
+    if not uri.strip():
+        raise refuse("is empty")
+    match = _URI.match(uri)
+    if match is None:
+        if not uri.startswith("/"):
+            raise refuse("is a relative path; it would be written into the worker's current folder")
+        return DestinationSpec(uri, "file", uri.endswith("/"))
+    scheme, rest = match["scheme"].lower(), match["rest"]
+    if scheme in LOCAL_SCHEMES:
+        if not rest.startswith("/"):
+            raise refuse(f"is not an absolute path (write {scheme}:///absolute/path)")
+        return DestinationSpec(uri, scheme, uri.endswith("/"))
+    if not _has_filesystem(scheme):
+        raise refuse(f"uses {scheme}://, which no installed Airflow filesystem serves")
+    missing = _missing_library(scheme)
+    if missing is not None:
+        extra = EXTRAS.get(scheme)
+        install = f"pip install 'airflow-provider-jobprogress[{extra}]'" if extra else f"pip install {missing}"
+        raise refuse(f"needs the {missing} package, which is not installed ({install})")
+    bucket = rest.rpartition("@")[2] if "@" in rest.split("/", 1)[0] else rest
+    if not bucket.split("/", 1)[0]:
+        raise refuse("names no bucket")
+    return DestinationSpec(uri, scheme, uri.endswith("/"))
+
+
+def _raw_uri(path: Any) -> str:
+    """An ``ObjectStoragePath``'s URI with the trailing slash (meaning "folder") its ``str`` drops."""
+    uri = str(path)
+    for holder in (getattr(path, "__wrapped__", None), path):
+        for attribute in ("_raw_urlpaths", "_raw_paths"):
+            raw = getattr(holder, attribute, None)
+            if isinstance(raw, list | tuple) and raw and str(raw[-1]).endswith("/") and not uri.endswith("/"):
+                return uri + "/"
+    return uri
+
+
+def _has_filesystem(scheme: str) -> bool:
+    from airflow.sdk.io.fs import has_fs
+
+    return bool(has_fs(scheme))
+
+
+def _missing_library(scheme: str) -> str | None:
+    """The top-level package fsspec needs for ``scheme`` when it is not installed, else None."""
+    from fsspec.registry import known_implementations
+
+    known = known_implementations.get(scheme)
+    if not known:
+        return None
+    package = str(known["class"]).split(".", 1)[0]
+    return package if importlib.util.find_spec(package) is None else None
+
+
+# -- stores: where the bytes go until every file is complete --------------------------------------------
+
+
+class ResultStore(ABC):
+    """One fetch's writes to one destination: ``prepare``, ``write`` each file, then ``commit`` or ``abort``.
+
+    ``write(None, ...)`` writes the destination itself (a single-file destination); ``write("a/b.pdf", ...)``
+    a file under a folder destination (the name already made safe by ``result_names``).
+    """
+
+    #: True: files go under the destination by name; False: the destination is the one file
+    folder: bool
+
+    def __init__(self, vendor: str, job_id: str, uri: str) -> None:
+        self.vendor = vendor
+        self.job_id = job_id
+        self.uri = uri.rstrip("/")
+        #: names this store's leftovers, so a retry of the same fetch finds what a killed try left
+        self.key = hashlib.sha256(f"{vendor}\0{job_id}\0{self.uri}".encode()).hexdigest()[:16]
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """Create the destination, prove it takes writes, and clear what a killed try of this fetch left."""
+
+    @abstractmethod
+    def write(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
+        """Stream ``chunks`` to a place no reader sees yet; the file as it will be once committed."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Make every written file visible; if one cannot be, undo the others (``abort``) and raise."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Remove everything this fetch wrote or committed; never raises."""
+
+    def refuse(self, why: str) -> ResultDestinationError:
+        return ResultDestinationError(self.vendor, self.job_id, f"destination {self.uri}: {why}")
+
+    def file_uri(self, name: str | None) -> str:
+        return self.uri if name is None else f"{self.uri}/{name}"
 
 
 @contextlib.contextmanager
-def staging() -> Iterator[list[_Staged]]:
-    """Collect staged files; on success move them all into place, on error delete every temporary."""
-    staged: list[_Staged] = []
+def landing(store: ResultStore) -> Iterator[ResultStore]:
+    """``prepare`` the store, let the caller write, then commit all files, or abort on any error."""
+    store.prepare()
     try:
-        yield staged
+        yield store
+        store.commit()
     except BaseException:
-        for item in staged:
-            with contextlib.suppress(Exception):
-                item.temp.unlink()
+        store.abort()
         raise
-    for item in staged:
-        item.temp.rename(item.target)
 
 
-def stage_file(
-    staged: list[_Staged],
-    target: Any,
-    chunks: Iterable[bytes],
-    *,
-    expected_size: int | None,
-    content_type: str,
-    name: str,
-) -> StoredFile:
-    """Write ``chunks`` to a temporary beside ``target`` and register it for the final move."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temporary_beside(target)
-    item = _Staged(temp, target, StoredFile(str(target), 0, "", content_type, name))
-    staged.append(item)  # registered first, so a failure mid-write still deletes the temporary
-    size, sha = _write(temp, chunks, expected_size)
-    item.stored = StoredFile(str(target), size, sha, content_type, name)
-    return item.stored
+class _Digest:
+    """Counts and hashes the bytes of one file as they pass."""
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def update(self, chunk: bytes) -> None:
+        self.sha.update(chunk)
+        self.size += len(chunk)
+
+
+class LocalStore(ResultStore):
+    """A local (or mounted) folder: files are written into a hidden staging folder beside their targets and
+    renamed into place at commit; a file they replace is kept aside until every rename succeeded."""
+
+    def __init__(self, vendor: str, job_id: str, uri: str, target: Path, *, folder: bool) -> None:
+        super().__init__(vendor, job_id, uri)
+        self.folder = folder
+        self.root = target if folder else target.parent
+        self.target = None if folder else target
+        self.staging = self.root / f".jobprogress-{self.key}.partial"
+        self._created: list[Path] = []
+        self._staged: list[tuple[Path, Path]] = []
+        self._committed: list[tuple[Path, Path | None]] = []
+
+    def prepare(self) -> None:
+        try:
+            self._make_folders(self.root)
+            if self.staging.exists():  # a killed try of this very fetch left it
+                shutil.rmtree(self.staging)
+            self.staging.mkdir()  # proves we may create files in the destination folder
+        except OSError as exc:
+            raise self.refuse(f"cannot be written ({_os_reason(exc)})") from None
+        if self.target is not None and self.target.is_dir():
+            raise self.refuse("is an existing folder; end the destination with / to write into it")
+
+    def write(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
+        target = self.target if name is None else self.root / name
+        assert target is not None
+        if target.is_dir():
+            raise self.refuse(f"{target} is an existing folder, where result file {name!r} belongs")
+        temp = self.staging / f"{len(self._staged)}.part"
+        self._staged.append((temp, target))
+        digest = _Digest()
+        try:
+            with temp.open("wb") as sink:
+                for chunk in chunks:
+                    sink.write(chunk)
+                    digest.update(chunk)
+                sink.flush()
+                os.fsync(sink.fileno())
+        except OSError as exc:
+            raise self.refuse(f"writing {target.name} failed ({_os_reason(exc)})") from None
+        uri = self.file_uri(name)
+        return StoredFile(uri, name or target.name, source, digest.size, digest.sha.hexdigest(), content_type)
+
+    def commit(self) -> None:
+        try:
+            for index, (temp, target) in enumerate(self._staged):
+                self._make_folders(target.parent)
+                backup = None
+                if target.exists():
+                    backup = self.staging / f"{index}.previous"
+                    os.link(target, backup)
+                os.replace(temp, target)
+                self._committed.append((target, backup))
+        except OSError as exc:
+            self.abort()
+            raise self.refuse(f"moving the results into place failed, none was kept ({_os_reason(exc)})") from None
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def abort(self) -> None:
+        for target, backup in reversed(self._committed):
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, target)
+                else:
+                    target.unlink()
+        self._committed.clear()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        for folder in reversed(self._created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: never what someone else put there
+        self._created.clear()
+
+    def _make_folders(self, folder: Path) -> None:
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            path.mkdir()
+            self._created.append(path)
+
+
+@dataclass
+class _Upload:
+    key: str
+    upload_id: str
+    parts: list[dict[str, Any]]
+
+
+class S3Store(ResultStore):
+    """An S3 bucket (s3fs): each file is one multipart upload, completed only when every file arrived whole.
+
+    Until completion an upload is invisible: no reader, listing or bucket notification sees a partial
+    object, and nothing is copied or deleted to "move" it. Each part carries its SHA-256, which S3 checks
+    on receipt. A killed try leaves only unfinished uploads; the retry aborts those under its destination.
+    """
+
+    def __init__(self, vendor: str, job_id: str, uri: str, fs: Any, path: str, *, folder: bool) -> None:
+        super().__init__(vendor, job_id, uri)
+        self.fs = fs
+        self.bucket, _, key = path.strip("/").partition("/")
+        self.prefix = f"{key}/" if folder and key else key
+        self.folder = folder
+        self._pending: list[_Upload] = []
+        self._committed: list[str] = []
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        try:
+            return self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
+        except (OSError, ValueError) as exc:  # s3fs translates S3 errors into OSError subclasses
+            raise self.refuse(f"S3 {method} failed ({_os_reason(exc)})") from None
+
+    def prepare(self) -> None:
+        started = datetime.datetime.now(datetime.UTC)
+        for upload in self._unfinished():
+            if upload["Initiated"] < started and (self.folder or upload["Key"] == self.prefix):
+                self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
+        # An upload started and aborted proves we may write here, and leaves no object and no event behind.
+        probe = self._call("create_multipart_upload", Key=f"{self.prefix}.jobprogress-{self.key}.probe")
+        self._call("abort_multipart_upload", Key=probe["Key"], UploadId=probe["UploadId"])
+
+    def _unfinished(self) -> Iterator[dict[str, Any]]:
+        markers: dict[str, str] = {}
+        while True:
+            page = self._call("list_multipart_uploads", Prefix=self.prefix, **markers)
+            yield from page.get("Uploads") or []
+            if not page.get("IsTruncated"):
+                return
+            markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
+    def write(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
+        key = self.prefix + name if name is not None else self.prefix
+        created = self._call("create_multipart_upload", Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256")
+        upload = _Upload(key, created["UploadId"], [])
+        self._pending.append(upload)  # registered first: a failure mid-stream aborts it
+        digest = _Digest()
+        # Each part is spooled to a temporary file and sent from it in small reads: holding a part as one
+        # bytes object costs its size several times over (join, socket buffer, allocator high-water).
+        with tempfile.TemporaryFile(prefix="jobprogress-part-") as part:
+            part_digest = _Digest()
+            for chunk in chunks:
+                digest.update(chunk)
+                part_digest.update(chunk)
+                part.write(chunk)
+                if part_digest.size >= S3_PART_SIZE:  # parts need not be equal, only >= 5 MiB but the last
+                    self._upload_part(upload, part, part_digest)
+                    part_digest = _Digest()
+            if part_digest.size or not upload.parts:
+                self._upload_part(upload, part, part_digest)
+        return StoredFile(
+            self.file_uri(name),
+            name or PurePosixPath(key).name,
+            source,
+            digest.size,
+            digest.sha.hexdigest(),
+            content_type,
+        )
+
+    def _upload_part(self, upload: _Upload, part: IO[bytes], digest: _Digest) -> None:
+        number = len(upload.parts) + 1
+        checksum = base64.b64encode(digest.sha.digest()).decode()
+        part.seek(0)
+        answer = self._call(
+            "upload_part",
+            Key=upload.key,
+            UploadId=upload.upload_id,
+            PartNumber=number,
+            Body=part,
+            ContentLength=digest.size,
+            ChecksumSHA256=checksum,
+        )
+        part.seek(0)
+        part.truncate()
+        upload.parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum})
+
+    def commit(self) -> None:
+        try:
+            while self._pending:
+                upload = self._pending[0]
+                self._call(
+                    "complete_multipart_upload",
+                    Key=upload.key,
+                    UploadId=upload.upload_id,
+                    MultipartUpload={"Parts": upload.parts},
+                )
+                self._committed.append(self._pending.pop(0).key)
+        except ResultDestinationError:
+            self.abort()
+            raise
+        with contextlib.suppress(Exception):
+            self.fs.invalidate_cache()
+
+    def abort(self) -> None:
+        for key in self._committed:
+            with contextlib.suppress(Exception):
+                self.fs.call_s3("delete_object", Bucket=self.bucket, Key=key)
+        for upload in self._pending:
+            with contextlib.suppress(Exception):
+                self.fs.call_s3("abort_multipart_upload", Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id)
+        self._committed.clear()
+        self._pending.clear()
+        with contextlib.suppress(Exception):
+            self.fs.invalidate_cache()
+
+
+class FsspecStore(ResultStore):
+    """Any other object store: fsspec files opened with ``autocommit=False`` are committed together at the end
+    and discarded on failure (gcsfs and adlfs finish or cancel their uploads that way)."""
+
+    def __init__(self, vendor: str, job_id: str, uri: str, fs: Any, path: str, *, folder: bool) -> None:
+        super().__init__(vendor, job_id, uri)
+        self.fs = fs
+        self.path = path.rstrip("/")
+        self.folder = folder
+        self._pending: list[tuple[str, Any]] = []
+        self._committed: list[str] = []
+
+    def prepare(self) -> None:
+        try:
+            self.fs.makedirs(self.path if self.folder else self.path.rsplit("/", 1)[0], exist_ok=True)
+        except (OSError, ValueError) as exc:
+            raise self.refuse(f"cannot be written ({_os_reason(exc)})") from None
+
+    def write(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
+        path = self.path if name is None else f"{self.path}/{name}"
+        digest = _Digest()
+        try:
+            sink = self.fs.open(path, "wb", autocommit=False)
+            self._pending.append((path, sink))
+            for chunk in chunks:
+                sink.write(chunk)
+                digest.update(chunk)
+            sink.close()
+        except (OSError, ValueError) as exc:
+            raise self.refuse(f"writing {path} failed ({_os_reason(exc)})") from None
+        name = name or path.rsplit("/", 1)[-1]
+        uri = self.file_uri(name if self.folder else None)
+        return StoredFile(uri, name, source, digest.size, digest.sha.hexdigest(), content_type)
+
+    def commit(self) -> None:
+        try:
+            while self._pending:
+                path, sink = self._pending[0]
+                sink.commit()
+                self._committed.append(path)
+                self._pending.pop(0)
+        except (OSError, ValueError) as exc:
+            self.abort()
+            raise self.refuse(f"committing the results failed, none was kept ({_os_reason(exc)})") from None
+
+    def abort(self) -> None:
+        for path in self._committed:
+            with contextlib.suppress(Exception):
+                self.fs.rm(path)
+        for _, sink in self._pending:
+            with contextlib.suppress(Exception):
+                sink.discard()
+        self._committed.clear()
+        self._pending.clear()
+
+
+def open_store(spec: DestinationSpec, vendor: str, job_id: str, *, several: bool) -> ResultStore:
+    """The store for a checked destination. It is a folder when written with a trailing ``/``, when it
+    already is one, or when the result has several files; otherwise the one result file itself."""
+    if spec.local:
+        local = Path(re.sub(r"^[A-Za-z]+://", "", spec.uri))
+        folder = spec.folder or several or local.is_dir()
+        return LocalStore(vendor, job_id, f"file://{local}".rstrip("/"), local, folder=folder)
+    from airflow.sdk import ObjectStoragePath
+
+    try:
+        path = ObjectStoragePath(spec.uri)
+        fs, inner = path.fs, path.path
+        folder = spec.folder or several or bool(fs.isdir(inner))
+    except Exception as exc:  # connection lookups, credentials, the filesystem's own import errors
+        raise ResultDestinationError(
+            vendor, job_id, f"destination {spec.uri} cannot be opened ({type(exc).__name__}: {exc})"
+        ) from None
+    uri = str(path).rstrip("/")
+    if type(fs).__name__ == "S3FileSystem":
+        return S3Store(vendor, job_id, uri, fs, inner, folder=folder)
+    return FsspecStore(vendor, job_id, uri, fs, inner, folder=folder)
+
+
+def _os_reason(exc: BaseException) -> str:
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {reason}"

@@ -58,7 +58,7 @@ def follow(hook: JobProgressHook[Any], job_id: str, limit: int = 50) -> list[Job
     raise AssertionError(f"job {job_id} never finished: {seen[-3:]}")
 
 
-def download(hook: JobProgressHook[Any], job_id: str) -> list[tuple[str, str, int]]:
+def download(hook: JobProgressHook[Any], job_id: str) -> list[tuple[str | None, str, int]]:
     got = []
     for part in hook.result_parts(job_id):
         digest, size = hashlib.sha256(), 0

@@ -53,7 +53,7 @@ def test_submit_wait_fetch_to_file_matches_what_the_vendor_served(
 
 def test_single_file_destination_is_the_file(airflow_db: Path, emulator: VendorEmulator, tmp_path: Path) -> None:
     run = load("jp_fetch_file_scriptx").test(run_conf={"out": str(tmp_path)})
-    stored = xcom(run, "fetch")
+    [stored] = xcom(run, "fetch")
     assert stored["uri"].endswith("/result.bin")
     assert stored["content_type"] == "application/pdf"
     assert (tmp_path / "result.bin").read_bytes().startswith(b"%PDF")
@@ -108,7 +108,7 @@ def test_interrupted_download_leaves_nothing_and_the_retry_succeeds(
     job_id = xcom(run, "submit")
     downloads = emulator.job("olconnect", job_id).downloads
     assert [d.complete for d in downloads] == [False, True]
-    assert [p.name for p in files_under(tmp_path)] == [f"{job_id}.out"]
+    assert [p.name for p in files_under(tmp_path)] == [f"{job_id}.bin"]
     assert sha256(files_under(tmp_path)[0]) == emulator.result_sha256("olconnect", job_id, 0)
 
 
@@ -167,7 +167,7 @@ def test_a_result_far_larger_than_the_chunk_streams_with_flat_memory(
     )
     tracemalloc.start()
     try:
-        stored = op.execute({})
+        [stored] = op.execute({})
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

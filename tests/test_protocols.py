@@ -665,7 +665,8 @@ def test_scriptx_results_download_the_pdf() -> None:
     parts, requests, _ = drive(scriptx().results("t1"), [])
     assert requests == []
     (part,) = parts
-    assert part.name == "t1.pdf"
+    assert part.name is None, "the download's Content-Disposition names it (else the job id, .pdf)"
+    assert part.content_type == "application/pdf"
     assert part.request is not None
     assert (part.request.method, part.request.url) == ("GET", SX + "/api/v1/printPdf/download/t1")
 

@@ -124,3 +124,23 @@ class JobFailedError(JobProgressError):
 
 class JobCancelledError(JobProgressError):
     """The job ended cancelled or abandoned."""
+
+
+class ResultDestinationError(JobProgressError):
+    """The destination cannot take the result: not an absolute storage URI we can write, or writing there failed.
+
+    Raised before any result byte is requested wherever the destination is known (at DAG parse time when it
+    is not templated), so a result the vendor serves only once is never collected into a place that cannot
+    keep it.
+    """
+
+    hint = (
+        "Set destination= to an absolute URI the worker may write: file:///data/out/, "
+        "s3://<aws conn id>@bucket/prefix/ (the [s3] extra), gs://... (the [gcs] extra)"
+    )
+
+
+class UnsafeResultNameError(JobProgressError):
+    """A vendor-supplied result name is absolute, empty, or would leave the destination (``..``)."""
+
+    hint = "The vendor named an output unsafely; nothing was written. Report the name to the vendor"

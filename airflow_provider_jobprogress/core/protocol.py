@@ -327,14 +327,24 @@ class VendorApi:
 class ResultPart:
     """One downloadable piece of a job's result.
 
-    ``request`` is fetched streamed; ``name`` is the file name to use under a directory destination.
-    ``value`` is set instead of ``request`` when the result is a small value (an id or a list of paths).
+    ``request`` is fetched streamed. ``name`` is the vendor's own relative file name for it (an iTwin
+    output and blob name, an OL Connect spool file's name), used under a directory destination after the
+    core made it safe; None lets the download name it (Content-Disposition, else the job id and the
+    content type's extension). ``source`` is the vendor's own reference to the file (a spool path), shown
+    in XCom so renamed files can be told apart. ``value`` is set instead of ``request`` when the result
+    is a small value (an id or a list of paths).
     """
 
-    name: str
+    name: str | None = None
     request: Request | None = None
     content_type: str | None = None
     value: str | None = None
+    source: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How messages refer to this part."""
+        return self.name or self.source or "result"
 
 
 def now() -> float:

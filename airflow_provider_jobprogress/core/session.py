@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import httpx
 import requests
 
-from airflow_provider_jobprogress.core.errors import DeadlineExceededError
+from airflow_provider_jobprogress.core.errors import DeadlineExceededError, VendorUnavailableError
 from airflow_provider_jobprogress.core.protocol import (
     Flow,
     GetToken,
@@ -166,7 +166,12 @@ class SyncSession:
 
 @dataclass
 class StreamedResponse:
-    """A download in progress: iterate ``chunks`` to read it without holding it in memory."""
+    """A download in progress: iterate ``chunks`` to read it without holding it in memory.
+
+    ``chunks`` yields the body decoded (a gzip or deflate ``Content-Encoding`` undone) and, at the end,
+    checks that the bytes received *on the wire* match the announced ``Content-Length``, which counts
+    the encoded body: a body cut short raises ``VendorUnavailableError`` (retryable), never a short file.
+    """
 
     _answer: requests.Response
     _api: VendorApi
@@ -182,15 +187,35 @@ class StreamedResponse:
         return self.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
 
     @property
+    def content_encoding(self) -> str:
+        """The body's encoding on the wire (``gzip``, ``deflate``...); empty for identity."""
+        value = self.headers.get("content-encoding", "").strip().lower()
+        return "" if value == "identity" else value
+
+    @property
     def content_length(self) -> int | None:
+        """The announced length of the body as sent, in its ``content_encoding``."""
         value = self.headers.get("content-length")
         return int(value) if value and value.isdigit() else None
+
+    @property
+    def received(self) -> int:
+        """Bytes of the body read from the wire so far, before decoding."""
+        return int(self._answer.raw.tell())
 
     def chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         try:
             yield from self._answer.iter_content(chunk_size=chunk_size)
         except requests.exceptions.RequestException as exc:
             raise self._api.transport_failure(_transport_error(exc), None, self._job_id, what=self._what) from None
+        expected, received = self.content_length, self.received
+        if expected is not None and received != expected:
+            encoding = f" ({self.content_encoding})" if self.content_encoding else ""
+            raise VendorUnavailableError(
+                self._api.vendor,
+                self._job_id,
+                f"{self._what}: download cut short: received {received} of {expected} announced bytes{encoding}",
+            )
 
 
 def _transport_error(exc: BaseException) -> TransportError:

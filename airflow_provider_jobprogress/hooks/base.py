@@ -145,8 +145,8 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     def open_result(self, part: ResultPart, job_id: str) -> Iterator[StreamedResponse]:
         """Open one result part for a streamed read: ``for chunk in answer.chunks(): ...``."""
         if part.request is None:
-            raise ValueError(f"result part {part.name} of {self.vendor()} job {job_id} is a value, not a download")
-        with self.session.stream(part.request, job_id, what=f"download {part.name}") as answer:
+            raise ValueError(f"result part {part.label} of {self.vendor()} job {job_id} is a value, not a download")
+        with self.session.stream(part.request, job_id, what=f"download {part.label}") as answer:
             yield answer
 
     def test_connection(self) -> tuple[bool, str]:

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator, ObjectStoragePath
 
-from airflow_provider_jobprogress.core.errors import ResultNotForXComError, ResultNotReadyError, VendorUnavailableError
+from airflow_provider_jobprogress.core.errors import ResultNotForXComError, ResultNotReadyError
 from airflow_provider_jobprogress.core.model import JobState
 from airflow_provider_jobprogress.core.policies import RequestRetry
 from airflow_provider_jobprogress.core.protocol import ResultPart
-from airflow_provider_jobprogress.results import IncompleteDownloadError, stage_file, staging
+from airflow_provider_jobprogress.result_names import NameBook, contained, disposition_name, extension
+from airflow_provider_jobprogress.results import (
+    DestinationSpec,
+    ResultStore,
+    StoredFile,
+    check_destination,
+    is_templated,
+    landing,
+    open_store,
+)
 from airflow_provider_jobprogress.waiting import JobWaitMixin
 
 if TYPE_CHECKING:
@@ -26,12 +36,14 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
     - ``destination=None``: the result goes to XCom when it is text of at most ``max_xcom_bytes``
       (OL Connect entity ids and output paths come back as those values). Binary or larger results
       are refused with an error that says to set a destination.
-    - ``destination`` (an ``ObjectStoragePath`` or URI such as ``file:///data/out/``, ``s3://conn@bucket/key``;
-      templated): the result is streamed in ``chunk_size`` pieces to a temporary object beside the
-      target and moved into place only when every file is complete and its size checked, so a failure
-      never leaves a partial file. A result of several files (iTwin outputs; a destination ending
-      in ``/``) is written under the destination as a directory. XCom gets, per file, ``uri``, ``bytes``,
-      ``sha256``, ``content_type`` (a list for a directory destination).
+    - ``destination`` (an ``ObjectStoragePath`` or an absolute URI such as ``file:///data/out/``,
+      ``s3://conn@bucket/key``; templated): checked before any result byte is requested (at parse time
+      when it is not templated), created and proven writable before the download starts, and the result
+      streamed in ``chunk_size`` pieces where no reader sees it until every file is complete. All files
+      land, or none. A destination ending in ``/``, an existing folder, or a result of several files is a
+      folder; vendor names are kept inside it (a name that would leave it is refused) and colliding names
+      numbered. XCom is always a list with, per file, ``uri``, ``name``, ``source`` (the vendor's own
+      name), ``bytes``, ``sha256`` and ``content_type``.
 
     Not finished → ``ResultNotReadyError``; failed or cancelled → the task fails; result gone (404) →
     ``JobNotFoundError``; a download cut short → the task fails (retryable) with nothing written.
@@ -58,18 +70,23 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         self.destination = destination
         self.max_xcom_bytes = max_xcom_bytes
         self.chunk_size = chunk_size
+        if destination is not None and not is_templated(destination):
+            # At parse time: a destination that can never work must not wait for a job to finish first.
+            check_destination(destination, f"{type(self).__name__} {self.task_id!r}", None)
 
     def execute(self, context: Any) -> Any:
         job_id = str(self.job_id)
+        spec = None
+        if self.destination is not None:
+            spec = check_destination(self.destination, self.hook.vendor(), job_id)
         progress = self._read(job_id)
         if progress.state in (JobState.QUEUED, JobState.RUNNING):
             raise ResultNotReadyError(progress.vendor, job_id, f"the job is {progress.state.value}, not finished")
         self._outcome(progress)  # failed / cancelled jobs fail the task here, with the vendor's message
-        to_xcom = self.destination is None
-        parts = self.hook.xcom_result_parts(job_id) if to_xcom else self.hook.result_parts(job_id)
+        parts = self.hook.xcom_result_parts(job_id) if spec is None else self.hook.result_parts(job_id)
         if not parts:
             raise AirflowFailException(f"{progress.vendor} job {job_id}: the job finished without any result")
-        return self._to_xcom(job_id, parts) if to_xcom else self._to_storage(job_id, parts)
+        return self._to_xcom(job_id, parts) if spec is None else self._to_storage(job_id, spec, parts)
 
     # -- XCom ------------------------------------------------------------------------------------
     def _to_xcom(self, job_id: str, parts: list[ResultPart]) -> Any:
@@ -82,7 +99,7 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         limit = self.max_xcom_bytes
         body = bytearray()
         with self.hook.open_result(part, job_id) as answer:
-            if answer.content_length is not None and answer.content_length > limit:
+            if answer.content_length is not None and not answer.content_encoding and answer.content_length > limit:
                 raise self._too_big(job_id, part, f"{answer.content_length} bytes")
             for chunk in answer.chunks(min(self.chunk_size, limit + 1)):
                 body += chunk
@@ -91,53 +108,58 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
             content_type = answer.content_type
         text = _as_text(bytes(body), content_type)
         if text is None:
-            raise ResultNotForXComError(vendor, job_id, f"result {part.name} is binary ({content_type})")
+            raise ResultNotForXComError(vendor, job_id, f"result {part.label} is binary ({content_type})")
         return text
 
     def _too_big(self, job_id: str, part: ResultPart, size: str) -> ResultNotForXComError:
         return ResultNotForXComError(
-            self.hook.vendor(), job_id, f"result {part.name} is {size}, over max_xcom_bytes={self.max_xcom_bytes}"
+            self.hook.vendor(), job_id, f"result {part.label} is {size}, over max_xcom_bytes={self.max_xcom_bytes}"
         )
 
     # -- storage ---------------------------------------------------------------------------------
-    def _to_storage(self, job_id: str, parts: list[ResultPart]) -> Any:
-        destination = self.destination
-        root = destination if isinstance(destination, ObjectStoragePath) else ObjectStoragePath(str(destination))
-        as_directory = len(parts) > 1 or str(destination).endswith("/")
-        stored = []
-        try:
-            with staging() as staged:
-                for part in parts:
-                    target = root / part.name if as_directory else root
-                    stored.append(self._stage(staged, job_id, part, target))
-        except IncompleteDownloadError as exc:
-            raise VendorUnavailableError(self.hook.vendor(), job_id, f"download cut short: {exc}") from None
+    def _to_storage(self, job_id: str, spec: DestinationSpec, parts: list[ResultPart]) -> list[dict[str, Any]]:
+        vendor = self.hook.vendor()
+        store = open_store(spec, vendor, job_id, several=len(parts) > 1)
+        # Every name the vendor listed, and the job id that names an unnamed file, is checked before the first
+        # download: opening a one-time download may already collect it, so a refusal must come first.
+        names = [self._vendor_name(store, job_id, part) for part in parts]
+        book = NameBook()
+        stored: list[StoredFile] = []
+        with landing(store):
+            for part, name in zip(parts, names, strict=True):
+                stored.append(self._land(store, book, job_id, part, name))
         for item in stored:
             self.log.info(
-                "%s job %s: result %s (%d bytes, sha256 %s)",
-                self.hook.vendor(),
-                job_id,
-                item.uri,
-                item.bytes,
-                item.sha256,
+                "%s job %s: result %s (%d bytes, sha256 %s)", vendor, job_id, item.uri, item.bytes, item.sha256
             )
-        result = [item.to_dict() for item in stored]
-        return result if as_directory else result[0]
+        return [item.to_dict() for item in stored]
 
-    def _stage(self, staged: list[Any], job_id: str, part: ResultPart, target: ObjectStoragePath) -> Any:
+    def _vendor_name(self, store: ResultStore, job_id: str, part: ResultPart) -> str | None:
+        if not store.folder:
+            return None
+        if part.name is None:
+            contained(self.hook.vendor(), job_id, f"{job_id}.bin")
+            return None
+        return contained(self.hook.vendor(), job_id, part.name)
+
+    def _land(self, store: ResultStore, book: NameBook, job_id: str, part: ResultPart, name: str | None) -> StoredFile:
+        vendor = self.hook.vendor()
         if part.value is not None:
             data = part.value.encode()
-            return stage_file(
-                staged, target, [data], expected_size=len(data), content_type="text/plain", name=part.name
-            )
+            final = book.claim(name or contained(vendor, job_id, f"{job_id}.txt")) if store.folder else None
+            return store.write(final, [data], content_type="text/plain", source=part.source or part.name)
         with self.hook.open_result(part, job_id) as answer:
-            return stage_file(
-                staged,
-                target,
-                answer.chunks(self.chunk_size),
-                expected_size=answer.content_length,
+            offered = disposition_name(answer.headers.get("content-disposition"))
+            chunks = answer.chunks(self.chunk_size)
+            head = next(chunks, b"")
+            if store.folder and name is None:
+                name = contained(vendor, job_id, offered or f"{job_id}{extension(answer.content_type, head)}")
+            final = book.claim(name) if store.folder and name is not None else None
+            return store.write(
+                final,
+                itertools.chain([head], chunks),
                 content_type=answer.content_type,
-                name=part.name,
+                source=part.source or part.name or offered,
             )
 
 

@@ -192,7 +192,7 @@ class OLConnectApi(VendorApi):
         text = yield from self.result_text(job_id)
         if len([line for line in text.splitlines() if line.strip()]) > 1:
             return [ResultPart(name=f"{job_id}.paths.txt", value=text)]
-        return [ResultPart(name=f"{job_id}.out", request=self._call("POST", f"{PRINT}/getResult/{_q(job_id)}"))]
+        return [ResultPart(request=self._call("POST", f"{PRINT}/getResult/{_q(job_id)}"))]
 
     def results(self, job_id: str) -> Flow[list[ResultPart]]:
         """One part for getResult, or one per spool file when the operation wrote several.
@@ -205,20 +205,23 @@ class OLConnectApi(VendorApi):
         text = yield from self.result_text(job_id)
         paths = [line.strip() for line in text.splitlines() if line.strip()]
         if len(paths) < 2:
-            return [ResultPart(name=f"{job_id}.out", request=self._call("POST", f"{PRINT}/getResult/{_q(job_id)}"))]
+            return [ResultPart(request=self._call("POST", f"{PRINT}/getResult/{_q(job_id)}"))]
         request = self._call("POST", f"{PRINT}/getManagedResult/{_q(job_id)}")
         response = yield from self.exchange(request, job_id, what="read the managed result")
         file_ids = [line.strip() for line in response.text.splitlines() if line.strip()]
         if response.status != 200 or len(file_ids) != len(paths):
             return [ResultPart(name=f"{job_id}.paths.txt", value=text)]
         return [
-            ResultPart(name=_basename(path), request=self._call("GET", f"{ROOT}/filestore/file/{_q(file_id)}"))
+            ResultPart(
+                name=_basename(path), request=self._call("GET", f"{ROOT}/filestore/file/{_q(file_id)}"), source=path
+            )
             for path, file_id in zip(paths, file_ids, strict=True)
         ]
 
 
 def _basename(path: str) -> str:
-    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or "output"
+    """A spool file's own name, from a Windows or POSIX server path (the core keeps it inside the destination)."""
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
 def _q(job_id: str) -> str:

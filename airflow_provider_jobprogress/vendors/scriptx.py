@@ -139,7 +139,8 @@ class ScriptXApi(VendorApi):
 
     def results(self, job_id: str) -> Flow[list[ResultPart]]:
         request = self._call("GET", f"{PDF}/download/{quote(job_id, safe='')}")
-        return [ResultPart(name=f"{job_id}.pdf", request=request, content_type="application/pdf")]
+        # Unnamed: the download's Content-Disposition names it, else the job id with the PDF extension.
+        return [ResultPart(request=request, content_type="application/pdf")]
         yield  # pragma: no cover
 
 

@@ -554,7 +554,7 @@ def _azure_error(status: int, code: str, message: str) -> Reply:
 
 
 def _blob_names(job: Job) -> list[str]:
-    return [f"output/part_{n}.bin" for n in range(1, job.scenario.outputs + 1)]
+    return [job.scenario.name(n - 1, f"output/part_{n}.bin") for n in range(1, job.scenario.outputs + 1)]
 
 
 def _blob(request: Request, state: EmulatorState) -> Reply:

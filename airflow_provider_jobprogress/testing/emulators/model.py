@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import hashlib
 import json
 import random
@@ -11,16 +12,19 @@ import re
 import secrets
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
+from urllib.parse import unquote
 
 VENDORS = ("olconnect", "scriptx", "itwin")
 OUTCOMES = frozenset({"succeed", "fail", "cancel", "soft_error", "immediate", "code_exception"})
 # Outcomes that end in failure; ScriptX-only outcomes fail on the other vendors, which have no such answer.
 FAILING_OUTCOMES = frozenset({"fail", "soft_error", "code_exception"})
 GARBAGE_MODES = frozenset({"html", "empty", "nonnumeric", "malformed", "unknown_status"})
+CONTENT_ENCODINGS = frozenset({"gzip", "deflate"})
 SCENARIO_HEADER = "X-Emulator-Scenario"
 CHUNK_SIZE = 64 * 1024
 
@@ -54,6 +58,15 @@ class Scenario:
     garbage: str | None = None
     outputs: int = 1
     message: str = ""
+    #: downloads are sent compressed with this Content-Encoding (gzip, deflate), as a proxy or CDN would
+    content_encoding: str | None = None
+    #: the vendor's own names for the result files, hostile ones included: OL Connect spool paths, iTwin blob
+    #: names, the ScriptX download's Content-Disposition file name ("" sends none)
+    names: tuple[str, ...] | None = None
+    #: the id the vendor hands out (ScriptX jobIdentifier, OL Connect operationId) instead of a fresh uuid
+    job_id: str | None = None
+    #: each result file can be downloaded whole once, then answers 404 (ScriptX always behaves so)
+    download_once: bool = False
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -71,6 +84,23 @@ class Scenario:
             object.__setattr__(self, "duration", float(self.duration))
         if not isinstance(self.message, str):
             raise ScenarioError(f"scenario message must be a string, got {self.message!r}")
+        if self.content_encoding is not None and self.content_encoding not in CONTENT_ENCODINGS:
+            raise ScenarioError(
+                f"scenario content_encoding must be one of {sorted(CONTENT_ENCODINGS)} or null, "
+                f"got {self.content_encoding!r}"
+            )
+        if self.names is not None:
+            if isinstance(self.names, str) or not all(isinstance(n, str) for n in self.names):
+                raise ScenarioError(f"scenario names must be a list of strings, got {self.names!r}")
+            object.__setattr__(self, "names", tuple(self.names))
+        if self.job_id is not None and (not isinstance(self.job_id, str) or not self.job_id):
+            raise ScenarioError(f"scenario job_id must be a non-empty string or null, got {self.job_id!r}")
+        if not isinstance(self.download_once, bool):
+            raise ScenarioError(f"scenario download_once must be true or false, got {self.download_once!r}")
+
+    def name(self, index: int, default: str) -> str:
+        """The vendor's name for result file ``index``: the scenario's, else ``default``."""
+        return self.names[index] if self.names is not None and index < len(self.names) else default
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Scenario:
@@ -275,6 +305,12 @@ def result_chunks(job_id: str, index: int, size: int, prefix: bytes = b"") -> It
         chunk_no += 1
 
 
+def _compress(data: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(data)
+    return zlib.compress(data)  # HTTP "deflate" is the zlib format (RFC 9110 8.4.1.2)
+
+
 def sha256_of(chunks: Iterable[bytes]) -> str:
     digest = hashlib.sha256()
     for chunk in chunks:
@@ -452,21 +488,35 @@ class EmulatorState:
 
     def download(self, job: Job, index: int, content_type: str, headers: Mapping[str, str] | None = None) -> Reply:
         """Stream result file `index` of `job`; the job's first download is cut when the scenario says so."""
+        scenario = job.scenario
         with self.lock:
+            if scenario.download_once and any(d.index == index and d.complete for d in job.downloads):
+                return Reply.text(404, "Output already collected").for_job(job.job_id)
             first = job.downloads_started == 0
             job.downloads_started += 1
-        size = job.scenario.result_size
+        size = scenario.result_size
+        stream: Iterable[bytes] = result_chunks(job.job_id, index, size, job.result_prefix)
+        length, decoded_sha = size, None
+        extra = dict(headers or {})
+        if scenario.content_encoding is not None:
+            # Compressed whole, in memory: Content-Length must announce the encoded size up front.
+            plain = b"".join(stream)
+            decoded_sha = hashlib.sha256(plain).hexdigest()
+            body = _compress(plain, scenario.content_encoding)
+            stream, length = [body], len(body)
+            extra["Content-Encoding"] = scenario.content_encoding
 
         def sent(sha256: str, n: int, complete: bool) -> None:
             with self.lock:
-                job.downloads.append(Download(index, sha256, n, complete))
+                # A client keeps the decoded bytes: record their digest for an encoded download.
+                job.downloads.append(Download(index, decoded_sha if complete and decoded_sha else sha256, n, complete))
 
         return Reply(
             200,
-            headers={"Content-Type": content_type, **(headers or {})},
-            stream=result_chunks(job.job_id, index, size, job.result_prefix),
-            length=size,
-            drop_after=job.scenario.drop_download_at if first else None,
+            headers={"Content-Type": content_type, **extra},
+            stream=stream,
+            length=length,
+            drop_after=scenario.drop_download_at if first else None,
             job_id=job.job_id,
             on_sent=sent,
         )
@@ -517,7 +567,9 @@ def route(request: Request, state: EmulatorState, routes: Sequence[Route]) -> Re
         if match is None:
             continue
         if request.method == method:
-            reply: Reply = handler(request, state, *match.groups())
+            # Ids arrive percent-encoded (a hostile "../x" as "..%2Fx"): handlers see the vendor's own id.
+            groups = (None if group is None else unquote(group) for group in match.groups())
+            reply: Reply = handler(request, state, *groups)
             return reply
         path_known = True
     return Reply.text(405, "Method Not Allowed") if path_known else None

@@ -117,7 +117,7 @@ def _submit(request: Request, state: EmulatorState) -> Reply:
     if isinstance(datamining, dict) and datamining.get("identifier") == "missing":
         return error(400, "Data file 'missing' not found in File Store", "missing")
     scenario = state.choose_scenario(VENDOR, request.header(SCENARIO_HEADER), config.get("emulator"))
-    job = Job(VENDOR, str(uuid.uuid4()), scenario, result_count=scenario.outputs)
+    job = Job(VENDOR, scenario.job_id or str(uuid.uuid4()), scenario, result_count=scenario.outputs)
     job.submit(time.monotonic())
     state.add_job(job)
     reply = Reply.empty(202).for_job(job.job_id)
@@ -188,7 +188,9 @@ def _finished_job(state: EmulatorState, job_id: str) -> Job | Reply:
 
 
 def _paths(job: Job) -> str:
-    return "\n".join(f"{OUTPUT_DIR}/{job.job_id}/out_{n}.pdf" for n in range(1, job.result_count + 1))
+    return "\n".join(
+        job.scenario.name(n - 1, f"{OUTPUT_DIR}/{job.job_id}/out_{n}.pdf") for n in range(1, job.result_count + 1)
+    )
 
 
 def _result(request: Request, state: EmulatorState, job_id: str) -> Reply:

@@ -126,7 +126,8 @@ def _print(request: Request, state: EmulatorState) -> Reply:
         return Reply.json(200, {"status": 3, "jobIdentifier": "", "message": message})
     device = body.get("device")
     file_name = str(device.get("printToFileName") or "output.pdf") if isinstance(device, dict) else "output.pdf"
-    job = Job(VENDOR, uuid.uuid4().hex, scenario, result_prefix=PDF_HEADER, details={"fileName": file_name})
+    job_id = scenario.job_id or uuid.uuid4().hex
+    job = Job(VENDOR, job_id, scenario, result_prefix=PDF_HEADER, details={"fileName": file_name})
     now = time.monotonic()
     job.submit(now)
     if scenario.outcome == "immediate":
@@ -194,8 +195,9 @@ def _download(request: Request, state: EmulatorState, token: str, _file_name: st
             return Reply.text(404, "Job output not available").for_job(token)
         if job.collected:
             return Reply.text(404, "Job output already collected").for_job(token)
-        disposition = f'attachment; filename="{job.details["fileName"]}"'
-    return state.download(job, 0, "application/pdf", {"Content-Disposition": disposition})
+        file_name = job.scenario.name(0, job.details["fileName"])
+    headers = {"Content-Disposition": f'attachment; filename="{file_name}"'} if file_name else {}
+    return state.download(job, 0, "application/pdf", headers)
 
 
 ROUTES: tuple[Route, ...] = (

@@ -1,0 +1,254 @@
+"""s3:// destinations against a real S3 API: moto's server on 127.0.0.1, through Airflow's ObjectStoragePath.
+
+The destination is ``s3://moto_s3@<bucket>/...``: Airflow's amazon provider builds the s3fs filesystem
+from the ``moto_s3`` connection (an ``aws`` connection whose extra ``endpoint_url`` points at moto).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_jobprogress.core.errors import UnsafeResultNameError, VendorUnavailableError
+from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
+from tests.test_results import ITWIN_SPEC, fetch, finished_job
+
+pytest.importorskip("s3fs", reason="the [s3] extra is not installed")
+moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+
+CONN_ID = "moto_s3"
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per S3 request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    import boto3
+
+    connection = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": moto_url, "region_name": "us-east-1"},
+    }
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(connection))
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    client.bucket = f"results-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=client.bucket)
+    return client
+
+
+def objects(s3: Any) -> dict[str, int]:
+    listed = s3.list_objects_v2(Bucket=s3.bucket).get("Contents") or []
+    return {item["Key"]: item["Size"] for item in listed}
+
+
+def unfinished_uploads(s3: Any) -> list[str]:
+    return [u["Key"] for u in s3.list_multipart_uploads(Bucket=s3.bucket).get("Uploads") or []]
+
+
+def object_sha256(s3: Any, key: str) -> str:
+    digest = hashlib.sha256()
+    for chunk in s3.get_object(Bucket=s3.bucket, Key=key)["Body"].iter_chunks(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def test_several_files_land_as_objects_and_nothing_else(airflow_db: Path, emulator: VendorEmulator, s3: Any) -> None:
+    size = 9 << 20  # more than one 8 MiB part
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=3, result_size=size))
+    stored = fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
+    assert objects(s3) == {"run/out_1.pdf": size, "run/out_2.pdf": size, "run/out_3.pdf": size}
+    assert unfinished_uploads(s3) == []
+    for index, item in enumerate(stored):
+        assert item["uri"] == f"s3://{CONN_ID}@{s3.bucket}/run/out_{index + 1}.pdf"
+        key = f"run/{item['name']}"
+        assert object_sha256(s3, key) == item["sha256"] == emulator.result_sha256("olconnect", job_id, index)
+
+
+def test_a_single_file_destination_is_the_object(airflow_db: Path, emulator: VendorEmulator, s3: Any) -> None:
+    job_id = finished_job(emulator, "scriptx", Scenario(steps=0))
+    [stored] = fetch("scriptx_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/pdf/statement.pdf")
+    assert objects(s3) == {"pdf/statement.pdf": 2048}
+    assert s3.head_object(Bucket=s3.bucket, Key="pdf/statement.pdf")["ContentType"] == "application/pdf"
+    assert stored["sha256"] == emulator.result_sha256("scriptx", job_id)
+
+
+def test_a_gzip_answer_lands_intact_on_s3(airflow_db: Path, emulator: VendorEmulator, s3: Any) -> None:
+    job_id = finished_job(emulator, "itwin", Scenario(steps=0, result_size=500_000, content_encoding="gzip"))
+    [stored] = fetch("itwin_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/itwin/")
+    assert objects(s3) == {"itwin/objects2D/output/part_1.bin": 500_000}
+    assert object_sha256(s3, "itwin/objects2D/output/part_1.bin") == emulator.result_sha256("itwin", job_id)
+    assert stored["bytes"] == 500_000
+
+
+def test_a_name_that_climbs_out_writes_nothing_to_the_bucket(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any
+) -> None:
+    job_id = finished_job(emulator, "itwin", Scenario(steps=0), {**ITWIN_SPEC, "outputs": ["../../escaped"]})
+    with pytest.raises(UnsafeResultNameError):
+        fetch("itwin_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/a/b/dest/")
+    assert objects(s3) == {}
+    assert unfinished_uploads(s3) == []
+
+
+def test_an_interrupted_transfer_leaves_no_object_and_the_retry_lands_it(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any
+) -> None:
+    size = 12 << 20
+    scenario = Scenario(steps=0, outputs=2, result_size=size, drop_download_at=10 << 20)
+    job_id = finished_job(emulator, "olconnect", scenario)
+    # The 1st download is cut at 10 MiB, after one 8 MiB part went up.
+    with pytest.raises(VendorUnavailableError, match=r"cut short|ChunkedEncodingError|ProtocolError"):
+        fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
+    assert objects(s3) == {}, "no partial object, visible or not"
+    assert unfinished_uploads(s3) == [], "the multipart upload was aborted"
+    stored = fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
+    assert objects(s3) == {"run/out_1.pdf": size, "run/out_2.pdf": size}
+    assert [s["sha256"] for s in stored] == [emulator.result_sha256("olconnect", job_id, i) for i in (0, 1)]
+
+
+def test_a_commit_failing_on_the_second_file_removes_the_first(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_jobprogress.core.errors import ResultDestinationError
+    from airflow_provider_jobprogress.results import S3Store
+
+    real_call, completed = S3Store._call, []
+
+    def failing_second_completion(self: S3Store, method: str, **kwargs: Any) -> Any:
+        if method == "complete_multipart_upload":
+            completed.append(kwargs["Key"])
+            if len(completed) == 2:
+                raise self.refuse("S3 complete_multipart_upload failed (InternalError)")
+        return real_call(self, method, **kwargs)
+
+    monkeypatch.setattr(S3Store, "_call", failing_second_completion)
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=3, result_size=4000))
+    with pytest.raises(ResultDestinationError, match="InternalError"):
+        fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
+    assert objects(s3) == {}, "the 1st object, already completed, was removed again"
+    assert unfinished_uploads(s3) == []
+
+
+def test_what_a_killed_try_left_unfinished_is_aborted_by_the_retry(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any
+) -> None:
+    # A killed try leaves an unfinished multipart upload under the destination: invisible, but billed.
+    left = s3.create_multipart_upload(Bucket=s3.bucket, Key="run/out_1.pdf")
+    s3.upload_part(Bucket=s3.bucket, Key="run/out_1.pdf", UploadId=left["UploadId"], PartNumber=1, Body=b"x" * 100)
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=4000))
+    fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
+    assert unfinished_uploads(s3) == []
+    assert set(objects(s3)) == {"run/out_1.pdf", "run/out_2.pdf"}
+
+
+MEASURED_FETCH = """
+import gc, json, os, sys
+from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
+from airflow_provider_jobprogress.operators.fetch_result import FetchJobResultOperator
+from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
+
+def status_kib(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+size, destination = int(sys.argv[1]), sys.argv[2]
+with VendorEmulator() as emu:
+    for conn_id, conn in emu.connections().items():
+        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = conn
+    emu.set_next_scenario("olconnect", Scenario(steps=0, result_size=size))
+    hook = OLConnectHook()
+    job_id = hook.submit({"datamining": {"identifier": "a.csv"}})
+    hook.get_progress(job_id)
+    hook.session.close()
+    op = FetchJobResultOperator(task_id="f", conn_id="olconnect_default", job_id=job_id, destination=destination)
+    op.hook.session  # the connection and its session exist before the baseline, as on a worker
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as refs:  # VmHWM := VmRSS, so only the fetch can raise it
+        refs.write("5")
+    baseline = status_kib("VmRSS")
+    result = op.execute({})
+    peak = status_kib("VmHWM")
+    stored = result[0] if isinstance(result, list) else result
+    print(json.dumps({"growth_mib": (peak - baseline) / 1024, "stored": stored,
+                      "served": emu.result_sha256("olconnect", job_id)}))
+"""
+
+
+def test_a_256_mib_result_streams_to_s3_in_flat_memory(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any, tmp_path: Path
+) -> None:
+    """A memory bound, not a timing: peak RSS growth of the fetching process stays under 64 MB.
+
+    The fetch runs in its own process (moto, holding the object, stays in this one), measured as
+    benchmarks/bench_fetch_memory.py does. The growth includes loading s3fs and botocore's S3 model on
+    first use (~22 MiB here); the benchmark reports the growth with them loaded as well.
+    """
+    size = 256 << 20
+    env = {**os.environ, "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"}
+    destination = f"s3://{CONN_ID}@{s3.bucket}/big/result.bin"
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURED_FETCH, str(size), destination],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert measured["stored"]["bytes"] == size
+    assert measured["stored"]["sha256"] == measured["served"]
+    assert objects(s3) == {"big/result.bin": size}
+    assert object_sha256(s3, "big/result.bin") == measured["served"]
+    print(f"256 MiB to S3: peak RSS growth {measured['growth_mib']:.1f} MiB")
+    assert measured["growth_mib"] <= 64 * 1e6 / 2**20, f"peak RSS grew {measured['growth_mib']:.1f} MiB"
+
+
+@pytest.mark.parametrize("outcome", ["commit", "abort"])
+def test_other_object_stores_commit_uncommitted_fsspec_files_together(s3: Any, outcome: str) -> None:
+    """FsspecStore (gs://, abfs://...) on s3fs, the fsspec filesystem at hand: nothing shows before commit."""
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_jobprogress.results import FsspecStore
+
+    path = ObjectStoragePath(f"s3://{CONN_ID}@{s3.bucket}/generic/")
+    store = FsspecStore("v", "j", str(path), path.fs, path.path, folder=True)
+    store.prepare()
+    first = store.write("a.bin", [b"a" * (6 << 20)], content_type="application/octet-stream", source=None)
+    store.write("b/c.txt", [b"hello"], content_type="text/plain", source=None)
+    assert objects(s3) == {}, "nothing visible before the commit"
+    if outcome == "commit":
+        store.commit()
+        assert objects(s3) == {"generic/a.bin": 6 << 20, "generic/b/c.txt": 5}
+        assert object_sha256(s3, "generic/a.bin") == first.sha256
+    else:
+        store.abort()
+        assert objects(s3) == {}
+    assert unfinished_uploads(s3) == []
