@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import hashlib
 import json
 import random
@@ -275,6 +276,38 @@ def result_chunks(job_id: str, index: int, size: int, prefix: bytes = b"") -> It
         chunk_no += 1
 
 
+def byte_slice(chunks: Iterable[bytes], start: int, stop: int) -> Iterator[bytes]:
+    """Bytes ``start`` to ``stop`` (excluded) of a chunked stream, without holding more than one chunk."""
+    offset = 0
+    for chunk in chunks:
+        begin, end = max(start - offset, 0), min(stop - offset, len(chunk))
+        if begin < end:
+            yield chunk[begin:end]
+        offset += len(chunk)
+        if offset >= stop:
+            return
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
+    """An HTTP ``bytes=`` range (one range only) as (first, last) within ``size``; None when absent or unreadable."""
+    match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header or "")
+    if match is None or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if first == "":  # the last N bytes
+        start, end = max(size - int(last), 0), size - 1
+    else:
+        start, end = int(first), min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        return "unsatisfiable"
+    return start, end
+
+
+def http_date(ts: float) -> str:
+    """RFC 1123 date (``Last-Modified``), as Azure Storage writes it."""
+    return email.utils.formatdate(ts, usegmt=True)
+
+
 def sha256_of(chunks: Iterable[bytes]) -> str:
     digest = hashlib.sha256()
     for chunk in chunks:
@@ -400,7 +433,11 @@ class EmulatorState:
         self.defaults: dict[str, Scenario] = {}
         self.managed_files: dict[str, tuple[str, int]] = {}
         self.reality_data: dict[str, tuple[str, int]] = {}
+        #: (iTwin id, blob path in its bucket) -> (job id, output position)
+        self.bucket_files: dict[tuple[str, str], tuple[str, int]] = {}
         self.sas_grants: dict[str, tuple[str, float]] = {}
+        #: where iTwin outputs are served from: None = this emulator's own blob endpoint, else e.g. Azurite
+        self.blob_store: Any = None
         self.reset()
 
     def reset(self) -> None:
@@ -409,6 +446,7 @@ class EmulatorState:
             self.calls.clear()
             self.managed_files.clear()
             self.reality_data.clear()
+            self.bucket_files.clear()
             self.sas_grants.clear()
             self.tokens = {vendor: {} for vendor in VENDORS}
             self.queues = {vendor: deque() for vendor in VENDORS}
@@ -450,25 +488,43 @@ class EmulatorState:
         with self.lock:
             return self.jobs.get((vendor, job_id))
 
-    def download(self, job: Job, index: int, content_type: str, headers: Mapping[str, str] | None = None) -> Reply:
-        """Stream result file `index` of `job`; the job's first download is cut when the scenario says so."""
+    def download(
+        self,
+        job: Job,
+        index: int,
+        content_type: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        byte_range: tuple[int, int] | None = None,
+    ) -> Reply:
+        """Stream result file `index` of `job`; the job's first download is cut when the scenario says so.
+
+        ``byte_range`` (first, last), both included and within the file, answers 206 with that slice; a
+        ranged read is recorded as a download only when it covers the whole file.
+        """
         with self.lock:
             first = job.downloads_started == 0
             job.downloads_started += 1
         size = job.scenario.result_size
+        start, end = byte_range if byte_range is not None else (0, size - 1)
+        whole = (start, end) == (0, size - 1)
 
         def sent(sha256: str, n: int, complete: bool) -> None:
             with self.lock:
                 job.downloads.append(Download(index, sha256, n, complete))
 
+        extra = dict(headers or {})
+        if byte_range is not None:
+            extra["Content-Range"] = f"bytes {start}-{end}/{size}"
+        chunks = result_chunks(job.job_id, index, size, job.result_prefix)
         return Reply(
-            200,
-            headers={"Content-Type": content_type, **(headers or {})},
-            stream=result_chunks(job.job_id, index, size, job.result_prefix),
-            length=size,
+            206 if byte_range is not None else 200,
+            headers={"Content-Type": content_type, **extra},
+            stream=chunks if whole else byte_slice(chunks, start, end + 1),
+            length=end - start + 1 if size else 0,
             drop_after=job.scenario.drop_download_at if first else None,
             job_id=job.job_id,
-            on_sent=sent,
+            on_sent=sent if whole else None,
         )
 
     # -- tokens ----------------------------------------------------------------------------------
