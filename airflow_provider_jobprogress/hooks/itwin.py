@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from airflow_provider_jobprogress.core.errors import JobProgressError
 from airflow_provider_jobprogress.hooks.base import JobProgressHook
@@ -60,4 +60,5 @@ class ITwinHook(JobProgressHook[ITwinApi]):
     async def alist_jobs(self, filter: str | None = None, *, top: int | None = None) -> list[dict[str, Any]]:
         """``list_jobs`` in the triggerer, on the connection's shared async session."""
         session = await self.asession()
-        return await session.run(session.api.list_jobs(filter, top=top))
+        api = cast(ITwinApi, session.api)
+        return await session.run(api.list_jobs(filter, top=top))
