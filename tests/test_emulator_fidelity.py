@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import hashlib
 import json
@@ -229,3 +230,52 @@ def test_azure_storage_blob_downloads_from_the_emulator(emulator: VendorEmulator
     assert blobs[0].size == 5 * 1024 * 1024 + 3
     data = client.download_blob("output/part_1.bin", max_concurrency=4).readall()
     assert hashlib.sha256(data).hexdigest() == emulator.result_sha256("itwin", job_id)
+
+
+# == MeadCo ScriptX.Services: the request MeadCo's own client sends ============================================
+
+
+def sx_headers(emu: VendorEmulator, path: str | None = None) -> dict[str, str]:
+    token = base64.b64encode(f"{emu.SCRIPTX_LICENSE}:".encode()).decode()
+    headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+    if path is not None:
+        headers["X-Meadroid-Path"] = path
+    return headers
+
+
+def meadco_client_body() -> dict[str, Any]:
+    """funcPrintPdfAtServer's requestData as JSON.stringify sends it: PascalCase keys, functions dropped."""
+    settings = {"jobDescription": "Invoice", "jobTitle": "Invoice", "pageRange": "", "orientation": 2, "copies": 1}
+    return {
+        "Document": "https://example.invalid/invoice.pdf",
+        "Description": "Invoice",
+        "Settings": settings,
+        "Device": {"printerName": "Microsoft Print to PDF", "printToFileName": "invoice.pdf"},
+        "ProtectedContentAccess": None,
+        "UserData": {"order": 42},
+    }
+
+
+def test_scriptx_accepts_meadcos_pascal_case_request(emulator: VendorEmulator) -> None:
+    url = f"{emulator.url}/api/v1/printPdf/print"
+    r = requests.post(url, json=meadco_client_body(), headers=sx_headers(emulator), timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["status"] == 2
+    download = requests.get(f"{emulator.url}/api/v1/printPdf/download/{answer['jobIdentifier']}", timeout=TIMEOUT)
+    assert download.status_code == 404, "not finished yet"
+    assert emulator.job("scriptx", answer["jobIdentifier"]).state == "running"
+
+
+def test_scriptx_done_at_submit_answers_status_4_without_a_job(emulator: VendorEmulator) -> None:
+    body = {**meadco_client_body(), "emulator": {"outcome": "done_at_submit"}}
+    r = requests.post(f"{emulator.url}/api/v1/printPdf/print", json=body, headers=sx_headers(emulator), timeout=10)
+    assert r.json() == {"status": 4, "jobIdentifier": "", "message": ""}
+
+
+def test_scriptx_checks_the_licensed_path_against_the_license_domains(emulator: VendorEmulator) -> None:
+    url = f"{emulator.url}/api/v1/licensing"
+    assert requests.get(url, headers=sx_headers(emulator, "http://localhost/app"), timeout=10).status_code == 200
+    denied = requests.get(url, headers=sx_headers(emulator, "https://elsewhere.example/app"), timeout=10)
+    assert denied.status_code == 401
+    assert "domain" in denied.text

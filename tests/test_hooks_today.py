@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_jobprogress.core import JobState
+from airflow_provider_jobprogress.core import AuthenticationError, JobState
 from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
 from airflow_provider_jobprogress.hooks.itwin import ITwinHook
+from airflow_provider_jobprogress.hooks.scriptx import ScriptXHook
 from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
 from tests.test_hooks import FAST, download, follow
 
@@ -111,3 +112,21 @@ def test_list_jobs_sync_and_async(emulator: VendorEmulator, monkeypatch: pytest.
             await ASYNC_SESSIONS.aclose_all()
 
     assert sorted(job["id"] for job in asyncio.run(alist())) == sorted(ids)
+
+
+# == ScriptX: the licensed page path ===========================================================================
+
+
+@pytest.mark.parametrize(("path", "allowed"), [("http://localhost/print", True), ("https://other.example/", False)])
+def test_scriptx_sends_the_licensed_path(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch, path: str, allowed: bool
+) -> None:
+    conn = json.loads(emulator.connections()["scriptx_default"])
+    conn["extra"]["meadroid_path"] = path
+    monkeypatch.setenv("AIRFLOW_CONN_SCRIPTX_DEFAULT", json.dumps(conn))
+    hook = ScriptXHook(request_retry=FAST)
+    if allowed:
+        assert hook.test_connection()[0]
+        return
+    with pytest.raises(AuthenticationError, match="not valid for this domain"):
+        hook.submit("https://example.invalid/a.pdf")

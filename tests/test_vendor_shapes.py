@@ -14,11 +14,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from airflow_provider_jobprogress.core.errors import VendorResponseError
+from airflow_provider_jobprogress.core.errors import OperationNotSupportedError, VendorResponseError
 from airflow_provider_jobprogress.core.model import JobState
-from airflow_provider_jobprogress.core.protocol import Response
+from airflow_provider_jobprogress.core.protocol import ConnectionFields, Response
+from airflow_provider_jobprogress.vendors.scriptx import ScriptXApi
 from tests.flowdriver import drive
-from tests.test_protocols import ITWIN, blob_list, itwin, jresp
+from tests.test_protocols import ITWIN, blob_list, itwin, jresp, scriptx
 
 BENTLEY = Path(__file__).parent / "data" / "bentley"
 V2_ACCEPT = "application/vnd.bentley.itwin-platform.v2+json"
@@ -276,3 +277,35 @@ def test_a_finished_v1_output_without_an_id_is_an_error_naming_it() -> None:
     details = {"job": {"id": "j1", "state": "success", "outputs": [{"type": "objects2D", "id": "rd-1"}, {"type": "x"}]}}
     with pytest.raises(VendorResponseError, match="output 'x' has no reality data id"):
         drive(itwin().results("j1"), [jresp(200, details)])
+
+
+# == MeadCo ScriptX.Services: what MeadCo's own client does (ScriptX.Print.Client, src/meadco-scriptxprint.js) ==
+
+
+def test_status_4_without_a_job_identifier_is_done_at_once() -> None:
+    # printAtServer: status 4 (OK) goes to responseInterface.ok, "printed ok, no further information".
+    api = scriptx()
+    job_id, (request,), _ = drive(api.submit({"document": "d"}), [jresp(200, {"status": 4, "jobIdentifier": ""})])
+    assert request.path == "/api/v1/printPdf/print"
+    progress, sent, _ = drive(api.progress(job_id), [])
+    assert sent == [], "there is no job at the vendor to ask about"
+    assert (progress.state, progress.percent) == (JobState.SUCCEEDED, 100.0)
+    assert "status 4" in (progress.message or "")
+    with pytest.raises(OperationNotSupportedError, match="no file output"):
+        drive(api.results(job_id), [])
+
+
+def test_status_4_with_a_job_identifier_is_followed() -> None:
+    job_id, _, _ = drive(scriptx().submit({"document": "d"}), [jresp(200, {"status": 4, "jobIdentifier": "t9"})])
+    assert job_id == "t9"
+
+
+def test_the_licensed_page_url_is_sent_as_x_meadroid_path() -> None:
+    conn = ConnectionFields(
+        "sx", host="sx.example", password="guid", extra={"variant": "cloud", "meadroid_path": "https://app.example/p"}
+    )
+    api = ScriptXApi.from_connection(conn)
+    _, (request,), _ = drive(api.progress("t1"), [jresp(200, {"status": 1, "jobIdentifier": "t1"})])
+    assert request.headers["X-Meadroid-Path"] == "https://app.example/p"
+    _, (plain,), _ = drive(scriptx().progress("t1"), [jresp(200, {"status": 1, "jobIdentifier": "t1"})])
+    assert "X-Meadroid-Path" not in plain.headers

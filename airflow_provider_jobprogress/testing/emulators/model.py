@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 VENDORS = ("olconnect", "scriptx", "itwin")
-OUTCOMES = frozenset({"succeed", "fail", "cancel", "soft_error", "immediate", "code_exception"})
+# done_at_submit: ScriptX answers the print with status 4 and no job identifier; elsewhere it succeeds.
+OUTCOMES = frozenset({"succeed", "fail", "cancel", "soft_error", "immediate", "code_exception", "done_at_submit"})
 # Outcomes that end in failure; ScriptX-only outcomes fail on the other vendors, which have no such answer.
 FAILING_OUTCOMES = frozenset({"fail", "soft_error", "code_exception"})
 GARBAGE_MODES = frozenset({"html", "empty", "nonnumeric", "malformed", "unknown_status"})
