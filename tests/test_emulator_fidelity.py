@@ -279,3 +279,55 @@ def test_scriptx_checks_the_licensed_path_against_the_license_domains(emulator: 
     denied = requests.get(url, headers=sx_headers(emulator, "https://elsewhere.example/app"), timeout=10)
     assert denied.status_code == 401
     assert "domain" in denied.text
+
+
+# == Upland OL Connect =========================================================================================
+
+OL = "/rest/serverengine"
+AIO = f"{OL}/workflow/print"
+
+
+def ol_token(emu: VendorEmulator) -> dict[str, str]:
+    r = requests.post(f"{emu.url}{OL}/authentication/login", auth=(emu.OLCONNECT_USER, "secret"), timeout=10)
+    return {"auth_token": r.text}
+
+
+def ol_run(emu: VendorEmulator, config: dict[str, Any], outputs: int) -> tuple[str, dict[str, str]]:
+    headers = ol_token(emu)
+    body = {**config, "emulator": {"steps": 0, "outputs": outputs, "result_size": 999}}
+    op = requests.post(f"{emu.url}{AIO}/submit", json=body, headers=headers, timeout=TIMEOUT).headers["operationId"]
+    assert requests.get(f"{emu.url}{AIO}/getProgress/{op}", headers=headers, timeout=TIMEOUT).text == "done"
+    return op, headers
+
+
+def test_olconnect_managed_result_of_create_only_is_json_folder_and_files(emulator: VendorEmulator) -> None:
+    config = {"datamining": {"identifier": "a.csv"}, "outputcreation": {"config": "pdf", "createOnly": True}}
+    op, headers = ol_run(emulator, config, outputs=2)
+    r = requests.post(f"{emulator.url}{AIO}/getManagedResult/{op}", headers=headers, timeout=TIMEOUT)
+    assert r.headers["Content-Type"] == "application/json"
+    managed = r.json()
+    assert managed["files"] == ["out_1.pdf", "out_2.pdf"]
+    for index, name in enumerate(managed["files"]):
+        url = f"{emulator.url}{OL}/filestore/file/{managed['identifier']}/{name}"
+        got = requests.get(url, headers=headers, timeout=TIMEOUT).content
+        assert hashlib.sha256(got).hexdigest() == emulator.result_sha256("olconnect", op, index)
+
+
+def test_olconnect_result_headers_carry_the_set_ids_when_asked(emulator: VendorEmulator) -> None:
+    op, headers = ol_run(emulator, {"datamining": {"identifier": "a.csv"}, "returnIdInHeader": True}, outputs=1)
+    for call in ("getResultTxt", "getResult", "getManagedResult"):
+        r = requests.post(f"{emulator.url}{AIO}/{call}/{op}", headers=headers, timeout=TIMEOUT)
+        assert {h: r.headers.get(h, "").isdigit() for h in ("X-Data-Set-ID", "X-Content-Set-ID", "X-Job-Set-ID")} == {
+            "X-Data-Set-ID": True,
+            "X-Content-Set-ID": True,
+            "X-Job-Set-ID": True,
+        }, call
+    op, headers = ol_run(emulator, {"datamining": {"identifier": "a.csv"}}, outputs=1)
+    r = requests.post(f"{emulator.url}{AIO}/getResultTxt/{op}", headers=headers, timeout=TIMEOUT)
+    assert "X-Data-Set-ID" not in r.headers
+
+
+def test_olconnect_401_without_credentials_has_no_body(emulator: VendorEmulator) -> None:
+    for method, path in (("GET", f"{AIO}/getProgress/x"), ("POST", f"{OL}/authentication/login")):
+        r = requests.request(method, f"{emulator.url}{path}", timeout=TIMEOUT)
+        assert (r.status_code, r.headers["WWW-Authenticate"], r.content) == (401, "BASIC", b"")

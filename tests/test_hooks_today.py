@@ -12,6 +12,7 @@ import pytest
 from airflow_provider_jobprogress.core import AuthenticationError, JobState
 from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
 from airflow_provider_jobprogress.hooks.itwin import ITwinHook
+from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
 from airflow_provider_jobprogress.hooks.scriptx import ScriptXHook
 from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
 from tests.test_hooks import FAST, download, follow
@@ -130,3 +131,23 @@ def test_scriptx_sends_the_licensed_path(
         return
     with pytest.raises(AuthenticationError, match="not valid for this domain"):
         hook.submit("https://example.invalid/a.pdf")
+
+
+# == OL Connect: JSON managed results, set ids =================================================================
+
+
+def test_olconnect_create_only_outputs_download_from_the_managed_folder(emulator: VendorEmulator) -> None:
+    emulator.set_next_scenario("olconnect", Scenario(steps=1, outputs=3, result_size=5000))
+    hook = OLConnectHook(request_retry=FAST)
+    config = {
+        "datamining": {"identifier": "a.csv"},
+        "outputcreation": {"config": "pdf", "createOnly": True},
+        "returnIdInHeader": True,
+    }
+    op = hook.submit(config)
+    follow(hook, op)
+    got = download(hook, op)
+    assert [name for name, _, _ in got] == ["out_1.pdf", "out_2.pdf", "out_3.pdf"]
+    assert [sha for _, sha, _ in got] == [emulator.result_sha256("olconnect", op, i) for i in range(3)]
+    metadata = {tuple(sorted(part.metadata)) for part in hook.result_parts(op)}
+    assert metadata == {("content_set_id", "data_set_id", "job_set_id")}

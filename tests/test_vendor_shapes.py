@@ -14,12 +14,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from airflow_provider_jobprogress.core.errors import OperationNotSupportedError, VendorResponseError
+from airflow_provider_jobprogress.core.errors import (
+    AuthenticationError,
+    OperationNotSupportedError,
+    VendorResponseError,
+)
 from airflow_provider_jobprogress.core.model import JobState
 from airflow_provider_jobprogress.core.protocol import ConnectionFields, Response
+from airflow_provider_jobprogress.vendors.olconnect import OLConnectApi
 from airflow_provider_jobprogress.vendors.scriptx import ScriptXApi
 from tests.flowdriver import drive
-from tests.test_protocols import ITWIN, blob_list, itwin, jresp, scriptx
+from tests.test_protocols import ITWIN, OLC, blob_list, itwin, jresp, olconnect, scriptx, text
 
 BENTLEY = Path(__file__).parent / "data" / "bentley"
 V2_ACCEPT = "application/vnd.bentley.itwin-platform.v2+json"
@@ -309,3 +314,57 @@ def test_the_licensed_page_url_is_sent_as_x_meadroid_path() -> None:
     assert request.headers["X-Meadroid-Path"] == "https://app.example/p"
     _, (plain,), _ = drive(scriptx().progress("t1"), [jresp(200, {"status": 1, "jobIdentifier": "t1"})])
     assert "X-Meadroid-Path" not in plain.headers
+
+
+# == Upland OL Connect: what Upland's own client reads (AllInOneService) ======================================
+
+SPOOLED = "/out/op1/a.pdf\n/out/op1/b.pdf\n"
+SET_IDS = {"X-Data-Set-ID": "12", "X-Content-Set-ID": "34", "X-Job-Set-ID": "56", "X-Result-Type": "Job-Set-ID"}
+
+
+def test_a_json_managed_result_names_a_folder_and_its_files() -> None:
+    # AllInOneService parses getManagedResult as JSON: ManagedFileResult {identifier, files}.
+    managed = jresp(200, {"identifier": 5001, "files": ["a.pdf", "b.pdf"]})
+    parts, _, _ = drive(olconnect().results("op1"), [text(200, SPOOLED), managed])
+    assert [p.name for p in parts] == ["a.pdf", "b.pdf"]
+    assert [p.request.url for p in parts if p.request] == [
+        f"{OLC}/rest/serverengine/filestore/file/5001/a.pdf",
+        f"{OLC}/rest/serverengine/filestore/file/5001/b.pdf",
+    ]
+
+
+def test_a_text_managed_result_is_one_file_store_id_per_line() -> None:
+    parts, _, _ = drive(olconnect().results("op1"), [text(200, SPOOLED), text(200, "1001\n1002")])
+    assert [p.request.url for p in parts if p.request] == [
+        f"{OLC}/rest/serverengine/filestore/file/1001",
+        f"{OLC}/rest/serverengine/filestore/file/1002",
+    ]
+
+
+def test_json_that_is_not_a_managed_result_falls_back_to_the_paths() -> None:
+    parts, _, _ = drive(olconnect().results("op1"), [text(200, SPOOLED), jresp(200, {"something": "else"})])
+    assert [p.value for p in parts] == [SPOOLED]
+
+
+@pytest.mark.parametrize("spooled", ["/out/op1/only.pdf", SPOOLED])
+def test_the_set_ids_in_the_result_headers_travel_with_the_result(spooled: str) -> None:
+    answers = [text(200, spooled, SET_IDS)]
+    if "\n" in spooled.strip():
+        answers.append(jresp(200, {"identifier": 5001, "files": ["a.pdf", "b.pdf"]}, SET_IDS))
+    parts, _, _ = drive(olconnect().results("op1"), answers)
+    assert {p.name: dict(p.metadata) for p in parts} == {
+        p.name: {"data_set_id": 12, "content_set_id": 34, "job_set_id": 56} for p in parts
+    }
+    xcom_parts, _, _ = drive(olconnect().xcom_results("op1"), [text(200, spooled, SET_IDS)])
+    assert dict(xcom_parts[0].metadata) == {"data_set_id": 12, "content_set_id": 34, "job_set_id": 56}
+
+
+def test_without_set_id_headers_there_is_no_metadata() -> None:
+    parts, _, _ = drive(olconnect().results("op1"), [text(200, "/out/op1/only.pdf")])
+    assert dict(parts[0].metadata) == {}
+
+
+def test_a_bodiless_401_says_the_server_wants_credentials() -> None:
+    api = OLConnectApi(OLC)  # no user: server security assumed off
+    with pytest.raises(AuthenticationError, match="requires credentials"):
+        drive(api.progress("op1"), [Response.build(401, {"WWW-Authenticate": "BASIC"}, b"")])

@@ -329,12 +329,15 @@ class ResultPart:
 
     ``request`` is fetched streamed; ``name`` is the file name to use under a directory destination.
     ``value`` is set instead of ``request`` when the result is a small value (an id or a list of paths).
+    ``metadata`` is what the vendor said about the result besides its bytes (OL Connect's data, content
+    and job set ids), JSON-able, for downstream tasks.
     """
 
     name: str
     request: Request | None = None
     content_type: str | None = None
     value: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 def now() -> float:
