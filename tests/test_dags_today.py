@@ -6,6 +6,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
 from tests.test_sensors_dag import states, xcom
 
@@ -32,3 +34,18 @@ def test_scriptx_print_done_at_submit_ends_the_wait_and_fetch_says_there_is_no_f
     assert emulator.count("GET", "/printPdf/status/") == 0, "there is no job at the vendor to poll"
     assert emulator.count("POST", "/printPdf/print") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", ["storage", "xcom"])
+def test_olconnect_set_ids_reach_downstream_tasks(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, mode: str
+) -> None:
+    emulator.set_next_scenario("olconnect", Scenario(steps=1, outputs=1 if mode == "storage" else 2))
+    run = load(f"jp_olconnect_sets_{mode}").test(run_conf={"out": str(tmp_path)})
+    assert set(states(run).values()) == {"success"}, states(run)
+    sets = xcom(run, "use_the_sets")
+    assert sorted(sets) == ["content_set_id", "data_set_id", "job_set_id"]
+    assert all(isinstance(value, int) for value in sets.values())
+    if mode == "storage":
+        (stored,) = xcom(run, "fetch") if isinstance(xcom(run, "fetch"), list) else [xcom(run, "fetch")]
+        assert stored["metadata"] == sets

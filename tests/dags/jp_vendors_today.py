@@ -1,13 +1,15 @@
-"""DAGs for what the vendors do today: a ScriptX print done when it was submitted (status 4, no job id)."""
+"""DAGs for what the vendors do today: a ScriptX print done when it was submitted (status 4, no job id), and
+OL Connect's data/content/job set ids handed to downstream tasks."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
 
 from airflow_provider_jobprogress.operators.fetch_result import FetchJobResultOperator
+from airflow_provider_jobprogress.operators.olconnect import OLConnectSubmitOperator
 from airflow_provider_jobprogress.operators.scriptx import ScriptXPrintPdfOperator
 from airflow_provider_jobprogress.sensors.scriptx import ScriptXJobSensor
 
@@ -35,3 +37,31 @@ with DAG(
         request_retry=FAST["request_retry"],
     )
     wait >> fetch
+
+
+def _olconnect_sets(dag_id: str, destination: str | None) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False) as dag:
+        submit = OLConnectSubmitOperator(
+            task_id="submit",
+            configuration={"datamining": {"identifier": "a.csv"}, "returnIdInHeader": True},
+            wait_for_completion=True,
+            **FAST,
+        )
+        fetch = FetchJobResultOperator(
+            task_id="fetch",
+            conn_id="olconnect_default",
+            job_id=submit.output,
+            destination=destination,
+            request_retry=FAST["request_retry"],
+        )
+
+        @task
+        def use_the_sets(**context: Any) -> Any:
+            return context["ti"].xcom_pull(task_ids="fetch", key="metadata")
+
+        fetch >> use_the_sets()
+    return dag
+
+
+olconnect_sets_storage = _olconnect_sets("jp_olconnect_sets_storage", "file://{{ dag_run.conf['out'] }}/")
+olconnect_sets_xcom = _olconnect_sets("jp_olconnect_sets_xcom", None)
