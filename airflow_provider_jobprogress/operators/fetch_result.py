@@ -31,7 +31,9 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
       target and moved into place only when every file is complete and its size checked, so a failure
       never leaves a partial file. A result of several files (iTwin outputs; a destination ending
       in ``/``) is written under the destination as a directory. XCom gets, per file, ``uri``, ``bytes``,
-      ``sha256``, ``content_type`` (a list for a directory destination).
+      ``sha256``, ``content_type`` (a list for a directory destination), and ``metadata`` where the vendor
+      said more about the result (OL Connect's ``data_set_id``, ``content_set_id``, ``job_set_id``).
+    - Either way, that vendor metadata is also pushed as XCom key ``metadata`` (one dict).
 
     Not finished → ``ResultNotReadyError``; failed or cancelled → the task fails; result gone (404) →
     ``JobNotFoundError``; a download cut short → the task fails (retryable) with nothing written.
@@ -69,6 +71,9 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         parts = self.hook.xcom_result_parts(job_id) if to_xcom else self.hook.result_parts(job_id)
         if not parts:
             raise AirflowFailException(f"{progress.vendor} job {job_id}: the job finished without any result")
+        metadata = {key: value for part in parts for key, value in part.metadata.items()}
+        if metadata:  # what the vendor said besides the bytes (OL Connect's set ids), for downstream tasks
+            context["ti"].xcom_push(key="metadata", value=metadata)
         return self._to_xcom(job_id, parts) if to_xcom else self._to_storage(job_id, parts)
 
     # -- XCom ------------------------------------------------------------------------------------
@@ -122,6 +127,9 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
                 item.sha256,
             )
         result = [item.to_dict() for item in stored]
+        for entry, part in zip(result, parts, strict=True):
+            if part.metadata:
+                entry["metadata"] = dict(part.metadata)
         return result if as_directory else result[0]
 
     def _stage(self, staged: list[Any], job_id: str, part: ResultPart, target: ObjectStoragePath) -> Any:
