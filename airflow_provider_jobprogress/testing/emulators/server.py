@@ -286,6 +286,11 @@ class VendorEmulator:
     def set_default_scenario(self, vendor: str, scenario: Scenario) -> None:
         self.state.queue_scenario(vendor, scenario, default=True)
 
+    def serve_blobs_from(self, store: Any) -> None:
+        """Serve iTwin outputs from ``store`` (``Azurite(...).blob_store()``: a real Azure Storage API) instead of
+        this server's own blob endpoint; read-access and bucket answers then carry the store's SAS URLs."""
+        self.state.blob_store = store
+
     def expire_tokens(self) -> None:
         """Every OL Connect and iTwin token issued so far is expired from now on."""
         self.state.expire_tokens()
