@@ -851,7 +851,8 @@ def test_unknown_path_is_404(emulator: VendorEmulator) -> None:
 
 def test_connections_point_at_the_emulator(emulator: VendorEmulator) -> None:
     conns = {name: json.loads(value) for name, value in emulator.connections().items()}
-    assert set(conns) == {"olconnect_default", "scriptx_default", "itwin_default"}
+    assert set(conns) == {"olconnect_default", "scriptx_default", "itwin_default", "itwin_reality_analysis"}
+    assert conns["itwin_reality_analysis"]["extra"]["api"] == "reality-analysis"
     ol = conns["olconnect_default"]
     assert (ol["host"], ol["port"], ol["schema"], ol["extra"]) == (
         "127.0.0.1",

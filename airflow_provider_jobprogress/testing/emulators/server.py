@@ -328,7 +328,7 @@ class VendorEmulator:
         return sha256_of(self.result_bytes(vendor, job_id, index))
 
     def connections(self) -> dict[str, str]:
-        """Airflow connection JSON per default connection id, pointing at this emulator."""
+        """Airflow connection JSON per default connection id (and ``itwin_reality_analysis``), pointing here."""
         ol = {
             "conn_type": self.CONN_TYPES["olconnect"],
             "host": self.host,
@@ -346,7 +346,7 @@ class VendorEmulator:
             "password": self.state.secret("scriptx_license"),
             "extra": {"variant": "cloud"},
         }
-        it = {
+        it: dict[str, Any] = {
             "conn_type": self.CONN_TYPES["itwin"],
             "login": self.ITWIN_CLIENT_ID,
             "password": self.state.secret("itwin_client_secret"),
@@ -358,9 +358,12 @@ class VendorEmulator:
                 "itwin_id": self.ITWIN_ID,
             },
         }
-        return {
+        conns = {
             f"{name}_default": json.dumps(conn) for name, conn in (("olconnect", ol), ("scriptx", sx), ("itwin", it))
         }
+        # Bentley's current Reality Analysis (v2), beside the v1 default: what its example DAG uses.
+        conns["itwin_reality_analysis"] = json.dumps({**it, "extra": {**it["extra"], "api": "reality-analysis"}})
+        return conns
 
     # -- control API over HTTP -------------------------------------------------------------------
     def control(self, request: Request) -> Reply:
