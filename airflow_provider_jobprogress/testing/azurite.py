@@ -29,6 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r"Blob service successfully listens on (http://\S+)")
 
 
+def connection_string(url: str) -> str:
+    """The Azure connection string of an Azurite blob server at ``url`` (``http://127.0.0.1:PORT``)."""
+    return f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};BlobEndpoint={url}/{ACCOUNT};"
+
+
 def find_azurite() -> str | None:
     """The ``azurite-blob`` command: $AZURITE_BLOB, the repository's ``.tools`` install, or the PATH."""
     explicit = os.environ.get("AZURITE_BLOB")
@@ -59,10 +64,7 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint={self.account_url};"
-        )
+        return connection_string(self.url)
 
     def start(self) -> Azurite:
         args = [
