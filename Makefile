@@ -5,8 +5,11 @@ AIRFLOW_VERSION ?= 3.3.2
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
+# Azurite (Azure Storage's API server, npm) serves iTwin outputs in the tests; 3.35 is the last on Node.js < 21.
+AZURITE_VERSION ?= 3.35.0
+AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 
-.PHONY: demo test lint unit venv clean
+.PHONY: demo test lint unit venv azurite clean
 
 venv: $(STAMP)
 
@@ -17,6 +20,13 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# Without npm the Azurite tests skip (CI sets JOBPROGRESS_REQUIRE_AZURITE=1, so there they fail instead).
+azurite:
+	@if [ -x $(AZURITE) ]; then :; \
+	elif command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix .tools/azurite azurite@$(AZURITE_VERSION); \
+	else echo "npm not found: tests that need Azurite will be skipped"; fi
+
 demo: venv
 	$(BIN)/python -m airflow_provider_jobprogress.testing.demo
 
@@ -25,10 +35,10 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy airflow_provider_jobprogress tests dags_examples benchmarks
 
-unit: venv
+unit: venv azurite
 	$(BIN)/python -m pytest -q
 
 test: lint unit
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .tools

@@ -95,6 +95,15 @@ def _scriptx_connection() -> dict[str, Any]:
                     "default": "cloud",
                 },
             },
+            "meadroid_path": {
+                "label": "Licensed page URL (X-Meadroid-Path)",
+                "description": (
+                    "Sent as the X-Meadroid-Path header, as MeadCo's own client sends its page URL: a cloud "
+                    "license is bound to the domains it was issued for, and the service checks this URL "
+                    "against them. Set it to a URL on a licensed domain; empty sends no header."
+                ),
+                "schema": {"type": ["string", "null"]},
+            },
             "verify": _verify_field(),
         },
     }
@@ -113,10 +122,15 @@ def _itwin_connection() -> dict[str, Any]:
         "conn-fields": {
             "api": {
                 "label": "Reality API",
-                "description": "The iTwin API that runs the jobs this connection watches.",
+                "description": (
+                    "The iTwin API that runs the jobs this connection watches. Bentley's current APIs are "
+                    "reality-analysis (Reality Analysis v2) and reality-modeling (v2); realitydataanalysis "
+                    "(Reality Analysis v1, the default for existing connections) and realityconversion (v1) "
+                    "are the older ones."
+                ),
                 "schema": {
                     "type": ["string", "null"],
-                    "enum": ["realitydataanalysis", "realityconversion", "reality-modeling"],
+                    "enum": ["realitydataanalysis", "realityconversion", "reality-modeling", "reality-analysis"],
                     "default": "realitydataanalysis",
                 },
             },

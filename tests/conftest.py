@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +54,29 @@ def airflow_db() -> Path:
     airflow = Path(sys.executable).with_name("airflow")
     subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
     return Path(os.environ["AIRFLOW_HOME"])
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Any]:
+    """Azurite (Azure Storage's own API server, from npm) on 127.0.0.1, for the session.
+
+    Skipped only where Node.js is absent; CI sets JOBPROGRESS_REQUIRE_AZURITE=1 so a skip there fails instead.
+    """
+    from airflow_provider_jobprogress.testing.azurite import Azurite, find_azurite
+
+    required = os.environ.get("JOBPROGRESS_REQUIRE_AZURITE") == "1"
+    if shutil.which("node") is None:
+        if required:
+            pytest.fail("JOBPROGRESS_REQUIRE_AZURITE=1 but Node.js is not installed: Azurite cannot run")
+        pytest.skip("Node.js is not installed: the Azurite tests need it (then `make azurite`)")
+    if find_azurite() is None:
+        pytest.fail("Azurite is not installed: run `make azurite` (npm install into .tools/azurite)")
+    with Azurite() as server:
+        yield server
+
+
+@pytest.fixture
+def emulator_on_azurite(emulator: VendorEmulator, azurite: Any) -> VendorEmulator:
+    """The emulator with iTwin outputs uploaded to Azurite and read-access answers carrying Azurite SAS URLs."""
+    emulator.serve_blobs_from(azurite.blob_store())
+    return emulator

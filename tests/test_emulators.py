@@ -497,7 +497,7 @@ def v1_create(emu: VendorEmulator, headers: dict[str, str], api: str = "realityd
     assert r.status_code == 201, r.text
     job = r.json()["job"]
     assert job["state"] == "unsubmitted"
-    assert job["outputs"] == [{"type": "objects2D"}]
+    assert [o["type"] for o in job["outputs"]] == ["objects2D"]
     return str(job["id"])
 
 
@@ -648,7 +648,9 @@ def test_itwin_failed_job_reports_errors_in_execution_information(emulator: Vend
     job = requests.get(f"{emulator.url}/realitydataanalysis/jobs/{job_id}", headers=headers, timeout=10).json()["job"]
     assert job["state"] == "failed"
     assert job["executionInformation"]["errors"][0]["message"] == "No photos"
-    assert "id" not in job["outputs"][0]
+    rd = job["outputs"][0]["id"]  # ids from creation on, but a failed job's reality data holds nothing
+    r = requests.get(f"{emulator.url}/reality-management/reality-data/{rd}/readaccess", headers=headers, timeout=10)
+    assert r.status_code == 404
 
 
 def test_itwin_429_rate_limit_exceeded_with_retry_after(emulator: VendorEmulator) -> None:
@@ -849,7 +851,8 @@ def test_unknown_path_is_404(emulator: VendorEmulator) -> None:
 
 def test_connections_point_at_the_emulator(emulator: VendorEmulator) -> None:
     conns = {name: json.loads(value) for name, value in emulator.connections().items()}
-    assert set(conns) == {"olconnect_default", "scriptx_default", "itwin_default"}
+    assert set(conns) == {"olconnect_default", "scriptx_default", "itwin_default", "itwin_reality_analysis"}
+    assert conns["itwin_reality_analysis"]["extra"]["api"] == "reality-analysis"
     ol = conns["olconnect_default"]
     assert (ol["host"], ol["port"], ol["schema"], ol["extra"]) == (
         "127.0.0.1",

@@ -40,6 +40,7 @@ def stored_files(tmp_path: Path) -> list[Path]:
         ("example_olconnect_print", "fetch"),
         ("example_scriptx_print_pdf", "download"),
         ("example_itwin_reality_analysis", "download_outputs"),
+        ("example_itwin_reality_analysis_v2", "download_outputs"),
     ],
 )
 def test_vendor_example_submits_waits_and_stores_the_result(
@@ -71,3 +72,28 @@ def test_mapped_example_waits_on_many_jobs(airflow_db: Path, emulator: VendorEmu
     assert states(run)["download"] == "success"
     assert len(stored_files(tmp_path)) == 4
     assert emulator.count("POST", "/printPdf/print") == 4
+
+
+@pytest.mark.parametrize(("outcome", "vendor_state"), [("fail", "failed"), ("cancel", "cancelled")])
+def test_reality_analysis_v2_example_fails_with_the_job(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, outcome: str, vendor_state: str
+) -> None:
+    emulator.set_next_scenario("itwin", Scenario(steps=2, outcome=outcome, message="Detector not found"))
+    run = example("example_itwin_reality_analysis_v2").test(run_conf={"results": f"file://{tmp_path}"})
+    assert states(run) == {"submit": "success", "wait": "failed", "download_outputs": "upstream_failed"}
+    job_id = xcom(run, "submit")
+    assert emulator.job("itwin", job_id).state == vendor_state
+    assert stored_files(tmp_path) == []
+
+
+def test_reality_analysis_v2_example_cancels_the_job_when_the_wait_times_out(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path
+) -> None:
+    dag = example("example_itwin_reality_analysis_v2")
+    dag.get_task("wait").timeout = 1
+    emulator.set_next_scenario("itwin", Scenario(duration=600))
+    run = dag.test(run_conf={"results": f"file://{tmp_path}"})
+    assert states(run)["wait"] == "failed"
+    job_id = xcom(run, "submit")
+    assert emulator.count("DELETE", f"/reality-analysis/jobs/{job_id}") == 1
+    assert emulator.job("itwin", job_id).cancelled

@@ -870,7 +870,7 @@ def blob_list(names: list[str], next_marker: str = "") -> Response:
 
 
 def test_itwin_results_list_the_output_container_and_keep_the_sas_query() -> None:
-    details = {"job": {"id": "j1", "state": "success", "outputs": [{"type": "objects2D", "id": "rd-1"}, {"type": "x"}]}}
+    details = {"job": {"id": "j1", "state": "success", "outputs": [{"type": "objects2D", "id": "rd-1"}]}}
     read_access = {"type": "AzureBlobSasUrl", "_links": {"containerUrl": {"href": CONTAINER}}}
     asks: list[GetToken] = []
     parts, requests, _ = drive(

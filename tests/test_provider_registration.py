@@ -167,7 +167,8 @@ def test_scriptx_form_hides_login_and_asks_for_the_license_guid(hook_meta: dict[
     assert std.host.placeholder == "scriptxservices.meadroid.com"
     assert std.url_schema.placeholder == "https"
     assert "41191" in std.port.placeholder
-    assert set(meta.extra_fields) == {"variant", "verify"}
+    assert set(meta.extra_fields) == {"variant", "meadroid_path", "verify"}
+    assert "X-Meadroid-Path" in meta.extra_fields["meadroid_path"]["description"]
     variant = meta.extra_fields["variant"]
     assert variant["value"] == "cloud"
     assert variant["schema"]["enum"] == ["cloud", "on_premise", "windows_pc"]
@@ -184,7 +185,13 @@ def test_itwin_form_asks_only_for_client_credentials_and_api_settings(hook_meta:
     extras = meta.extra_fields
     assert set(extras) == {"api", "base_url", "auth_url", "scope", "itwin_id", "verify"}
     assert extras["api"]["value"] == "realitydataanalysis"
-    assert extras["api"]["schema"]["enum"] == ["realitydataanalysis", "realityconversion", "reality-modeling"]
+    assert extras["api"]["schema"]["enum"] == [
+        "realitydataanalysis",
+        "realityconversion",
+        "reality-modeling",
+        "reality-analysis",
+    ]
+    assert "reality-analysis" in extras["api"]["description"]
     assert extras["base_url"]["value"] == "https://api.bentley.com"
     assert extras["scope"]["value"] == "itwin-platform"
     assert extras["auth_url"]["value"] == "https://ims.bentley.com/connect/token"

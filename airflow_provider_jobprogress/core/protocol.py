@@ -332,7 +332,8 @@ class ResultPart:
     core made it safe; None lets the download name it (Content-Disposition, else the job id and the
     content type's extension). ``source`` is the vendor's own reference to the file (a spool path), shown
     in XCom so renamed files can be told apart. ``value`` is set instead of ``request`` when the result
-    is a small value (an id or a list of paths).
+    is a small value (an id or a list of paths). ``metadata`` is what the vendor said about the result
+    besides its bytes (OL Connect's data, content and job set ids), JSON-able, for downstream tasks.
     """
 
     name: str | None = None
@@ -340,6 +341,7 @@ class ResultPart:
     content_type: str | None = None
     value: str | None = None
     source: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:

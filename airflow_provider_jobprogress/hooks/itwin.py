@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from airflow_provider_jobprogress.core.errors import JobProgressError
 from airflow_provider_jobprogress.hooks.base import JobProgressHook, ui_field_behaviour
@@ -15,7 +15,8 @@ class ITwinHook(JobProgressHook[ITwinApi]):
     """Create, submit, follow, cancel and download reality-data jobs of the iTwin Platform.
 
     The connection holds the service app's client id (login) and secret (password) and extras ``api``
-    (``realitydataanalysis``, ``realityconversion`` or ``reality-modeling``), ``base_url``,
+    (Bentley's current ``reality-analysis`` or ``reality-modeling``, both v2; the older v1
+    ``realitydataanalysis``, the default, or ``realityconversion``), ``base_url``,
     ``auth_url`` (the token endpoint; ``token_url`` is read too), ``scope``, ``itwin_id`` and ``verify``.
     """
 
@@ -49,3 +50,17 @@ class ITwinHook(JobProgressHook[ITwinApi]):
     def get_job(self, job_id: str) -> dict[str, Any]:
         """The job's details (state, outputs, execution information)."""
         return self.session.run(self.api.details(job_id))
+
+    def list_jobs(self, filter: str | None = None, *, top: int | None = None) -> list[dict[str, Any]]:
+        """The jobs ``filter`` selects (``$filter``, e.g. ``"state eq 'Success'"``), every page followed.
+
+        Without a filter, the connection's ``itwin_id`` is the filter (the API requires one). ``top`` is the
+        page size the API is asked for.
+        """
+        return self.session.run(self.api.list_jobs(filter, top=top))
+
+    async def alist_jobs(self, filter: str | None = None, *, top: int | None = None) -> list[dict[str, Any]]:
+        """``list_jobs`` in the triggerer, on the connection's shared async session."""
+        session = await self.asession()
+        api = cast(ITwinApi, session.api)
+        return await session.run(api.list_jobs(filter, top=top))

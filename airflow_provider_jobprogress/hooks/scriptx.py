@@ -13,8 +13,12 @@ class ScriptXHook(JobProgressHook[ScriptXApi]):
     """Print PDFs with ScriptX.Services, follow the job and download the printed PDF.
 
     The connection holds the server (Cloud by default), the license GUID as password, and extras
-    ``variant`` (``cloud``, ``on_premise``, ``windows_pc``) and ``verify``. PrintPdf jobs cannot be
-    cancelled: ``cancel`` raises ``OperationNotSupportedError`` and sends nothing.
+    ``variant`` (``cloud``, ``on_premise``, ``windows_pc``), ``meadroid_path`` (sent as ``X-Meadroid-Path``,
+    as MeadCo's client sends its page URL: cloud licenses are bound to domains) and ``verify``. PrintPdf jobs
+    cannot be cancelled: ``cancel`` raises ``OperationNotSupportedError`` and sends nothing.
+
+    A print the service finished when it was submitted (status 4, no job identifier) gets a job id of our
+    own (``scriptx-done-at-submit-…``): its progress is SUCCEEDED without a call, it has no file output.
     """
 
     conn_type: ClassVar[str] = "scriptx"
@@ -33,7 +37,8 @@ class ScriptXHook(JobProgressHook[ScriptXApi]):
         settings: Mapping[str, Any] | None = None,
         **extra: Any,
     ) -> str:
-        """Print a PDF (a URL or a ``data:application/pdf;base64,...`` URL); returns the job token.
+        """Print a PDF (a URL or a ``data:application/pdf;base64,...`` URL); returns the job token (or, for a
+        print done at once, our ``scriptx-done-at-submit-…`` id).
 
         ``device`` and ``settings`` are the vendor's PrintPdfDescription objects (printerName,
         printToFileName, copies, ...; pageRange, orientation, ...); ``extra`` adds other top-level keys.

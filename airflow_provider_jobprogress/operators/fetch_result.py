@@ -43,7 +43,10 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
       land, or none. A destination ending in ``/``, an existing folder, or a result of several files is a
       folder; vendor names are kept inside it (a name that would leave it is refused) and colliding names
       numbered. XCom is always a list with, per file, ``uri``, ``name``, ``source`` (the vendor's own
-      name), ``bytes``, ``sha256`` and ``content_type``.
+      name), ``bytes``, ``sha256``, ``content_type`` and ``metadata`` (what the vendor said about the
+      result besides its bytes, such as OL Connect's ``data_set_id``, ``content_set_id``, ``job_set_id``;
+      ``{}`` when nothing).
+    - Either way, vendor metadata is also pushed as XCom key ``metadata`` (one dict) when there is some.
 
     Not finished → ``ResultNotReadyError``; failed or cancelled → the task fails; result gone (404) →
     ``JobNotFoundError``; a download cut short → the task fails (retryable) with nothing written.
@@ -86,6 +89,9 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         parts = self.hook.xcom_result_parts(job_id) if spec is None else self.hook.result_parts(job_id)
         if not parts:
             raise AirflowFailException(f"{progress.vendor} job {job_id}: the job finished without any result")
+        metadata = {key: value for part in parts for key, value in part.metadata.items()}
+        if metadata:  # what the vendor said besides the bytes (OL Connect's set ids), for downstream tasks
+            context["ti"].xcom_push(key="metadata", value=metadata)
         return self._to_xcom(job_id, parts) if spec is None else self._to_storage(job_id, spec, parts)
 
     # -- XCom ------------------------------------------------------------------------------------
@@ -132,7 +138,7 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
             self.log.info(
                 "%s job %s: result %s (%d bytes, sha256 %s)", vendor, job_id, item.uri, item.bytes, item.sha256
             )
-        return [item.to_dict() for item in stored]
+        return [{**item.to_dict(), "metadata": dict(part.metadata)} for item, part in zip(stored, parts, strict=True)]
 
     def _vendor_name(self, store: ResultStore, job_id: str, part: ResultPart) -> str | None:
         if not store.folder:

@@ -25,6 +25,7 @@ EXAMPLES = (
     "example_olconnect_print",
     "example_scriptx_print_pdf",
     "example_itwin_reality_analysis",
+    "example_itwin_reality_analysis_v2",
     "example_generic_sensor",
     "example_many_jobs_mapped",
 )

@@ -1,8 +1,11 @@
-"""Bentley iTwin reality-data jobs (Reality Analysis v1, Reality Conversion v1, Reality Modeling v2).
+"""Bentley iTwin reality-data jobs (Reality Analysis v2 and v1, Reality Modeling v2, Reality Conversion v1).
 
-Pure flows for OAuth2 client credentials, job create/submit/progress/details/cancel and the
-download of job outputs (Reality Management read access, then the Azure Blob container it points to).
-A 404 ProgressNotFound means the job left ``active`` (or 30 days passed): its details give the final state.
+Pure flows for OAuth2 client credentials, job create/submit/progress/details/cancel/listing and the
+download of job outputs: a reality data id is read through Reality Management read access, a ``bkt:<path>``
+output through the iTwin's bucket (``GET /reality-modeling/itwins/{iTwinId}/bucket``), both Azure Blob
+containers. Bentley's current SDK (reality_capture 2.6) talks to the v2 APIs only (``/reality-analysis``,
+``/reality-modeling``); the v1 APIs are kept for existing jobs and connections.
+A 404 ProgressNotFound means a v1 job left ``active`` (or 30 days passed): its details give the final state.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from airflow_provider_jobprogress.core.errors import (
     AuthenticationError,
@@ -52,7 +55,11 @@ FAMILIES: dict[str, ApiFamily] = {
     "realitydataanalysis": ApiFamily("/realitydataanalysis", 1, True),
     "realityconversion": ApiFamily("/realityconversion", 1, True),
     "reality-modeling": ApiFamily("/reality-modeling", 2, False),
+    "reality-analysis": ApiFamily("/reality-analysis", 2, False),
 }
+#: the iTwin's bucket lives under Reality Modeling whatever API made the job (as Bentley's SDK reads it)
+BUCKET_PATH = "/reality-modeling/itwins/{itwin_id}/bucket"
+BUCKET_SCHEME = "bkt:"
 
 STATES: dict[str, JobState] = {
     "unsubmitted": JobState.QUEUED,
@@ -253,27 +260,104 @@ class ITwinApi(VendorApi):
         yield from self.send(request, job_id, what="cancel")
         return None
 
+    # -- listing -------------------------------------------------------------------------------
+    def list_jobs_page(
+        self, filter: str | None = None, *, top: int | None = None, continuation_token: str | None = None
+    ) -> Flow[tuple[list[dict[str, Any]], str | None]]:
+        """One page of ``GET …/jobs?$filter=…``: (jobs, the continuation token of the next page or None).
+
+        The API needs a filter; without one, the connection's iTwin is the filter.
+        """
+        params = {"$filter": self._job_filter(filter)}
+        if top is not None:
+            params["$top"] = str(top)
+        if continuation_token:
+            params["continuationToken"] = continuation_token
+        what = "list jobs"
+        response = yield from self.send(self._call("GET", self._job_path(), params=params), None, what=what)
+        data = self.parse_json(response, None, what=what)
+        jobs = self.require(data, "jobs", None, what=what)
+        if not isinstance(jobs, list):
+            raise VendorResponseError(self.vendor, None, "list jobs: 'jobs' is not a list")
+        return [job for job in jobs if isinstance(job, dict)], _continuation_token(data)
+
+    def list_jobs(self, filter: str | None = None, *, top: int | None = None) -> Flow[list[dict[str, Any]]]:
+        """Every job the filter selects, page after page."""
+        jobs: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            page, token = yield from self.list_jobs_page(filter, top=top, continuation_token=token)
+            jobs.extend(page)
+            if not token:
+                return jobs
+
+    def _job_filter(self, filter: str | None) -> str:
+        if filter:
+            return filter
+        if self.itwin_id:
+            return f"iTwinId eq {self.itwin_id}"
+        raise ValueError(
+            'listing iTwin jobs needs a filter (for example "iTwinId eq <id>") or the connection extra itwin_id'
+        )
+
     # -- results ---------------------------------------------------------------------------------
     def output_ids(self, job_id: str) -> Flow[list[tuple[str, str]]]:
-        """The job's outputs as (name, reality data id), from its details."""
+        """The job's outputs as (name, location): a reality data id or a ``bkt:<path>`` in the iTwin's bucket."""
         job = yield from self.details(job_id)
+        return self._finished_outputs(job_id, job)
+
+    def _finished_outputs(self, job_id: str, job: dict[str, Any]) -> list[tuple[str, str]]:
         state = _state(job.get("state"), job_id)
         if state is not JobState.SUCCEEDED:
             raise ResultNotReadyError(self.vendor, job_id, f"the job is {state.value}, it has no outputs to download")
         if self.family.version == 1:
-            outputs = [(str(o.get("type")), str(o["id"])) for o in job.get("outputs") or [] if o.get("id")]
-        else:
-            specs = (job.get("specifications") or {}).get("outputs") or {}
-            outputs = list(_v2_outputs(specs, ""))
-        return outputs
+            return v1_outputs(job, job_id)
+        return v2_outputs((job.get("specifications") or {}).get("outputs"), job_id)
 
     def results(self, job_id: str) -> Flow[list[ResultPart]]:
+        job = yield from self.details(job_id)
         parts: list[ResultPart] = []
-        for name, data_id in (yield from self.output_ids(job_id)):
-            container = yield from self._container_url(job_id, data_id)
-            for blob in (yield from self._list_blobs(job_id, container)):
-                parts.append(ResultPart(name=f"{name}/{blob}", request=_blob_request(container, blob)))
+        bucket: str | None = None
+        for name, location in self._finished_outputs(job_id, job):
+            if location.startswith(BUCKET_SCHEME):
+                if bucket is None:
+                    bucket = yield from self._bucket_url(job_id, str(job.get("iTwinId") or self.itwin_id or ""))
+                parts.extend((yield from self._bucket_parts(job_id, bucket, name, location)))
+                continue
+            container = yield from self._container_url(job_id, location)
+            blobs = yield from self._list_blobs(job_id, container)
+            if not blobs:
+                raise VendorResponseError(
+                    self.vendor, job_id, f"output {name!r} (reality data {location}) holds no files to download"
+                )
+            parts.extend(ResultPart(name=f"{name}/{blob}", request=_blob_request(container, blob)) for blob in blobs)
         return parts
+
+    def _bucket_parts(self, job_id: str, bucket: str, name: str, location: str) -> Flow[list[ResultPart]]:
+        """The blobs of a ``bkt:`` output, the path taken as a prefix (a file, or a folder of files)."""
+        prefix = location.removeprefix(BUCKET_SCHEME).lstrip("/")
+        blobs = yield from self._list_blobs(job_id, bucket, prefix=prefix)
+        if prefix in blobs:  # a file: not its namesakes with longer names ("report.json.bak")
+            blobs = [prefix]
+        if not blobs:
+            raise VendorResponseError(
+                self.vendor, job_id, f"output {name!r} ({location}) is not in the iTwin's bucket: nothing to download"
+            )
+        parts = []
+        for blob in blobs:
+            inner = blob.rsplit("/", 1)[-1] if blob == prefix else blob.removeprefix(prefix).lstrip("/")
+            parts.append(ResultPart(name=f"{name}/{inner}", request=_blob_request(bucket, blob)))
+        return parts
+
+    def _bucket_url(self, job_id: str, itwin_id: str) -> Flow[str]:
+        if not itwin_id:
+            raise VendorResponseError(
+                self.vendor, job_id, "the job names no iTwin and the connection has no itwin_id: no bucket to read"
+            )
+        path = BUCKET_PATH.format(itwin_id=quote(itwin_id, safe=""))
+        response = yield from self.send(self._call("GET", path, version=2), job_id, what="get the iTwin's bucket")
+        data = self.parse_json(response, job_id, what="get the iTwin's bucket")
+        return _container_href(data, job_id, what="bucket answer")
 
     def _container_url(self, job_id: str, data_id: str) -> Flow[str]:
         params = {"iTwinId": self.itwin_id} if self.itwin_id else None
@@ -282,19 +366,18 @@ class ITwinApi(VendorApi):
             self._call("GET", path, version=1, params=params), job_id, what="get read access"
         )
         data = self.parse_json(response, job_id, what="get read access")
-        try:
-            return str(data["_links"]["containerUrl"]["href"])
-        except (KeyError, TypeError):
-            raise VendorResponseError(
-                self.vendor, job_id, "read access answer has no _links.containerUrl.href"
-            ) from None
+        return _container_href(data, job_id, what="read access answer")
 
-    def _list_blobs(self, job_id: str, container: str) -> Flow[list[str]]:
+    def _list_blobs(self, job_id: str, container: str, *, prefix: str = "") -> Flow[list[str]]:
         names: list[str] = []
         marker = ""
         while True:
-            url = _with_query(container, "restype=container&comp=list" + (f"&marker={quote(marker)}" if marker else ""))
-            request = Request("GET", url, authenticated=False)
+            query = "restype=container&comp=list"
+            if prefix:
+                query += f"&prefix={quote(prefix, safe='')}"
+            if marker:
+                query += f"&marker={quote(marker, safe='')}"
+            request = Request("GET", _with_query(container, query), authenticated=False)
             response = yield from self.send(request, job_id, what="list output files")
             page, marker = parse_blob_list(response, job_id)
             names.extend(page)
@@ -343,20 +426,71 @@ def parse_blob_list(response: Response, job_id: str) -> tuple[list[str], str]:
     return names, (root.findtext("NextMarker") or "").strip()
 
 
-def _v2_outputs(specs: Any, prefix: str) -> list[tuple[str, str]]:
-    """Reality Modeling v2 outputs nest ids (``{"scene": id}``, ``{"exports": [{"location": id}]}``)."""
-    found: list[tuple[str, str]] = []
-    if isinstance(specs, dict):
-        for key, value in specs.items():
-            name = f"{prefix}{key}" if key != "location" else prefix.rstrip("/") or "output"
-            if isinstance(value, str) and key not in ("format",) and not value.startswith("bkt:"):
-                found.append((name, value))
-            else:
-                found.extend(_v2_outputs(value, f"{name}/"))
-    elif isinstance(specs, list):
-        for i, item in enumerate(specs):
-            found.extend(_v2_outputs(item, f"{prefix}{i}/"))
+def v1_outputs(job: dict[str, Any], job_id: str) -> list[tuple[str, str]]:
+    """v1 outputs ``[{"type", "id"}]`` of a finished job; one without an id cannot be downloaded."""
+    found = []
+    for output in job.get("outputs") or []:
+        name = str(output.get("type") or "output") if isinstance(output, dict) else repr(output)
+        location = output.get("id") if isinstance(output, dict) else None
+        if not isinstance(location, str) or not location:
+            raise VendorResponseError(ITwinApi.vendor, job_id, f"output {name!r} has no reality data id to download")
+        found.append((name, location))
     return found
+
+
+def v2_outputs(outputs: Any, job_id: str) -> list[tuple[str, str]]:
+    """v2 ``specifications.outputs`` as (name, location); nested ones named after their key and format.
+
+    Values are reality data ids or ``bkt:`` paths (``{"scene": id, "report": "bkt:…"}``), or nested:
+    ``{"modelingReference": {"location": id}}``, ``{"exports": [{"format": "OBJ", "location": id}, …]}``.
+    An output left null was not produced; any other shape is an error naming the output.
+    """
+    if outputs is None:
+        return []
+    if not isinstance(outputs, dict):
+        raise VendorResponseError(ITwinApi.vendor, job_id, f"job outputs are not an object: {outputs!r:.80}")
+    found: list[tuple[str, str]] = []
+    for key, value in outputs.items():
+        found.extend(_v2_output(str(key), value, job_id))
+    return found
+
+
+def _v2_output(name: str, value: Any, job_id: str) -> list[tuple[str, str]]:
+    if value is None:
+        return []
+    if isinstance(value, str) and value:
+        return [(name, value)]
+    if isinstance(value, dict) and isinstance(value.get("location"), str):
+        return [(name, value["location"])]
+    if isinstance(value, list) and all(isinstance(item, dict) and "location" in item for item in value):
+        found: list[tuple[str, str]] = []
+        seen: dict[str, int] = {}
+        for position, item in enumerate(value):
+            label = str(item.get("format") or position)
+            seen[label] = seen.get(label, 0) + 1
+            suffix = f"-{seen[label]}" if seen[label] > 1 else ""
+            found.extend(_v2_output(f"{name}/{label}{suffix}", item["location"], job_id))
+        return found
+    raise VendorResponseError(
+        ITwinApi.vendor, job_id, f"output {name!r} is {value!r:.80}: neither a reality data id nor a bucket path"
+    )
+
+
+def _container_href(data: Any, job_id: str, *, what: str) -> str:
+    try:
+        return str(data["_links"]["containerUrl"]["href"])
+    except (KeyError, TypeError):
+        raise VendorResponseError(ITwinApi.vendor, job_id, f"{what} has no _links.containerUrl.href") from None
+
+
+def _continuation_token(data: dict[str, Any]) -> str | None:
+    """The ``continuationToken`` in ``_links.next.href``, as Bentley's SDK reads it."""
+    try:
+        href = str(data["_links"]["next"]["href"])
+    except (KeyError, TypeError):
+        return None
+    tokens = parse_qs(urlsplit(href).query).get("continuationToken")
+    return tokens[0] if tokens else None
 
 
 def _with_query(url: str, extra: str) -> str:

@@ -112,6 +112,9 @@ class OLConnectApi(VendorApi):
         error = _json_error(response)
         if error is not None:
             return str(error.get("message") or error)
+        if response.status == 401 and not response.body.strip() and response.header("www-authenticate"):
+            # What the server answers a call that carried no credentials at all.
+            return "the server requires credentials (server security is on): set the connection's login and password"
         return super().error_message(response)
 
     def is_transient(self, response: Response) -> bool:
@@ -178,9 +181,12 @@ class OLConnectApi(VendorApi):
 
     def result_text(self, job_id: str) -> Flow[str]:
         """getResultTxt: the entity id or output path(s), never the file bytes."""
-        request = self._call("POST", f"{PRINT}/getResultTxt/{_q(job_id)}")
-        response = yield from self.send(request, job_id, what="read the result as text")
+        response = yield from self._result_txt(job_id)
         return response.text
+
+    def _result_txt(self, job_id: str) -> Flow[Response]:
+        request = self._call("POST", f"{PRINT}/getResultTxt/{_q(job_id)}")
+        return (yield from self.send(request, job_id, what="read the result as text"))
 
     def result_value(self, text: str) -> Any:
         """getResult text is an entity id, or one absolute output path per line."""
@@ -189,10 +195,11 @@ class OLConnectApi(VendorApi):
 
     def xcom_results(self, job_id: str) -> Flow[list[ResultPart]]:
         """For XCom, several spool files are their paths (getResultTxt), not their bytes."""
-        text = yield from self.result_text(job_id)
+        answer = yield from self._result_txt(job_id)
+        text, sets = answer.text, set_ids(answer)
         if len([line for line in text.splitlines() if line.strip()]) > 1:
-            return [ResultPart(name=f"{job_id}.paths.txt", value=text)]
-        return [ResultPart(request=self._call("POST", f"{PRINT}/getResult/{_q(job_id)}"))]
+            return [ResultPart(name=f"{job_id}.paths.txt", value=text, metadata=sets)]
+        return [ResultPart(request=self._call("POST", f"{PRINT}/getResult/{_q(job_id)}"), metadata=sets)]
 
     def results(self, job_id: str) -> Flow[list[ResultPart]]:
         """One part for getResult, or one per spool file when the operation wrote several.
@@ -202,21 +209,60 @@ class OLConnectApi(VendorApi):
         getManagedResult (newer servers); where the server has no File Store result, the paths
         themselves are the result.
         """
-        text = yield from self.result_text(job_id)
+        answer = yield from self._result_txt(job_id)
+        text, sets = answer.text, set_ids(answer)
         paths = [line.strip() for line in text.splitlines() if line.strip()]
         if len(paths) < 2:
-            return [ResultPart(request=self._call("POST", f"{PRINT}/getResult/{_q(job_id)}"))]
+            return [ResultPart(request=self._call("POST", f"{PRINT}/getResult/{_q(job_id)}"), metadata=sets)]
         request = self._call("POST", f"{PRINT}/getManagedResult/{_q(job_id)}")
         response = yield from self.exchange(request, job_id, what="read the managed result")
-        file_ids = [line.strip() for line in response.text.splitlines() if line.strip()]
-        if response.status != 200 or len(file_ids) != len(paths):
-            return [ResultPart(name=f"{job_id}.paths.txt", value=text)]
+        files = managed_files(response, paths) if response.status == 200 else None
+        if files is None:
+            return [ResultPart(name=f"{job_id}.paths.txt", value=text, metadata=sets)]
+        sets = {**sets, **set_ids(response)}
         return [
             ResultPart(
-                name=_basename(path), request=self._call("GET", f"{ROOT}/filestore/file/{_q(file_id)}"), source=path
+                name=name, request=self._call("GET", f"{ROOT}/filestore/file/{where}"), source=source, metadata=sets
             )
-            for path, file_id in zip(paths, file_ids, strict=True)
+            for name, where, source in files
         ]
+
+
+#: result headers (with ``returnIdInHeader``) that Upland's client reads, and our metadata key for each
+SET_ID_HEADERS = {"x-data-set-id": "data_set_id", "x-content-set-id": "content_set_id", "x-job-set-id": "job_set_id"}
+
+
+def set_ids(response: Response) -> dict[str, int | str]:
+    """The data, content and job set ids a result answer carries in its headers (numbers where they are)."""
+    found: dict[str, int | str] = {}
+    for header, key in SET_ID_HEADERS.items():
+        value = (response.header(header) or "").strip()
+        if value:
+            found[key] = int(value) if value.isdigit() else value
+    return found
+
+
+def managed_files(response: Response, paths: list[str]) -> list[tuple[str, str, str]] | None:
+    """getManagedResult as (file name, File Store path after ``/filestore/file/``, the vendor's own name for
+    the file); None when unusable.
+
+    The docs say text (one File Store id per output, one per line, matched to the spool paths); Upland's
+    own client parses JSON ``{"identifier": <folder id>, "files": [names]}``, whose files download with
+    ``/filestore/file/{folder id}/{name}``. Both are read; anything else leaves the paths as the result.
+    """
+    try:
+        data = json.loads(response.body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict):
+        folder, names = data.get("identifier"), data.get("files")
+        if folder in (None, "") or not isinstance(names, list) or not names:
+            return None
+        return [(_basename(str(name)), f"{_q(str(folder))}/{quote(str(name), safe='/')}", str(name)) for name in names]
+    file_ids = [line.strip() for line in response.text.splitlines() if line.strip()]
+    if len(file_ids) != len(paths):
+        return None
+    return [(_basename(path), _q(file_id), path) for path, file_id in zip(paths, file_ids, strict=True)]
 
 
 def _basename(path: str) -> str:

@@ -3,11 +3,17 @@
 Decisions where the vendor docs are silent (see shared/vendors/README.md): status 100 (Collected) and
 102 (CompletedWait) mean SUCCEEDED (100 says the output was already downloaded); any code not on the
 vendor page is an error that names it. PrintPdf has no cancel: ``cancel`` says so and sends nothing.
+
+A print answered with status 4 (OK) and no job identifier was done at once: MeadCo's own client stops
+there ("printed ok, no further information"). We still need a job id for XCom, sensors and retries, so
+``submit`` returns one of our own (``DONE_AT_SUBMIT`` + a random part) that ``progress`` knows as
+SUCCEEDED without asking the server, and whose ``results`` say there is no file output.
 """
 
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -45,6 +51,10 @@ JOB_STATUS: dict[int, tuple[str, JobState]] = {
 }
 #: PrintRequestStatus codes answered by the print call
 QUEUED_TO_DEVICE, QUEUED_TO_FILE, SOFT_ERROR, OK, NOT_SET = 1, 2, 3, 4, 0
+#: our job id for a print the service finished when it was submitted (status 4, no job identifier)
+DONE_AT_SUBMIT = "scriptx-done-at-submit-"
+#: the header MeadCo's client sends with its page URL: cloud licenses are bound to the domains they were issued for
+MEADROID_PATH = "X-Meadroid-Path"
 
 
 class ScriptXApi(VendorApi):
@@ -60,6 +70,7 @@ class ScriptXApi(VendorApi):
         *,
         license_guid: str | None = None,
         variant: str = "cloud",
+        meadroid_path: str | None = None,
         request_retry: RequestRetry | None = None,
         verify: bool | str = True,
     ) -> None:
@@ -69,6 +80,7 @@ class ScriptXApi(VendorApi):
         self.base_url = base_url.rstrip("/")
         self._license = license_guid or None
         self.variant = variant
+        self.meadroid_path = meadroid_path or None
 
     @classmethod
     def from_connection(cls, conn: ConnectionFields, *, request_retry: RequestRetry | None = None) -> ScriptXApi:
@@ -82,6 +94,7 @@ class ScriptXApi(VendorApi):
             host,
             license_guid=conn.password,
             variant=variant,
+            meadroid_path=str(conn.extra.get("meadroid_path") or "") or None,
             request_retry=request_retry,
             verify=conn.extra_bool_or_path("verify"),
         )
@@ -93,7 +106,8 @@ class ScriptXApi(VendorApi):
         return request.with_headers({"Authorization": "Basic " + base64.b64encode(raw).decode()})
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Request:
-        return Request(method, self.base_url + path, **kwargs)
+        headers = {MEADROID_PATH: self.meadroid_path} if self.meadroid_path else {}
+        return Request(method, self.base_url + path, headers=headers, **kwargs)
 
     # -- endpoints -------------------------------------------------------------------------------
     def check(self) -> Flow[str]:
@@ -119,6 +133,8 @@ class ScriptXApi(VendorApi):
         message = str(data.get("message") or "")
         if status in (QUEUED_TO_DEVICE, QUEUED_TO_FILE, OK) and job_id:
             return job_id
+        if status == OK:
+            return DONE_AT_SUBMIT + uuid.uuid4().hex
         if status in (SOFT_ERROR, NOT_SET):
             raise JobFailedError(self.vendor, job_id, f"print refused (status {status}): {message or 'no message'}")
         raise VendorResponseError(
@@ -126,6 +142,9 @@ class ScriptXApi(VendorApi):
         )
 
     def progress(self, job_id: str) -> Flow[JobProgress]:
+        if job_id.startswith(DONE_AT_SUBMIT):
+            message = "printed when it was submitted (status 4 OK, no job identifier): nothing to follow"
+            return JobProgress(self.vendor, job_id, JobState.SUCCEEDED, 100.0, step="Ok", message=message)
         what = "read job status"
         response = yield from self.send(self._call("GET", f"{PDF}/status/{quote(job_id, safe='')}"), job_id, what=what)
         data = self.parse_json(response, job_id, what=what)
@@ -138,6 +157,14 @@ class ScriptXApi(VendorApi):
         yield  # pragma: no cover
 
     def results(self, job_id: str) -> Flow[list[ResultPart]]:
+        if job_id.startswith(DONE_AT_SUBMIT):
+            raise OperationNotSupportedError(
+                self.vendor,
+                job_id,
+                "the print was done when it was submitted (status 4 OK, no job identifier): there is no file "
+                "output to download",
+                hint="Print to a file (device printToFileName) on a service that queues it to fetch a PDF",
+            )
         request = self._call("GET", f"{PDF}/download/{quote(job_id, safe='')}")
         # Unnamed: the download's Content-Disposition names it, else the job id with the PDF extension.
         return [ResultPart(request=request, content_type="application/pdf")]

@@ -1,4 +1,4 @@
-"""iTwin emulator: IMS token, Reality Analysis/Conversion v1 and Reality Modeling v2 jobs, read access, blobs.
+"""iTwin emulator: IMS token, Reality Analysis v2/v1, Reality Modeling v2, Reality Conversion v1, data, blobs.
 
 Decisions where the Bentley docs are silent (shared with /work/shared/vendors/README.md):
 - Token endpoint accepts client_id/client_secret in the form or as Basic auth (client_secret_basic, what
@@ -14,27 +14,41 @@ Decisions where the Bentley docs are silent (shared with /work/shared/vendors/RE
   Steps: analysis Prepare_Step → Prepare_Production → Run_Production → Finalize; conversion Prepare_Files →
   Convert_Files → Upload_Files. An X-Emulator-Scenario header on the submitting PATCH replaces the scenario.
   PATCH to a state other than active/cancelled, or from a state that cannot move, → 422 InvalidChange.
-- v2: create = submit, the 201 shows state "Active" (as the official SDK's fixture does). progress keeps
-  answering after the end, with the terminal state (Success at 100). DELETE of a running job → 200 with
-  "TerminatingOnCancel", "Cancelled" from the next poll on; of an ended job → 422 InvalidChange.
-  On success `specifications.outputs` maps each requested output name to its reality data id.
+- v1 details list every output with its reality data id from creation on; Reality Conversion's
+  executionInformation says `submittedDateTime` where Reality Analysis says `submissionDateTime`.
+- v2 (reality-modeling and reality-analysis, the shapes of Bentley's SDK 2.6 and its fixtures): create =
+  submit, the 201 shows state "Active". progress keeps answering after the end, with the terminal state
+  (Success at 100). DELETE of a running job → 200 with "TerminatingOnCancel", "Cancelled" from the next poll
+  on; of an ended job → 422 InvalidChange. `specifications.outputs` is an object from creation on: a requested
+  name maps to its reality data id, `modelingReference` to {"location": id}, each export to its create body
+  plus "location", and a `report` to a `bkt:jobs/<job id>/report.json` path in the iTwin's bucket.
+- Listing: GET /{api}/jobs needs `$filter` (400 without); it understands `<field> eq <value>` joined by `and`
+  for iTwinId, state, type and name; `$top` (default 100) pages, `_links.next.href` carries a
+  `continuationToken`. Listing never advances a job.
+- Bucket: GET /reality-modeling/itwins/{iTwinId}/bucket (v2) → {"bucket": {"iTwinId"}, "_links": {"containerUrl"}},
+  a container holding the bkt: outputs of that iTwin's succeeded jobs.
 - Garbage on job details: html/empty/malformed as on progress, unknown_status → state "weird";
   nonnumeric touches progress only (details carry no number).
 - Results: every requested output is one reality data id = one blob container holding `outputs` blobs
-  named output/part_<n>.bin. readaccess of a job that has not succeeded → 404 RealityDataNotFound.
-  SAS URLs last one hour; the container list honours `prefix`. result index = output position *
-  scenario.outputs + blob number.
+  named output/part_<n>.bin (a bkt: output is one blob at its path). readaccess of a job that has not
+  succeeded → 404 RealityDataNotFound. SAS URLs last one hour; the container list honours `prefix`;
+  result index = output position * scenario.outputs + blob number. Blob GETs honour `Range`/`x-ms-range`
+  (206 + Content-Range) and say `Last-Modified` in RFC 1123, as Azure Storage does. With a blob store set
+  (`VendorEmulator.serve_blobs_from`, e.g. Azurite), outputs are uploaded there when first asked for and
+  the read-access and bucket answers carry that store's SAS URLs instead.
 - flaky → 503 {"error": {"code": "ServiceUnavailable", ...}}.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, unquote, urlencode
 from xml.sax.saxutils import escape
 
 from .model import (
@@ -46,7 +60,10 @@ from .model import (
     Route,
     basic_credentials,
     common_garbage,
+    http_date,
     iso,
+    parse_range,
+    result_chunks,
     route,
     spread,
 )
@@ -60,15 +77,22 @@ V1_APIS = {
     "realitydataanalysis": "InvalidRealityDataAnalysisRequest",
     "realityconversion": "InvalidRealityConversionRequest",
 }
-V2_API = "reality-modeling"
+V2_APIS = {
+    "reality-modeling": "InvalidRealityModelingRequest",
+    "reality-analysis": "InvalidRealityAnalysisRequest",
+}
 PREFIXES = (
     "/connect/token",
     "/realitydataanalysis",
     "/realityconversion",
     "/reality-modeling",
+    "/reality-analysis",
     "/reality-management",
     "/blob",
 )
+#: requested v2 outputs that land in the iTwin's bucket rather than in a reality data
+BUCKET_OUTPUTS = frozenset({"report"})
+LIST_FIELDS = {"itwinid": "iTwinId", "state": "state", "type": "type", "name": "name"}
 V1_STEPS = {
     "realitydataanalysis": ("Prepare_Step", "Prepare_Production", "Run_Production", "Finalize"),
     "realityconversion": ("Prepare_Files", "Convert_Files", "Upload_Files"),
@@ -243,9 +267,7 @@ def _v1_state(job: Job, now: float) -> str:
 def _v1_view(job: Job, now: float, state_override: str | None = None) -> dict[str, Any]:
     d = job.details
     state = _v1_state(job, now)
-    outputs: list[dict[str, str]] = [{"type": name} for name in d["outputs"]]
-    if state == "success":
-        outputs = [{"type": name, "id": rd} for name, rd in zip(d["outputs"], d["reality_data_ids"], strict=True)]
+    outputs = [{"type": name, "id": rd} for name, rd in zip(d["outputs"], d["reality_data_ids"], strict=True)]
     view: dict[str, Any] = {
         "id": job.job_id,
         "name": d["name"],
@@ -267,8 +289,9 @@ def _v1_view(job: Job, now: float, state_override: str | None = None) -> dict[st
 
 def _v1_execution(job: Job, now: float, state: str) -> dict[str, Any]:
     assert job.started is not None
+    submitted = "submittedDateTime" if job.details["api"] == "realityconversion" else "submissionDateTime"
     info: dict[str, Any] = {
-        "submissionDateTime": iso(job.wall(job.started)),
+        submitted: iso(job.wall(job.started)),
         "startedDateTime": iso(job.wall(job.started)),
         "estimatedUnits": 1.0,
         "errors": _errors(job) if state == "failed" else [],
@@ -378,7 +401,7 @@ def _v1_delete(request: Request, state: EmulatorState, api: str, job_id: str) ->
     return Reply.empty(204).for_job(job_id)
 
 
-# -- v2: reality-modeling ---------------------------------------------------------------------------
+# -- v2: reality-modeling, reality-analysis -------------------------------------------------------
 
 
 def _v2_state(job: Job, now: float) -> str:
@@ -390,11 +413,9 @@ def _v2_state(job: Job, now: float) -> str:
 def _v2_view(job: Job, now: float) -> dict[str, Any]:
     d = job.details
     state = _v2_state(job, now)
-    outputs = d["requested_outputs"]
-    if state == "Success":
-        outputs = dict(zip(d["outputs"], d["reality_data_ids"], strict=True))
-    assert job.started is not None
-    info: dict[str, Any] = {"createdDateTime": iso(job.created_at), "startedDateTime": iso(job.wall(job.started))}
+    info: dict[str, Any] = {"createdDateTime": iso(job.created_at)}
+    if job.started is not None:
+        info["startedDateTime"] = iso(job.wall(job.started))
     ended = _ended(job, now)
     if ended is not None and state != "TerminatingOnCancel":
         info.update(endedDateTime=ended, processingUnits=1.0)
@@ -406,11 +427,47 @@ def _v2_view(job: Job, now: float) -> dict[str, Any]:
         "state": state,
         "userId": CLIENT_ID,
         "executionInfo": info,
-        "specifications": {"inputs": d["inputs"], "outputs": outputs, "options": d["options"]},
+        "specifications": {"inputs": d["inputs"], "outputs": d["outputs_view"], "options": d["options"]},
     }
 
 
-def _v2_create(request: Request, state: EmulatorState) -> Reply:
+def _v2_outputs(state: EmulatorState, job: Job, requested: Any) -> dict[str, Any]:
+    """The answer's `specifications.outputs` for the requested ones, each given its place from creation on."""
+    names: list[str] = []
+    ids: list[str] = []
+
+    def place(name: str) -> str:
+        reality_data_id = str(uuid.uuid4())
+        with state.lock:
+            state.reality_data[reality_data_id] = (job.job_id, len(names))
+        names.append(name)
+        ids.append(reality_data_id)
+        return reality_data_id
+
+    view: dict[str, Any] = {}
+    wanted = {str(name): True for name in requested} if isinstance(requested, list) else dict(requested)
+    for name, value in wanted.items():
+        if name == "exports" and isinstance(value, list):
+            view[name] = [{**export, "location": place(f"exports/{export.get('format')}")} for export in value]
+        elif not value:
+            continue
+        elif name == "modelingReference":
+            view[name] = {"location": place(name)}
+        elif name in BUCKET_OUTPUTS:
+            path = f"jobs/{job.job_id}/{name}.json"
+            with state.lock:
+                state.bucket_files[(job.details["iTwinId"], path)] = (job.job_id, len(names))
+            names.append(name)
+            ids.append("")
+            view[name] = f"bkt:{path}"
+        else:
+            view[name] = place(name)
+    job.details.update(outputs=names, reality_data_ids=ids)
+    job.result_count = len(names) * job.scenario.outputs
+    return view
+
+
+def _v2_create(request: Request, state: EmulatorState, api: str) -> Reply:
     try:
         body = request.json()
     except ValueError:
@@ -424,28 +481,22 @@ def _v2_create(request: Request, state: EmulatorState) -> Reply:
             if not specs.get(key)
         ]
     if problems:
-        return error(400, "InvalidRealityModelingRequest", "Invalid job creation request.", problems)
+        return error(400, V2_APIS[api], "Invalid job creation request.", problems)
     scenario = state.choose_scenario(VENDOR, request.header(SCENARIO_HEADER), body.get("emulator"))
     details = {key: body.get(key, "") for key in ("name", "type", "iTwinId")}
-    details.update(
-        api=V2_API,
-        inputs=specs["inputs"],
-        requested_outputs=specs["outputs"],
-        outputs=_output_names(specs["outputs"]),
-        options=specs.get("options", {}),
-    )
+    details.update(api=api, inputs=specs["inputs"], options=specs.get("options", {}))
     job = Job(VENDOR, str(uuid.uuid4()), scenario, details=details)
-    _register_outputs(state, job, details["outputs"])
+    details["outputs_view"] = _v2_outputs(state, job, specs["outputs"])
     now = time.monotonic()
     job.submit(now)
     state.add_job(job)
     return Reply.json(201, {"job": _v2_view(job, now)}).for_job(job.job_id)
 
 
-def _v2_poll(state: EmulatorState, job_id: str, details: bool) -> Reply:
+def _v2_poll(state: EmulatorState, api: str, job_id: str, details: bool) -> Reply:
     now = time.monotonic()
     with state.lock:
-        job = _job(state, V2_API, job_id)
+        job = _job(state, api, job_id)
         if job is None:
             return _job_not_found(job_id)
         reply = _gated_details(job) if details else _gated_progress(job)
@@ -467,28 +518,28 @@ def _v2_answer(job: Job, now: float, details: bool) -> Reply:
     return Reply.json(200, {"progress": {"state": state, "percentage": percent}})
 
 
-def _v2_get(request: Request, state: EmulatorState, job_id: str) -> Reply:
-    return _v2_poll(state, job_id, details=True)
+def _v2_get(request: Request, state: EmulatorState, api: str, job_id: str) -> Reply:
+    return _v2_poll(state, api, job_id, details=True)
 
 
-def _v2_progress(request: Request, state: EmulatorState, job_id: str) -> Reply:
-    return _v2_poll(state, job_id, details=False)
+def _v2_progress(request: Request, state: EmulatorState, api: str, job_id: str) -> Reply:
+    return _v2_poll(state, api, job_id, details=False)
 
 
-def _v2_messages(request: Request, state: EmulatorState, job_id: str) -> Reply:
+def _v2_messages(request: Request, state: EmulatorState, api: str, job_id: str) -> Reply:
     now = time.monotonic()
     with state.lock:
-        job = _job(state, V2_API, job_id)
+        job = _job(state, api, job_id)
         if job is None:
             return _job_not_found(job_id)
         errors = _errors(job) if job.state(now) == "failed" else []
     return Reply.json(200, {"messages": {"errors": errors, "warnings": []}}).for_job(job_id)
 
 
-def _v2_cancel(request: Request, state: EmulatorState, job_id: str) -> Reply:
+def _v2_cancel(request: Request, state: EmulatorState, api: str, job_id: str) -> Reply:
     now = time.monotonic()
     with state.lock:
-        job = _job(state, V2_API, job_id)
+        job = _job(state, api, job_id)
         if job is None:
             return _job_not_found(job_id)
         if job.finished_at(now) is not None:
@@ -499,7 +550,45 @@ def _v2_cancel(request: Request, state: EmulatorState, job_id: str) -> Reply:
     return reply.for_job(job_id)
 
 
-# -- results: reality-management read access, blob container ----------------------------------------
+# -- listing: GET /{api}/jobs?$filter=… ---------------------------------------------------------------
+
+
+def _list_filter(text: str) -> list[tuple[str, str]] | None:
+    """`field eq value [and …]` as (answer key, value); None when the filter says anything else."""
+    terms = []
+    for clause in re.split(r"\s+and\s+", text.strip(), flags=re.IGNORECASE):
+        match = re.fullmatch(r"(\w+)\s+eq\s+'?([^']*?)'?", clause.strip(), flags=re.IGNORECASE)
+        if match is None or match.group(1).lower() not in LIST_FIELDS:
+            return None
+        terms.append((LIST_FIELDS[match.group(1).lower()], match.group(2)))
+    return terms
+
+
+def _list_jobs(request: Request, state: EmulatorState, api: str) -> Reply:
+    text = request.query.get("$filter")
+    terms = _list_filter(text) if text else None
+    if terms is None:
+        message = "A $filter of the form '<field> eq <value>' (iTwinId, state, type, name) is required."
+        return error(400, "InvalidFilter", message)
+    try:
+        top = max(1, min(int(request.query.get("$top", "100")), 1000))
+        offset = int(base64.urlsafe_b64decode(request.query.get("continuationToken", "") + "==") or b"0")
+    except ValueError:
+        return error(400, "InvalidParameter", "$top and continuationToken must be the values this API gave.")
+    now = time.monotonic()
+    view = _v2_view if api in V2_APIS else _v1_view
+    with state.lock:
+        jobs = [view(job, now) for job in state.jobs.values() if job.vendor == VENDOR and job.details["api"] == api]
+    selected = [job for job in jobs if all(str(job.get(key)).lower() == value.lower() for key, value in terms)]
+    payload: dict[str, Any] = {"jobs": selected[offset : offset + top]}
+    if offset + top < len(selected):
+        token = base64.urlsafe_b64encode(str(offset + top).encode()).decode().rstrip("=")
+        query = urlencode({"$filter": text, "$top": top, "continuationToken": token}, quote_via=quote)
+        payload["_links"] = {"next": {"href": f"{state.base_url}/{api}/jobs?{query}"}}
+    return Reply.json(200, payload)
+
+
+# -- results: reality-management read access, the iTwin bucket, blob containers ------------------------
 
 
 def _reality_data_job(state: EmulatorState, reality_data_id: str) -> tuple[Job, int] | None:
@@ -516,17 +605,32 @@ def _reality_data_not_found(reality_data_id: str) -> Reply:
     return error(404, "RealityDataNotFound", f"Requested reality data {reality_data_id} is not available.")
 
 
+def _container_href(state: EmulatorState, container: str, files: dict[str, tuple[Job, int]]) -> str:
+    """A read+list SAS URL for `container`: this emulator's blob endpoint, or the blob store holding `files`."""
+    if state.blob_store is not None:
+        blobs = {name: _blob_source(job, index) for name, (job, index) in files.items()}
+        return str(state.blob_store.publish(container, blobs, SAS_LIFETIME))
+    signature = secrets.token_hex(16)
+    expiry = time.time() + SAS_LIFETIME
+    with state.lock:
+        state.sas_grants[signature] = (container, time.monotonic() + SAS_LIFETIME)
+    return f"{state.base_url}/blob/{container}?sv=2021-08-06&se={quote(iso(expiry))}&sr=c&sp=rl&sig={signature}"
+
+
+def _blob_source(job: Job, index: int) -> tuple[int, Iterator[bytes]]:
+    size = job.scenario.result_size
+    return size, result_chunks(job.job_id, index, size, job.result_prefix)
+
+
 def _read_access(request: Request, state: EmulatorState, reality_data_id: str) -> Reply:
     found = _reality_data_job(state, reality_data_id)
     if found is None:
         return _reality_data_not_found(reality_data_id)
-    signature = secrets.token_hex(16)
-    expiry = time.time() + SAS_LIFETIME
-    with state.lock:
-        state.sas_grants[signature] = (reality_data_id, time.monotonic() + SAS_LIFETIME)
-    href = f"{state.base_url}/blob/{reality_data_id}?sv=2021-08-06&se={quote(iso(expiry))}&sr=c&sp=rl&sig={signature}"
+    job, position = found
+    files = {name: (job, position * job.scenario.outputs + n) for n, name in enumerate(_blob_names(job))}
+    href = _container_href(state, reality_data_id, files)
     payload = {"type": "AzureBlobSasUrl", "access": "Read", "_links": {"containerUrl": {"href": href}}}
-    return Reply.json(200, payload).for_job(found[0].job_id)
+    return Reply.json(200, payload).for_job(job.job_id)
 
 
 def _reality_data(request: Request, state: EmulatorState, reality_data_id: str) -> Reply:
@@ -534,14 +638,44 @@ def _reality_data(request: Request, state: EmulatorState, reality_data_id: str) 
     if found is None:
         return _reality_data_not_found(reality_data_id)
     job, position = found
+    ended = job.finished_at(time.monotonic())
+    modified = iso(job.wall(ended) if ended is not None else job.created_at)
     view = {
         "id": reality_data_id,
         "displayName": f"{job.details['name'] or job.job_id} {job.details['outputs'][position]}",
+        "classification": "Undefined",
         "type": "Unstructured",
+        "size": len(_blob_names(job)) * job.scenario.result_size // 1024,  # KB, as Reality Management counts
+        "authoring": False,
+        "dataCenterLocation": "East US",
         "iTwinId": job.details["iTwinId"],
+        "ownerId": CLIENT_ID,
         "createdDateTime": iso(job.created_at),
+        "modifiedDateTime": modified,
+        "lastAccessedDateTime": modified,
     }
     return Reply.json(200, {"realityData": view}).for_job(job.job_id)
+
+
+def _bucket_container(itwin_id: str) -> str:
+    return f"bucket-{itwin_id.lower()}"
+
+
+def _bucket_files(state: EmulatorState, itwin_id: str) -> dict[str, tuple[Job, int]]:
+    """The bucket's blobs: the bkt: outputs of the iTwin's succeeded jobs, by path."""
+    now = time.monotonic()
+    files = {}
+    with state.lock:
+        for (owner, path), (job_id, position) in state.bucket_files.items():
+            job = state.job(VENDOR, job_id)
+            if owner == itwin_id and job is not None and job.state(now) == "succeeded":
+                files[path] = (job, position * job.scenario.outputs)
+    return files
+
+
+def _bucket(request: Request, state: EmulatorState, itwin_id: str) -> Reply:
+    href = _container_href(state, _bucket_container(itwin_id), _bucket_files(state, itwin_id))
+    return Reply.json(200, {"bucket": {"iTwinId": itwin_id}, "_links": {"containerUrl": {"href": href}}})
 
 
 def _azure_error(status: int, code: str, message: str) -> Reply:
@@ -557,6 +691,20 @@ def _blob_names(job: Job) -> list[str]:
     return [job.scenario.name(n - 1, f"output/part_{n}.bin") for n in range(1, job.scenario.outputs + 1)]
 
 
+def _container_files(state: EmulatorState, container: str) -> dict[str, tuple[Job, int]] | None:
+    """The blobs of a container, by name, as (job, result index); None for an unknown container."""
+    if container.startswith("bucket-"):
+        itwin_id = container.removeprefix("bucket-")
+        with state.lock:
+            owners = {owner.lower(): owner for owner, _ in state.bucket_files}
+        return _bucket_files(state, owners.get(itwin_id, itwin_id))
+    found = _reality_data_job(state, container)
+    if found is None:
+        return None
+    job, position = found
+    return {name: (job, position * job.scenario.outputs + n) for n, name in enumerate(_blob_names(job))}
+
+
 def _blob(request: Request, state: EmulatorState) -> Reply:
     container, _, blob_name = request.path.removeprefix("/blob/").partition("/")
     with state.lock:
@@ -568,29 +716,50 @@ def _blob(request: Request, state: EmulatorState) -> Reply:
             "Server failed to authenticate the request. Make sure the value of Authorization header is formed "
             "correctly including the signature.",
         )
-    found = _reality_data_job(state, container)
-    if found is None:
+    files = _container_files(state, container)
+    if files is None:
         return _azure_error(404, "ContainerNotFound", "The specified container does not exist.")
-    job, position = found
     if not blob_name:
-        return _list_blobs(request, state, job, container)
-    names = _blob_names(job)
-    if request.method != "GET" or blob_name not in names:
-        return _azure_error(404, "BlobNotFound", "The specified blob does not exist.").for_job(job.job_id)
-    index = position * job.scenario.outputs + names.index(blob_name)
-    headers = {"x-ms-blob-type": "BlockBlob", "x-ms-version": "2021-08-06", "ETag": f'"0x{index:X}{job.job_id[:8]}"'}
-    return state.download(job, index, "application/octet-stream", headers)
+        return _list_blobs(request, state, container, files)
+    target = files.get(unquote(blob_name))
+    if request.method != "GET" or target is None:
+        return _azure_error(404, "BlobNotFound", "The specified blob does not exist.")
+    return _blob_download(request, state, *target)
 
 
-def _list_blobs(request: Request, state: EmulatorState, job: Job, container: str) -> Reply:
+def _blob_download(request: Request, state: EmulatorState, job: Job, index: int) -> Reply:
+    size = job.scenario.result_size
+    headers = {
+        "x-ms-blob-type": "BlockBlob",
+        "x-ms-version": "2021-08-06",
+        "ETag": f'"0x{index:X}{job.job_id[:8].upper()}"',
+        "Last-Modified": http_date(job.created_at),
+        "Accept-Ranges": "bytes",
+    }
+    # Azure's own client asks with x-ms-range, plain HTTP clients with Range; x-ms-range wins when both come.
+    wanted = parse_range(request.header("x-ms-range") or request.header("Range"), size)
+    if wanted == "unsatisfiable":
+        message = "The range specified is invalid for the current size of the resource."
+        reply = _azure_error(416, "InvalidRange", message)
+        reply.headers["Content-Range"] = f"bytes */{size}"
+        return reply.for_job(job.job_id)
+    return state.download(job, index, "application/octet-stream", headers, byte_range=wanted)
+
+
+def _list_blobs(request: Request, state: EmulatorState, container: str, files: dict[str, tuple[Job, int]]) -> Reply:
     if request.query.get("restype") != "container" or request.query.get("comp") != "list":
         return _azure_error(400, "InvalidQueryParameterValue", "Value for one of the query parameters is not valid.")
     prefix = request.query.get("prefix", "")
     blobs = "".join(
-        f"<Blob><Name>{escape(name)}</Name><Properties><Last-Modified>{iso(job.created_at)}</Last-Modified>"
+        f"<Blob><Name>{escape(name)}</Name><Properties>"
+        f"<Creation-Time>{http_date(job.created_at)}</Creation-Time>"
+        f"<Last-Modified>{http_date(job.created_at)}</Last-Modified>"
+        f"<Etag>0x{index:X}{job.job_id[:8].upper()}</Etag>"
         f"<Content-Length>{job.scenario.result_size}</Content-Length>"
-        "<Content-Type>application/octet-stream</Content-Type><BlobType>BlockBlob</BlobType></Properties></Blob>"
-        for name in _blob_names(job)
+        "<Content-Type>application/octet-stream</Content-Type><BlobType>BlockBlob</BlobType>"
+        "<AccessTier>Hot</AccessTier><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState>"
+        "</Properties></Blob>"
+        for name, (job, index) in sorted(files.items())
         if name.startswith(prefix)
     )
     body = (
@@ -598,24 +767,31 @@ def _list_blobs(request: Request, state: EmulatorState, job: Job, container: str
         f'<EnumerationResults ServiceEndpoint="{escape(state.base_url)}/blob/" ContainerName="{escape(container)}">'
         f"<Prefix>{escape(prefix)}</Prefix><Blobs>{blobs}</Blobs><NextMarker /></EnumerationResults>"
     )
-    return Reply.text(200, body, "application/xml").for_job(job.job_id)
+    reply = Reply.text(200, body, "application/xml")
+    reply.headers["x-ms-version"] = "2021-08-06"
+    job_ids = {job.job_id for job, _ in files.values()}
+    return reply.for_job(job_ids.pop() if len(job_ids) == 1 else None)
 
 
 # -- routing ----------------------------------------------------------------------------------------
 
 _ID = "([^/]+)"
 _V1 = "(" + "|".join(V1_APIS) + ")"
+_V2 = "(" + "|".join(V2_APIS) + ")"
 ROUTES: tuple[Route, ...] = (
     ("POST", re.compile(f"/{_V1}/jobs"), _v1_create),
+    ("GET", re.compile(f"/{_V1}/jobs"), _list_jobs),
     ("GET", re.compile(f"/{_V1}/jobs/{_ID}"), _v1_get),
     ("PATCH", re.compile(f"/{_V1}/jobs/{_ID}"), _v1_patch),
     ("DELETE", re.compile(f"/{_V1}/jobs/{_ID}"), _v1_delete),
     ("GET", re.compile(f"/{_V1}/jobs/{_ID}/progress"), _v1_progress),
-    ("POST", re.compile(f"/{V2_API}/jobs"), _v2_create),
-    ("GET", re.compile(f"/{V2_API}/jobs/{_ID}"), _v2_get),
-    ("DELETE", re.compile(f"/{V2_API}/jobs/{_ID}"), _v2_cancel),
-    ("GET", re.compile(f"/{V2_API}/jobs/{_ID}/progress"), _v2_progress),
-    ("GET", re.compile(f"/{V2_API}/jobs/{_ID}/messages"), _v2_messages),
+    ("POST", re.compile(f"/{_V2}/jobs"), _v2_create),
+    ("GET", re.compile(f"/{_V2}/jobs"), _list_jobs),
+    ("GET", re.compile(f"/{_V2}/jobs/{_ID}"), _v2_get),
+    ("DELETE", re.compile(f"/{_V2}/jobs/{_ID}"), _v2_cancel),
+    ("GET", re.compile(f"/{_V2}/jobs/{_ID}/progress"), _v2_progress),
+    ("GET", re.compile(f"/{_V2}/jobs/{_ID}/messages"), _v2_messages),
+    ("GET", re.compile(f"/reality-modeling/itwins/{_ID}/bucket"), _bucket),
     ("GET", re.compile(f"/reality-management/reality-data/{_ID}/readaccess"), _read_access),
     ("GET", re.compile(f"/reality-management/reality-data/{_ID}"), _reality_data),
 )
@@ -630,7 +806,8 @@ def handle(request: Request, state: EmulatorState) -> Reply:
     denied = _denied(request, state)
     if denied is not None:
         return denied
-    wrong = _wrong_version(request, "v2" if request.path.startswith(f"/{V2_API}") else "v1")
+    v2 = any(request.path.startswith(f"/{api}") for api in V2_APIS)
+    wrong = _wrong_version(request, "v2" if v2 else "v1")
     if wrong is not None:
         return wrong
     return route(request, state, ROUTES) or error(404, "NotFound", f"Nothing is served at {request.path}.")

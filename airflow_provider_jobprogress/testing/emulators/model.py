@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import gzip
 import hashlib
 import json
@@ -20,7 +21,8 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 VENDORS = ("olconnect", "scriptx", "itwin")
-OUTCOMES = frozenset({"succeed", "fail", "cancel", "soft_error", "immediate", "code_exception"})
+# done_at_submit: ScriptX answers the print with status 4 and no job identifier; elsewhere it succeeds.
+OUTCOMES = frozenset({"succeed", "fail", "cancel", "soft_error", "immediate", "code_exception", "done_at_submit"})
 # Outcomes that end in failure; ScriptX-only outcomes fail on the other vendors, which have no such answer.
 FAILING_OUTCOMES = frozenset({"fail", "soft_error", "code_exception"})
 GARBAGE_MODES = frozenset({"html", "empty", "nonnumeric", "malformed", "unknown_status"})
@@ -311,6 +313,38 @@ def _compress(data: bytes, encoding: str) -> bytes:
     return zlib.compress(data)  # HTTP "deflate" is the zlib format (RFC 9110 8.4.1.2)
 
 
+def byte_slice(chunks: Iterable[bytes], start: int, stop: int) -> Iterator[bytes]:
+    """Bytes ``start`` to ``stop`` (excluded) of a chunked stream, without holding more than one chunk."""
+    offset = 0
+    for chunk in chunks:
+        begin, end = max(start - offset, 0), min(stop - offset, len(chunk))
+        if begin < end:
+            yield chunk[begin:end]
+        offset += len(chunk)
+        if offset >= stop:
+            return
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
+    """An HTTP ``bytes=`` range (one range only) as (first, last) within ``size``; None when absent or unreadable."""
+    match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header or "")
+    if match is None or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if first == "":  # the last N bytes
+        start, end = max(size - int(last), 0), size - 1
+    else:
+        start, end = int(first), min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        return "unsatisfiable"
+    return start, end
+
+
+def http_date(ts: float) -> str:
+    """RFC 1123 date (``Last-Modified``), as Azure Storage writes it."""
+    return email.utils.formatdate(ts, usegmt=True)
+
+
 def sha256_of(chunks: Iterable[bytes]) -> str:
     digest = hashlib.sha256()
     for chunk in chunks:
@@ -436,7 +470,11 @@ class EmulatorState:
         self.defaults: dict[str, Scenario] = {}
         self.managed_files: dict[str, tuple[str, int]] = {}
         self.reality_data: dict[str, tuple[str, int]] = {}
+        #: (iTwin id, blob path in its bucket) -> (job id, output position)
+        self.bucket_files: dict[tuple[str, str], tuple[str, int]] = {}
         self.sas_grants: dict[str, tuple[str, float]] = {}
+        #: where iTwin outputs are served from: None = this emulator's own blob endpoint, else e.g. Azurite
+        self.blob_store: Any = None
         self.reset()
 
     def reset(self) -> None:
@@ -445,6 +483,7 @@ class EmulatorState:
             self.calls.clear()
             self.managed_files.clear()
             self.reality_data.clear()
+            self.bucket_files.clear()
             self.sas_grants.clear()
             self.tokens = {vendor: {} for vendor in VENDORS}
             self.queues = {vendor: deque() for vendor in VENDORS}
@@ -486,8 +525,21 @@ class EmulatorState:
         with self.lock:
             return self.jobs.get((vendor, job_id))
 
-    def download(self, job: Job, index: int, content_type: str, headers: Mapping[str, str] | None = None) -> Reply:
-        """Stream result file `index` of `job`; the job's first download is cut when the scenario says so."""
+    def download(
+        self,
+        job: Job,
+        index: int,
+        content_type: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        byte_range: tuple[int, int] | None = None,
+    ) -> Reply:
+        """Stream result file `index` of `job`; the job's first download is cut when the scenario says so.
+
+        ``byte_range`` (first, last), both included and within the file, answers 206 with that slice; a
+        ranged read is recorded as a download only when it covers the whole file. With the scenario's
+        ``content_encoding`` the whole file is served encoded (200; ranges are not offered then).
+        """
         scenario = job.scenario
         with self.lock:
             if scenario.download_once and any(d.index == index and d.complete for d in job.downloads):
@@ -496,29 +548,36 @@ class EmulatorState:
             job.downloads_started += 1
         size = scenario.result_size
         stream: Iterable[bytes] = result_chunks(job.job_id, index, size, job.result_prefix)
-        length, decoded_sha = size, None
         extra = dict(headers or {})
+        decoded_sha = None
         if scenario.content_encoding is not None:
             # Compressed whole, in memory: Content-Length must announce the encoded size up front.
             plain = b"".join(stream)
             decoded_sha = hashlib.sha256(plain).hexdigest()
             body = _compress(plain, scenario.content_encoding)
-            stream, length = [body], len(body)
+            stream, byte_range = [body], None
             extra["Content-Encoding"] = scenario.content_encoding
+            start, end, length = 0, len(body) - 1, len(body)
+        else:
+            start, end = byte_range if byte_range is not None else (0, size - 1)
+            length = end - start + 1 if size else 0
+        whole = byte_range is None or (start, end) == (0, size - 1)
 
         def sent(sha256: str, n: int, complete: bool) -> None:
             with self.lock:
                 # A client keeps the decoded bytes: record their digest for an encoded download.
                 job.downloads.append(Download(index, decoded_sha if complete and decoded_sha else sha256, n, complete))
 
+        if byte_range is not None:
+            extra["Content-Range"] = f"bytes {start}-{end}/{size}"
         return Reply(
-            200,
+            206 if byte_range is not None else 200,
             headers={"Content-Type": content_type, **extra},
-            stream=stream,
+            stream=stream if whole else byte_slice(stream, start, end + 1),
             length=length,
             drop_after=scenario.drop_download_at if first else None,
             job_id=job.job_id,
-            on_sent=sent,
+            on_sent=sent if whole else None,
         )
 
     # -- tokens ----------------------------------------------------------------------------------

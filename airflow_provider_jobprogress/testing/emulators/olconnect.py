@@ -11,7 +11,13 @@ Decisions where the OL Connect docs are silent (shared with /work/shared/vendors
 - getResult with one output streams the file; with several it answers the absolute paths
   (/opt/olconnect/output/<id>/out_<n>.pdf), one per line, as application/octet-stream.
 - getManagedResult answers one File Store id per output, one per line (text/plain); each id downloads
-  with GET /rest/serverengine/filestore/file/{fileId}.
+  with GET /rest/serverengine/filestore/file/{fileId}. For a configuration with `outputcreation.createOnly`
+  it answers JSON `{"identifier": <folder id>, "files": ["out_1.pdf", ...]}` (what Upland's own client
+  parses), each file downloading with GET /rest/serverengine/filestore/file/{folderId}/{name}; the folder
+  as a whole (a zip on a real server) is not emulated (404).
+- With `"returnIdInHeader": true` in the configuration, getResult, getResultTxt and getManagedResult carry
+  X-Data-Set-ID, X-Content-Set-ID, X-Job-Set-ID (numbers) and X-Result-Type.
+- A call without any credentials: 401 with `WWW-Authenticate: BASIC` and no body.
 - Expired token: 401 JSON Error "Authentication token has expired" without WWW-Authenticate (that header
   only ever means "no credentials were sent"); unknown token or wrong Basic credentials: 403 JSON Error.
 - /cancel on a finished operation answers 204 and changes nothing (cancel is only a request).
@@ -25,6 +31,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from urllib.parse import unquote
 
 from .model import (
     SCENARIO_HEADER,
@@ -57,9 +64,7 @@ def error(status: int, message: str, parameter: str = "") -> Reply:
 
 
 def _credentials_required() -> Reply:
-    reply = error(401, "Authentication required: send Basic credentials or an auth_token header")
-    reply.headers["WWW-Authenticate"] = "BASIC"
-    return reply
+    return Reply(401, headers={"WWW-Authenticate": "BASIC"})
 
 
 def _login(request: Request, state: EmulatorState) -> Reply:
@@ -117,7 +122,12 @@ def _submit(request: Request, state: EmulatorState) -> Reply:
     if isinstance(datamining, dict) and datamining.get("identifier") == "missing":
         return error(400, "Data file 'missing' not found in File Store", "missing")
     scenario = state.choose_scenario(VENDOR, request.header(SCENARIO_HEADER), config.get("emulator"))
-    job = Job(VENDOR, scenario.job_id or str(uuid.uuid4()), scenario, result_count=scenario.outputs)
+    output = config.get("outputcreation")
+    details = {
+        "create_only": isinstance(output, dict) and output.get("createOnly") is True,
+        "return_ids": config.get("returnIdInHeader") is True,
+    }
+    job = Job(VENDOR, scenario.job_id or str(uuid.uuid4()), scenario, result_count=scenario.outputs, details=details)
     job.submit(time.monotonic())
     state.add_job(job)
     reply = Reply.empty(202).for_job(job.job_id)
@@ -187,10 +197,30 @@ def _finished_job(state: EmulatorState, job_id: str) -> Job | Reply:
         return job
 
 
+def _file_names(job: Job) -> list[str]:
+    return [f"out_{n}.pdf" for n in range(1, job.result_count + 1)]
+
+
 def _paths(job: Job) -> str:
     return "\n".join(
-        job.scenario.name(n - 1, f"{OUTPUT_DIR}/{job.job_id}/out_{n}.pdf") for n in range(1, job.result_count + 1)
+        job.scenario.name(n - 1, f"{OUTPUT_DIR}/{job.job_id}/{name}") for n, name in enumerate(_file_names(job), 1)
     )
+
+
+def _with_set_ids(reply: Reply, state: EmulatorState, job: Job) -> Reply:
+    """Add the X-…-Set-ID headers when the configuration asked for them (returnIdInHeader)."""
+    if job.details.get("return_ids"):
+        with state.lock:
+            base = job.details.setdefault("set_base", 100 + 3 * len(state.jobs))
+        reply.headers.update(
+            {
+                "X-Data-Set-ID": str(base),
+                "X-Content-Set-ID": str(base + 1),
+                "X-Job-Set-ID": str(base + 2),
+                "X-Result-Type": "Job-Set-ID",
+            }
+        )
+    return reply
 
 
 def _result(request: Request, state: EmulatorState, job_id: str) -> Reply:
@@ -198,15 +228,15 @@ def _result(request: Request, state: EmulatorState, job_id: str) -> Reply:
     if isinstance(job, Reply):
         return job
     if job.result_count == 1:
-        return state.download(job, 0, "application/octet-stream")
-    return Reply.text(200, _paths(job), "application/octet-stream").for_job(job_id)
+        return _with_set_ids(state.download(job, 0, "application/octet-stream"), state, job)
+    return _with_set_ids(Reply.text(200, _paths(job), "application/octet-stream").for_job(job_id), state, job)
 
 
 def _result_txt(request: Request, state: EmulatorState, job_id: str) -> Reply:
     job = _finished_job(state, job_id)
     if isinstance(job, Reply):
         return job
-    return Reply.text(200, _paths(job)).for_job(job_id)
+    return _with_set_ids(Reply.text(200, _paths(job)).for_job(job_id), state, job)
 
 
 def _managed_result(request: Request, state: EmulatorState, job_id: str) -> Reply:
@@ -216,20 +246,35 @@ def _managed_result(request: Request, state: EmulatorState, job_id: str) -> Repl
     with state.lock:
         ids: list[str] = job.details.setdefault("managed_ids", [])
         if not ids:
-            for index in range(job.result_count):
+            # createOnly: one File Store folder holding the files (index -1 marks the folder)
+            indexes = [-1] if job.details["create_only"] else list(range(job.result_count))
+            for index in indexes:
                 file_id = str(1000 + len(state.managed_files))
                 state.managed_files[file_id] = (job_id, index)
                 ids.append(file_id)
-    return Reply.text(200, "\n".join(ids)).for_job(job_id)
+    if job.details["create_only"]:
+        reply = Reply.json(200, {"identifier": int(ids[0]), "files": _file_names(job)})
+    else:
+        reply = Reply.text(200, "\n".join(ids))
+    return _with_set_ids(reply.for_job(job_id), state, job)
 
 
-def _filestore_file(request: Request, state: EmulatorState, file_id: str) -> Reply:
+def _filestore_file(request: Request, state: EmulatorState, file_id: str, rel_path: str | None = None) -> Reply:
     with state.lock:
         target = state.managed_files.get(file_id)
     job = None if target is None else state.job(VENDOR, target[0])
     if target is None or job is None:
         return error(404, f"Managed file {file_id} not found", file_id)
-    return state.download(job, target[1], "application/octet-stream")
+    index = target[1]
+    rel_path = None if rel_path is None else unquote(rel_path)
+    if index < 0:  # a folder: only the files in it are served
+        names = _file_names(job)
+        if rel_path is None or rel_path not in names:
+            return error(404, f"Managed directory {file_id} has no file {rel_path!r}", file_id)
+        index = names.index(rel_path)
+    elif rel_path is not None:
+        return error(404, f"Managed file {file_id} is not a directory", file_id)
+    return state.download(job, index, "application/octet-stream")
 
 
 def _cancel(request: Request, state: EmulatorState, job_id: str) -> Reply:
@@ -261,7 +306,7 @@ ROUTES: tuple[Route, ...] = (
     ("POST", re.compile(f"{PRINT}/getResultTxt/{_ID}"), _result_txt),
     ("POST", re.compile(f"{PRINT}/getManagedResult/{_ID}"), _managed_result),
     ("POST", re.compile(f"{PRINT}/cancel/{_ID}"), _cancel),
-    ("GET", re.compile(f"{BASE}/filestore/file/{_ID}"), _filestore_file),
+    ("GET", re.compile(f"{BASE}/filestore/file/{_ID}(?:/(.+))?"), _filestore_file),
 )
 
 

@@ -3,7 +3,13 @@
 Decisions where the MeadCo docs are silent (shared with /work/shared/vendors/README.md):
 - print answers HTTP 200 (the mock's 202 is not authoritative) with {status, jobIdentifier, message}:
   2 QueuedToFile (Cloud prints to file only); outcome soft_error → status 3 with an empty jobIdentifier
-  and no job kept; immediate → status 4 with a token whose job is already complete (download works).
+  and no job kept; immediate → status 4 with a token whose job is already complete (download works);
+  done_at_submit → status 4 with an empty jobIdentifier and no job kept (done at once, nothing to follow).
+- Body keys are read in any case, as the ASP.NET service binds them: MeadCo's own client posts
+  `Document`, `Description`, `Settings`, `Device` (and `ProtectedContentAccess`, `UserData`, ignored).
+- X-Meadroid-Path (MeadCo's client sends its page URL on every call): when present, its host must be one of
+  the license's domains, else 401 "Unauthorized - the license is not valid for this domain"; a call
+  without it is accepted (server-side callers).
 - Intermediate status values are spread over the scenario's steps: 1 Queued, 2 Starting, 3 Downloading,
   4 Downloaded, 8 PrintingPdf (first and last always shown when steps >= 2); the end is 6 Completed.
   Once a download has been served whole the status answers 100 Collected and the output is gone:
@@ -25,6 +31,7 @@ import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 from .model import (
     SCENARIO_HEADER,
@@ -59,13 +66,25 @@ LICENSE_OPTIONS = {
 VERSION = {"major": 2, "minor": 23, "build": 1, "revision": 0, "majorRevision": 0, "minorRevision": 0}
 
 
+LICENSE_DOMAINS = ("127.0.0.1", "localhost")
+
+
 def _unauthorized(request: Request, state: EmulatorState) -> Reply | None:
     credentials = basic_credentials(request)
     if credentials is None:
         return Reply.text(401, "Unauthorized")
-    return (
-        None if credentials[0] == state.secret("scriptx_license") else Reply.text(401, "Unauthorized - unknown license")
-    )
+    if credentials[0] != state.secret("scriptx_license"):
+        return Reply.text(401, "Unauthorized - unknown license")
+    path = request.header("X-Meadroid-Path")
+    if path is not None and (urlsplit(path).hostname or "") not in LICENSE_DOMAINS:
+        return Reply.text(401, "Unauthorized - the license is not valid for this domain")
+    return None
+
+
+def _field(data: dict[str, Any], name: str) -> Any:
+    """``data[name]`` with the key in any case, as ASP.NET model binding reads JSON."""
+    wanted = name.lower()
+    return next((value for key, value in data.items() if key.lower() == wanted), None)
 
 
 def _describe(request: Request, state: EmulatorState) -> Reply:
@@ -96,7 +115,7 @@ def _license(request: Request, state: EmulatorState) -> Reply:
             "to": "2099-12-31T23:59:59Z",
             "mode": 1,
             "revision": 1,
-            "domains": ["127.0.0.1", "localhost"],
+            "domains": list(LICENSE_DOMAINS),
             "options": LICENSE_OPTIONS,
         },
     )
@@ -118,14 +137,18 @@ def _print(request: Request, state: EmulatorState) -> Reply:
         body = request.json()
     except ValueError:
         return Reply.text(400, "PDF print failed: the request body is not JSON")
-    if not isinstance(body, dict) or not isinstance(body.get("document"), str) or not body["document"]:
+    document = _field(body, "document") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or not isinstance(document, str) or not document:
         return Reply.text(400, "PDF print failed: no document")
     scenario = state.choose_scenario(VENDOR, request.header(SCENARIO_HEADER), body.get("emulator"))
     if scenario.outcome == "soft_error":
         message = scenario.message or "PDF print failed: the document could not be processed"
         return Reply.json(200, {"status": 3, "jobIdentifier": "", "message": message})
-    device = body.get("device")
-    file_name = str(device.get("printToFileName") or "output.pdf") if isinstance(device, dict) else "output.pdf"
+    if scenario.outcome == "done_at_submit":
+        return Reply.json(200, {"status": 4, "jobIdentifier": "", "message": ""})
+    device = _field(body, "device")
+    named = _field(device, "printToFileName") if isinstance(device, dict) else None
+    file_name = str(named or "output.pdf")
     job_id = scenario.job_id or uuid.uuid4().hex
     job = Job(VENDOR, job_id, scenario, result_prefix=PDF_HEADER, details={"fileName": file_name})
     now = time.monotonic()

@@ -286,6 +286,11 @@ class VendorEmulator:
     def set_default_scenario(self, vendor: str, scenario: Scenario) -> None:
         self.state.queue_scenario(vendor, scenario, default=True)
 
+    def serve_blobs_from(self, store: Any) -> None:
+        """Serve iTwin outputs from ``store`` (``Azurite(...).blob_store()``: a real Azure Storage API) instead of
+        this server's own blob endpoint; read-access and bucket answers then carry the store's SAS URLs."""
+        self.state.blob_store = store
+
     def expire_tokens(self) -> None:
         """Every OL Connect and iTwin token issued so far is expired from now on."""
         self.state.expire_tokens()
@@ -323,7 +328,7 @@ class VendorEmulator:
         return sha256_of(self.result_bytes(vendor, job_id, index))
 
     def connections(self) -> dict[str, str]:
-        """Airflow connection JSON per default connection id, pointing at this emulator."""
+        """Airflow connection JSON per default connection id (and ``itwin_reality_analysis``), pointing here."""
         ol = {
             "conn_type": self.CONN_TYPES["olconnect"],
             "host": self.host,
@@ -341,7 +346,7 @@ class VendorEmulator:
             "password": self.state.secret("scriptx_license"),
             "extra": {"variant": "cloud"},
         }
-        it = {
+        it: dict[str, Any] = {
             "conn_type": self.CONN_TYPES["itwin"],
             "login": self.ITWIN_CLIENT_ID,
             "password": self.state.secret("itwin_client_secret"),
@@ -353,9 +358,12 @@ class VendorEmulator:
                 "itwin_id": self.ITWIN_ID,
             },
         }
-        return {
+        conns = {
             f"{name}_default": json.dumps(conn) for name, conn in (("olconnect", ol), ("scriptx", sx), ("itwin", it))
         }
+        # Bentley's current Reality Analysis (v2), beside the v1 default: what its example DAG uses.
+        conns["itwin_reality_analysis"] = json.dumps({**it, "extra": {**it["extra"], "api": "reality-analysis"}})
+        return conns
 
     # -- control API over HTTP -------------------------------------------------------------------
     def control(self, request: Request) -> Reply:
