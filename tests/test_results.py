@@ -300,7 +300,7 @@ def test_xcom_is_a_list_of_files_whatever_the_number_of_parts(
     job_id = finished_job(emulator, "scriptx", Scenario(steps=0))
     stored = fetch("scriptx_default", job_id, f"file://{tmp_path}/one.pdf")
     assert isinstance(stored, list)
-    assert set(stored[0]) == {"uri", "name", "source", "bytes", "sha256", "content_type"}
+    assert set(stored[0]) == {"uri", "name", "source", "bytes", "sha256", "content_type", "metadata"}
     assert stored[0]["name"] == "one.pdf"
     assert stored[0]["source"] == "a.pdf", "the vendor's own name for it"
 
