@@ -42,7 +42,12 @@ from tests.conftest import DAG_BUNDLES_JSON
 ROOT = Path(__file__).resolve().parent.parent
 DAGS_FOLDER = ROOT / "tests" / "dags"  # the same DAGs the dag.test() tests run
 #: the shipped example DAGs the deployment runs as users would
-EXAMPLE_DAGS = ("example_olconnect_print", "example_scriptx_print_pdf", "example_itwin_reality_analysis")
+EXAMPLE_DAGS = (
+    "example_olconnect_print",
+    "example_scriptx_print_pdf",
+    "example_itwin_reality_analysis",
+    "example_itwin_reality_analysis_v2",
+)
 BIN = Path(sys.executable).parent
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})

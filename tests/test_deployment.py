@@ -278,6 +278,7 @@ FETCH_TASKS = {
     "example_olconnect_print": ("olconnect", "submit", "fetch"),
     "example_scriptx_print_pdf": ("scriptx", "print", "download"),
     "example_itwin_reality_analysis": ("itwin", "submit", "download_outputs"),
+    "example_itwin_reality_analysis_v2": ("itwin", "submit", "download_outputs"),
 }
 
 
@@ -301,7 +302,7 @@ def test_example_dags_run_as_users_run_them(deployment: Deployment, vendor_emula
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         assert digest == items[0]["sha256"] == emu.result_sha256(vendor, job, 0)
         assert len(submit_calls(job_calls(emu, job))) == 1
-    leftovers = [p.name for p in tmp_path.rglob(".*.part")]
+    leftovers = [p.name for p in tmp_path.rglob(".*")]  # no staging folder or hidden part left
     assert not leftovers, leftovers
 
 
