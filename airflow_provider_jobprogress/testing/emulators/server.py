@@ -58,12 +58,32 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], emulator: VendorEmulator) -> None:
         self.emulator = emulator
+        self.open_connections = 0
+        self.accepted_connections = 0
+        self._count_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Counted here and in shutdown_request: tests check that clients leave no connection open.
+        with self._count_lock:
+            self.open_connections += 1
+            self.accepted_connections += 1
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            super().shutdown_request(request)
+        finally:
+            with self._count_lock:
+                self.open_connections -= 1
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real servers; every answer has a Content-Length
     server_version = "JobProgressEmulator/1.0"
+    # Headers and body leave in two writes; with Nagle on, the second waits for the client's delayed ACK
+    # (40 ms on Linux) on every answer of a kept-alive connection.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         self._serve()
@@ -101,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("emulator failed on %s %s", request.method, request.path)
             reply = Reply.text(500, "emulator internal error")
         # Record before answering: a client that has its answer must find its call in the log.
-        if not request.path.startswith(CONTROL):
+        if not request.path.startswith(CONTROL) or _DONE_PATH.fullmatch(request.path):
             peer = f"{self.client_address[0]}:{self.client_address[1]}"
             call = Call(request.method, request.path, reply.status, vendor, reply.job_id, time.time(), peer)
             emulator.state.record(call)
@@ -195,6 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _JOB_PATH = re.compile(f"{CONTROL}/jobs/([^/]+)/([^/]+)")
+_DONE_PATH = re.compile(f"{CONTROL}/jobs/([^/]+)/([^/]+)/done")
 _SHA_PATH = re.compile(f"{CONTROL}/jobs/([^/]+)/([^/]+)/result-sha256")
 
 
@@ -293,7 +314,33 @@ class VendorEmulator:
     def reset(self) -> None:
         self.state.reset()
 
+    def set_secrets(self, secrets: Mapping[str, str]) -> None:
+        """Accept these credentials from now on, and no longer the ones they replace (a rotated secret).
+
+        Names as in ``secrets=`` of the constructor. Tokens already issued stay valid until they expire
+        (``expire_tokens`` ends them), as with the real vendors.
+        """
+        unknown = set(secrets) - set(self.state.secrets)
+        if unknown:
+            raise ValueError(f"unknown emulator secrets {sorted(unknown)}; known: {sorted(self.state.secrets)}")
+        with self.state.lock:
+            self.state.secrets.update(secrets)
+
     # -- observations ----------------------------------------------------------------------------
+    @property
+    def open_connections(self) -> int:
+        """TCP connections the server holds open now (a client that closed all its sockets leaves 0)."""
+        return 0 if self._server is None else self._server.open_connections
+
+    def stats(self) -> dict[str, int]:
+        """Counters for benchmarks and tests: open and accepted connections, recorded calls."""
+        server = self._server
+        return {
+            "open_connections": 0 if server is None else server.open_connections,
+            "accepted_connections": 0 if server is None else server.accepted_connections,
+            "calls": len(self.state.calls),
+        }
+
     @property
     def calls(self) -> list[Call]:
         return self.state.snapshot_calls()
@@ -373,6 +420,13 @@ class VendorEmulator:
         if (method, path) == ("POST", f"{CONTROL}/reset"):
             self.reset()
             return Reply.empty(204)
+        if (method, path) == ("POST", f"{CONTROL}/secrets"):
+            return self._control_secrets(request)
+        if (method, path) == ("GET", f"{CONTROL}/stats"):
+            return Reply.json(200, self.stats())
+        done = _DONE_PATH.fullmatch(path)
+        if method == "GET" and done is not None:
+            return self._done(*done.groups())
         if method == "GET":
             return self._control_job(request)
         return Reply.json(404, {"error": f"no control endpoint {method} {path}"})
@@ -387,6 +441,32 @@ class VendorEmulator:
         scenario = Scenario.from_dict(body.get("scenario") or {})
         self.state.queue_scenario(body["vendor"], scenario, default=bool(body.get("default")))
         return Reply.empty(204)
+
+    def _control_secrets(self, request: Request) -> Reply:
+        try:
+            body = request.json()
+        except ValueError:
+            return Reply.json(400, {"error": "body must be JSON"})
+        if not isinstance(body, dict) or not all(isinstance(v, str) and v for v in body.values()):
+            return Reply.json(400, {"error": "body must map secret names to non-empty strings"})
+        try:
+            self.set_secrets(body)
+        except ValueError as exc:
+            return Reply.json(400, {"error": str(exc)})
+        return Reply.empty(204)
+
+    def _done(self, vendor: str, job_id: str) -> Reply:
+        """The generic "is it over" endpoint a plain HTTP sensor can poll: 404 while running, 200 when ended."""
+        if vendor not in VENDORS:
+            return Reply.json(404, {"error": f"vendor must be one of {list(VENDORS)}"}).for_job(job_id)
+        with self.state.lock:
+            job = self.state.job(vendor, job_id)
+            state = None if job is None else job.state(time.monotonic())
+        if state is None:
+            return Reply.json(404, {"error": f"{vendor} has no job {job_id!r}"}).for_job(job_id)
+        if state in ("unsubmitted", "running"):
+            return Reply.json(404, {"state": state}).for_job(job_id)
+        return Reply.json(200, {"state": state}).for_job(job_id)
 
     def _control_job(self, request: Request) -> Reply:
         sha = _SHA_PATH.fullmatch(request.path)
