@@ -80,6 +80,7 @@ class JobProgressTrigger(BaseTrigger):
         self.cancel_on_timeout = cancel_on_timeout
         self.finish_in_triggerer = finish_in_triggerer
         self._last: JobProgress | None = None
+        self._hooks: list[Any] = []
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -111,9 +112,24 @@ class JobProgressTrigger(BaseTrigger):
                     f"{conn.conn_type!r}, not one of {sorted(HOOK_CLASS_BY_CONN_TYPE)}",
                 )
         hook_class = load_hook_class(path)
-        return hook_class(self.conn_id, request_retry=RequestRetry.from_value(self.request_retry))
+        hook = hook_class(self.conn_id, request_retry=RequestRetry.from_value(self.request_retry))
+        self._hooks.append(hook)
+        return hook
+
+    async def _release_hooks(self) -> None:
+        """Give back the shared HTTP sessions this trigger's hooks hold (the last user closes one)."""
+        hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            await hook.aclose()
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            async for event in self._wait():
+                yield event
+        finally:
+            await self._release_hooks()
+
+    async def _wait(self) -> AsyncIterator[TriggerEvent]:
         try:
             hook = await self._hook()
         except JobProgressError as exc:
@@ -212,6 +228,12 @@ class JobProgressTrigger(BaseTrigger):
         """
         if not self.cancel_on_kill or (self._last is not None and self._last.is_terminal):
             return
+        try:
+            await self._cancel_unless_terminal()
+        finally:
+            await self._release_hooks()
+
+    async def _cancel_unless_terminal(self) -> None:
         try:
             hook = await self._hook()
         except JobProgressError:
