@@ -215,6 +215,33 @@ async def test_secret_rotated_mid_wait_the_wait_finishes(
     assert open_client_sessions() == []
 
 
+async def test_a_burst_of_waits_reads_its_connection_once_and_once_more_after_a_rotation(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import airflow_provider_jobprogress.hooks.base as hooks_base
+
+    reads: list[str] = []
+    real_read = hooks_base.get_async_connection
+
+    async def counted(conn_id: str, **kwargs: Any) -> Any:
+        reads.append(conn_id)
+        return await real_read(conn_id, **kwargs)
+
+    monkeypatch.setattr(hooks_base, "get_async_connection", counted)
+    emulator.set_default_scenario("itwin", Scenario(steps=40))
+    jobs = submit("itwin", count=50)
+    tasks = [asyncio.create_task(statuses(trigger("itwin", job_id))) for job_id in jobs]
+    assert await until(lambda: all(emulator.job("itwin", j).status_calls >= 2 for j in jobs), 10)
+    assert reads == ["itwin_default"], "one read for the whole burst"
+
+    emulator.set_secrets({"itwin_client_secret": "rotated-itwin-secret-3"})
+    emulator.expire_tokens()
+    monkeypatch.setenv("AIRFLOW_CONN_ITWIN_DEFAULT", emulator.connections()["itwin_default"])
+
+    assert [await task for task in tasks] == [["success"]] * 50
+    assert reads == ["itwin_default"] * 2, "one more read for all the waits the rotation stopped"
+
+
 async def test_secret_rotated_but_connection_not_updated_fails_after_one_reread(
     emulator: VendorEmulator,
 ) -> None:

@@ -289,6 +289,9 @@ class AsyncSession:
                     error = exc
 
     async def _get_token(self, stale: Token | None) -> Token:
+        token = self._token
+        if token is not None and token is not stale and token.usable(now(), self.api.token_margin):
+            return token  # the hot path of every poll: no lock
         async with self._lock:
             token = self._token
             if token is None or token is stale or not token.usable(now(), self.api.token_margin):
@@ -305,22 +308,21 @@ class AsyncSession:
         """The token this session holds, if any (the registry keeps it when the session closes)."""
         return self._token
 
-    async def _proxy(self, url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
-        origin = (url.scheme, url.host, url.port)
-        found = self._proxies.get(origin)
-        if found is None:
-            # get_env_proxy_for_url reads ~/.netrc: off the loop, once per origin and session.
-            try:
-                found = await asyncio.to_thread(get_env_proxy_for_url, url)
-            except LookupError:
-                found = (None, None)
-            self._proxies[origin] = found
+    async def _env_proxy(self, url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+        # get_env_proxy_for_url reads ~/.netrc: off the loop, once per origin and session.
+        found: tuple[URL | None, aiohttp.BasicAuth | None]
+        try:
+            found = await asyncio.to_thread(get_env_proxy_for_url, url)
+        except LookupError:
+            found = (None, None)
+        self._proxies[(url.scheme, url.host, url.port)] = found
         return found
 
     async def _send(self, request: Request) -> Response:
         try:
             url = URL(request.url)
-            proxy, proxy_auth = await self._proxy(url)
+            found = self._proxies.get((url.scheme, url.host, url.port))
+            proxy, proxy_auth = found if found is not None else await self._env_proxy(url)
             async with self.http.request(
                 request.method,
                 url,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterator
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
 from functools import cached_property
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
@@ -27,6 +30,40 @@ from airflow_provider_jobprogress.core.session import (
 
 ApiT = TypeVar("ApiT", bound=VendorApi)
 T = TypeVar("T")
+#: seconds a connection read in the triggerer also serves other waits on it (a mapped task's waits start
+#: together: one read, not one per wait, each a round trip to the API server in a real triggerer)
+CONNECTION_TTL = 30.0
+
+
+class _AsyncConnections:
+    """Per event loop: the connection fields last read for each conn id, shared by waits that start together.
+
+    ``get(conn_id, read, not_before)`` answers with a read started at or after ``not_before`` (monotonic),
+    joining one in flight, else starts one. Readers of a failing credential ask for a read newer than
+    the one they used, so a burst of waits that all see a rotated secret reads the connection once.
+    """
+
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Future[ConnectionFields]]]
+        ] = weakref.WeakKeyDictionary()
+
+    async def get(
+        self, conn_id: str, read: Callable[[], Awaitable[ConnectionFields]], not_before: float
+    ) -> tuple[float, ConnectionFields]:
+        loop = asyncio.get_running_loop()
+        here = self._by_loop.get(loop)
+        if here is None:
+            here = self._by_loop[loop] = {}
+        entry = here.get(conn_id)
+        if entry is None or entry[0] < not_before or (entry[1].done() and entry[1].exception() is not None):
+            entry = here[conn_id] = (time.monotonic(), asyncio.ensure_future(read()))
+        started, reading = entry
+        # shield: one waiter cancelled (its trigger killed) must not cancel the read the others wait for
+        return started, await asyncio.shield(reading)
+
+
+_CONNECTIONS = _AsyncConnections()
 
 
 def _mask(secret: str) -> None:
@@ -77,6 +114,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         self.timeout = timeout
         self._async_api: ApiT | None = None
         self._async_key = ""
+        self._async_read_at = 0.0
         self._lease: AsyncSession | None = None
 
     # -- vendor facts ----------------------------------------------------------------------------
@@ -114,9 +152,15 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     def get_conn(self) -> SyncSession:
         return self.session
 
-    async def _read_async_connection(self) -> ApiT:
+    async def _read_connection_fields(self) -> ConnectionFields:
         conn = await get_async_connection(self.conn_id, hook=self)
-        fields = _fields(self.conn_id, conn, await get_async_extra_dejson(conn))
+        return _fields(self.conn_id, conn, await get_async_extra_dejson(conn))
+
+    async def _read_async_connection(self, *, newer: bool = False) -> ApiT:
+        """The connection for async calls: as read by any wait in the last ``CONNECTION_TTL`` seconds, or,
+        with ``newer``, as read after the read this hook used (after an authentication failure)."""
+        not_before = self._async_read_at + 1e-9 if newer else time.monotonic() - CONNECTION_TTL
+        self._async_read_at, fields = await _CONNECTIONS.get(self.conn_id, self._read_connection_fields, not_before)
         self._async_api = self._make_api(fields)
         self._async_key = _session_key(type(self), fields, self.timeout)
         return self._async_api
@@ -159,7 +203,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
             return await session.run(build(self._async_api))
         except AuthenticationError:
             used = self._async_key
-            await self._read_async_connection()
+            await self._read_async_connection(newer=True)
             if self._async_key == used:
                 raise
         await self.aclose()
