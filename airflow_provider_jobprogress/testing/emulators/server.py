@@ -1,20 +1,24 @@
-"""One threaded HTTP server hosting the three vendor APIs, the control API and the call log."""
+"""One HTTP server (aiohttp.web, on a thread of its own): the three vendor APIs, the control API, the call log.
+
+aiohttp.web rather than http.server's threads, by measurement: benchmarks/bench_triggers.py's reference
+opens a connection per poll, and with a thread per connection the emulator spent more than a core and
+set the machine's load average above 400 at 5,000 waits, so it measured the emulator, not the clients.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import re
-import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, cast
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
+
+from aiohttp import web
 
 from . import itwin, olconnect, scriptx
 from .model import (
@@ -49,79 +53,78 @@ def _vendor_of(path: str) -> tuple[str, VendorHandler] | None:
     return None
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    # Many tests start emulators back to back; a fresh port each time, never a lingering one.
-    allow_reuse_address = False
-    # socketserver's default listen backlog is 5: a burst of new connections (hundreds of waits starting at
-    # once) overflows it and Linux answers with resets. A real vendor server accepts them.
-    request_queue_size = 1024
+#: pending connections the listening socket holds: a burst of new connections (thousands of waits starting
+#: at once) must not overflow it, or Linux answers with resets. A real vendor server accepts them.
+BACKLOG = 1024
+SERVER_HEADER = "JobProgressEmulator/1.0"
 
-    def __init__(self, address: tuple[str, int], emulator: VendorEmulator) -> None:
+
+class _Server:
+    """The emulator's HTTP side: an aiohttp.web app on its own event loop in a daemon thread."""
+
+    def __init__(self, emulator: VendorEmulator, host: str, port: int) -> None:
         self.emulator = emulator
-        self.open_connections = 0
-        self.accepted_connections = 0
-        self._count_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        self.loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._started = threading.Event()
+        self._failure: BaseException | None = None
+        self.port = port
+        self._thread = threading.Thread(target=self._run, args=(host, port), name="vendor-emulator", daemon=True)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that closes or resets its connection is normal (pools do, at shutdown): no traceback.
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
+    def start(self) -> int:
+        self._thread.start()
+        self._started.wait()
+        if self._failure is not None:
+            raise self._failure
+        return self.port
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # Counted here and in shutdown_request: tests check that clients leave no connection open.
-        with self._count_lock:
-            self.open_connections += 1
-            self.accepted_connections += 1
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
+    def _run(self, host: str, port: int) -> None:
+        asyncio.set_event_loop(self.loop)
         try:
-            super().shutdown_request(request)
-        finally:
-            with self._count_lock:
-                self.open_connections -= 1
+            self.loop.run_until_complete(self._listen(host, port))
+        except BaseException as exc:  # reported to start() in the caller's thread
+            self._failure = exc
+            self._started.set()
+            return
+        self._started.set()
+        self.loop.run_forever()
+        self.loop.close()
 
+    async def _listen(self, host: str, port: int) -> None:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._serve)
+        # No access log: the default writes every request line (query strings, so SAS signatures included).
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, backlog=BACKLOG)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like the real servers; every answer has a Content-Length
-    server_version = "JobProgressEmulator/1.0"
-    # Headers and body leave in two writes; with Nagle on, the second waits for the client's delayed ACK
-    # (40 ms on Linux) on every answer of a kept-alive connection.
-    disable_nagle_algorithm = True
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_PATCH(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # The default writes every request line (query strings included, so SAS signatures) to stderr.
-        return
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
 
     @property
-    def _emulator(self) -> VendorEmulator:
-        return cast(_HTTPServer, self.server).emulator
+    def open_connections(self) -> int:
+        runner = self._runner
+        server = None if runner is None else runner.server
+        return 0 if server is None else len(server.connections)
 
-    def _serve(self) -> None:
-        request = self._read_request()
-        emulator = self._emulator
+    async def _serve(self, http: web.Request) -> web.StreamResponse:
+        request = Request(
+            method=http.method,
+            path=http.path,
+            query=dict(parse_qsl(http.query_string, keep_blank_values=True)),
+            headers={name.lower(): value for name, value in http.headers.items()},
+            body=await http.read(),
+        )
+        emulator = self.emulator
         target = _vendor_of(request.path)
         vendor = None if target is None else target[0]
         try:
-            reply = self._answer(request, emulator, target)
+            reply = _answer(request, emulator, target)
         except ScenarioError as exc:
             reply = Reply.text(400, f"emulator: invalid scenario: {exc}")
         except Exception:
@@ -129,100 +132,59 @@ class _Handler(BaseHTTPRequestHandler):
             reply = Reply.text(500, "emulator internal error")
         # Record before answering: a client that has its answer must find its call in the log.
         if not request.path.startswith(CONTROL) or _DONE_PATH.fullmatch(request.path):
-            peer = f"{self.client_address[0]}:{self.client_address[1]}"
+            peername = http.transport.get_extra_info("peername") if http.transport is not None else None
+            peer = f"{peername[0]}:{peername[1]}" if peername else ""
             call = Call(request.method, request.path, reply.status, vendor, reply.job_id, time.time(), peer)
             emulator.state.record(call)
-        self._write(reply)
         log.debug("%s %s -> %s", request.method, request.path, reply.status)
+        headers = {"Server": SERVER_HEADER, **reply.headers}
+        if reply.stream is None:
+            if reply.status == 204:  # RFC 9110: a 204 carries no body and no Content-Length
+                return web.Response(status=204, headers=headers)
+            return web.Response(status=reply.status, body=reply.body, headers=headers)
+        return await _stream(http, reply, headers)
 
-    def _answer(self, request: Request, emulator: VendorEmulator, target: tuple[str, VendorHandler] | None) -> Reply:
-        if request.path == CONTROL or request.path.startswith(CONTROL + "/"):
-            return emulator.control(request)
-        if target is None:
-            return Reply.text(404, "Not Found")
-        return target[1](request, emulator.state)
 
-    def _read_request(self) -> Request:
-        parts = urlsplit(self.path)
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        return Request(
-            method=self.command,
-            path=parts.path,
-            query=dict(parse_qsl(parts.query, keep_blank_values=True)),
-            headers=headers,
-            body=self._read_body(headers),
-        )
+def _answer(request: Request, emulator: VendorEmulator, target: tuple[str, VendorHandler] | None) -> Reply:
+    if request.path == CONTROL or request.path.startswith(CONTROL + "/"):
+        return emulator.control(request)
+    if target is None:
+        return Reply.text(404, "Not Found")
+    return target[1](request, emulator.state)
 
-    def _read_body(self, headers: dict[str, str]) -> bytes:
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            return self._read_chunked()
-        length = int(headers.get("content-length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
 
-    def _read_chunked(self) -> bytes:
-        parts: list[bytes] = []
-        while True:
-            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                    pass
-                return b"".join(parts)
-            parts.append(self.rfile.read(size))
-            self.rfile.readline()
-
-    def _write(self, reply: Reply) -> None:
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        length = reply.length if reply.stream is not None else len(reply.body)
-        if reply.status != 204:  # RFC 9110: a 204 carries no Content-Length
-            self.send_header("Content-Length", str(length))
-        try:
-            if reply.stream is None:
-                # Head and body of a small answer in one write: two segments cost the client a second wakeup,
-                # read and parse per answer, which is what a benchmark of many polls would measure.
-                head: list[bytes] = self._headers_buffer  # type: ignore[attr-defined]  # http.server's, since 3.3
-                head.extend([b"\r\n", reply.body])
-                self.flush_headers()
-            else:
-                self.end_headers()
-                self._stream(reply)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-    def _stream(self, reply: Reply) -> None:
-        """Write the stream chunk by chunk, hashing what went out; cut the connection at drop_after."""
-        assert reply.stream is not None
-        limit = reply.length if reply.drop_after is None else min(reply.drop_after, reply.length)
-        sent = 0
-        sha = hashlib.sha256()
-        recorded = False
-        try:
-            for chunk in reply.stream:
-                piece = chunk[: limit - sent]
-                sha.update(piece)
-                if sent + len(piece) >= limit and reply.on_sent is not None:
-                    # Record before the last bytes leave: a client that has them must find the record.
-                    reply.on_sent(sha.hexdigest(), limit, limit == reply.length)
-                    recorded = True
-                self.wfile.write(piece)
-                sent += len(piece)
-                if sent >= limit:
-                    break
-        finally:
-            if not recorded and reply.on_sent is not None:
-                reply.on_sent(sha.hexdigest(), sent, sent == reply.length)
-        if sent != reply.length:
-            self._abort()
-
-    def _abort(self) -> None:
-        # Content-Length promised more: closing now is exactly what a dropped connection looks like.
-        self.close_connection = True
-        try:
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+async def _stream(http: web.Request, reply: Reply, headers: dict[str, str]) -> web.StreamResponse:
+    """Write the stream chunk by chunk, hashing what went out; cut the connection at drop_after."""
+    assert reply.stream is not None
+    response = web.StreamResponse(status=reply.status, headers=headers)
+    response.content_length = reply.length
+    limit = reply.length if reply.drop_after is None else min(reply.drop_after, reply.length)
+    sent = 0
+    sha = hashlib.sha256()
+    recorded = False
+    try:
+        await response.prepare(http)
+        for chunk in reply.stream:
+            piece = chunk[: limit - sent]
+            sha.update(piece)
+            if sent + len(piece) >= limit and reply.on_sent is not None:
+                # Record before the last bytes leave: a client that has them must find the record.
+                reply.on_sent(sha.hexdigest(), limit, limit == reply.length)
+                recorded = True
+            await response.write(piece)
+            sent += len(piece)
+            if sent >= limit:
+                break
+    except ConnectionError:
+        pass  # the client went away; what it got is recorded below
+    finally:
+        if not recorded and reply.on_sent is not None:
+            reply.on_sent(sha.hexdigest(), sent, sent == reply.length)
+    if sent != reply.length and http.transport is not None:
+        # Content-Length promised more: closing now (after what was written) is what a dropped connection
+        # looks like. aiohttp then finds the transport closed when it ends the response, and lets it be.
+        http.transport.close()
+    return response
 
 
 _JOB_PATH = re.compile(f"{CONTROL}/jobs/([^/]+)/([^/]+)")
@@ -270,33 +232,22 @@ class VendorEmulator:
         self.state = EmulatorState(
             token_ttl=token_ttl, olconnect_security=olconnect_security, retention=retention, secrets=accepted
         )
-        self._server: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: _Server | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> VendorEmulator:
         if self._server is not None:
             return self
-        self._server = _HTTPServer((self.host, self.port), self)
-        self.port = self._server.server_address[1]
+        server = _Server(self, self.host, self.port)
+        self.port = server.start()
+        self._server = server
         self.state.base_url = self.url
-        # A short poll interval makes stop() quick: tests start and stop an emulator each.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"vendor-emulator-{self.port}"
-        )
-        self._thread.daemon = True
-        self._thread.start()
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
 
     def __enter__(self) -> VendorEmulator:
         return self.start()
@@ -344,13 +295,8 @@ class VendorEmulator:
         return 0 if self._server is None else self._server.open_connections
 
     def stats(self) -> dict[str, int]:
-        """Counters for benchmarks and tests: open and accepted connections, recorded calls."""
-        server = self._server
-        return {
-            "open_connections": 0 if server is None else server.open_connections,
-            "accepted_connections": 0 if server is None else server.accepted_connections,
-            "calls": len(self.state.calls),
-        }
+        """Counters for benchmarks and tests: open connections, recorded calls."""
+        return {"open_connections": self.open_connections, "calls": len(self.state.calls)}
 
     @property
     def calls(self) -> list[Call]:
