@@ -45,6 +45,8 @@ SecretSink = Callable[[str], None]
 AsyncSecretSink = Callable[[str], Awaitable[None] | None]
 #: TCP connections per vendor connection and event loop, shared by all its triggers
 POOL_SIZE = 32
+#: parsed URLs a session keeps (progress URLs repeat on every poll; cleared whole when full)
+URL_CACHE = 16384
 #: tokens kept for connections no trigger uses at the moment (so a wait that starts later needs no new login)
 PARKED_TOKENS = 256
 
@@ -228,10 +230,12 @@ def _ssl_option(api: VendorApi) -> bool | ssl.SSLContext:
 class AsyncSession:
     """Runs flows with aiohttp in an event loop (the triggerer). One pool and one token for all its users.
 
-    aiohttp, not httpx, by measurement: with hundreds of requests in flight on one client, httpcore's pool
-    spent ~6 ms CPU per request assigning queued requests to connections (and ran into ``PoolTimeout``),
-    aiohttp ~0.5 ms with every poll made (500 pollers on one client, 1 s interval, this project's
-    benchmarks). Its connector queues waiters per host in O(1) and parses HTTP in C.
+    aiohttp, not httpx, by measurement (500 pollers sharing one client, 1 s interval, on this project's
+    2-core machine): httpcore's pool spent ~6 ms CPU per request assigning queued requests to its
+    connections, made a third of the polls and with 100 connections ran into ``PoolTimeout``; bare
+    aiohttp spent 0.27-0.30 ms with every poll made, and its connector queues waiters per host in O(1)
+    and parses HTTP in C. benchmarks/bench_triggers.py measures the whole trigger against the http
+    provider's ``HttpSensorTrigger``.
     """
 
     def __init__(
@@ -259,6 +263,7 @@ class AsyncSession:
         )
         self._token = token
         self._lock = asyncio.Lock()
+        self._urls: dict[str, URL] = {}
         self._proxies: dict[tuple[str, str | None, int | None], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
         self.on_secret = on_secret
 
@@ -308,6 +313,15 @@ class AsyncSession:
         """The token this session holds, if any (the registry keeps it when the session closes)."""
         return self._token
 
+    def _url(self, text: str) -> URL:
+        # A wait asks for the same URL on every poll; parsing it costs yarl ~20 us each time.
+        url = self._urls.get(text)
+        if url is None:
+            if len(self._urls) >= URL_CACHE:
+                self._urls.clear()
+            url = self._urls[text] = URL(text)
+        return url
+
     async def _env_proxy(self, url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
         # get_env_proxy_for_url reads ~/.netrc: off the loop, once per origin and session.
         found: tuple[URL | None, aiohttp.BasicAuth | None]
@@ -320,7 +334,7 @@ class AsyncSession:
 
     async def _send(self, request: Request) -> Response:
         try:
-            url = URL(request.url)
+            url = self._url(request.url)
             found = self._proxies.get((url.scheme, url.host, url.port))
             proxy, proxy_auth = found if found is not None else await self._env_proxy(url)
             async with self.http.request(
