@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
 
-.PHONY: demo test lint unit venv clean
+.PHONY: demo test lint unit venv clean bench
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ unit: venv
 	$(BIN)/python -m pytest -q
 
 test: lint unit
+
+# On demand, not in CI (about 10 minutes): the trigger benchmark of benchmarks/README.md
+bench: venv
+	$(BIN)/python benchmarks/bench_triggers.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
