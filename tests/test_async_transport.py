@@ -95,7 +95,9 @@ def sockets_to(port: int) -> int:
 
 def open_client_sessions() -> list[aiohttp.ClientSession]:
     gc.collect()
-    return [obj for obj in gc.get_objects() if isinstance(obj, aiohttp.ClientSession) and not obj.closed]
+    # type(), not isinstance(): some of Airflow's lazy proxies import modules when asked for __class__.
+    sessions = [obj for obj in gc.get_objects() if issubclass(type(obj), aiohttp.ClientSession)]
+    return [session for session in sessions if not session.closed]
 
 
 async def until(check: Any, seconds: float = 5.0) -> bool:
