@@ -465,3 +465,21 @@ def test_emulator_secrets_rotate_over_http(emulator: VendorEmulator) -> None:
     stats = requests.get(f"{emulator.url}/_emulator/stats", timeout=10).json()
     assert stats["calls"] >= 0
     assert stats["open_connections"] >= 0
+
+
+def test_emulator_stops_while_a_client_holds_a_half_read_download(emulator: VendorEmulator) -> None:
+    import base64
+
+    emulator.set_next_scenario("scriptx", Scenario(steps=0, result_size=256 * 1024 * 1024))
+    [token] = submit("scriptx")
+    assert ScriptXHook().get_progress(token).is_terminal
+    license_guid = json.loads(emulator.connections()["scriptx_default"])["password"]
+    basic = base64.b64encode(f"{license_guid}:".encode()).decode()
+    reader = socket.create_connection(("127.0.0.1", emulator.port))
+    try:
+        request = f"GET /api/v1/printPdf/download/{token} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {basic}\r\n\r\n"
+        reader.sendall(request.encode())
+        assert b" 200 " in reader.recv(1024)  # the answer started; the rest stays unread
+        emulator.stop()  # must not wait for the download to drain
+    finally:
+        reader.close()

@@ -94,7 +94,8 @@ class _Server:
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self._serve)
         # No access log: the default writes every request line (query strings, so SAS signatures included).
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Stopping waits this long for answers still being written (a download its client abandoned).
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=BACKLOG)
         await site.start()
