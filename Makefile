@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
 AZURITE_VERSION ?= 3.35.0
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 
-.PHONY: demo test lint unit venv azurite clean
+.PHONY: demo test lint unit venv azurite clean bench
 
 venv: $(STAMP)
 
@@ -39,6 +39,10 @@ unit: venv azurite
 	$(BIN)/python -m pytest -q
 
 test: lint unit
+
+# On demand, not in CI (about 10 minutes): the trigger benchmark of benchmarks/README.md
+bench: venv
+	$(BIN)/python benchmarks/bench_triggers.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .tools

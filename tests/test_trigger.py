@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_jobprogress.core import JobState, PollPolicy, RequestRetry
-from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
+from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS, POOL_SIZE
 from airflow_provider_jobprogress.hooks.itwin import ITwinHook
 from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
 from airflow_provider_jobprogress.hooks.scriptx import ScriptXHook
@@ -192,10 +192,15 @@ async def test_two_hundred_triggers_share_one_token_and_one_pool(emulator: Vendo
         for i in range(200)
     ]
     tokens_before = emulator.count("POST", "/connect/token")
-    got = await asyncio.gather(*(events(trigger("itwin", job_id)) for job_id in job_ids))
+    waits = asyncio.gather(*(events(trigger("itwin", job_id)) for job_id in job_ids))
+    for _ in range(1000):  # until every wait polled once (bounded: 10 s)
+        if emulator.count("GET", "/progress") >= 200:
+            break
+        await asyncio.sleep(0.01)
+    assert len(ASYNC_SESSIONS.sessions()) == 1
+    got = await waits
     assert all(e[0].payload["status"] == "success" for e in got)
     assert emulator.count("POST", "/connect/token") - tokens_before == 1
-    sessions = ASYNC_SESSIONS.sessions()
-    assert len(sessions) == 1
+    assert ASYNC_SESSIONS.sessions() == [], "closed when the last wait ended"
     peers = {c.peer for c in emulator.calls if c.path.endswith("/progress")}
-    assert len(peers) <= 20, f"one pool of at most 20 connections, saw {len(peers)}"
+    assert len(peers) <= POOL_SIZE, f"one pool of at most {POOL_SIZE} connections, saw {len(peers)}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
@@ -59,7 +59,17 @@ class Request:
         return f"Request({self.method} {self.path}, headers=[{headers}], form=[{form}])"
 
     def with_headers(self, extra: Mapping[str, str]) -> Request:
-        return replace(self, headers={**self.headers, **extra})
+        # Built directly: dataclasses.replace costs ~10 us, and every poll adds its credentials this way.
+        return Request(
+            method=self.method,
+            url=self.url,
+            headers={**self.headers, **extra},
+            params=self.params,
+            json=self.json,
+            form=self.form,
+            authenticated=self.authenticated,
+            idempotent=self.idempotent,
+        )
 
 
 @dataclass(frozen=True)

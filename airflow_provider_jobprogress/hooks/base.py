@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import hashlib
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
 from functools import cached_property
+from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.sdk import BaseHook
 
-from airflow_provider_jobprogress.core.errors import JobProgressError
+from airflow_provider_jobprogress.core.errors import AuthenticationError, JobProgressError
 from airflow_provider_jobprogress.core.model import JobProgress
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
-from airflow_provider_jobprogress.core.protocol import ConnectionFields, ResultPart, VendorApi
+from airflow_provider_jobprogress.core.protocol import ConnectionFields, Flow, ResultPart, Token, VendorApi
 from airflow_provider_jobprogress.core.session import (
     ASYNC_SESSIONS,
     DEFAULT_TIMEOUT,
@@ -25,6 +29,41 @@ from airflow_provider_jobprogress.core.session import (
 )
 
 ApiT = TypeVar("ApiT", bound=VendorApi)
+T = TypeVar("T")
+#: seconds a connection read in the triggerer also serves other waits on it (a mapped task's waits start
+#: together: one read, not one per wait, each a round trip to the API server in a real triggerer)
+CONNECTION_TTL = 30.0
+
+
+class _AsyncConnections:
+    """Per event loop: the connection fields last read for each conn id, shared by waits that start together.
+
+    ``get(conn_id, read, not_before)`` answers with a read started at or after ``not_before`` (monotonic),
+    joining one in flight, else starts one. Readers of a failing credential ask for a read newer than
+    the one they used, so a burst of waits that all see a rotated secret reads the connection once.
+    """
+
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Future[ConnectionFields]]]
+        ] = weakref.WeakKeyDictionary()
+
+    async def get(
+        self, conn_id: str, read: Callable[[], Awaitable[ConnectionFields]], not_before: float
+    ) -> tuple[float, ConnectionFields]:
+        loop = asyncio.get_running_loop()
+        here = self._by_loop.get(loop)
+        if here is None:
+            here = self._by_loop[loop] = {}
+        entry = here.get(conn_id)
+        if entry is None or entry[0] < not_before or (entry[1].done() and entry[1].exception() is not None):
+            entry = here[conn_id] = (time.monotonic(), asyncio.ensure_future(read()))
+        started, reading = entry
+        # shield: one waiter cancelled (its trigger killed) must not cancel the read the others wait for
+        return started, await asyncio.shield(reading)
+
+
+_CONNECTIONS = _AsyncConnections()
 
 
 def _mask(secret: str) -> None:
@@ -48,8 +87,10 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     """Base of the vendor hooks: the same methods for every vendor.
 
     Sync methods (``get_progress``, ``cancel``, ``result_parts``, ``open_result``) run on workers with
-    requests; async ones (``aget_progress``, ``acancel``) run in the triggerer with httpx, sharing one
-    client and one token per connection and event loop.
+    requests; async ones (``aget_progress``, ``acancel``) run in the triggerer with aiohttp, sharing one
+    session (pool and token) per connection and event loop. A hook holds its share of that session from
+    its first async call until ``await hook.aclose()`` (or the end of ``async with hook:``); the session
+    closes when no hook holds it.
     """
 
     conn_name_attr: ClassVar[str] = "conn_id"
@@ -71,6 +112,8 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         self.timeout = timeout
         self._async_api: ApiT | None = None
         self._async_key = ""
+        self._async_read_at = 0.0
+        self._lease: AsyncSession | None = None
 
     # -- vendor facts ----------------------------------------------------------------------------
     @classmethod
@@ -97,21 +140,63 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     def get_conn(self) -> SyncSession:
         return self.session
 
+    async def _read_connection_fields(self) -> ConnectionFields:
+        conn = await get_async_connection(self.conn_id, hook=self)
+        return _fields(self.conn_id, conn, await get_async_extra_dejson(conn))
+
+    async def _read_async_connection(self, *, newer: bool = False) -> ApiT:
+        """The connection for async calls: as read by any wait in the last ``CONNECTION_TTL`` seconds, or,
+        with ``newer``, as read after the read this hook used (after an authentication failure)."""
+        not_before = self._async_read_at + 1e-9 if newer else time.monotonic() - CONNECTION_TTL
+        self._async_read_at, fields = await _CONNECTIONS.get(self.conn_id, self._read_connection_fields, not_before)
+        self._async_api = self._make_api(fields)
+        self._async_key = _session_key(type(self), fields, self.timeout)
+        return self._async_api
+
     async def asession(self) -> AsyncSession:
-        """The event loop's shared session for this connection (one pool, one token)."""
-        if self._async_api is None:
-            conn = await get_async_connection(self.conn_id, hook=self)
-            extra = await get_async_extra_dejson(conn)
-            self._async_api = self._make_api(_fields(self.conn_id, conn, extra))
-            self._async_key = _key_material(type(self), _fields(self.conn_id, conn, extra), self.request_retry)
-        api = self._async_api
+        """The event loop's shared session for this connection (one pool, one token), held until ``aclose``."""
+        if self._lease is None:
+            api = self._async_api or await self._read_async_connection()
+            timeout = self.timeout
 
-        def factory() -> AsyncSession:
-            session = AsyncSession(api, timeout=self.timeout)
-            session.on_secret = _amask
-            return session
+            def factory(token: Token | None) -> AsyncSession:
+                return AsyncSession(api, timeout=timeout, on_secret=_amask, token=token)
 
-        return ASYNC_SESSIONS.get(self._async_key, factory)
+            self._lease = ASYNC_SESSIONS.acquire(self._async_key, factory)
+        return self._lease
+
+    async def aclose(self) -> None:
+        """Give back this hook's share of the shared session; the last hook to do so closes it."""
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            await ASYNC_SESSIONS.release(lease)
+
+    async def __aenter__(self) -> JobProgressHook[ApiT]:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _arun(self, build: Callable[[ApiT], Flow[T]]) -> T:
+        """Run a flow on the shared session; on an authentication failure read the connection once more.
+
+        A secret rotated while a wait runs reaches the wait this way: if the connection changed, the flow
+        runs again on the new connection's session; if it did not, the failure stands.
+        """
+        session = await self.asession()
+        assert self._async_api is not None
+        try:
+            return await session.run(build(self._async_api))
+        except AuthenticationError:
+            used = self._async_key
+            await self._read_async_connection(newer=True)
+            if self._async_key == used:
+                raise
+        await self.aclose()
+        session = await self.asession()
+        return await session.run(build(self._async_api))
 
     # -- the job's life, sync --------------------------------------------------------------------
     def get_progress(self, job_id: str, *, deadline: float | None = None) -> JobProgress:
@@ -158,12 +243,10 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     # -- the job's life, async (triggerer) -------------------------------------------------------
     async def aget_progress(self, job_id: str) -> JobProgress:
-        session = await self.asession()
-        return await session.run(session.api.progress(job_id))
+        return await self._arun(lambda api: api.progress(job_id))
 
     async def acancel(self, job_id: str) -> None:
-        session = await self.asession()
-        await session.run(session.api.cancel(job_id))
+        await self._arun(lambda api: api.cancel(job_id))
 
 
 def ui_field_behaviour(hook: type[JobProgressHook[Any]]) -> dict[str, Any]:
@@ -195,18 +278,26 @@ def _fields(conn_id: str, conn: Any, extra: Any) -> ConnectionFields:
     )
 
 
-def _key_material(hook: type, fields: ConnectionFields, retry: RequestRetry) -> str:
-    return repr(
+def _session_key(hook: type, fields: ConnectionFields, timeout: tuple[float, float]) -> str:
+    """What makes two hooks share a session: the same connection as it reads now, and the same timeouts.
+
+    Secrets are in it (an edited connection must not reuse the old token) but only as part of a digest.
+    The request retry policy is not: it lives in each hook's own flows, so waits with different
+    policies on one connection share the session.
+    """
+    material = repr(
         (
             hook.__module__,
             hook.__qualname__,
             fields.conn_id,
+            fields.conn_type,
             fields.host,
             fields.port,
             fields.schema,
             fields.login,
             fields.password,
-            sorted(fields.extra.items()),
-            retry,
+            sorted((str(k), repr(v)) for k, v in fields.extra.items()),
+            timeout,
         )
     )
+    return hashlib.sha256(material.encode()).hexdigest()

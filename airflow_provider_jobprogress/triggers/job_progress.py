@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
@@ -98,6 +99,7 @@ class JobProgressTrigger(BaseTrigger):
         self.finish_in_triggerer = finish_in_triggerer
         self.first_poll_at = first_poll_at
         self._last: JobProgress | None = None
+        self._hooks: list[Any] = []
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -130,14 +132,26 @@ class JobProgressTrigger(BaseTrigger):
                     f"{conn.conn_type!r}, not one of {sorted(HOOK_CLASS_BY_CONN_TYPE)}",
                 )
         hook_class = load_hook_class(path)
-        return hook_class(self.conn_id, request_retry=RequestRetry.from_value(self.request_retry))
+        hook = hook_class(self.conn_id, request_retry=RequestRetry.from_value(self.request_retry))
+        self._hooks.append(hook)
+        return hook
+
+    async def _release_hooks(self) -> None:
+        """Give back the shared HTTP sessions this trigger's hooks hold (the last user closes one)."""
+        hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            with contextlib.suppress(Exception):  # giving a session back must never cost the event
+                await hook.aclose()
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # Exactly one event, whatever happens: Airflow only says "exited without sending an event" otherwise.
         try:
-            event = await self._wait()
-        except Exception as exc:  # the one place where anything unplanned becomes an event
-            event = self._error_event(exc)
+            try:
+                event = await self._wait()
+            except Exception as exc:  # the one place where anything unplanned becomes an event
+                event = self._error_event(exc)
+        finally:
+            await self._release_hooks()  # before the event: a trigger returns right after its last yield
         yield event
 
     async def _wait(self) -> TriggerEvent:
@@ -269,6 +283,8 @@ class JobProgressTrigger(BaseTrigger):
             self.log.warning("job %s: cancel on kill gave up after %.0f s", self.job_id, ON_KILL_BUDGET)
         except Exception as exc:  # on_kill must never raise into Airflow's cleanup
             self.log.warning("job %s: cancel on kill failed: %s: %s", self.job_id, type(exc).__name__, exc)
+        finally:
+            await self._release_hooks()
 
     async def _cancel_if_running(self) -> None:
         hook = await self._hook()

@@ -1,19 +1,25 @@
-"""One threaded HTTP server hosting the three vendor APIs, the control API and the call log."""
+"""One HTTP server (aiohttp.web, on a thread of its own): the three vendor APIs, the control API, the call log.
+
+aiohttp.web rather than http.server's threads, by measurement: benchmarks/bench_triggers.py's reference
+opens a connection per poll, and with a thread per connection the emulator spent more than a core and
+set the machine's load average above 400 at 5,000 waits, so it measured the emulator, not the clients.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, cast
-from urllib.parse import parse_qsl, urlsplit
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
 
 from . import itwin, olconnect, scriptx
 from .model import (
@@ -48,153 +54,143 @@ def _vendor_of(path: str) -> tuple[str, VendorHandler] | None:
     return None
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    # Many tests start emulators back to back; a fresh port each time, never a lingering one.
-    allow_reuse_address = False
-    # socketserver's default listen backlog is 5: a burst of new connections (hundreds of waits starting at
-    # once) overflows it and Linux answers with resets. A real vendor server accepts them.
-    request_queue_size = 1024
+#: pending connections the listening socket holds: a burst of new connections (thousands of waits starting
+#: at once) must not overflow it, or Linux answers with resets. A real vendor server accepts them.
+BACKLOG = 1024
+SERVER_HEADER = "JobProgressEmulator/1.0"
 
-    def __init__(self, address: tuple[str, int], emulator: VendorEmulator) -> None:
+
+class _Server:
+    """The emulator's HTTP side: an aiohttp.web app on its own event loop in a daemon thread."""
+
+    def __init__(self, emulator: VendorEmulator, host: str, port: int) -> None:
         self.emulator = emulator
-        super().__init__(address, _Handler)
+        self.loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._started = threading.Event()
+        self._failure: BaseException | None = None
+        self.port = port
+        self._thread = threading.Thread(target=self._run, args=(host, port), name="vendor-emulator", daemon=True)
 
+    def start(self) -> int:
+        self._thread.start()
+        self._started.wait()
+        if self._failure is not None:
+            raise self._failure
+        return self.port
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like the real servers; every answer has a Content-Length
-    server_version = "JobProgressEmulator/1.0"
+    def _run(self, host: str, port: int) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._listen(host, port))
+        except BaseException as exc:  # reported to start() in the caller's thread
+            self._failure = exc
+            self._started.set()
+            return
+        self._started.set()
+        self.loop.run_forever()
+        self.loop.close()
 
-    def do_GET(self) -> None:
-        self._serve()
+    async def _listen(self, host: str, port: int) -> None:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._serve)
+        # No access log: the default writes every request line (query strings, so SAS signatures included).
+        # Stopping waits this long for answers still being written (a download its client abandoned).
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, backlog=BACKLOG)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
 
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_PATCH(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # The default writes every request line (query strings included, so SAS signatures) to stderr.
-        return
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
 
     @property
-    def _emulator(self) -> VendorEmulator:
-        return cast(_HTTPServer, self.server).emulator
+    def open_connections(self) -> int:
+        runner = self._runner
+        server = None if runner is None else runner.server
+        return 0 if server is None else len(server.connections)
 
-    def _serve(self) -> None:
-        request = self._read_request()
-        emulator = self._emulator
+    async def _serve(self, http: web.Request) -> web.StreamResponse:
+        request = Request(
+            method=http.method,
+            path=http.path,
+            query=dict(parse_qsl(http.query_string, keep_blank_values=True)),
+            headers={name.lower(): value for name, value in http.headers.items()},
+            body=await http.read(),
+        )
+        emulator = self.emulator
         target = _vendor_of(request.path)
         vendor = None if target is None else target[0]
         try:
-            reply = self._answer(request, emulator, target)
+            reply = _answer(request, emulator, target)
         except ScenarioError as exc:
             reply = Reply.text(400, f"emulator: invalid scenario: {exc}")
         except Exception:
             log.exception("emulator failed on %s %s", request.method, request.path)
             reply = Reply.text(500, "emulator internal error")
         # Record before answering: a client that has its answer must find its call in the log.
-        if not request.path.startswith(CONTROL):
-            peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        if not request.path.startswith(CONTROL) or _DONE_PATH.fullmatch(request.path):
+            peername = http.transport.get_extra_info("peername") if http.transport is not None else None
+            peer = f"{peername[0]}:{peername[1]}" if peername else ""
             call = Call(request.method, request.path, reply.status, vendor, reply.job_id, time.time(), peer)
             emulator.state.record(call)
-        self._write(reply)
         log.debug("%s %s -> %s", request.method, request.path, reply.status)
+        headers = {"Server": SERVER_HEADER, **reply.headers}
+        if reply.stream is None:
+            if reply.status == 204:  # RFC 9110: a 204 carries no body and no Content-Length
+                return web.Response(status=204, headers=headers)
+            return web.Response(status=reply.status, body=reply.body, headers=headers)
+        return await _stream(http, reply, headers)
 
-    def _answer(self, request: Request, emulator: VendorEmulator, target: tuple[str, VendorHandler] | None) -> Reply:
-        if request.path == CONTROL or request.path.startswith(CONTROL + "/"):
-            return emulator.control(request)
-        if target is None:
-            return Reply.text(404, "Not Found")
-        return target[1](request, emulator.state)
 
-    def _read_request(self) -> Request:
-        parts = urlsplit(self.path)
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        return Request(
-            method=self.command,
-            path=parts.path,
-            query=dict(parse_qsl(parts.query, keep_blank_values=True)),
-            headers=headers,
-            body=self._read_body(headers),
-        )
+def _answer(request: Request, emulator: VendorEmulator, target: tuple[str, VendorHandler] | None) -> Reply:
+    if request.path == CONTROL or request.path.startswith(CONTROL + "/"):
+        return emulator.control(request)
+    if target is None:
+        return Reply.text(404, "Not Found")
+    return target[1](request, emulator.state)
 
-    def _read_body(self, headers: dict[str, str]) -> bytes:
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            return self._read_chunked()
-        length = int(headers.get("content-length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
 
-    def _read_chunked(self) -> bytes:
-        parts: list[bytes] = []
-        while True:
-            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                    pass
-                return b"".join(parts)
-            parts.append(self.rfile.read(size))
-            self.rfile.readline()
-
-    def _write(self, reply: Reply) -> None:
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        length = reply.length if reply.stream is not None else len(reply.body)
-        if reply.status != 204:  # RFC 9110: a 204 carries no Content-Length
-            self.send_header("Content-Length", str(length))
-        self.end_headers()
-        try:
-            if reply.stream is None:
-                self.wfile.write(reply.body)
-            else:
-                self._stream(reply)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-    def _stream(self, reply: Reply) -> None:
-        """Write the stream chunk by chunk, hashing what went out; cut the connection at drop_after."""
-        assert reply.stream is not None
-        limit = reply.length if reply.drop_after is None else min(reply.drop_after, reply.length)
-        sent = 0
-        sha = hashlib.sha256()
-        recorded = False
-        try:
-            for chunk in reply.stream:
-                piece = chunk[: limit - sent]
-                sha.update(piece)
-                if sent + len(piece) >= limit and reply.on_sent is not None:
-                    # Record before the last bytes leave: a client that has them must find the record.
-                    reply.on_sent(sha.hexdigest(), limit, limit == reply.length)
-                    recorded = True
-                self.wfile.write(piece)
-                sent += len(piece)
-                if sent >= limit:
-                    break
-        finally:
-            if not recorded and reply.on_sent is not None:
-                reply.on_sent(sha.hexdigest(), sent, sent == reply.length)
-        if sent != reply.length:
-            self._abort()
-
-    def _abort(self) -> None:
-        # Content-Length promised more: closing now is exactly what a dropped connection looks like.
-        self.close_connection = True
-        try:
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+async def _stream(http: web.Request, reply: Reply, headers: dict[str, str]) -> web.StreamResponse:
+    """Write the stream chunk by chunk, hashing what went out; cut the connection at drop_after."""
+    assert reply.stream is not None
+    response = web.StreamResponse(status=reply.status, headers=headers)
+    response.content_length = reply.length
+    limit = reply.length if reply.drop_after is None else min(reply.drop_after, reply.length)
+    sent = 0
+    sha = hashlib.sha256()
+    recorded = False
+    try:
+        await response.prepare(http)
+        for chunk in reply.stream:
+            piece = chunk[: limit - sent]
+            sha.update(piece)
+            if sent + len(piece) >= limit and reply.on_sent is not None:
+                # Record before the last bytes leave: a client that has them must find the record.
+                reply.on_sent(sha.hexdigest(), limit, limit == reply.length)
+                recorded = True
+            await response.write(piece)
+            sent += len(piece)
+            if sent >= limit:
+                break
+    except ConnectionError:
+        pass  # the client went away; what it got is recorded below
+    finally:
+        if not recorded and reply.on_sent is not None:
+            reply.on_sent(sha.hexdigest(), sent, sent == reply.length)
+    if sent != reply.length and http.transport is not None:
+        # Content-Length promised more: closing now (after what was written) is what a dropped connection
+        # looks like. aiohttp then finds the transport closed when it ends the response, and lets it be.
+        http.transport.close()
+    return response
 
 
 _JOB_PATH = re.compile(f"{CONTROL}/jobs/([^/]+)/([^/]+)")
+_DONE_PATH = re.compile(f"{CONTROL}/jobs/([^/]+)/([^/]+)/done")
 _SHA_PATH = re.compile(f"{CONTROL}/jobs/([^/]+)/([^/]+)/result-sha256")
 
 
@@ -238,33 +234,22 @@ class VendorEmulator:
         self.state = EmulatorState(
             token_ttl=token_ttl, olconnect_security=olconnect_security, retention=retention, secrets=accepted
         )
-        self._server: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: _Server | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> VendorEmulator:
         if self._server is not None:
             return self
-        self._server = _HTTPServer((self.host, self.port), self)
-        self.port = self._server.server_address[1]
+        server = _Server(self, self.host, self.port)
+        self.port = server.start()
+        self._server = server
         self.state.base_url = self.url
-        # A short poll interval makes stop() quick: tests start and stop an emulator each.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"vendor-emulator-{self.port}"
-        )
-        self._thread.daemon = True
-        self._thread.start()
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
 
     def __enter__(self) -> VendorEmulator:
         return self.start()
@@ -298,7 +283,28 @@ class VendorEmulator:
     def reset(self) -> None:
         self.state.reset()
 
+    def set_secrets(self, secrets: Mapping[str, str]) -> None:
+        """Accept these credentials from now on, and no longer the ones they replace (a rotated secret).
+
+        Names as in ``secrets=`` of the constructor. Tokens already issued stay valid until they expire
+        (``expire_tokens`` ends them), as with the real vendors.
+        """
+        unknown = set(secrets) - set(self.state.secrets)
+        if unknown:
+            raise ValueError(f"unknown emulator secrets {sorted(unknown)}; known: {sorted(self.state.secrets)}")
+        with self.state.lock:
+            self.state.secrets.update(secrets)
+
     # -- observations ----------------------------------------------------------------------------
+    @property
+    def open_connections(self) -> int:
+        """TCP connections the server holds open now (a client that closed all its sockets leaves 0)."""
+        return 0 if self._server is None else self._server.open_connections
+
+    def stats(self) -> dict[str, int]:
+        """Counters for benchmarks and tests: open connections, recorded calls."""
+        return {"open_connections": self.open_connections, "calls": len(self.state.calls)}
+
     @property
     def calls(self) -> list[Call]:
         return self.state.snapshot_calls()
@@ -370,7 +376,11 @@ class VendorEmulator:
         """Answer /_emulator/*: the same controls as the Python API, for tests in other processes."""
         path, method = request.path, request.method
         if (method, path) == ("GET", f"{CONTROL}/calls"):
-            return Reply.json(200, [call.to_dict() for call in self.calls])
+            # ?since=N: only the calls after the first N (a benchmark reads its own window, not the whole log)
+            since = request.query.get("since", "0")
+            if not since.isdigit():
+                return Reply.json(400, {"error": "since must be a number of calls"})
+            return Reply.json(200, [call.to_dict() for call in self.calls[int(since) :]])
         if (method, path) == ("GET", f"{CONTROL}/connections"):
             return Reply.json(200, self.connections())
         if (method, path) == ("POST", f"{CONTROL}/scenario"):
@@ -381,6 +391,13 @@ class VendorEmulator:
         if (method, path) == ("POST", f"{CONTROL}/reset"):
             self.reset()
             return Reply.empty(204)
+        if (method, path) == ("POST", f"{CONTROL}/secrets"):
+            return self._control_secrets(request)
+        if (method, path) == ("GET", f"{CONTROL}/stats"):
+            return Reply.json(200, self.stats())
+        done = _DONE_PATH.fullmatch(path)
+        if method == "GET" and done is not None:
+            return self._done(*done.groups())
         if method == "GET":
             return self._control_job(request)
         return Reply.json(404, {"error": f"no control endpoint {method} {path}"})
@@ -395,6 +412,32 @@ class VendorEmulator:
         scenario = Scenario.from_dict(body.get("scenario") or {})
         self.state.queue_scenario(body["vendor"], scenario, default=bool(body.get("default")))
         return Reply.empty(204)
+
+    def _control_secrets(self, request: Request) -> Reply:
+        try:
+            body = request.json()
+        except ValueError:
+            return Reply.json(400, {"error": "body must be JSON"})
+        if not isinstance(body, dict) or not all(isinstance(v, str) and v for v in body.values()):
+            return Reply.json(400, {"error": "body must map secret names to non-empty strings"})
+        try:
+            self.set_secrets(body)
+        except ValueError as exc:
+            return Reply.json(400, {"error": str(exc)})
+        return Reply.empty(204)
+
+    def _done(self, vendor: str, job_id: str) -> Reply:
+        """The generic "is it over" endpoint a plain HTTP sensor can poll: 404 while running, 200 when ended."""
+        if vendor not in VENDORS:
+            return Reply.json(404, {"error": f"vendor must be one of {list(VENDORS)}"}).for_job(job_id)
+        with self.state.lock:
+            job = self.state.job(vendor, job_id)
+            state = None if job is None else job.state(time.monotonic())
+        if state is None:
+            return Reply.json(404, {"error": f"{vendor} has no job {job_id!r}"}).for_job(job_id)
+        if state in ("unsubmitted", "running"):
+            return Reply.json(404, {"state": state}).for_job(job_id)
+        return Reply.json(200, {"state": state}).for_job(job_id)
 
     def _control_job(self, request: Request) -> Reply:
         sha = _SHA_PATH.fullmatch(request.path)

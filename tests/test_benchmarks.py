@@ -1,0 +1,44 @@
+"""The trigger benchmark's machinery on a tiny size: both sides wait to the end and are counted (no timing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from airflow_provider_jobprogress.testing.emulators import VendorEmulator
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_triggers.py"
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_triggers", BENCH)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_triggers"] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("side", ["reference", "ours"])
+def test_each_side_waits_every_job_to_its_end_and_is_counted(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch, side: str
+) -> None:
+    bench = load_bench()
+    for name in list(os.environ):
+        if name.startswith("AIRFLOW_CONN_"):
+            monkeypatch.delenv(name)  # run_side sets them from the emulator, as in its own process
+    monkeypatch.setenv("AIRFLOW_CONN_HTTP_DEFAULT", "")  # restored after the test
+    result = bench.run_side(side, "olconnect", bench.Size(20, 0.2, 1.0), bench.Emulator(emulator.url, os.getpid()))
+    assert result.succeeded == 20
+    assert result.polls_asked >= 20 * 2
+    assert result.polls_made >= 20 * 2
+    assert result.token_requests == (1 if side == "ours" else 0)
+    assert result.peak_rss_mib >= result.baseline_rss_mib > 0
+    row = bench.markdown([(bench.Size(20, 0.2, 1.0), {"reference": result, "ours": result})])
+    assert "20 waits, 0.2 s, 1 s jobs" in row
