@@ -34,11 +34,14 @@ def test_each_side_waits_every_job_to_its_end_and_is_counted(
         if name.startswith("AIRFLOW_CONN_"):
             monkeypatch.delenv(name)  # run_side sets them from the emulator, as in its own process
     monkeypatch.setenv("AIRFLOW_CONN_HTTP_DEFAULT", "")  # restored after the test
-    result = bench.run_side(side, "olconnect", bench.Size(20, 0.2, 1.0), bench.Emulator(emulator.url, os.getpid()))
+    size = bench.Size(20, 0.2, 1.0)
+    result = bench.run_side(side, "olconnect", size, bench.Emulator(emulator.url, os.getpid()))
     assert result.succeeded == 20
-    assert result.polls_asked >= 20 * 2
-    assert result.polls_made >= 20 * 2
+    # Jobs are timed from their submit: on a loaded machine some may have ended before their wait began,
+    # so only "every wait was asked, and made, at least one poll" holds whatever the load.
+    assert result.polls_asked >= 20
+    assert result.polls_made >= 20
     assert result.token_requests == (1 if side == "ours" else 0)
     assert result.peak_rss_mib >= result.baseline_rss_mib > 0
-    row = bench.markdown([(bench.Size(20, 0.2, 1.0), {"reference": result, "ours": result})])
+    row = bench.markdown([(size, {"reference": result, "ours": result})])
     assert "20 waits, 0.2 s, 1 s jobs" in row

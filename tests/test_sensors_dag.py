@@ -98,9 +98,10 @@ def test_deadline_times_out_and_cancels_the_remote_job(
 ) -> None:
     emulator.set_next_scenario(vendor, Scenario(steps=100_000))
     run = run_dag("jp_wait_deadline", vendor)
-    assert states(run)["wait"] == "failed"
-    job_id = xcom(run, "submit")
     out = capsys.readouterr().out
+    wait_lines = [line for line in out.splitlines() if "wait" in line or "deadline" in line]
+    assert states(run)["wait"] == "failed", (states(run), wait_lines[-30:])
+    job_id = xcom(run, "submit")
     assert "not finished before the deadline" in out
     cancels = [c for c in emulator.calls if job_id in c.path and (c.method == "PATCH" or "/cancel/" in c.path)]
     if vendor == "scriptx":  # PrintPdf has no cancel: said in the log, nothing sent

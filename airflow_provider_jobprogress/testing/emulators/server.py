@@ -117,7 +117,9 @@ class _Server:
     async def _serve(self, http: web.Request) -> web.StreamResponse:
         request = Request(
             method=http.method,
-            path=http.path,
+            # the path as sent, still percent-encoded (as the threaded server had it): a hostile id "..%2Fx"
+            # must reach the handlers as one path segment, not be decoded and normalised away by aiohttp
+            path=http.raw_path.partition("?")[0],
             query=dict(parse_qsl(http.query_string, keep_blank_values=True)),
             headers={name.lower(): value for name, value in http.headers.items()},
             body=await http.read(),
