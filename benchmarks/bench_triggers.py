@@ -274,8 +274,15 @@ def run_side(side: str, vendor: str, size: Size, emu: Emulator) -> Result:
     else:
         polled = [c for c in calls if c["method"] == "GET" and c["path"].endswith("/done")]
     polls = Counter(call["job_id"] for call in polled)
-    # A poller keeping its interval polls at 0, i, 2i, ... and sees the end at the first poll after it.
-    asked = sum(math.ceil(max(0.0, end - start) / size.interval) + 1 for end in ends.values())
+    first_poll: dict[str, float] = {}
+    for call in polled:
+        first_poll.setdefault(call["job_id"], call["ts"])
+    # A poller keeping its interval from its first poll (the reference polls at once; ours at a random point
+    # of its first interval, so that waits started together do not poll together) polls at f, f+i, f+2i, ...
+    # and sees the end at the first poll after it.
+    asked = sum(
+        math.ceil(max(0.0, end - first_poll.get(job_id, start)) / size.interval) + 1 for job_id, end in ends.items()
+    )
     late = [seen[job_id][0] - end for job_id, end in ends.items() if job_id in seen] or [math.inf]
     return Result(
         side=side,
