@@ -91,7 +91,7 @@ class SyncSession:
             if isinstance(step, Sleep):
                 if deadline is not None and now() + step.seconds > deadline:
                     flow.close()
-                    raise self._deadline_error(job_id, f"the deadline comes before a {step.seconds:.0f} s pause ends")
+                    raise self._deadline_error(job_id, f"it comes before a {step.seconds:.0f} s pause ends")
                 time.sleep(step.seconds)
             elif isinstance(step, GetToken):
                 reply = self._get_token(step.stale)
@@ -106,12 +106,12 @@ class SyncSession:
             return self.timeout
         left = deadline - now()
         if left <= 0:
-            raise self._deadline_error(job_id, "the deadline passed")
+            raise self._deadline_error(job_id, "it passed before the next request")
         connect, read = self.timeout
         return (min(connect, left), min(read, left))
 
     def _deadline_error(self, job_id: str | None, detail: str) -> DeadlineExceededError:
-        return DeadlineExceededError(self.api.vendor, job_id, f"gave up waiting: {detail}")
+        return DeadlineExceededError(self.api.vendor, job_id, f"not finished before the deadline ({detail})")
 
     def _get_token(self, stale: Token | None) -> Token:
         with self._lock:

@@ -74,13 +74,19 @@ def _mask(secret: str) -> None:
 
 async def _amask(secret: str) -> None:
     # amask_secret exists from Airflow 3.3.2; below, the sync call runs in a thread so the loop never blocks.
+    # That thread must be asgiref's: in the triggerer mask_secret messages the supervisor through
+    # async_to_sync, which routes back to the triggerer's own loop (and its comms lock) only from an asgiref
+    # thread. From asyncio.to_thread it opens a second loop on the same socket, and the trigger runner dies
+    # with "Response read out of order" (seen on Airflow 3.1.8).
     from airflow.sdk import log as sdk_log
 
     amask = getattr(sdk_log, "amask_secret", None)
     if amask is not None:
         await amask(secret)
         return
-    await asyncio.to_thread(sdk_log.mask_secret, secret)
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(sdk_log.mask_secret)(secret)
 
 
 class JobProgressHook(BaseHook, Generic[ApiT]):
