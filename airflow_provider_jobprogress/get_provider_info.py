@@ -106,9 +106,9 @@ def _scriptx_connection() -> dict[str, Any]:
                     "type": ["string", "null"],
                     "enum": ["cloud", "on_premise", "windows_pc"],
                     "values_display": {
-                        "cloud": "Cloud: MeadCo's hosted service, license checked (Server overrides the host)",
-                        "on_premise": "On-Premise: your own ScriptX.Services server (set Server)",
-                        "windows_pc": "Windows PC: ScriptX.Services for Windows PC (port 41191)",
+                        "cloud": "Cloud: MeadCo's hosted service, or at Server if set",
+                        "on_premise": "On-Premise: your own server (set Server)",
+                        "windows_pc": "Windows PC: ScriptX.Services for Windows PC",
                     },
                     "default": "cloud",
                 },

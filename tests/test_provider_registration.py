@@ -214,7 +214,7 @@ def test_scriptx_variants_are_named_and_the_server_overrides_their_host(hook_met
     shown = variant["schema"]["values_display"]
     assert set(shown) == set(variant["schema"]["enum"])
     assert "MeadCo's hosted service" in shown["cloud"]
-    assert "Server overrides the host" in shown["cloud"]
+    assert "at Server if set" in shown["cloud"]
     assert "scriptxservices.meadroid.com" in variant["description"]
     assert "any variant" in variant["description"]
     assert meta.standard_fields.host.title == "Server (empty: the variant's default)"
