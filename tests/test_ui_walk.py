@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from packaging.version import Version
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from airflow_provider_jobprogress.testing.emulators import VendorEmulator
 from tests.deployment import free_port
@@ -333,24 +334,30 @@ def test_a_dag_triggered_in_the_ui_shows_progress_in_its_log(page: Any, airflow_
         page.get_by_role("dialog").get_by_role("button", name="Trigger").click()
     assert answer.value.status == 200, answer.value.text()
     run_id = answer.value.json()["dag_run_id"]
-    page.goto(f"{airflow_ui.url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id, safe='')}/tasks/wait")
+    quoted = urllib.parse.quote(run_id, safe="")
+    page.goto(f"{airflow_ui.url}/dags/{dag_id}/runs/{quoted}/tasks/wait")
     running = re.compile(r"iTwin job \S+: running \d+(\.\d+)?%")
     finished = re.compile(r"iTwin job \S+: succeeded")
     seen_running: set[str] = set()
     seen_while_deferred = False
+    observed: list[tuple[Any, int]] = []  # (the task's state, progress lines in its log) at each look
     deadline = time.monotonic() + 240
     text = ""
     while time.monotonic() < deadline:
-        page.get_by_text("Logs", exact=True).first.wait_for()
+        # the log arrives after the page: wait for the provider's first line (the worker's read before deferring)
+        with contextlib.suppress(PlaywrightTimeoutError):
+            page.get_by_text(re.compile(r"iTwin job \S+: ")).first.wait_for(timeout=20_000)
         text = page.locator("body").inner_text()
         lines = {line for line in text.splitlines() if running.search(line)}
         seen_running |= lines
-        # the task's state badge reads "Deferred" while its trigger polls in the triggerer
-        seen_while_deferred |= bool(lines) and "Deferred" in text
+        # the task's state as the UI reads it (the browser's own session), right after the log was read
+        state = page.request.get(f"{airflow_ui.url}/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances/wait")
+        observed.append((state.json().get("state") if state.ok else state.status, len(lines)))
+        seen_while_deferred |= bool(lines) and observed[-1][0] == "deferred"
         if finished.search(text):
             break
         time.sleep(4)
         page.reload()
     assert finished.search(text), f"the wait's log never showed the job finish; progress seen: {sorted(seen_running)}"
     assert seen_running, "no progress line in the wait task's log"
-    assert seen_while_deferred, "no progress shown while the task was deferred"
+    assert seen_while_deferred, f"no progress shown while the task was deferred: {observed}"
