@@ -1,5 +1,6 @@
 # Two commands a newcomer needs: `make demo` (the main job against the bundled emulators) and `make test`.
 # Both build the virtualenv first, from PyPI, so they work on a fresh machine with Python 3.11+.
+# `make airflow` is the real Airflow UI with the examples and the emulators; `make dist` builds the wheel.
 PYTHON ?= python3
 AIRFLOW_VERSION ?= 3.3.2
 VENV := .venv
@@ -9,7 +10,10 @@ STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
 AZURITE_VERSION ?= 3.35.0
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 
-.PHONY: demo test lint unit venv azurite clean bench
+# `make airflow` keeps its Airflow (database, login, runs) here between runs; delete the folder to start afresh.
+AIRFLOW_UI_HOME ?= .airflow_home
+
+.PHONY: demo test lint unit venv azurite airflow dist bench clean
 
 venv: $(STAMP)
 
@@ -30,6 +34,16 @@ azurite:
 demo: venv
 	$(BIN)/python -m airflow_provider_jobprogress.testing.demo
 
+# Emulators, their connections stored in Airflow, the example DAGs, `airflow standalone`; prints the address and
+# login. Ctrl-C stops everything it started.
+airflow: venv
+	$(BIN)/python -m airflow_provider_jobprogress.testing.standalone --home $(AIRFLOW_UI_HOME)
+
+# The sdist and the wheel, in dist/: `pip install dist/airflow_provider_jobprogress-*.whl` wherever Airflow runs.
+dist: venv
+	rm -rf dist
+	$(PYTHON) -m uv build --out-dir dist .
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -45,4 +59,4 @@ bench: venv
 	$(BIN)/python benchmarks/bench_triggers.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .tools
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .tools dist build

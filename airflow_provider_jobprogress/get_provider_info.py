@@ -16,15 +16,25 @@ _FETCH_OPERATOR = "airflow_provider_jobprogress.operators.fetch_result"
 
 # The 3.3 UI turns each conn-fields entry into a form field: "label" becomes the field title,
 # schema "default" becomes the initial value (and is written into Connection.extra on save),
-# "enum" makes a dropdown and format "password" masks the field.
-def _verify_field() -> dict[str, Any]:
+# "enum" makes a dropdown (its "values_display" names each value), a boolean type makes a switch
+# and format "password" masks the field.
+def _tls_fields() -> dict[str, Any]:
     return {
-        "label": "Verify TLS",
-        "description": (
-            'TLS certificate check, as a string: "true" (default) verifies against the system CAs, '
-            '"false" turns the check off, any other value is the path to a CA bundle file.'
-        ),
-        "schema": {"type": ["string", "null"], "default": "true"},
+        "verify": {
+            "label": "Verify TLS",
+            "description": (
+                "Check the server's TLS certificate (https only). Off accepts any certificate: for a test server only."
+            ),
+            "schema": {"type": ["boolean", "null"], "default": True},
+        },
+        "ca_bundle": {
+            "label": "CA bundle (path)",
+            "description": (
+                "Path of a PEM file of CA certificates to check the server against (a private CA), on every "
+                "machine that runs tasks or the triggerer. Empty: the system's CAs. Used while Verify TLS is on."
+            ),
+            "schema": {"type": ["string", "null"]},
+        },
     }
 
 
@@ -57,7 +67,7 @@ def _olconnect_connection() -> dict[str, Any]:
                 ),
                 "schema": {"type": ["string", "null"], "enum": ["token", "basic"], "default": "token"},
             },
-            "verify": _verify_field(),
+            **_tls_fields(),
         },
     }
 
@@ -70,7 +80,7 @@ def _scriptx_connection() -> dict[str, Any]:
         "ui-field-behaviour": {
             "hidden-fields": ["login"],
             "relabeling": {
-                "host": "Server",
+                "host": "Server (empty: the variant's default)",
                 "schema": "Protocol (http or https)",
                 "port": "Port (optional)",
                 "password": "License GUID",
@@ -78,7 +88,7 @@ def _scriptx_connection() -> dict[str, Any]:
             "placeholders": {
                 "host": "scriptxservices.meadroid.com",
                 "schema": "https",
-                "port": "41191 on a Windows PC, else empty",
+                "port": "443 for https, 41191 on a Windows PC",
                 "password": "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
             },
         },
@@ -86,12 +96,20 @@ def _scriptx_connection() -> dict[str, Any]:
             "variant": {
                 "label": "Service variant",
                 "description": (
-                    "cloud: MeadCo's hosted service; on_premise: your own ScriptX.Services server; "
-                    "windows_pc: ScriptX.Services for Windows PC on this network (port 41191)."
+                    "Which ScriptX.Services edition the server is. Server, Protocol and Port, when set, are the "
+                    "address for any variant (an emulator or a proxy for the cloud, say). cloud: MeadCo's hosted "
+                    "service, scriptxservices.meadroid.com over https by default; Test checks the license GUID. "
+                    "on_premise: ScriptX.Services on your own server (set Server); Test reads its service "
+                    "description. windows_pc: ScriptX.Services for Windows PC, 127.0.0.1:41191 over http by default."
                 ),
                 "schema": {
                     "type": ["string", "null"],
                     "enum": ["cloud", "on_premise", "windows_pc"],
+                    "values_display": {
+                        "cloud": "Cloud: MeadCo's hosted service, or at Server if set",
+                        "on_premise": "On-Premise: your own server (set Server)",
+                        "windows_pc": "Windows PC: ScriptX.Services for Windows PC",
+                    },
                     "default": "cloud",
                 },
             },
@@ -104,7 +122,7 @@ def _scriptx_connection() -> dict[str, Any]:
                 ),
                 "schema": {"type": ["string", "null"]},
             },
-            "verify": _verify_field(),
+            **_tls_fields(),
         },
     }
 
@@ -158,7 +176,7 @@ def _itwin_connection() -> dict[str, Any]:
                 "description": "The iTwin that holds the jobs' reality data; needed to download outputs.",
                 "schema": {"type": ["string", "null"]},
             },
-            "verify": _verify_field(),
+            **_tls_fields(),
         },
     }
 

@@ -18,6 +18,9 @@ from airflow_provider_jobprogress.sensors.itwin import ITwinJobSensor
 
 # None = the vendor's own polling guidance; the demo sets a short interval so it finishes quickly.
 POLL = float(os.environ.get("JOBPROGRESS_EXAMPLE_POLL_SECONDS", "0")) or None
+# The run id names the run's folder, ':' and '+' replaced: a ':' is refused by Windows disks and SMB shares, and a
+# '+' reads as a space once a path goes through a URL.
+RUN_FOLDER = "{{ run_id | replace(':', '-') | replace('+', '_') }}"
 
 with DAG(
     "example_itwin_reality_analysis",
@@ -25,7 +28,11 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     params={
-        "results": Param("file:///tmp/jobprogress-results", type="string"),
+        "results": Param(
+            "file:///tmp/jobprogress-results",
+            type="string",
+            description="where results go: a folder URI (file://…, s3://<conn id>@<bucket>/…); a sub-folder per run",
+        ),
         "photos": Param("7d4f1c2a-photos-reality-data-id", type="string", description="input reality data id"),
     },
     tags=["jobprogress", "itwin"],
@@ -47,6 +54,6 @@ with DAG(
         task_id="download_outputs",
         conn_id="itwin_default",
         job_id=submit.output,
-        destination="{{ params.results }}/itwin/{{ run_id }}/",
+        destination="{{ params.results }}/itwin/" + RUN_FOLDER + "/",
     )
     wait >> fetch

@@ -21,6 +21,9 @@ from airflow_provider_jobprogress.sensors.itwin import ITwinJobSensor
 CONN_ID = "itwin_reality_analysis"
 # None = the vendor's own polling guidance; the demo sets a short interval so it finishes quickly.
 POLL = float(os.environ.get("JOBPROGRESS_EXAMPLE_POLL_SECONDS", "0")) or None
+# The run id names the run's folder, ':' and '+' replaced: a ':' is refused by Windows disks and SMB shares, and a
+# '+' reads as a space once a path goes through a URL.
+RUN_FOLDER = "{{ run_id | replace(':', '-') | replace('+', '_') }}"
 
 with DAG(
     "example_itwin_reality_analysis_v2",
@@ -28,7 +31,11 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     params={
-        "results": Param("file:///tmp/jobprogress-results", type="string"),
+        "results": Param(
+            "file:///tmp/jobprogress-results",
+            type="string",
+            description="where results go: a folder URI (file://…, s3://<conn id>@<bucket>/…); a sub-folder per run",
+        ),
         "photos": Param("7d4f1c2a-photos-reality-data-id", type="string", description="ContextScene of photos"),
         "detector": Param("bentley/traffic-signs", type="string", description="photo object detector"),
     },
@@ -58,6 +65,6 @@ with DAG(
         task_id="download_outputs",
         conn_id=CONN_ID,
         job_id=submit.output,
-        destination="{{ params.results }}/itwin-v2/{{ run_id }}/",
+        destination="{{ params.results }}/itwin-v2/" + RUN_FOLDER + "/",
     )
     wait >> fetch

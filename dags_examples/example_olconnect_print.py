@@ -18,13 +18,22 @@ from airflow_provider_jobprogress.sensors.olconnect import OLConnectOperationSen
 
 # None = the vendor's own polling guidance; the demo sets a short interval so it finishes quickly.
 POLL = float(os.environ.get("JOBPROGRESS_EXAMPLE_POLL_SECONDS", "0")) or None
+# The run id names the run's folder, ':' and '+' replaced: a ':' is refused by Windows disks and SMB shares, and a
+# '+' reads as a space once a path goes through a URL.
+RUN_FOLDER = "{{ run_id | replace(':', '-') | replace('+', '_') }}"
 
 with DAG(
     "example_olconnect_print",
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    params={"results": Param("file:///tmp/jobprogress-results", type="string", description="where results go")},
+    params={
+        "results": Param(
+            "file:///tmp/jobprogress-results",
+            type="string",
+            description="where results go: a folder URI (file://…, s3://<conn id>@<bucket>/…); a sub-folder per run",
+        )
+    },
     tags=["jobprogress", "olconnect"],
 ) as dag:
     submit = OLConnectSubmitOperator(
@@ -41,6 +50,6 @@ with DAG(
         task_id="fetch",
         conn_id="olconnect_default",
         job_id=submit.output,
-        destination="{{ params.results }}/olconnect/{{ run_id }}/",
+        destination="{{ params.results }}/olconnect/" + RUN_FOLDER + "/",
     )
     wait >> fetch

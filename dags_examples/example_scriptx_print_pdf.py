@@ -18,6 +18,9 @@ from airflow_provider_jobprogress.sensors.scriptx import ScriptXJobSensor
 
 # None = the vendor's own polling guidance; the demo sets a short interval so it finishes quickly.
 POLL = float(os.environ.get("JOBPROGRESS_EXAMPLE_POLL_SECONDS", "0")) or None
+# The run id names the run's folder, ':' and '+' replaced: a ':' is refused by Windows disks and SMB shares, and a
+# '+' reads as a space once a path goes through a URL.
+RUN_FOLDER = "{{ run_id | replace(':', '-') | replace('+', '_') }}"
 
 with DAG(
     "example_scriptx_print_pdf",
@@ -25,8 +28,14 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     params={
-        "results": Param("file:///tmp/jobprogress-results", type="string"),
-        "document": Param("https://example.com/statements/2026-11.pdf", type="string"),
+        "results": Param(
+            "file:///tmp/jobprogress-results",
+            type="string",
+            description="where results go: a folder URI (file://…, s3://<conn id>@<bucket>/…); a sub-folder per run",
+        ),
+        "document": Param(
+            "https://example.com/statements/2026-11.pdf", type="string", description="URL of the PDF to print"
+        ),
     },
     tags=["jobprogress", "scriptx"],
 ) as dag:
@@ -42,6 +51,6 @@ with DAG(
         task_id="download",
         conn_id="scriptx_default",
         job_id=submit.output,
-        destination="{{ params.results }}/scriptx/{{ run_id }}/statement.pdf",
+        destination="{{ params.results }}/scriptx/" + RUN_FOLDER + "/statement.pdf",
     )
     wait >> fetch

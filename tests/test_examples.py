@@ -54,6 +54,8 @@ def test_vendor_example_submits_waits_and_stores_the_result(
     assert [Path(i["uri"].removeprefix("file://")) for i in items] == files
     for item, path in zip(items, files, strict=True):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == item["sha256"]
+    # the run id (manual__2026-01-01T00:00:00+00:00) names the folder without ':' and '+'
+    assert not [p for p in files if set(str(p.relative_to(tmp_path))) & set(":+")], files
 
 
 def test_generic_sensor_example_waits_on_all_three_vendors(airflow_db: Path, emulator: VendorEmulator) -> None:
@@ -72,6 +74,30 @@ def test_mapped_example_waits_on_many_jobs(airflow_db: Path, emulator: VendorEmu
     assert states(run)["download"] == "success"
     assert len(stored_files(tmp_path)) == 4
     assert emulator.count("POST", "/printPdf/print") == 4
+    # the UI lists each map by its document, not by its index
+    for task_id in ("print", "wait", "download"):
+        assert map_labels(run, task_id) == documents, task_id
+
+
+def map_labels(run: Any, task_id: str) -> list[str | None]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(TaskInstance)
+            .where(TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id)
+            .where(TaskInstance.task_id == task_id)
+            .order_by(TaskInstance.map_index)
+        )
+        return [ti.rendered_map_index for ti in rows]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("example_*.py")))
+def test_every_example_param_says_what_it_is(name: str) -> None:
+    params = example(name).params
+    assert {key: bool(params.get_param(key).description) for key in params} == dict.fromkeys(params, True)
 
 
 @pytest.mark.parametrize(("outcome", "vendor_state"), [("fail", "failed"), ("cancel", "cancelled")])

@@ -80,3 +80,8 @@ def test_airflow_providers_the_package_imports_are_declared() -> None:
                 if dist not in declared:
                     missing.setdefault(dist, str(path.relative_to(PACKAGE.parent)))
     assert not missing, f"provider packages imported but not declared: {missing}"
+
+
+def test_project_urls_point_at_the_project_not_at_a_package_index() -> None:
+    urls = importlib.metadata.metadata(DIST).get_all("Project-URL") or []
+    assert not [url for url in urls if "pypi.org" in url], urls

@@ -152,7 +152,7 @@ def test_olconnect_form_asks_for_server_port_protocol_and_user(hook_meta: dict[s
     assert std.login.title == "User (empty: server security off)"
     assert std.password.title == "Password"
     assert not any(f.hidden for f in (std.host, std.port, std.url_schema, std.login, std.password))
-    assert set(meta.extra_fields) == {"auth", "verify"}
+    assert set(meta.extra_fields) == {"auth", "verify", "ca_bundle"}
     auth = meta.extra_fields["auth"]
     assert auth["value"] == "token"
     assert auth["schema"]["enum"] == ["token", "basic"]
@@ -167,7 +167,7 @@ def test_scriptx_form_hides_login_and_asks_for_the_license_guid(hook_meta: dict[
     assert std.host.placeholder == "scriptxservices.meadroid.com"
     assert std.url_schema.placeholder == "https"
     assert "41191" in std.port.placeholder
-    assert set(meta.extra_fields) == {"variant", "meadroid_path", "verify"}
+    assert set(meta.extra_fields) == {"variant", "meadroid_path", "verify", "ca_bundle"}
     assert "X-Meadroid-Path" in meta.extra_fields["meadroid_path"]["description"]
     variant = meta.extra_fields["variant"]
     assert variant["value"] == "cloud"
@@ -183,7 +183,7 @@ def test_itwin_form_asks_only_for_client_credentials_and_api_settings(hook_meta:
     assert std.login.title == "Client ID"
     assert std.password.title == "Client secret"
     extras = meta.extra_fields
-    assert set(extras) == {"api", "base_url", "auth_url", "scope", "itwin_id", "verify"}
+    assert set(extras) == {"api", "base_url", "auth_url", "scope", "itwin_id", "verify", "ca_bundle"}
     assert extras["api"]["value"] == "realitydataanalysis"
     assert extras["api"]["schema"]["enum"] == [
         "realitydataanalysis",
@@ -198,12 +198,26 @@ def test_itwin_form_asks_only_for_client_credentials_and_api_settings(hook_meta:
     assert "download" in extras["itwin_id"]["description"]
 
 
-def test_verify_field_explains_its_three_string_forms(hook_meta: dict[str, Any]) -> None:
+def test_verify_is_a_switch_and_the_ca_bundle_a_field_of_its_own(hook_meta: dict[str, Any]) -> None:
     for conn_type in OUR_CONN_TYPES:
         verify = hook_meta[conn_type].extra_fields["verify"]
-        assert verify["value"] == "true"
-        assert '"false"' in verify["description"]
-        assert "CA bundle" in verify["description"]
+        assert verify["value"] is True  # saved as a JSON boolean, not the string "true"
+        assert verify["schema"]["type"][0] == "boolean"  # the form shows a switch
+        bundle = hook_meta[conn_type].extra_fields["ca_bundle"]
+        assert bundle["value"] is None
+        assert "PEM" in bundle["description"]
+
+
+def test_scriptx_variants_are_named_and_the_server_overrides_their_host(hook_meta: dict[str, Any]) -> None:
+    meta = hook_meta["scriptx"]
+    variant = meta.extra_fields["variant"]
+    shown = variant["schema"]["values_display"]
+    assert set(shown) == set(variant["schema"]["enum"])
+    assert "MeadCo's hosted service" in shown["cloud"]
+    assert "at Server if set" in shown["cloud"]
+    assert "scriptxservices.meadroid.com" in variant["description"]
+    assert "any variant" in variant["description"]
+    assert meta.standard_fields.host.title == "Server (empty: the variant's default)"
 
 
 def test_no_form_field_is_prefilled_with_a_masked_value(hook_meta: dict[str, Any]) -> None:

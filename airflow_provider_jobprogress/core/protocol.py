@@ -152,7 +152,7 @@ class ConnectionFields:
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def extra_bool_or_path(self, key: str, default: bool = True) -> bool | str:
-        """Read a ``verify``-style extra: true/false or a CA bundle path."""
+        """Read a ``verify``-style extra: a boolean, its text ("true", "false"...), or a CA bundle path."""
         value = self.extra.get(key)
         if value is None:  # absent, or saved empty by the connection form
             return default
@@ -164,6 +164,16 @@ class ConnectionFields:
         if text.lower() in ("false", "0", "no", "off"):
             return False
         return text
+
+    def tls_verify(self) -> bool | str:
+        """The TLS check as requests and httpx take it: True, False, or the path of a CA bundle.
+
+        The form saves ``verify`` as a switch (a JSON boolean) and the bundle in its own field, ``ca_bundle``;
+        connections saved before keep ``verify`` as text, a bundle path included, and are read as they were.
+        """
+        verify = self.extra_bool_or_path("verify")
+        bundle = str(self.extra.get("ca_bundle") or "").strip()
+        return bundle if verify is True and bundle else verify
 
 
 class VendorApi:

@@ -17,7 +17,7 @@ class ITwinHook(JobProgressHook[ITwinApi]):
     The connection holds the service app's client id (login) and secret (password) and extras ``api``
     (Bentley's current ``reality-analysis`` or ``reality-modeling``, both v2; the older v1
     ``realitydataanalysis``, the default, or ``realityconversion``), ``base_url``,
-    ``auth_url`` (the token endpoint; ``token_url`` is read too), ``scope``, ``itwin_id`` and ``verify``.
+    ``auth_url`` (the token endpoint; ``token_url`` is read too), ``scope``, ``itwin_id``, ``verify`` and ``ca_bundle``.
     """
 
     conn_type: ClassVar[str] = "itwin"

@@ -14,7 +14,7 @@ class OLConnectHook(JobProgressHook[OLConnectApi]):
 
     The connection holds the server (host, port 9340, http/https), the user and password (no user:
     server security is off) and extras ``auth`` (``token``: log in once and send ``auth_token``;
-    ``basic``: send the credentials on every call) and ``verify``.
+    ``basic``: send the credentials on every call) and ``verify`` / ``ca_bundle`` (TLS).
     """
 
     conn_type: ClassVar[str] = "olconnect"

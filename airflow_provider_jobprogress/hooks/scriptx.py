@@ -14,8 +14,8 @@ class ScriptXHook(JobProgressHook[ScriptXApi]):
 
     The connection holds the server (Cloud by default), the license GUID as password, and extras
     ``variant`` (``cloud``, ``on_premise``, ``windows_pc``), ``meadroid_path`` (sent as ``X-Meadroid-Path``,
-    as MeadCo's client sends its page URL: cloud licenses are bound to domains) and ``verify``. PrintPdf jobs
-    cannot be cancelled: ``cancel`` raises ``OperationNotSupportedError`` and sends nothing.
+    as MeadCo's client sends its page URL: cloud licenses are bound to domains), ``verify`` and ``ca_bundle``.
+    PrintPdf jobs cannot be cancelled: ``cancel`` raises ``OperationNotSupportedError`` and sends nothing.
 
     A print the service finished when it was submitted (status 4, no job identifier) gets a job id of our
     own (``scriptx-done-at-submit-…``): its progress is SUCCEEDED without a call, it has no file output.

@@ -124,7 +124,7 @@ class ITwinApi(VendorApi):
             scope=str(extra.get("scope") or SCOPE),
             itwin_id=extra.get("itwin_id"),
             request_retry=request_retry,
-            verify=conn.extra_bool_or_path("verify"),
+            verify=conn.tls_verify(),
         )
 
     # -- auth ------------------------------------------------------------------------------------

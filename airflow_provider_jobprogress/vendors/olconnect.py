@@ -75,7 +75,7 @@ class OLConnectApi(VendorApi):
             password=conn.password,
             auth=str(conn.extra.get("auth") or "token").lower(),
             request_retry=request_retry,
-            verify=conn.extra_bool_or_path("verify"),
+            verify=conn.tls_verify(),
         )
 
     # -- auth ------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ class ScriptXApi(VendorApi):
             variant=variant,
             meadroid_path=str(conn.extra.get("meadroid_path") or "") or None,
             request_retry=request_retry,
-            verify=conn.extra_bool_or_path("verify"),
+            verify=conn.tls_verify(),
         )
 
     def authorize(self, request: Request, token: object) -> Request:
