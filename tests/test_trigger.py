@@ -16,7 +16,7 @@ from airflow_provider_jobprogress.hooks.itwin import ITwinHook
 from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
 from airflow_provider_jobprogress.hooks.scriptx import ScriptXHook
 from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
-from airflow_provider_jobprogress.triggers.job_progress import CLASSPATH, JobProgressTrigger
+from airflow_provider_jobprogress.triggers.job_progress import CLASSPATH, POLL_TICK, JobProgressTrigger, sleep_on_tick
 
 FAST_POLL = PollPolicy.fixed(0.01).to_dict()
 FAST_RETRY = RequestRetry(initial_delay=0.01, max_delay=0.02, jitter=0, attempts=2, outage_tolerance=30).to_dict()
@@ -204,3 +204,23 @@ async def test_two_hundred_triggers_share_one_token_and_one_pool(emulator: Vendo
     assert ASYNC_SESSIONS.sessions() == [], "closed when the last wait ended"
     peers = {c.peer for c in emulator.calls if c.path.endswith("/progress")}
     assert len(peers) <= POOL_SIZE, f"one pool of at most {POOL_SIZE} connections, saw {len(peers)}"
+
+
+async def test_waits_due_within_one_tick_wake_together_on_the_grid() -> None:
+    """Polls are spread over the interval, yet those due within one POLL_TICK go out in one wake of the loop."""
+    loop = asyncio.get_running_loop()
+    asked = [0.2 + i * 0.0013 for i in range(60)]  # 60 waits due over ~78 ms: a few ticks, not 60 wakes
+    started = loop.time()
+    woke_at = await asyncio.gather(*(sleep_on_tick(seconds) for seconds in asked))
+    for seconds, when in zip(asked, woke_at, strict=True):
+        assert round(when / POLL_TICK, 6).is_integer()  # on the grid
+        assert abs(when - (started + seconds)) <= POLL_TICK / 2 + 0.01  # the nearest point, so the mean holds
+    assert len(set(woke_at)) <= 3
+
+
+async def test_a_sleep_on_the_tick_never_wakes_at_once() -> None:
+    loop = asyncio.get_running_loop()
+    before = loop.time()
+    when = await sleep_on_tick(0)
+    assert when > before
+    assert loop.time() >= when
