@@ -18,7 +18,7 @@ from airflow_provider_jobprogress.core.errors import (
     RateLimitedError,
     VendorUnavailableError,
 )
-from airflow_provider_jobprogress.core.model import JobProgress, JobState
+from airflow_provider_jobprogress.core.model import JobProgress, JobState, short
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, jittered
 from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
 
@@ -34,6 +34,23 @@ STATUS_BY_STATE = {
     JobState.FAILED: "failed",
     JobState.CANCELLED: "cancelled",
 }
+
+
+def _event(status: str, progress: JobProgress | None, message: str, error: str | None) -> TriggerEvent:
+    """What the task resumes with, and all of it: small facts, never a vendor's body.
+
+    Airflow stores the event in its database and logs it whole ("Trigger fired event"), so it carries the
+    status, the last reading's facts (``JobProgress.to_dict``), a message of at most ``MAX_MESSAGE``
+    characters and the typed error's class name. Whatever else the task needs, it asks the vendor for.
+    """
+    return TriggerEvent(
+        {
+            "status": status,
+            "progress": None if progress is None else progress.to_dict(),
+            "message": short(message, MAX_MESSAGE),
+            "error": error,
+        }
+    )
 
 
 class _DeadlinePassed(Exception):
@@ -229,9 +246,7 @@ class JobProgressTrigger(BaseTrigger):
         status = STATUS_BY_STATE[progress.state]
         if status == "success" and self.finish_in_triggerer:
             return TaskSuccessEvent(xcoms={"return_value": progress.to_dict()})
-        return TriggerEvent(
-            {"status": status, "progress": progress.to_dict(), "message": progress.describe(), "error": None}
-        )
+        return _event(status, progress, progress.describe(), None)
 
     def _error_event(self, exc: Exception) -> TriggerEvent:
         if isinstance(exc, JobProgressError):
@@ -242,8 +257,7 @@ class JobProgressTrigger(BaseTrigger):
             detail = " ".join(str(exc).split())[:MAX_MESSAGE] or "(no message)"
             message = f"job {self.job_id} on connection {self.conn_id!r}: {type(exc).__name__}: {detail}"
             self.log.exception("waiting for %s failed unexpectedly", message)
-        last = self._last.to_dict() if self._last else None
-        return TriggerEvent({"status": "error", "progress": last, "message": message, "error": type(exc).__name__})
+        return _event("error", self._last, message, type(exc).__name__)
 
     async def _timeout_event(self, hook: Any, vendor: str, job: str) -> TriggerEvent:
         message = f"{vendor} job {job}: not finished before the deadline"
@@ -252,8 +266,7 @@ class JobProgressTrigger(BaseTrigger):
         if self.cancel_on_timeout:
             message += "; " + await self._cancel(hook, vendor, job, reason="deadline passed")
         self.log.error("%s", message)
-        last = self._last.to_dict() if self._last else None
-        return TriggerEvent({"status": "timeout", "progress": last, "message": message, "error": None})
+        return _event("timeout", self._last, message, None)
 
     async def _cancel(self, hook: Any, vendor: str, job: str, *, reason: str) -> str:
         """Cancel this trigger's job (only this one), bounded in time; returns what happened."""

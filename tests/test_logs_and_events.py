@@ -1,0 +1,161 @@
+"""What a wait leaves behind: small trigger events without vendor bodies, one log line per reading, SAS masking."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_jobprogress.core import JobProgress, PollPolicy, RequestRetry
+from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
+from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
+from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
+from airflow_provider_jobprogress.triggers.job_progress import JobProgressTrigger
+from tests.test_trigger import submit
+
+VENDORS = ["olconnect", "scriptx", "itwin"]
+#: an event lands in the metadata database and in the "Trigger fired event" log line: a few hundred bytes
+#: of facts, whatever the vendor answered (a 5,000-character vendor message included)
+EVENT_BYTES = 2048
+#: what an event may carry, and nothing else
+EVENT_KEYS = {"status", "progress", "message", "error"}
+PROGRESS_KEYS = {"vendor", "job_id", "state", "percent", "step", "message"}
+FAST_RETRY = RequestRetry(initial_delay=0.01, max_delay=0.02, jitter=0, attempts=2, outage_tolerance=30).to_dict()
+ROTATED = {
+    "olconnect": {"olconnect_password": "rotated-Pw-1234"},
+    "scriptx": {"scriptx_license": "00000000-1111-2222-3333-444444444444"},
+    "itwin": {"itwin_client_secret": "rotated-secret-5678"},
+}
+
+
+@pytest.fixture(autouse=True)
+async def close_shared_sessions() -> AsyncIterator[None]:
+    yield
+    await ASYNC_SESSIONS.aclose_all()
+
+
+def wait_trigger(vendor: str, job_id: str, poll: float = 0.01) -> JobProgressTrigger:
+    return JobProgressTrigger(
+        hook_class_path=HOOK_CLASS_BY_CONN_TYPE[vendor],
+        conn_id=f"{vendor}_default",
+        job_id=job_id,
+        poll_policy=PollPolicy.fixed(poll).to_dict(),
+        request_retry=FAST_RETRY,
+    )
+
+
+def vendor_body(vendor: str, job_id: str) -> Any:
+    """What the vendor answers for the job now, as the hook parsed it (its raw body)."""
+    progress: JobProgress = load_hook_class(HOOK_CLASS_BY_CONN_TYPE[vendor])().get_progress(job_id)
+    return progress.raw
+
+
+def leaves(value: Any) -> tuple[set[str], set[str]]:
+    """Every key and every string value in a parsed JSON body (or the body itself when it is text)."""
+    keys: set[str] = set()
+    texts: set[str] = set()
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            keys.update(str(k) for k in item)
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+        elif isinstance(item, str):
+            texts.add(item)
+    return keys, texts
+
+
+def assert_small_and_without_vendor_body(payload: dict[str, Any], body: Any) -> None:
+    dumped = json.dumps(payload)
+    assert len(dumped.encode()) < EVENT_BYTES, f"event of {len(dumped)} bytes: {dumped[:300]}"
+    assert set(payload) == EVENT_KEYS
+    progress = payload["progress"]
+    if progress is not None:
+        assert set(progress) == PROGRESS_KEYS, "no raw vendor body in the event"
+    # Nothing of the vendor's own body: none of its keys, none of its texts beyond the facts we keep.
+    keys, texts = leaves(body)
+    kept = {str(v) for v in (progress or {}).values() if v is not None}
+    assert body is not None, "the vendor answered something the test can look for"
+    assert "@" not in dumped, "no e-mail (iTwin names the service app's)"
+    leaked_keys = sorted(k for k in keys - EVENT_KEYS - PROGRESS_KEYS if f'"{k}":' in dumped)
+    assert not leaked_keys, f"vendor body keys in the event: {leaked_keys}"
+    leaked = sorted(t for t in texts if len(t) >= 8 and t not in kept and not any(t in k for k in kept) and t in dumped)
+    assert not leaked, f"vendor body texts in the event: {leaked}"
+
+
+async def one_event(trig: JobProgressTrigger) -> dict[str, Any]:
+    got = [event async for event in trig.run()]
+    assert len(got) == 1
+    payload: dict[str, Any] = got[0].payload
+    return payload
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_success_event_is_small_and_carries_no_vendor_body(emulator: VendorEmulator, vendor: str) -> None:
+    emulator.set_next_scenario(vendor, Scenario(steps=2))
+    job_id = submit(vendor)
+    payload = await one_event(wait_trigger(vendor, job_id))
+    assert payload["status"] == "success"
+    assert payload["progress"]["job_id"] == job_id
+    assert payload["progress"]["state"] == "succeeded"
+    assert_small_and_without_vendor_body(payload, await asyncio.to_thread(vendor_body, vendor, job_id))
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_failure_event_is_small_even_for_a_long_vendor_message(emulator: VendorEmulator, vendor: str) -> None:
+    emulator.set_next_scenario(vendor, Scenario(outcome="fail", steps=1, message="spooler crashed: " + "x" * 5000))
+    job_id = submit(vendor)
+    payload = await one_event(wait_trigger(vendor, job_id))
+    assert payload["status"] == "failed"
+    assert "spooler crashed" in payload["message"], "the vendor's reason is kept (shortened)"
+    assert "spooler crashed" in payload["progress"]["message"]
+    assert_small_and_without_vendor_body(payload, await asyncio.to_thread(vendor_body, vendor, job_id))
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_error_event_with_a_last_reading_carries_no_vendor_body(emulator: VendorEmulator, vendor: str) -> None:
+    emulator.set_next_scenario(vendor, Scenario(steps=10_000))
+    job_id = submit(vendor)
+    body = await asyncio.to_thread(vendor_body, vendor, job_id)
+    waiting = asyncio.create_task(one_event(wait_trigger(vendor, job_id, poll=0.02)))
+    for _ in range(500):  # until the trigger has a reading of its own (bounded: 10 s)
+        await asyncio.sleep(0.02)
+        if emulator.job(vendor, job_id).polls >= 3:
+            break
+    # The credentials are rotated under the wait: the vendor refuses it, an error no retry cures.
+    emulator.set_secrets(ROTATED[vendor])
+    emulator.expire_tokens()
+    payload = await asyncio.wait_for(waiting, timeout=30)
+    assert payload["status"] == "error"
+    assert payload["error"], "the typed error's kind"
+    assert payload["progress"] is not None, "the last reading travels with the error"
+    assert_small_and_without_vendor_body(payload, body)
+
+
+async def test_itwin_success_in_the_triggerer_stores_no_vendor_body_in_xcom(emulator: VendorEmulator) -> None:
+    trig = wait_trigger("itwin", submit("itwin"))
+    trig.finish_in_triggerer = True
+    got = [event async for event in trig.run()]
+    assert len(got) == 1
+    xcoms = got[0].xcoms
+    assert xcoms is not None
+    assert set(xcoms["return_value"]) == PROGRESS_KEYS
+    assert "@" not in json.dumps(xcoms)
+
+
+def test_progress_dict_has_the_facts_only_and_a_short_message() -> None:
+    from airflow_provider_jobprogress.core import JobState
+
+    long = JobProgress("itwin", "j-1", JobState.FAILED, 100.0, message="m" * 10_000, raw={"email": "a@b.c"})
+    data = long.to_dict()
+    assert set(data) == PROGRESS_KEYS
+    assert len(data["message"]) <= 500
+    assert JobProgress.from_dict(data).state is JobState.FAILED
