@@ -159,3 +159,47 @@ def test_progress_dict_has_the_facts_only_and_a_short_message() -> None:
     assert set(data) == PROGRESS_KEYS
     assert len(data["message"]) <= 500
     assert JobProgress.from_dict(data).state is JobState.FAILED
+
+
+# -- one log line per reading ---------------------------------------------------------------------------------
+
+PROGRESS_LINE = re.compile(r"((?:OL Connect|ScriptX\.Services|iTwin) job \S+: (?:queued|running|succeeded)\b[^\[\n]*?)\s*(?:\[|$)")
+
+
+def progress_lines(out: str, job_id: str) -> Counter[str]:
+    """How often each progress line about ``job_id`` was logged (the reading's text, without time or logger)."""
+    found = (PROGRESS_LINE.search(line) for line in out.splitlines() if job_id in line)
+    return Counter(match.group(1).strip() for match in found if match is not None)
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_a_deferred_wait_logs_each_reading_once(
+    airflow_db: Path, emulator: VendorEmulator, vendor: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_sensors_dag import run_dag, states, xcom
+
+    # A job that moves with the clock: most polls read what the one before read, as with real jobs, and
+    # the trigger's first poll reads what the worker read just before deferring.
+    emulator.set_next_scenario(vendor, Scenario(duration=1.5, steps=3))
+    run = run_dag("jp_wait_deferrable", vendor)
+    assert states(run)["wait"] == "success"
+    lines = progress_lines(capsys.readouterr().out, xcom(run, "submit"))
+    assert any("succeeded" in line for line in lines), lines
+    assert len(lines) >= 2, f"the wait was seen moving: {lines}"
+    repeated = {line: n for line, n in lines.items() if n > 1}
+    assert not repeated, f"logged more than once: {repeated}"
+
+
+def test_submit_wait_and_fetch_log_succeeded_once_each(
+    airflow_db: Path, emulator: VendorEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_operators_dag import load
+    from tests.test_sensors_dag import states, xcom
+
+    emulator.set_next_scenario("olconnect", Scenario(steps=2, outputs=3))  # spool file paths: text for XCom
+    run = load("jp_fetch_xcom_olconnect").test()
+    assert states(run)["fetch"] == "success"
+    lines = progress_lines(capsys.readouterr().out, xcom(run, "submit"))
+    succeeded = [n for line, n in lines.items() if "succeeded" in line]
+    # Two readings said "succeeded": the trigger's last poll (the submit task's wait) and the fetch's own read.
+    assert succeeded == [2], lines

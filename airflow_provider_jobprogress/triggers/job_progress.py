@@ -86,6 +86,8 @@ class JobProgressTrigger(BaseTrigger):
     :param cancel_on_kill: cancel the remote job when a user kills the task (Airflow 3.3+ ``on_kill``)
     :param cancel_on_timeout: cancel the remote job when the deadline passes
     :param first_poll_at: wall-clock epoch seconds of the first poll (None: within the first interval)
+    :param last_seen: the reading the task logged before deferring (``JobProgress.to_dict()``), so the trigger
+        logs a reading only when it differs: each reading once, in the task's log or the trigger's
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class JobProgressTrigger(BaseTrigger):
         finish_in_triggerer: bool = False,
         first_poll_at: float | None = None,
         retry_policy: dict[str, Any] | None = None,
+        last_seen: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.hook_class_path = hook_class_path
@@ -115,7 +118,8 @@ class JobProgressTrigger(BaseTrigger):
         self.cancel_on_timeout = cancel_on_timeout
         self.finish_in_triggerer = finish_in_triggerer
         self.first_poll_at = first_poll_at
-        self._last: JobProgress | None = None
+        self.last_seen = last_seen
+        self._last: JobProgress | None = JobProgress.from_dict(last_seen) if last_seen else None
         self._hooks: list[Any] = []
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -132,6 +136,7 @@ class JobProgressTrigger(BaseTrigger):
                 "cancel_on_timeout": self.cancel_on_timeout,
                 "finish_in_triggerer": self.finish_in_triggerer,
                 "first_poll_at": self.first_poll_at,
+                "last_seen": self.last_seen,
             },
         )
 
