@@ -203,3 +203,53 @@ def test_submit_wait_and_fetch_log_succeeded_once_each(
     succeeded = [n for line, n in lines.items() if "succeeded" in line]
     # Two readings said "succeeded": the trigger's last poll (the submit task's wait) and the fetch's own read.
     assert succeeded == [2], lines
+
+
+# -- SAS masking ------------------------------------------------------------------------------------------------
+
+#: an Azure container SAS as Bentley hands them out (shape from Azure's docs): only ``sig`` is secret
+SIGNATURE = "Xk3+mHa/9vQ2pL7wR0tYbN5sEo1cFg8uJiK4dZ6hVqA="
+SAS_URL = (
+    "https://ussc.blob.core.windows.net/reality-data-0a1b?sv=2021-08-06&st=2026-12-02T13%3A00%3A00Z"
+    "&se=2026-12-02T14%3A00%3A00Z&sr=c&sp=rl&skoid=3d5a&sig=" + SIGNATURE.replace("+", "%2B").replace("/", "%2F")
+)
+
+
+def masker() -> Any:
+    try:
+        from airflow.sdk.log import _secrets_masker  # type: ignore[attr-defined]
+    except ImportError:  # Airflow < 3.3
+        from airflow.sdk._shared.secrets_masker import _secrets_masker  # type: ignore[no-redef,attr-defined]
+    return _secrets_masker()
+
+
+def test_sas_masking_hides_the_signature_and_nothing_else() -> None:
+    from airflow_provider_jobprogress.core.protocol import Request, ResultPart
+    from airflow_provider_jobprogress.hooks.base import JobProgressHook
+
+    part = ResultPart(name="a.bin", request=Request("GET", SAS_URL, authenticated=False))
+    JobProgressHook._masked([part])
+    shown = masker().redact(f"GET {SAS_URL}")
+    encoded = SAS_URL.rpartition("sig=")[2]
+    assert SIGNATURE not in shown
+    assert encoded not in shown, "the signature as it stands in the URL (percent-encoded) is hidden too"
+    for kept in ("sv=2021-08-06", "se=2026-12-02T14%3A00%3A00Z", "st=2026-12-02T13%3A00%3A00Z", "reality-data-0a1b"):
+        assert kept in shown, f"{kept} is no secret and stays readable: {shown}"
+
+
+def test_itwin_download_urls_keep_their_sas_fields_readable(emulator: VendorEmulator) -> None:
+    from airflow_provider_jobprogress.hooks.itwin import ITwinHook
+
+    emulator.set_next_scenario("itwin", Scenario(steps=1))
+    hook = ITwinHook()
+    job_id = submit("itwin")
+    while not hook.get_progress(job_id).is_terminal:
+        pass
+    urls = [part.request.url for part in hook.result_parts(job_id) if part.request is not None]
+    assert urls
+    for url in urls:
+        shown = masker().redact(url)
+        signature = url.rpartition("sig=")[2]
+        assert signature not in shown
+        assert "sv=2021-08-06" in shown
+        assert "sp=rl" in shown
