@@ -143,11 +143,16 @@ async def test_error_event_with_a_last_reading_carries_no_vendor_body(emulator: 
 async def test_itwin_success_in_the_triggerer_stores_no_vendor_body_in_xcom(emulator: VendorEmulator) -> None:
     trig = wait_trigger("itwin", submit("itwin"))
     trig.finish_in_triggerer = True
+    from airflow.triggers.base import TaskSuccessEvent
+
     got = [event async for event in trig.run()]
     assert len(got) == 1
+    assert isinstance(got[0], TaskSuccessEvent)
     xcoms = got[0].xcoms
     assert xcoms is not None
-    assert set(xcoms["return_value"]) == PROGRESS_KEYS
+    final = xcoms["return_value"]
+    assert isinstance(final, dict)
+    assert set(final) == PROGRESS_KEYS
     assert "@" not in json.dumps(xcoms)
 
 
@@ -163,7 +168,9 @@ def test_progress_dict_has_the_facts_only_and_a_short_message() -> None:
 
 # -- one log line per reading ---------------------------------------------------------------------------------
 
-PROGRESS_LINE = re.compile(r"((?:OL Connect|ScriptX\.Services|iTwin) job \S+: (?:queued|running|succeeded)\b[^\[\n]*?)\s*(?:\[|$)")
+PROGRESS_LINE = re.compile(
+    r"((?:OL Connect|ScriptX\.Services|iTwin) job \S+: (?:queued|running|succeeded)\b[^\[\n]*?)\s*(?:\[|$)"
+)
 
 
 def progress_lines(out: str, job_id: str) -> Counter[str]:

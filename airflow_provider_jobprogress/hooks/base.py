@@ -98,7 +98,7 @@ SIGNED_URL_SECRETS = frozenset({"sig", "x-amz-signature", "x-amz-security-token"
 
 def signed_url_secrets(url: str) -> list[str]:
     """The secret query values of a pre-signed URL, as sent (percent-encoded) and decoded."""
-    found = []
+    found: list[str] = []
     for pair in urlsplit(url).query.split("&"):
         name, _, value = pair.partition("=")
         if unquote_plus(name).lower() in SIGNED_URL_SECRETS and value:
