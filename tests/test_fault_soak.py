@@ -85,6 +85,7 @@ async def wait_for(vendor: str, job_id: str, deadline: float) -> list[Any]:
     return [event async for event in trig.run()]
 
 
+@pytest.mark.soak
 async def test_three_hundred_waits_through_faults_end_with_one_right_event_each(
     soak_emulator: VendorEmulator,
 ) -> None:
@@ -129,7 +130,6 @@ async def test_three_hundred_waits_through_faults_end_with_one_right_event_each(
     # No token storm: logins stay a handful per token life, whatever the faults.
     for vendor, path in LOGIN_PATHS.items():
         logins = Counter(call.status for call in calls if call.vendor == vendor and call.path.endswith(path))
-        print(f"SOAK {vendor}: logins {logins} in {took:.0f} s; calls {by_status}")
         # A token is renewed at half its life: a few more for tokens issued just before a fault cut the answer.
         assert 0 < logins[200] <= took / (TOKEN_TTL / 2) + 5, f"{vendor}: {logins} in {took:.0f} s"
         assert logins.total() <= MAX_LOGINS, f"{vendor}: {logins} in {took:.0f} s with {TOKEN_TTL} s tokens"
