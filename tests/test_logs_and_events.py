@@ -187,8 +187,9 @@ def test_a_deferred_wait_logs_each_reading_once(
 
     # A job that moves with the clock: most polls read what the one before read, as with real jobs, and
     # the trigger's first poll reads what the worker read just before deferring. Long enough to be running
-    # when the sensor starts (dag.test() on Airflow 3.1 starts it a second or two after the submit).
-    emulator.set_next_scenario(vendor, Scenario(duration=5.0, steps=3))
+    # when the sensor starts: dag.test() on Airflow 3.1 starts it a second or two after the submit, and more
+    # than 5 s later on a loaded machine.
+    emulator.set_next_scenario(vendor, Scenario(duration=8.0, steps=3))
     run = run_dag("jp_wait_deferrable", vendor)
     assert states(run)["wait"] == "success"
     lines = progress_lines(capsys.readouterr().out, xcom(run, "submit"))
