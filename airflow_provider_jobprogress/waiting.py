@@ -135,6 +135,8 @@ class JobWaitMixin:
         now = time.time()
         first_poll_at = now + max(jittered(self.poll_policy.delay(0)), deferral_settle_seconds())
         kwargs = self._trigger_kwargs(job_id, deadline=now + timeout, first_poll_at=first_poll_at)
+        # What this worker just logged: the trigger logs the next reading only if it differs.
+        kwargs["last_seen"] = self._last.to_dict() if self._last is not None else None
         trigger = JobProgressTrigger(**kwargs)
         if not trigger.hook_class_path:  # resolved on the worker already: spare the triggerer a lookup
             trigger.hook_class_path = f"{type(self.hook).__module__}.{type(self.hook).__qualname__}"
@@ -201,9 +203,10 @@ class JobWaitMixin:
 
     def _outcome(self, progress: JobProgress) -> JobProgress:
         """Succeeded: the progress. Failed or cancelled: the task fails without retry, or is skipped with
-        ``soft_fail``, whenever it is seen (before deferring, while deferred, or poking)."""
+        ``soft_fail``, whenever it is seen (before deferring, while deferred, or poking).
+
+        The reading itself was logged where it was read (``_read`` here, or the trigger): not again."""
         if progress.state is JobState.SUCCEEDED:
-            self.log.info("%s", progress.describe())
             return progress
         vendor_says = progress.message or "no message from the vendor"
         error: JobProgressError

@@ -6,6 +6,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+#: the longest vendor message an event, an XCom or a log line carries (a vendor's error text can run to pages;
+#: events land in the metadata database and in the triggerer's "Trigger fired event" line)
+MAX_MESSAGE = 500
+
 
 class JobState(enum.StrEnum):
     """Where a remote job stands, whatever the vendor calls it."""
@@ -25,8 +29,10 @@ class JobState(enum.StrEnum):
 class JobProgress:
     """One reading of a job's progress.
 
-    ``raw`` is the vendor's own answer (parsed JSON or text) so nothing the vendor said is lost;
-    ``to_dict`` gives the JSON-able form that travels in trigger events and XCom.
+    ``raw`` is the vendor's own answer (parsed JSON or text), for code that reads a job in-process (the
+    hook's ``get_progress``). ``to_dict`` gives the form that travels in trigger events and XCom: the facts
+    only (no ``raw``: a vendor body can be large and can name people, such as the e-mail of the iTwin service
+    app that started the job), with the message shortened to ``MAX_MESSAGE`` characters.
     """
 
     vendor: str
@@ -54,7 +60,7 @@ class JobProgress:
         if self.step:
             parts.append(f"step {self.step}")
         if self.message:
-            parts.append(f"({self.message})")
+            parts.append(f"({short(self.message)})")
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,8 +70,7 @@ class JobProgress:
             "state": self.state.value,
             "percent": self.percent,
             "step": self.step,
-            "message": self.message,
-            "raw": _jsonable(self.raw),
+            "message": None if self.message is None else short(self.message),
         }
 
     @classmethod
@@ -77,15 +82,10 @@ class JobProgress:
             percent=data.get("percent"),
             step=data.get("step"),
             message=data.get("message"),
-            raw=data.get("raw"),
         )
 
 
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return str(value)
+def short(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` on one line and at most ``limit`` characters (an ellipsis says something was cut)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -116,9 +116,16 @@ class Token:
 
     value: str = field(repr=False)
     expires_at: float | None = None
+    #: when it was issued (wall clock, at its creation after the login answered)
+    issued_at: float = field(default_factory=lambda: now(), compare=False)
 
     def usable(self, now: float, margin: float) -> bool:
-        return self.expires_at is None or now < self.expires_at - margin
+        if self.expires_at is None:
+            return True
+        # A vendor's margin (iTwin renews 5 minutes early) is made for hour-long tokens: with a token that
+        # lives 10 s it would make every call log in again, a token storm. Never more than half its life.
+        margin = min(margin, max(self.expires_at - self.issued_at, 0.0) / 2)
+        return now < self.expires_at - margin
 
 
 class TransportError(Exception):

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from functools import cached_property
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.sdk import BaseHook
@@ -87,6 +87,23 @@ async def _amask(secret: str) -> None:
     from asgiref.sync import sync_to_async
 
     await sync_to_async(sdk_log.mask_secret)(secret)
+
+
+#: the query parameters of a pre-signed URL that are secret: Azure SAS ``sig`` (the signature; ``sv``, ``se``,
+#: ``sp``, ``sr``, ``skoid``... are a version, dates, permissions and ids), and, should a vendor hand out S3 or
+#: GCS URLs, their signatures and AWS's session token. Masking every long value hid dates such as
+#: ``sv=2021-08-06`` in every log line of the task, not only in URLs.
+SIGNED_URL_SECRETS = frozenset({"sig", "x-amz-signature", "x-amz-security-token", "x-goog-signature"})
+
+
+def signed_url_secrets(url: str) -> list[str]:
+    """The secret query values of a pre-signed URL, as sent (percent-encoded) and decoded."""
+    found: list[str] = []
+    for pair in urlsplit(url).query.split("&"):
+        name, _, value = pair.partition("=")
+        if unquote_plus(name).lower() in SIGNED_URL_SECRETS and value:
+            found.extend({value, unquote_plus(value)})
+    return found
 
 
 class JobProgressHook(BaseHook, Generic[ApiT]):
@@ -226,10 +243,8 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         for part in parts:
             # A pre-signed URL (an Azure SAS) carries its key in the query: mask it wherever it is logged.
             if part.request is not None and not part.request.authenticated:
-                query = urlsplit(part.request.url).query
-                for value in [query, *(v for _, v in parse_qsl(query))]:
-                    if len(value) >= 8:
-                        _mask(value)
+                for secret in signed_url_secrets(part.request.url):
+                    _mask(secret)
         return parts
 
     @contextlib.contextmanager

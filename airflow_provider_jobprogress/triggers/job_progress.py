@@ -18,7 +18,7 @@ from airflow_provider_jobprogress.core.errors import (
     RateLimitedError,
     VendorUnavailableError,
 )
-from airflow_provider_jobprogress.core.model import JobProgress, JobState
+from airflow_provider_jobprogress.core.model import JobProgress, JobState, short
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, jittered
 from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
 
@@ -39,6 +39,23 @@ STATUS_BY_STATE = {
     JobState.FAILED: "failed",
     JobState.CANCELLED: "cancelled",
 }
+
+
+def _event(status: str, progress: JobProgress | None, message: str, error: str | None) -> TriggerEvent:
+    """What the task resumes with, and all of it: small facts, never a vendor's body.
+
+    Airflow stores the event in its database and logs it whole ("Trigger fired event"), so it carries the
+    status, the last reading's facts (``JobProgress.to_dict``), a message of at most ``MAX_MESSAGE``
+    characters and the typed error's class name. Whatever else the task needs, it asks the vendor for.
+    """
+    return TriggerEvent(
+        {
+            "status": status,
+            "progress": None if progress is None else progress.to_dict(),
+            "message": short(message, MAX_MESSAGE),
+            "error": error,
+        }
+    )
 
 
 class _DeadlinePassed(Exception):
@@ -75,6 +92,8 @@ class JobProgressTrigger(BaseTrigger):
     :param cancel_on_kill: cancel the remote job when a user kills the task (Airflow 3.3+ ``on_kill``)
     :param cancel_on_timeout: cancel the remote job when the deadline passes
     :param first_poll_at: wall-clock epoch seconds of the first poll (None: within the first interval)
+    :param last_seen: the reading the task logged before deferring (``JobProgress.to_dict()``), so the trigger
+        logs a reading only when it differs: each reading once, in the task's log or the trigger's
     """
 
     def __init__(
@@ -91,6 +110,7 @@ class JobProgressTrigger(BaseTrigger):
         finish_in_triggerer: bool = False,
         first_poll_at: float | None = None,
         retry_policy: dict[str, Any] | None = None,
+        last_seen: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.hook_class_path = hook_class_path
@@ -104,7 +124,8 @@ class JobProgressTrigger(BaseTrigger):
         self.cancel_on_timeout = cancel_on_timeout
         self.finish_in_triggerer = finish_in_triggerer
         self.first_poll_at = first_poll_at
-        self._last: JobProgress | None = None
+        self.last_seen = last_seen
+        self._last: JobProgress | None = JobProgress.from_dict(last_seen) if last_seen else None
         self._hooks: list[Any] = []
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -121,6 +142,7 @@ class JobProgressTrigger(BaseTrigger):
                 "cancel_on_timeout": self.cancel_on_timeout,
                 "finish_in_triggerer": self.finish_in_triggerer,
                 "first_poll_at": self.first_poll_at,
+                "last_seen": self.last_seen,
             },
         )
 
@@ -237,9 +259,7 @@ class JobProgressTrigger(BaseTrigger):
         status = STATUS_BY_STATE[progress.state]
         if status == "success" and self.finish_in_triggerer:
             return TaskSuccessEvent(xcoms={"return_value": progress.to_dict()})
-        return TriggerEvent(
-            {"status": status, "progress": progress.to_dict(), "message": progress.describe(), "error": None}
-        )
+        return _event(status, progress, progress.describe(), None)
 
     def _error_event(self, exc: Exception) -> TriggerEvent:
         if isinstance(exc, JobProgressError):
@@ -250,8 +270,7 @@ class JobProgressTrigger(BaseTrigger):
             detail = " ".join(str(exc).split())[:MAX_MESSAGE] or "(no message)"
             message = f"job {self.job_id} on connection {self.conn_id!r}: {type(exc).__name__}: {detail}"
             self.log.exception("waiting for %s failed unexpectedly", message)
-        last = self._last.to_dict() if self._last else None
-        return TriggerEvent({"status": "error", "progress": last, "message": message, "error": type(exc).__name__})
+        return _event("error", self._last, message, type(exc).__name__)
 
     async def _timeout_event(self, hook: Any, vendor: str, job: str) -> TriggerEvent:
         message = f"{vendor} job {job}: not finished before the deadline"
@@ -260,8 +279,7 @@ class JobProgressTrigger(BaseTrigger):
         if self.cancel_on_timeout:
             message += "; " + await self._cancel(hook, vendor, job, reason="deadline passed")
         self.log.error("%s", message)
-        last = self._last.to_dict() if self._last else None
-        return TriggerEvent({"status": "timeout", "progress": last, "message": message, "error": None})
+        return _event("timeout", self._last, message, None)
 
     async def _cancel(self, hook: Any, vendor: str, job: str, *, reason: str) -> str:
         """Cancel this trigger's job (only this one), bounded in time; returns what happened."""

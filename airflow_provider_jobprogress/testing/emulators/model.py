@@ -122,6 +122,78 @@ class Scenario:
         return self.outcome in FAILING_OUTCOMES
 
 
+Fault = Literal["outage", "reset", "rate_limited", "server_error"]
+SERVER_ERRORS = (500, 502, 503, 504)
+
+
+@dataclass(frozen=True)
+class Faults:
+    """A hostile network and an overloaded vendor, on every vendor call (never the control API).
+
+    Unlike a scenario, which scripts one job's answers, faults strike any call at random (``seed`` makes the
+    draw repeatable) or by the clock, counted from the moment they are set:
+
+    - ``error_rate``: this share of calls is answered with a bare 500, 502, 503 or 504 (a proxy's answer);
+    - ``reset_rate``: this share of connections is reset without an answer;
+    - ``burst_every`` / ``burst_seconds``: a burst of 429s with ``Retry-After: retry_after`` starts every
+      ``burst_every`` seconds and lasts ``burst_seconds``; every call in it is refused;
+    - ``outage_at`` / ``outage_seconds``: a total outage from ``outage_at`` seconds on, for ``outage_seconds``:
+      every connection is reset, the token endpoints' included.
+    """
+
+    error_rate: float = 0.0
+    reset_rate: float = 0.0
+    burst_every: float | None = None
+    burst_seconds: float = 1.0
+    retry_after: int = 1
+    outage_at: float | None = None
+    outage_seconds: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("error_rate", "reset_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ScenarioError(f"fault {name!r} must be a share between 0 and 1, got {value!r}")
+        for name in ("burst_every", "outage_at"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+                raise ScenarioError(f"fault {name!r} must be a number of seconds > 0 or null, got {value!r}")
+        for name in ("burst_seconds", "outage_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ScenarioError(f"fault {name!r} must be a number of seconds >= 0, got {value!r}")
+        _check_count("retry_after", self.retry_after)
+        if self.seed is not None:
+            _check_count("seed", self.seed)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Faults:
+        """Build faults from JSON-like data; unknown keys are an error so typos do not pass silently."""
+        if not isinstance(data, Mapping):
+            raise ScenarioError(f"faults must be a JSON object, got {type(data).__name__}")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ScenarioError(f"unknown fault fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def strike(self, elapsed: float, draw: float) -> Fault | None:
+        """The fault for a call ``elapsed`` seconds after the faults were set; ``draw`` is uniform in [0, 1)."""
+        if self.outage_at is not None and self.outage_at <= elapsed < self.outage_at + self.outage_seconds:
+            return "outage"
+        in_burst = self.burst_every is not None and elapsed % self.burst_every < self.burst_seconds
+        if in_burst and elapsed >= (self.burst_every or 0):
+            return "rate_limited"
+        if draw < self.reset_rate:
+            return "reset"
+        if draw < self.reset_rate + self.error_rate:
+            return "server_error"
+        return None
+
+
 @dataclass(frozen=True)
 class Call:
     """One request the emulator answered (path without query string, so no secret leaks into the log)."""
@@ -475,6 +547,11 @@ class EmulatorState:
         self.sas_grants: dict[str, tuple[str, float]] = {}
         #: where iTwin outputs are served from: None = this emulator's own blob endpoint, else e.g. Azurite
         self.blob_store: Any = None
+        self.faults = Faults()
+        self.faults_since = time.monotonic()
+        self._fault_draw = random.Random()
+        #: calls answered with a server error so far (which of the 5xx comes next)
+        self.struck = 0
         self.reset()
 
     def reset(self) -> None:
@@ -488,6 +565,7 @@ class EmulatorState:
             self.tokens = {vendor: {} for vendor in VENDORS}
             self.queues = {vendor: deque() for vendor in VENDORS}
             self.defaults = {vendor: Scenario() for vendor in VENDORS}
+            self.set_faults(Faults())
 
     def secret(self, name: str) -> str:
         """The credential the emulator accepts (olconnect_password, scriptx_license, itwin_client_secret)."""
@@ -515,6 +593,23 @@ class EmulatorState:
         with self.lock:
             queue = self.queues[vendor]
             return queue.popleft() if queue else self.defaults[vendor]
+
+    # -- faults ----------------------------------------------------------------------------------
+    def set_faults(self, faults: Faults) -> None:
+        """Strike vendor calls with ``faults`` from now on (their clock starts now); ``Faults()`` ends them."""
+        with self.lock:
+            self.faults = faults
+            self.faults_since = time.monotonic()
+            # Not security relevant: a seeded generator makes a fault run repeatable.
+            self._fault_draw = random.Random(faults.seed)
+
+    def fault(self) -> tuple[Fault | None, Faults]:
+        """Whether this vendor call is struck, and by which fault (with the faults that decided it)."""
+        with self.lock:
+            faults = self.faults
+            if faults == NO_FAULTS:
+                return None, faults
+            return faults.strike(time.monotonic() - self.faults_since, self._fault_draw.random()), faults
 
     # -- jobs ------------------------------------------------------------------------------------
     def add_job(self, job: Job) -> None:
@@ -608,6 +703,9 @@ class EmulatorState:
     def snapshot_calls(self) -> list[Call]:
         with self.lock:
             return list(self.calls)
+
+
+NO_FAULTS = Faults()
 
 
 def check_vendor(vendor: str) -> None:

@@ -8,10 +8,13 @@ set the machine's load average above 400 at 5,000 waits, so it measured the emul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import re
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -23,9 +26,12 @@ from aiohttp import web
 
 from . import itwin, olconnect, scriptx
 from .model import (
+    SERVER_ERRORS,
     VENDORS,
     Call,
     EmulatorState,
+    Fault,
+    Faults,
     JobRecord,
     Reply,
     Request,
@@ -127,8 +133,17 @@ class _Server:
         emulator = self.emulator
         target = _vendor_of(request.path)
         vendor = None if target is None else target[0]
+        fault, faults = emulator.state.fault() if target is not None else (None, None)
+        if fault in ("outage", "reset"):
+            # Recorded as status 0: the call reached the server and got no answer.
+            emulator.state.record(Call(request.method, request.path, 0, vendor, None, time.time(), _peer(http)))
+            _reset(http)
+            return web.Response(status=500)  # never sent: the connection is gone
         try:
-            reply = _answer(request, emulator, target)
+            if fault is not None and faults is not None:
+                reply = _struck(fault, faults, emulator.state)
+            else:
+                reply = _answer(request, emulator, target)
         except ScenarioError as exc:
             reply = Reply.text(400, f"emulator: invalid scenario: {exc}")
         except Exception:
@@ -136,9 +151,7 @@ class _Server:
             reply = Reply.text(500, "emulator internal error")
         # Record before answering: a client that has its answer must find its call in the log.
         if not request.path.startswith(CONTROL) or _DONE_PATH.fullmatch(request.path):
-            peername = http.transport.get_extra_info("peername") if http.transport is not None else None
-            peer = f"{peername[0]}:{peername[1]}" if peername else ""
-            call = Call(request.method, request.path, reply.status, vendor, reply.job_id, time.time(), peer)
+            call = Call(request.method, request.path, reply.status, vendor, reply.job_id, time.time(), _peer(http))
             emulator.state.record(call)
         log.debug("%s %s -> %s", request.method, request.path, reply.status)
         headers = {"Server": SERVER_HEADER, **reply.headers}
@@ -147,6 +160,35 @@ class _Server:
                 return web.Response(status=204, headers=headers)
             return web.Response(status=reply.status, body=reply.body, headers=headers)
         return await _stream(http, reply, headers)
+
+
+def _peer(http: web.Request) -> str:
+    peername = http.transport.get_extra_info("peername") if http.transport is not None else None
+    return f"{peername[0]}:{peername[1]}" if peername else ""
+
+
+def _reset(http: web.Request) -> None:
+    """Drop the connection with a TCP reset (SO_LINGER 0), as a crashed server or a cut network does."""
+    transport = http.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def _struck(fault: Fault, faults: Faults, state: EmulatorState) -> Reply:
+    """The answer of an overloaded vendor or of the proxy in front of it: no vendor body."""
+    if fault == "rate_limited":
+        reply = Reply.text(429, "Too Many Requests")
+        reply.headers["Retry-After"] = str(faults.retry_after)
+        return reply
+    with state.lock:
+        state.struck += 1
+        status = SERVER_ERRORS[state.struck % len(SERVER_ERRORS)]
+    return Reply.text(status, "Server Error")
 
 
 def _answer(request: Request, emulator: VendorEmulator, target: tuple[str, VendorHandler] | None) -> Reply:
@@ -273,6 +315,11 @@ class VendorEmulator:
     def set_default_scenario(self, vendor: str, scenario: Scenario) -> None:
         self.state.queue_scenario(vendor, scenario, default=True)
 
+    def set_faults(self, faults: Faults) -> None:
+        """Strike every vendor call with ``faults`` from now on (5xx, resets, 429 bursts, an outage);
+        ``set_faults(Faults())`` ends them. Over HTTP: ``POST /_emulator/faults`` with the fields as JSON."""
+        self.state.set_faults(faults)
+
     def serve_blobs_from(self, store: Any) -> None:
         """Serve iTwin outputs from ``store`` (``Azurite(...).blob_store()``: a real Azure Storage API) instead of
         this server's own blob endpoint; read-access and bucket answers then carry the store's SAS URLs."""
@@ -387,6 +434,8 @@ class VendorEmulator:
             return Reply.json(200, self.connections())
         if (method, path) == ("POST", f"{CONTROL}/scenario"):
             return self._control_scenario(request)
+        if (method, path) == ("POST", f"{CONTROL}/faults"):
+            return self._control_faults(request)
         if (method, path) == ("POST", f"{CONTROL}/expire-tokens"):
             self.expire_tokens()
             return Reply.empty(204)
@@ -413,6 +462,14 @@ class VendorEmulator:
             return Reply.json(400, {"error": f"vendor must be one of {list(VENDORS)}"})
         scenario = Scenario.from_dict(body.get("scenario") or {})
         self.state.queue_scenario(body["vendor"], scenario, default=bool(body.get("default")))
+        return Reply.empty(204)
+
+    def _control_faults(self, request: Request) -> Reply:
+        try:
+            body = request.json()
+        except ValueError:
+            return Reply.json(400, {"error": "body must be JSON"})
+        self.set_faults(Faults.from_dict(body if body is not None else {}))
         return Reply.empty(204)
 
     def _control_secrets(self, request: Request) -> Reply:
