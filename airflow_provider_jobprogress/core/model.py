@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,11 +82,20 @@ class JobProgress:
         )
 
 
-def _jsonable(value: Any) -> Any:
+#: vendor answers nest a few levels; deeper parts travel as a placeholder, so no answer can make an event
+#: (or an XCom) too deep to serialize
+MAX_RAW_DEPTH = 32
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or Infinity
     if value is None or isinstance(value, str | int | float | bool):
         return value
+    if depth >= MAX_RAW_DEPTH and isinstance(value, dict | list | tuple):
+        return "(nested too deep)"
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, depth + 1) for v in value]
     return str(value)

@@ -9,6 +9,8 @@ in the triggerer. Nothing in this module touches a socket or a clock.
 from __future__ import annotations
 
 import json
+import math
+import reprlib
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
@@ -303,8 +305,8 @@ class VendorApi:
     def parse_json(self, response: Response, job_id: str | None, *, what: str) -> Any:
         """Decode a JSON answer or raise ``VendorResponseError`` saying what came instead."""
         try:
-            return json.loads(response.body)
-        except (ValueError, UnicodeDecodeError):
+            return load_json(response.body)
+        except ValueError:
             raise VendorResponseError(
                 self.vendor, job_id, f"{what}: expected JSON, got {describe_body(response)}"
             ) from None
@@ -379,6 +381,38 @@ def short_text(response: Response, limit: int = 200) -> str:
     if not text:
         return "(empty body)"
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def load_json(body: bytes) -> Any:
+    """``json.loads`` that fails only with ValueError: a vendor's body nested deeper than Python's recursion
+    limit (a 2 KB body can be 1,000 levels deep) is unreadable JSON like any other, not a RecursionError."""
+    try:
+        return json.loads(body)  # ValueError (UnicodeDecodeError included) for anything else unreadable
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
+
+
+_BRIEF = reprlib.Repr()  # keyword arguments only from Python 3.12
+_BRIEF.maxlevel, _BRIEF.maxdict, _BRIEF.maxlist, _BRIEF.maxstring, _BRIEF.maxother = 3, 6, 6, 60, 60
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """A short repr of any vendor value for an error message: bounded in depth and length, never raising."""
+    text = _BRIEF.repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def percentage(value: Any, vendor: str, job_id: str | None, *, what: str) -> float | None:
+    """A vendor's percentage as a float in 0..100; None when absent. NaN, infinities, values outside
+    0..100 and non-numbers are a ``VendorResponseError``: a progress that cannot be shown is not one."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise VendorResponseError(vendor, job_id, f"{what}: percentage {brief(value)} is not a number")
+    number = float(value)
+    if not math.isfinite(number) or not 0 <= number <= 100:
+        raise VendorResponseError(vendor, job_id, f"{what}: percentage {brief(value)} is not within 0-100")
+    return number
 
 
 def describe_body(response: Response) -> str:

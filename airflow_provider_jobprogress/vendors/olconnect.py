@@ -11,7 +11,7 @@ Decisions where the vendor docs are silent (see shared/vendors/README.md):
 from __future__ import annotations
 
 import base64
-import json
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -28,7 +28,9 @@ from airflow_provider_jobprogress.core.protocol import (
     ResultPart,
     Token,
     VendorApi,
+    brief,
     describe_body,
+    load_json,
     now,
 )
 
@@ -36,6 +38,7 @@ DEFAULT_PORT = 9340
 ROOT = "/rest/serverengine"
 PRINT = f"{ROOT}/workflow/print"
 AUTH_MODES = ("token", "basic")
+_PERCENT = re.compile(r"[0-9]{1,3}(\.[0-9]+)?", re.ASCII)
 
 
 class OLConnectApi(VendorApi):
@@ -111,7 +114,7 @@ class OLConnectApi(VendorApi):
     def error_message(self, response: Response) -> str:
         error = _json_error(response)
         if error is not None:
-            return str(error.get("message") or error)
+            return str(error.get("message") or brief(error))
         if response.status == 401 and not response.body.strip() and response.header("www-authenticate"):
             # What the server answers a call that carried no credentials at all.
             return "the server requires credentials (server security is on): set the connection's login and password"
@@ -251,8 +254,8 @@ def managed_files(response: Response, paths: list[str]) -> list[tuple[str, str, 
     ``/filestore/file/{folder id}/{name}``. Both are read; anything else leaves the paths as the result.
     """
     try:
-        data = json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
+        data = load_json(response.body)
+    except ValueError:
         data = None
     if isinstance(data, dict):
         folder, names = data.get("identifier"), data.get("files")
@@ -279,10 +282,9 @@ def parse_progress(response: Response, job_id: str) -> JobProgress:
     text = response.text.strip()
     if text.lower() == "done":
         return JobProgress(OLConnectApi.vendor, job_id, JobState.SUCCEEDED, 100.0, raw=text)
-    try:
-        percent = float(text)
-    except ValueError:
-        percent = -1.0
+    # ASCII digits only: float() also reads fullwidth or Arabic-Indic digits, "1_0", "nan" and "inf",
+    # none of which a server sends.
+    percent = float(text) if _PERCENT.fullmatch(text) else -1.0
     if not 0 <= percent <= 100 or response.content_type == "text/html":
         raise VendorResponseError(
             OLConnectApi.vendor, job_id, f"getProgress: expected 0-100 or 'done', got {describe_body(response)}"
@@ -293,8 +295,8 @@ def parse_progress(response: Response, job_id: str) -> JobProgress:
 def _json_error(response: Response) -> dict[str, Any] | None:
     """The ``{"error": {status, message, parameter}}`` body of newer servers, if that is what came."""
     try:
-        data = json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
+        data = load_json(response.body)
+    except ValueError:
         return None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         return data["error"]  # type: ignore[no-any-return]
