@@ -28,6 +28,7 @@ from airflow_provider_jobprogress.vendors import scriptx as scriptx_module
 from airflow_provider_jobprogress.vendors.itwin import ITwinApi
 from airflow_provider_jobprogress.vendors.olconnect import OLConnectApi
 from airflow_provider_jobprogress.vendors.scriptx import ScriptXApi
+from tests.flowdriver import drive
 
 #: few tries and no real sleeps: a property run is about what comes back, not about waiting
 FAST = RequestRetry(attempts=2, rate_limit_waits=1, initial_delay=0, jitter=0)
@@ -350,3 +351,24 @@ def test_a_progress_with_deeply_nested_raw_data_still_fits_an_event() -> None:
         raw = [raw]
     progress = JobProgress("v", JOB, JobState.RUNNING, 5.0, raw={"x": raw})
     json.dumps(progress.to_dict())
+
+
+# -- a garbled answer in a long wait -------------------------------------------------------------------
+
+
+def garbled() -> Response:
+    return Response.build(200, {"Content-Type": "text/html"}, b"<html><body>proxy error</body></html>")
+
+
+def test_poll_reads_progress_again_after_one_unreadable_answer() -> None:
+    api = OLConnectApi("http://olc:9340", request_retry=RequestRetry(initial_delay=3, jitter=0))
+    progress, requests, sleeps = drive(api.poll(JOB), [garbled(), Response.build(200, {}, b"50")])
+    assert (progress.state, progress.percent) == (JobState.RUNNING, 50.0)
+    assert len(requests) == 2
+    assert sleeps == [Sleep(3.0)]
+
+
+def test_poll_gives_up_on_an_answer_that_stays_unreadable_after_the_policy_attempts() -> None:
+    api = OLConnectApi("http://olc:9340", request_retry=RequestRetry(attempts=3, initial_delay=0, jitter=0))
+    with pytest.raises(VendorResponseError, match="expected 0-100"):
+        drive(api.poll(JOB), [garbled()] * 3)

@@ -317,6 +317,25 @@ class VendorApi:
             raise VendorResponseError(self.vendor, job_id, f"{what}: answer has no {key!r} field")
         return data[key]
 
+    def poll(self, job_id: str) -> Flow[JobProgress]:
+        """:meth:`progress` as waits read it: an answer we cannot read is retried like a transient failure.
+
+        One garbled answer in a week-long wait (a proxy's error page served with 200, a body cut short) is
+        a hiccup, not the job's verdict: it is read again after the policy's backoff, up to its attempts;
+        only an answer that stays unreadable is a ``VendorResponseError``. Reading progress changes
+        nothing on the vendor's side, so reading it again is always safe.
+        """
+        policy = self.request_retry
+        unreadable = 0
+        while True:
+            try:
+                return (yield from self.progress(job_id))
+            except VendorResponseError:
+                unreadable += 1
+                if unreadable >= policy.attempts:
+                    raise
+            yield Sleep(policy.backoff(unreadable))
+
     # -- endpoints every vendor implements ---------------------------------------------------------
     def progress(self, job_id: str) -> Flow[JobProgress]:
         raise NotImplementedError

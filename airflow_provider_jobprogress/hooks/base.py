@@ -208,7 +208,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     def get_progress(self, job_id: str, *, deadline: float | None = None) -> JobProgress:
         """The job's progress now. ``deadline`` (epoch seconds) bounds retries and vendor-asked pauses:
         past it, ``DeadlineExceededError``."""
-        return self.session.run(self.api.progress(job_id), deadline=deadline, job_id=job_id)
+        return self.session.run(self.api.poll(job_id), deadline=deadline, job_id=job_id)
 
     def cancel(self, job_id: str, *, deadline: float | None = None) -> None:
         self.session.run(self.api.cancel(job_id), deadline=deadline, job_id=job_id)
@@ -249,7 +249,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     # -- the job's life, async (triggerer) -------------------------------------------------------
     async def aget_progress(self, job_id: str) -> JobProgress:
-        return await self._arun(lambda api: api.progress(job_id))
+        return await self._arun(lambda api: api.poll(job_id))
 
     async def acancel(self, job_id: str) -> None:
         await self._arun(lambda api: api.cancel(job_id))
