@@ -345,6 +345,13 @@ def test_olconnect_progress_that_is_not_an_ascii_0_to_100_is_refused(body: str) 
         olconnect_module.parse_progress(answer, JOB)
 
 
+@pytest.mark.parametrize("header", ["token-expires-in", "x-data-set-id"])
+def test_olconnect_numeric_headers_in_non_ascii_digits_are_not_numbers(header: str) -> None:
+    answer = Response.build(200, {header: "\u00b2"}, b"token-value")
+    olconnect_module.set_ids(answer)
+    run_flow(olconnect().login(), iter([answer]))
+
+
 def test_a_progress_with_deeply_nested_raw_data_still_fits_an_event() -> None:
     raw: Any = 1
     for _ in range(5000):

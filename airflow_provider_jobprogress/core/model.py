@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_provider_jobprogress.core.errors import printable
+
 
 class JobState(enum.StrEnum):
     """Where a remote job stands, whatever the vendor calls it."""
@@ -49,7 +51,7 @@ class JobProgress:
         return (self.state, self.percent, self.step) != (other.state, other.percent, other.step)
 
     def describe(self) -> str:
-        parts = [f"{self.vendor} job {self.job_id}: {self.state.value}"]
+        parts = [f"{self.vendor} job {printable(self.job_id)}: {self.state.value}"]
         if self.percent is not None:
             parts.append(f"{self.percent:g}%")
         if self.step:

@@ -235,6 +235,7 @@ class JobProgressTrigger(BaseTrigger):
 
     def _error_event(self, exc: Exception) -> TriggerEvent:
         if isinstance(exc, JobProgressError):
+            exc = exc.for_job(str(self.job_id))  # settings are read before the job is named
             message = str(exc)
             self.log.error("%s", message)
         else:

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from airflow_provider_jobprogress.core.errors import (
     AuthenticationError,
+    ConfigurationError,
     ResultNotReadyError,
     VendorResponseError,
 )
@@ -99,7 +100,9 @@ class ITwinApi(VendorApi):
     ) -> None:
         super().__init__(request_retry=request_retry, verify=verify)
         if api not in FAMILIES:
-            raise ValueError(f"iTwin connection extra 'api' must be one of {sorted(FAMILIES)}, not {api!r}")
+            raise ConfigurationError(
+                self.vendor, None, f"{api!r} is not one of {', '.join(sorted(FAMILIES))}", field="api"
+            )
         if not client_id or not client_secret:
             raise AuthenticationError(
                 self.vendor, None, "the connection needs a client id (login) and secret (password)"
@@ -116,18 +119,23 @@ class ITwinApi(VendorApi):
     @classmethod
     def from_connection(cls, conn: ConnectionFields, *, request_retry: RequestRetry | None = None) -> ITwinApi:
         extra = conn.extra
-        return cls(
+        api = cls(
             client_id=conn.login or "",
             client_secret=conn.password or "",
-            api=str(extra.get("api") or "realitydataanalysis"),
-            base_url=str(extra.get("base_url") or BASE_URL),
+            api=conn.choice(cls.vendor, "api", tuple(sorted(FAMILIES)), "realitydataanalysis"),
+            base_url=conn.extra_url(cls.vendor, "base_url", BASE_URL),
             # auth_url, because Airflow masks extras whose key contains "token"; token_url still read
-            token_url=str(extra.get("auth_url") or extra.get("token_url") or TOKEN_URL),
+            token_url=conn.extra_url(cls.vendor, "auth_url", TOKEN_URL, also="token_url"),
             scope=str(extra.get("scope") or SCOPE),
             itwin_id=extra.get("itwin_id"),
             request_retry=request_retry,
             verify=conn.tls_verify(),
         )
+        api.conn_id = conn.conn_id
+        return api
+
+    def url_field(self, request: Request) -> str:
+        return "auth_url" if request.url == self.token_url else "base_url"
 
     # -- auth ------------------------------------------------------------------------------------
     @property

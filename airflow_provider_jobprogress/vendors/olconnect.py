@@ -17,7 +17,12 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
-from airflow_provider_jobprogress.core.errors import JobFailedError, JobNotFoundError, VendorResponseError
+from airflow_provider_jobprogress.core.errors import (
+    ConfigurationError,
+    JobFailedError,
+    JobNotFoundError,
+    VendorResponseError,
+)
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.protocol import (
@@ -61,7 +66,7 @@ class OLConnectApi(VendorApi):
     ) -> None:
         super().__init__(request_retry=request_retry, verify=verify)
         if auth not in AUTH_MODES:
-            raise ValueError(f"OL Connect connection extra 'auth' must be one of {AUTH_MODES}, not {auth!r}")
+            raise ConfigurationError(self.vendor, None, f"{auth!r} is not one of {', '.join(AUTH_MODES)}", field="auth")
         self.base_url = base_url.rstrip("/")
         self._user = user or None
         self._password = password or ""
@@ -69,17 +74,25 @@ class OLConnectApi(VendorApi):
 
     @classmethod
     def from_connection(cls, conn: ConnectionFields, *, request_retry: RequestRetry | None = None) -> OLConnectApi:
-        host = (conn.host or "localhost").rstrip("/")
-        if "://" not in host:
-            host = f"{conn.schema or 'http'}://{host}:{conn.port or DEFAULT_PORT}"
-        return cls(
-            host,
+        base_url = conn.service_url(
+            cls.vendor, default_host="localhost", default_scheme="http", default_port=DEFAULT_PORT
+        )
+        api = cls(
+            base_url,
             user=conn.login,
             password=conn.password,
-            auth=str(conn.extra.get("auth") or "token").lower(),
+            auth=conn.choice(cls.vendor, "auth", AUTH_MODES, "token"),
             request_retry=request_retry,
             verify=conn.tls_verify(),
         )
+        api.conn_id = conn.conn_id
+        api.scheme_from_host = "://" in (conn.host or "")
+        return api
+
+    scheme_from_host = False
+
+    def url_field(self, request: Request) -> str:
+        return "host" if self.scheme_from_host else "schema"
 
     # -- auth ------------------------------------------------------------------------------------
     @property
@@ -97,7 +110,9 @@ class OLConnectApi(VendorApi):
         if not token or "<" in token:
             raise VendorResponseError(self.vendor, None, f"log in: expected a token, got {describe_body(response)}")
         lifetime = response.header("token-expires-in")
-        expires = now() + float(lifetime) if lifetime and lifetime.strip().isdigit() else None
+        lifetime = (lifetime or "").strip()
+        # ASCII digits only: str.isdigit() is also true for "²", which float() refuses
+        expires = now() + float(lifetime) if lifetime.isascii() and lifetime.isdigit() else None
         return Token(token, expires)
 
     def authorize(self, request: Request, token: Token | None) -> Request:
@@ -241,7 +256,7 @@ def set_ids(response: Response) -> dict[str, int | str]:
     for header, key in SET_ID_HEADERS.items():
         value = (response.header(header) or "").strip()
         if value:
-            found[key] = int(value) if value.isdigit() else value
+            found[key] = int(value) if value.isascii() and value.isdigit() else value
     return found
 
 
