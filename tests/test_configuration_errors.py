@@ -180,3 +180,47 @@ async def test_a_crlf_in_a_job_id_never_reaches_a_trigger_log_line_raw(
     assert "\n" not in got[0].payload["message"]
     for record in caplog.records:
         assert "\r\n" not in record.getMessage(), record.getMessage()
+
+
+NOT_JOB_IDS = [None, "", "  ", ".", "..", "op-1\r\nINFO forged line"]
+
+
+def _sensor(job_id: Any) -> Any:
+    from airflow_provider_jobprogress.sensors.olconnect import OLConnectOperationSensor
+
+    return OLConnectOperationSensor(task_id="wait", job_id=job_id, conn_id="olconnect_default")
+
+
+def _fetch(job_id: Any) -> Any:
+    from airflow_provider_jobprogress.operators.fetch_result import FetchJobResultOperator
+
+    return FetchJobResultOperator(task_id="fetch", job_id=job_id, conn_id="olconnect_default")
+
+
+@pytest.mark.parametrize("build", [_sensor, _fetch], ids=["sensor", "fetch"])
+@pytest.mark.parametrize("job_id", NOT_JOB_IDS, ids=repr)
+def test_a_job_id_that_cannot_be_one_fails_at_parse_time(build: Any, job_id: Any) -> None:
+    with pytest.raises(ConfigurationError) as err:
+        build(job_id)
+    assert err.value.field == "job_id"
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("build", [_sensor, _fetch], ids=["sensor", "fetch"])
+def test_a_templated_job_id_is_checked_when_rendered(build: Any, emulator: VendorEmulator) -> None:
+    task = build("{{ ti.xcom_pull(task_ids='submit') }}")  # accepted: Airflow renders it at run time
+    task.job_id = ".."  # what the template rendered to
+    with pytest.raises(ConfigurationError, match="job_id"):
+        task.execute({})
+    assert emulator.calls == [], "refused before any call to the vendor"
+
+
+@pytest.mark.parametrize("job_id", ["", "..", "op-1\r\nINFO forged line"], ids=repr)
+async def test_the_trigger_refuses_a_job_id_that_cannot_be_one_before_any_call(
+    emulator: VendorEmulator, job_id: str
+) -> None:
+    got = await events(trigger("olconnect", job_id))
+    assert [(e.payload["status"], e.payload["error"]) for e in got] == [("error", "ConfigurationError")]
+    assert "'job_id'" in got[0].payload["message"]
+    assert "\n" not in got[0].payload["message"]
+    assert emulator.calls == []

@@ -498,6 +498,21 @@ class ResultPart:
         return self.name or self.source or "result"
 
 
+#: ids no vendor hands out; in a URL path ``.`` and ``..`` would address the job list or its parent
+NOT_JOB_IDS = ("", ".", "..")
+
+
+def check_job_id(job_id: object, subject: str) -> str:
+    """The job id as text, or a ``ConfigurationError`` (before any call) for None, blank, ``.`` or ``..``, and for
+    ids with line breaks or other control characters: no vendor hands those out, and they would forge log lines."""
+    text = None if job_id is None else str(job_id)
+    if text is None or text.strip() in NOT_JOB_IDS or not text.isprintable():
+        raise ConfigurationError(
+            subject, None, f"{brief(job_id)} is not a job id (set job_id to the id the vendor gave)", field="job_id"
+        )
+    return text
+
+
 def now() -> float:
     """Wall-clock seconds; tokens and deadlines are wall-clock because triggers move between hosts."""
     return time.time()

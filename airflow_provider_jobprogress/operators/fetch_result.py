@@ -68,6 +68,7 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
     ) -> None:
         self._init_waiting(poll_policy=None, request_retry=request_retry, cancel_on_kill=False, cancel_on_timeout=False)
         super().__init__(**kwargs)
+        self._check_job_id_at_parse(job_id)
         self.job_id = job_id
         self.conn_id = conn_id
         self.destination = destination

@@ -116,6 +116,7 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
         conn_id = conn_id or self.default_conn_id
         if not conn_id:
             raise ValueError(f"{type(self).__name__} {self.task_id!r} needs a conn_id")
+        self._check_job_id_at_parse(job_id)
         self.job_id = job_id
         self.conn_id = conn_id
         self.deferrable = deferrable

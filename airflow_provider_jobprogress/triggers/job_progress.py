@@ -17,9 +17,11 @@ from airflow_provider_jobprogress.core.errors import (
     OperationNotSupportedError,
     RateLimitedError,
     VendorUnavailableError,
+    printable,
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, jittered
+from airflow_provider_jobprogress.core.protocol import check_job_id
 from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
 
 CLASSPATH = "airflow_provider_jobprogress.triggers.job_progress.JobProgressTrigger"
@@ -156,7 +158,7 @@ class JobProgressTrigger(BaseTrigger):
 
     async def _wait(self) -> TriggerEvent:
         hook = await self._hook()
-        vendor, job = hook.vendor(), str(self.job_id)
+        vendor, job = hook.vendor(), check_job_id(self.job_id, hook.vendor())
         policy = PollPolicy.from_value(self.poll_policy, hook.default_poll_policy())
         retry = RequestRetry.from_value(self.request_retry)
         delay = self._first_delay(policy)
@@ -241,7 +243,9 @@ class JobProgressTrigger(BaseTrigger):
         else:
             # Not one of ours: keep the traceback in the trigger log, and say plainly what happened.
             detail = " ".join(str(exc).split())[:MAX_MESSAGE] or "(no message)"
-            message = f"job {self.job_id} on connection {self.conn_id!r}: {type(exc).__name__}: {detail}"
+            message = (
+                f"job {printable(str(self.job_id))} on connection {self.conn_id!r}: {type(exc).__name__}: {detail}"
+            )
             self.log.exception("waiting for %s failed unexpectedly", message)
         last = self._last.to_dict() if self._last else None
         return TriggerEvent({"status": "error", "progress": last, "message": message, "error": type(exc).__name__})
@@ -281,15 +285,16 @@ class JobProgressTrigger(BaseTrigger):
             async with budget:
                 await self._cancel_if_running()
         except TimeoutError:
-            self.log.warning("job %s: cancel on kill gave up after %.0f s", self.job_id, ON_KILL_BUDGET)
+            self.log.warning("job %s: cancel on kill gave up after %.0f s", printable(str(self.job_id)), ON_KILL_BUDGET)
         except Exception as exc:  # on_kill must never raise into Airflow's cleanup
-            self.log.warning("job %s: cancel on kill failed: %s: %s", self.job_id, type(exc).__name__, exc)
+            job = printable(str(self.job_id))
+            self.log.warning("job %s: cancel on kill failed: %s: %s", job, type(exc).__name__, exc)
         finally:
             await self._release_hooks()
 
     async def _cancel_if_running(self) -> None:
         hook = await self._hook()
-        job = str(self.job_id)
+        job = check_job_id(self.job_id, hook.vendor())
         try:
             current = await asyncio.wait_for(hook.aget_progress(job), timeout=ON_KILL_BUDGET / 3)
         except (JobProgressError, TimeoutError):
