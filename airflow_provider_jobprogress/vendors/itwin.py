@@ -127,7 +127,7 @@ class ITwinApi(VendorApi):
             # auth_url, because Airflow masks extras whose key contains "token"; token_url still read
             token_url=conn.extra_url(cls.vendor, "auth_url", TOKEN_URL, also="token_url"),
             scope=str(extra.get("scope") or SCOPE),
-            itwin_id=extra.get("itwin_id"),
+            itwin_id=str(extra.get("itwin_id") or "").strip() or None,
             request_retry=request_retry,
             verify=conn.tls_verify(),
         )
