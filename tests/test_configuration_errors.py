@@ -47,6 +47,20 @@ def use(monkeypatch: pytest.MonkeyPatch, conn: dict[str, Any]) -> None:
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
 
 
+def airflow_refuses_it(field: str) -> bool:
+    """Airflow 3.1 drops an environment connection whose extras are not JSON (it is "not defined"), so
+    Airflow never hands it over with default extras; 3.2+ hands it over and we must refuse it."""
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.sdk import BaseHook
+
+    try:
+        BaseHook.get_connection(CONN_ID)
+    except AirflowNotFoundException:
+        assert field == "extra", "only unreadable extras make Airflow itself refuse the connection"
+        return True
+    return False
+
+
 #: (vendor, changes to the emulator's connection, the field the error must name)
 MISTAKES: list[tuple[str, dict[str, Any], str]] = [
     ("olconnect", {"schema": "ftp"}, "schema"),
@@ -75,6 +89,8 @@ def test_a_configuration_mistake_is_refused_before_any_request_naming_the_field(
     emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch, vendor: str, changes: dict[str, Any], field: str
 ) -> None:
     use(monkeypatch, connection(emulator, vendor, **changes))
+    if airflow_refuses_it(field):
+        return
     with pytest.raises(ConfigurationError) as err:
         HOOKS[vendor](CONN_ID).api  # noqa: B018 - reading the connection's settings is the point
     assert err.value.field == field
@@ -90,6 +106,8 @@ def test_the_test_button_fails_for_a_configuration_mistake_naming_the_field(
     emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch, vendor: str, changes: dict[str, Any], field: str
 ) -> None:
     use(monkeypatch, connection(emulator, vendor, **changes))
+    if airflow_refuses_it(field):
+        return
     ok, message = HOOKS[vendor](CONN_ID).test_connection()
     assert not ok
     assert f"'{field}'" in message
