@@ -241,6 +241,44 @@ def test_json_parsers_are_total_over_any_json_value(data: Any) -> None:
     _typed_or_value(lambda: scriptx_module._version(data))
 
 
+connection_texts = (
+    st.none() | st.text(max_size=30) | st.sampled_from(["h", "h:1", "http://h", "ftp://h", "h/x", "[::1]"])
+)
+extras = st.dictionaries(
+    st.sampled_from(["auth", "variant", "api", "base_url", "auth_url", "token_url", "scope", "itwin_id", "verify"]),
+    json_values,
+)
+
+
+@pytest.mark.parametrize("api_class", [OLConnectApi, ScriptXApi, ITwinApi], ids=lambda c: c.vendor)
+@PROPERTY
+@given(
+    host=connection_texts,
+    schema=connection_texts,
+    port=st.none() | st.integers(min_value=-5, max_value=70000),
+    extra=extras,
+    password=st.none() | st.text(max_size=5),
+)
+def test_connection_settings_give_an_api_or_a_configuration_error(
+    api_class: Any, host: str | None, schema: str | None, port: int | None, extra: dict[str, Any], password: str | None
+) -> None:
+    from airflow_provider_jobprogress.core.errors import ConfigurationError
+    from airflow_provider_jobprogress.core.protocol import ConnectionFields
+
+    fields = ConnectionFields("c", host=host, schema=schema, port=port, login="u", password=password, extra=extra)
+    refused: ConfigurationError | None = None
+    try:
+        api = api_class.from_connection(fields)
+    except ConfigurationError as exc:
+        refused = exc
+    except JobProgressError:
+        return  # iTwin without client credentials: an AuthenticationError, typed
+    if refused is not None:
+        assert (refused.conn_id, bool(refused.field)) == ("c", True)
+        return
+    assert api.base_url.startswith(("http://", "https://")), api.base_url
+
+
 @PROPERTY
 @given(answer=answers())
 def test_azure_blob_listing_parser_is_total(answer: Response) -> None:
@@ -331,6 +369,7 @@ def test_itwin_results_with_outputs_of_the_wrong_type_are_a_vendor_response_erro
         {"state": "active", "percentage": float("inf")},
         {"state": "active", "percentage": -1},
         {"state": "active", "percentage": 100.5},
+        {"state": "active", "percentage": 10**400},
     ],
 )
 def test_itwin_percentage_that_is_not_0_to_100_is_refused(reading: dict[str, Any]) -> None:

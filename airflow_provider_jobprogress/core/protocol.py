@@ -9,7 +9,6 @@ in the triggerer. Nothing in this module touches a socket or a clock.
 from __future__ import annotations
 
 import json
-import math
 import reprlib
 import time
 from collections.abc import Generator, Mapping
@@ -551,10 +550,10 @@ def percentage(value: Any, vendor: str, job_id: str | None, *, what: str) -> flo
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise VendorResponseError(vendor, job_id, f"{what}: percentage {brief(value)} is not a number")
-    number = float(value)
-    if not math.isfinite(number) or not 0 <= number <= 100:
+    # Compared before float(): an integer of 400 digits overflows float(); NaN fails every comparison.
+    if not 0 <= value <= 100:
         raise VendorResponseError(vendor, job_id, f"{what}: percentage {brief(value)} is not within 0-100")
-    return number
+    return float(value)
 
 
 def describe_body(response: Response) -> str:
