@@ -156,9 +156,13 @@ class JobWaitMixin:
         if job_id is None or (isinstance(job_id, str) and not is_templated(job_id)):
             check_job_id(job_id, f"{type(self).__name__} {self.task_id!r}")  # type: ignore[attr-defined]
 
+    def _rendered_job_id(self) -> str:
+        """``job_id`` as rendered for this run: a template can render to nothing (or None), refused here,
+        before the connection is even read."""
+        return check_job_id(self.job_id, f"{type(self).__name__} {self.task_id!r}")  # type: ignore[attr-defined]
+
     def _read(self, job_id: str, *, deadline: float | None = None) -> JobProgress:
-        # As rendered: a template can render to nothing; refused before the connection is even read.
-        check_job_id(getattr(self, "job_id", job_id), f"{type(self).__name__} {self.task_id!r}")  # type: ignore[attr-defined]
+        check_job_id(job_id, f"{type(self).__name__} {self.task_id!r}")  # type: ignore[attr-defined]
         progress = self.hook.get_progress(job_id, deadline=deadline)
         if progress.changed_from(self._last):
             self.log.info("%s", progress.describe())

@@ -225,9 +225,10 @@ def test_a_job_id_that_cannot_be_one_fails_at_parse_time(build: Any, job_id: Any
 
 
 @pytest.mark.parametrize("build", [_sensor, _fetch], ids=["sensor", "fetch"])
-def test_a_templated_job_id_is_checked_when_rendered(build: Any, emulator: VendorEmulator) -> None:
+@pytest.mark.parametrize("rendered", [None, "", ".."], ids=repr)
+def test_a_templated_job_id_is_checked_when_rendered(build: Any, rendered: Any, emulator: VendorEmulator) -> None:
     task = build("{{ ti.xcom_pull(task_ids='submit') }}")  # accepted: Airflow renders it at run time
-    task.job_id = ".."  # what the template rendered to
+    task.job_id = rendered  # what the template rendered to (None: a native rendering of a missing XCom)
     with pytest.raises(ConfigurationError, match="job_id"):
         task.execute({})
     assert emulator.calls == [], "refused before any call to the vendor"

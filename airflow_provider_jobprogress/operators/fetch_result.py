@@ -79,7 +79,7 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
             check_destination(destination, f"{type(self).__name__} {self.task_id!r}", None)
 
     def execute(self, context: Any) -> Any:
-        job_id = str(self.job_id)
+        job_id = self._rendered_job_id()
         spec = None
         if self.destination is not None:
             spec = check_destination(self.destination, self.hook.vendor(), job_id)

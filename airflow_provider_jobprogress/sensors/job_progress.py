@@ -133,7 +133,7 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        job_id = str(self.job_id)
+        job_id = self._rendered_job_id()
         try:
             progress = self._read(job_id, deadline=time.time() + self.timeout)
         except DeadlineExceededError as exc:
@@ -143,7 +143,7 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
         self._defer_wait(job_id, timeout=self.timeout)
 
     def poke(self, context: Any) -> PokeReturnValue | bool:
-        job_id, deadline = str(self.job_id), self._poke_deadline(context)
+        job_id, deadline = self._rendered_job_id(), self._poke_deadline(context)
         try:
             progress = self._read(job_id, deadline=deadline)
         except DeadlineExceededError as exc:
