@@ -50,7 +50,7 @@ def use(monkeypatch: pytest.MonkeyPatch, conn: dict[str, Any]) -> None:
 def airflow_refuses_it(field: str) -> bool:
     """Airflow 3.1 drops an environment connection whose extras are not JSON (it is "not defined"), so
     Airflow never hands it over with default extras; 3.2+ hands it over and we must refuse it."""
-    from airflow.exceptions import AirflowNotFoundException
+    from airflow.providers.common.compat.sdk import AirflowNotFoundException
     from airflow.sdk import BaseHook
 
     try:
