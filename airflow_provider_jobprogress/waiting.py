@@ -27,8 +27,10 @@ from airflow_provider_jobprogress.core.errors import (
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, jittered
+from airflow_provider_jobprogress.core.protocol import check_job_id
 from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
 from airflow_provider_jobprogress.hooks.base import JobProgressHook
+from airflow_provider_jobprogress.results import is_templated
 from airflow_provider_jobprogress.triggers.job_progress import ON_KILL_BUDGET, JobProgressTrigger
 
 #: Airflow's own deferral timeout comes this long after the trigger's deadline: only a backstop (for a
@@ -151,7 +153,18 @@ class JobWaitMixin:
             timeout=timedelta(seconds=timeout + DEFERRAL_BACKSTOP),
         )
 
+    def _check_job_id_at_parse(self, job_id: Any) -> None:
+        """A job id known at parse time (not a template, not an XComArg) that cannot be one fails the DAG import."""
+        if job_id is None or (isinstance(job_id, str) and not is_templated(job_id)):
+            check_job_id(job_id, f"{type(self).__name__} {self.task_id!r}")  # type: ignore[attr-defined]
+
+    def _rendered_job_id(self) -> str:
+        """``job_id`` as rendered for this run: a template can render to nothing (or None), refused here,
+        before the connection is even read."""
+        return check_job_id(self.job_id, f"{type(self).__name__} {self.task_id!r}")  # type: ignore[attr-defined]
+
     def _read(self, job_id: str, *, deadline: float | None = None) -> JobProgress:
+        check_job_id(job_id, f"{type(self).__name__} {self.task_id!r}")  # type: ignore[attr-defined]
         progress = self.hook.get_progress(job_id, deadline=deadline)
         if progress.changed_from(self._last):
             self.log.info("%s", progress.describe())

@@ -2,6 +2,7 @@
 
 from airflow_provider_jobprogress.core.errors import (
     AuthenticationError,
+    ConfigurationError,
     DeadlineExceededError,
     InvalidRequestError,
     JobCancelledError,
@@ -22,6 +23,7 @@ from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry,
 
 __all__ = [
     "AuthenticationError",
+    "ConfigurationError",
     "DeadlineExceededError",
     "InvalidRequestError",
     "JobCancelledError",

@@ -21,13 +21,27 @@ class JobProgressError(Exception):
         super().__init__(self._compose())
 
     def _compose(self) -> str:
-        subject = f"{self.vendor} job {self.job_id}" if self.job_id else self.vendor
+        subject = f"{self.vendor} job {printable(self.job_id)}" if self.job_id else self.vendor
         text = f"{subject}: {self.detail}"
         return f"{text}. {self.hint}" if self.hint else text
+
+    def for_job(self, job_id: str) -> JobProgressError:
+        """This error naming ``job_id``, when it was raised before the job was known (reading settings)."""
+        if self.job_id:
+            return self
+        err = _rebuild(type(self), self.vendor, job_id, self.detail, self.hint, dict(self.__dict__, job_id=job_id))
+        err.__traceback__ = self.__traceback__
+        return err
 
     def __reduce__(self) -> tuple[object, ...]:
         # Keep the typed error intact when it crosses process boundaries (pickling).
         return (_rebuild, (type(self), self.vendor, self.job_id, self.detail, self.hint, dict(self.__dict__)))
+
+
+def printable(text: str) -> str:
+    """``text`` as it may appear in a log line: as is, or its repr when it holds a line break or another
+    control character (a job id with CRLF in it must not forge log lines)."""
+    return text if text.isprintable() else repr(text)
 
 
 def error_from_event(name: str | None, message: str) -> JobProgressError:
@@ -144,3 +158,31 @@ class UnsafeResultNameError(JobProgressError):
     """A vendor-supplied result name is absolute, empty, or would leave the destination (``..``)."""
 
     hint = "The vendor named an output unsafely; nothing was written. Report the name to the vendor"
+
+
+class ConfigurationError(JobProgressError, ValueError):
+    """A connection or task setting is wrong: the message names the connection and the field to fix.
+
+    Raised when settings are read (before any request) or when the first answer proves one wrong (https
+    against a plain HTTP port). Never retried: trying again gives the same answer until someone edits the
+    connection. Also a ``ValueError``, which these mistakes raised before it existed.
+    """
+
+    hint = "Fix it in the Airflow connection (or the task's arguments); retrying will not help"
+
+    def __init__(
+        self,
+        vendor: str,
+        job_id: str | None,
+        message: str,
+        *,
+        conn_id: str | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.conn_id = conn_id
+        self.field = field
+        where = f"connection {conn_id!r}" if conn_id else ""
+        if field:
+            where = f"{where}, field {field!r}" if where else f"field {field!r}"
+        super().__init__(vendor, job_id, f"configuration error in {where}: {message}" if where else message, hint=hint)

@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_provider_jobprogress.core.errors import printable
+
 #: the longest vendor message an event, an XCom or a log line carries (a vendor's error text can run to pages;
 #: events land in the metadata database and in the triggerer's "Trigger fired event" line)
 MAX_MESSAGE = 500
@@ -54,7 +56,7 @@ class JobProgress:
         return (self.state, self.percent, self.step) != (other.state, other.percent, other.step)
 
     def describe(self) -> str:
-        parts = [f"{self.vendor} job {self.job_id}: {self.state.value}"]
+        parts = [f"{self.vendor} job {printable(self.job_id)}: {self.state.value}"]
         if self.percent is not None:
             parts.append(f"{self.percent:g}%")
         if self.step:

@@ -9,14 +9,16 @@ in the triggerer. Nothing in this module touches a socket or a clock.
 from __future__ import annotations
 
 import json
+import reprlib
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from airflow_provider_jobprogress.core.errors import (
     AuthenticationError,
+    ConfigurationError,
     InvalidRequestError,
     JobNotFoundError,
     JobProgressError,
@@ -24,7 +26,7 @@ from airflow_provider_jobprogress.core.errors import (
     VendorResponseError,
     VendorUnavailableError,
 )
-from airflow_provider_jobprogress.core.model import JobProgress
+from airflow_provider_jobprogress.core.model import JobProgress, short
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, parse_retry_after
 
 T = TypeVar("T")
@@ -135,9 +137,11 @@ class TransportError(Exception):
     The message carries the error's class only, never the URL (query strings can hold keys).
     """
 
-    def __init__(self, kind: str, *, sent: bool) -> None:
+    def __init__(self, kind: str, *, sent: bool, plain_http: bool = False) -> None:
         self.kind = kind
         self.sent = sent
+        #: the server answered an https request in plain HTTP: the URL's scheme is wrong, not the network
+        self.plain_http = plain_http
         super().__init__(kind)
 
 
@@ -172,6 +176,69 @@ class ConnectionFields:
             return False
         return text
 
+    # -- settings, each wrong one a ConfigurationError naming its field ------------------------------
+    def problem(self, vendor: str, field: str, message: str) -> ConfigurationError:
+        return ConfigurationError(vendor, None, message, conn_id=self.conn_id, field=field)
+
+    def choice(self, vendor: str, field: str, options: tuple[str, ...], default: str) -> str:
+        """An extra that names one of ``options``, read whatever its case and surrounding blanks."""
+        raw = self.extra.get(field)
+        value = default if raw is None or str(raw).strip() == "" else str(raw).strip().lower()
+        if value not in options:
+            raise self.problem(vendor, field, f"{brief(raw)} is not one of {', '.join(options)}")
+        return value
+
+    def extra_url(self, vendor: str, field: str, default: str, *, also: str | None = None) -> str:
+        """An extra holding an absolute http(s) URL (``also``: an older name for the same extra)."""
+        raw = self.extra.get(field)
+        if (raw is None or str(raw).strip() == "") and also is not None:
+            raw, field = self.extra.get(also), also
+        if raw is None or str(raw).strip() == "":
+            return default
+        text = str(raw).strip()
+        parts = _split(text)
+        if parts is None or parts.scheme not in HTTP_SCHEMES or not parts.hostname:
+            raise self.problem(vendor, field, f"{brief(text)} is not an http:// or https:// URL with a host")
+        if parts.port is None and _port_text(parts) is not None:
+            raise self.problem(vendor, field, f"{brief(text)} has a port that is not a number from 1 to 65535")
+        return text
+
+    def service_url(self, vendor: str, *, default_host: str, default_scheme: str, default_port: int | None) -> str:
+        """The base URL from host, schema and port: a host name (``h`` or ``h:port``), or a whole URL in host.
+
+        A path belongs in a whole URL (``http://h/prefix``): ``h/rest`` in host would make a URL like
+        ``http://h/rest:9340``. A port in host and a different one in the port field, or a schema other
+        than http or https, cannot be meant.
+        """
+        host = (self.host or default_host).strip().rstrip("/")
+        schema = (self.schema or "").strip().lower() or None
+        if schema is not None and schema not in HTTP_SCHEMES:
+            raise self.problem(vendor, "schema", f"{brief(self.schema)} is not http or https")
+        if "://" in host:
+            parts = _split(host)
+            if parts is None or parts.scheme not in HTTP_SCHEMES or not parts.hostname:
+                raise self.problem(vendor, "host", f"{brief(host)} is not an http:// or https:// URL with a host")
+            if schema is not None and schema != parts.scheme:
+                raise self.problem(vendor, "schema", f"{schema!r} contradicts the scheme of host {brief(host)}")
+        else:
+            parts = _split(f"//{host}")
+            if parts is None or not parts.hostname or parts.path or parts.query or parts.fragment:
+                raise self.problem(
+                    vendor, "host", f"{brief(host)} is not a host name (put a path in a whole URL: http://host/path)"
+                )
+        port_text = _port_text(parts)
+        if port_text is not None and parts.port is None:
+            raise self.problem(vendor, "host", f"{brief(host)} has a port that is not a number from 1 to 65535")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise self.problem(vendor, "port", f"{self.port} is not a port number from 1 to 65535")
+        if self.port is not None and parts.port is not None and self.port != parts.port:
+            raise self.problem(vendor, "port", f"{self.port} contradicts the port in host {brief(host)}")
+        if "://" in host:
+            return host if self.port is None or parts.port is not None else _with_port(parts, self.port)
+        scheme = schema or default_scheme
+        port = parts.port or self.port or default_port
+        return f"{scheme}://{parts.netloc}" if parts.port or not port else f"{scheme}://{parts.netloc}:{port}"
+
     def tls_verify(self) -> bool | str:
         """The TLS check as requests and httpx take it: True, False, or the path of a CA bundle.
 
@@ -181,6 +248,32 @@ class ConnectionFields:
         verify = self.extra_bool_or_path("verify")
         bundle = str(self.extra.get("ca_bundle") or "").strip()
         return bundle if verify is True and bundle else verify
+
+
+HTTP_SCHEMES = ("http", "https")
+
+
+def _split(text: str) -> SplitResult | None:
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        return None
+    if any(c.isspace() for c in text):
+        return None
+    return parts
+
+
+def _port_text(parts: SplitResult) -> str | None:
+    """What follows the host's colon, if anything (an IPv6 literal's colons are inside its brackets)."""
+    netloc = parts.netloc.rpartition("@")[2]
+    _, colon, tail = netloc.rpartition(":")
+    return tail if colon and "]" not in tail else None
+
+
+def _with_port(parts: SplitResult, port: int) -> str:
+    netloc = f"{parts.netloc}:{port}"
+    return parts._replace(netloc=netloc).geturl()
 
 
 class VendorApi:
@@ -198,6 +291,12 @@ class VendorApi:
     def __init__(self, *, request_retry: RequestRetry | None = None, verify: bool | str = True) -> None:
         self.request_retry = request_retry or RequestRetry()
         self.verify = verify
+        #: the Airflow connection the settings came from (``from_connection``), for configuration errors
+        self.conn_id: str | None = None
+
+    def url_field(self, request: Request) -> str:
+        """The connection field that set this request's scheme (named by configuration errors)."""
+        return "schema"
 
     # -- auth, overridden by vendors ---------------------------------------------------------------
     @property
@@ -245,6 +344,16 @@ class VendorApi:
             try:
                 response: Response = yield (self.authorize(request, token) if request.authenticated else request)
             except TransportError as exc:
+                if exc.plain_http:  # the same answer however often it is asked: not retried
+                    origin = f"{urlsplit(request.url).hostname}:{urlsplit(request.url).port or 443}"
+                    raise ConfigurationError(
+                        self.vendor,
+                        job_id,
+                        f"{what}: the server at {origin} answers plain HTTP to https; use http, or the server's "
+                        "https port",
+                        conn_id=self.conn_id,
+                        field=self.url_field(request),
+                    ) from None
                 failures += 1
                 if (exc.sent and not request.idempotent) or failures >= policy.attempts:
                     raise self.transport_failure(exc, request, job_id, what=f"{what} ({failures} tries)") from None
@@ -310,8 +419,8 @@ class VendorApi:
     def parse_json(self, response: Response, job_id: str | None, *, what: str) -> Any:
         """Decode a JSON answer or raise ``VendorResponseError`` saying what came instead."""
         try:
-            return json.loads(response.body)
-        except (ValueError, UnicodeDecodeError):
+            return load_json(response.body)
+        except ValueError:
             raise VendorResponseError(
                 self.vendor, job_id, f"{what}: expected JSON, got {describe_body(response)}"
             ) from None
@@ -321,6 +430,25 @@ class VendorApi:
         if not isinstance(data, dict) or key not in data:
             raise VendorResponseError(self.vendor, job_id, f"{what}: answer has no {key!r} field")
         return data[key]
+
+    def poll(self, job_id: str) -> Flow[JobProgress]:
+        """:meth:`progress` as waits read it: an answer we cannot read is retried like a transient failure.
+
+        One garbled answer in a week-long wait (a proxy's error page served with 200, a body cut short) is
+        a hiccup, not the job's verdict: it is read again after the policy's backoff, up to its attempts;
+        only an answer that stays unreadable is a ``VendorResponseError``. Reading progress changes
+        nothing on the vendor's side, so reading it again is always safe.
+        """
+        policy = self.request_retry
+        unreadable = 0
+        while True:
+            try:
+                return (yield from self.progress(job_id))
+            except VendorResponseError:
+                unreadable += 1
+                if unreadable >= policy.attempts:
+                    raise
+            yield Sleep(policy.backoff(unreadable))
 
     # -- endpoints every vendor implements ---------------------------------------------------------
     def progress(self, job_id: str) -> Flow[JobProgress]:
@@ -376,16 +504,60 @@ class ResultPart:
         return self.name or self.source or "result"
 
 
+#: ids no vendor hands out; in a URL path ``.`` and ``..`` would address the job list or its parent
+NOT_JOB_IDS = ("", ".", "..")
+
+
+def check_job_id(job_id: object, subject: str) -> str:
+    """The job id as text, or a ``ConfigurationError`` (before any call) for None, blank, ``.`` or ``..``, and for
+    ids with line breaks or other control characters: no vendor hands those out, and they would forge log lines."""
+    text = None if job_id is None else str(job_id)
+    if text is None or text.strip() in NOT_JOB_IDS or not text.isprintable():
+        raise ConfigurationError(
+            subject, None, f"{brief(job_id)} is not a job id (set job_id to the id the vendor gave)", field="job_id"
+        )
+    return text
+
+
 def now() -> float:
     """Wall-clock seconds; tokens and deadlines are wall-clock because triggers move between hosts."""
     return time.time()
 
 
 def short_text(response: Response, limit: int = 200) -> str:
-    text = " ".join(response.text.split())
-    if not text:
-        return "(empty body)"
+    return short(response.text, limit) or "(empty body)"
+
+
+def load_json(body: bytes) -> Any:
+    """``json.loads`` that fails only with ValueError: a vendor's body nested deeper than Python's recursion
+    limit (a 2 KB body can be 1,000 levels deep) is unreadable JSON like any other, not a RecursionError."""
+    try:
+        return json.loads(body)  # ValueError (UnicodeDecodeError included) for anything else unreadable
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
+
+
+_BRIEF = reprlib.Repr()  # keyword arguments only from Python 3.12
+_BRIEF.maxlevel, _BRIEF.maxdict, _BRIEF.maxlist, _BRIEF.maxstring, _BRIEF.maxother = 3, 6, 6, 60, 60
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """A short repr of any vendor value for an error message: bounded in depth and length, never raising."""
+    text = _BRIEF.repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def percentage(value: Any, vendor: str, job_id: str | None, *, what: str) -> float | None:
+    """A vendor's percentage as a float in 0..100; None when absent. NaN, infinities, values outside
+    0..100 and non-numbers are a ``VendorResponseError``: a progress that cannot be shown is not one."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise VendorResponseError(vendor, job_id, f"{what}: percentage {brief(value)} is not a number")
+    # Compared before float(): an integer of 400 digits overflows float(); NaN fails every comparison.
+    if not 0 <= value <= 100:
+        raise VendorResponseError(vendor, job_id, f"{what}: percentage {brief(value)} is not within 0-100")
+    return float(value)
 
 
 def describe_body(response: Response) -> str:

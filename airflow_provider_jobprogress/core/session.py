@@ -227,11 +227,41 @@ class StreamedResponse:
             )
 
 
+#: what OpenSSL says when the server answers a TLS hello in plain HTTP (https against an http port)
+PLAIN_HTTP_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"}
+)
+
+
+def _plain_http(exc: BaseException) -> bool:
+    """Whether a transport failure is a TLS handshake the server answered in plain HTTP.
+
+    The ``ssl.SSLError`` sits a few wrappers deep (requests -> urllib3 MaxRetryError -> SSLError; aiohttp's
+    ``os_error``): follow causes, contexts, ``reason``, ``os_error`` and exception arguments, a bounded walk.
+    """
+    todo: list[object] = [exc]
+    seen: set[int] = set()
+    while todo and len(seen) < 32:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        reason = getattr(item, "reason", None) if isinstance(item, ssl.SSLError) else None
+        if isinstance(reason, str) and reason.upper() in PLAIN_HTTP_REASONS:
+            return True
+        todo.extend([item.__cause__, item.__context__, *item.args])
+        for name in ("reason", "os_error"):
+            with contextlib.suppress(Exception):  # aiohttp's properties can raise on errors without them
+                todo.append(getattr(item, name))
+    return False
+
+
 def _transport_error(exc: BaseException) -> TransportError:
     never_sent = isinstance(exc, requests.exceptions.ConnectTimeout) or (
         isinstance(exc, requests.exceptions.ConnectionError) and "NewConnectionError" in repr(exc.args)
     )
-    return TransportError(type(exc).__name__, sent=not never_sent)
+    plain = isinstance(exc, requests.exceptions.SSLError) and _plain_http(exc)
+    return TransportError(type(exc).__name__, sent=not never_sent and not plain, plain_http=plain)
 
 
 def _async_transport_error(exc: BaseException) -> TransportError:
@@ -253,7 +283,8 @@ def _async_transport_error(exc: BaseException) -> TransportError:
     kind = type(exc).__name__
     if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
         kind = f"{kind} ({os.strerror(exc.os_error.errno)})"
-    return TransportError(kind, sent=not never_sent)
+    plain = isinstance(exc, aiohttp.ClientSSLError) and _plain_http(exc)
+    return TransportError(kind, sent=not never_sent, plain_http=plain)
 
 
 def _ssl_option(api: VendorApi) -> bool | ssl.SSLContext:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,7 +17,7 @@ from urllib.parse import unquote_plus, urlsplit
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.sdk import BaseHook
 
-from airflow_provider_jobprogress.core.errors import AuthenticationError, JobProgressError
+from airflow_provider_jobprogress.core.errors import AuthenticationError, ConfigurationError, JobProgressError
 from airflow_provider_jobprogress.core.model import JobProgress
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.protocol import ConnectionFields, Flow, ResultPart, Token, VendorApi
@@ -154,6 +155,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     @cached_property
     def api(self) -> ApiT:
         conn = self.get_connection(self.conn_id)
+        _check_extra(self.vendor(), self.conn_id, conn)
         return self._make_api(_fields(self.conn_id, conn, conn.extra_dejson))
 
     @cached_property
@@ -165,6 +167,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     async def _read_connection_fields(self) -> ConnectionFields:
         conn = await get_async_connection(self.conn_id, hook=self)
+        _check_extra(self.vendor(), self.conn_id, conn)
         return _fields(self.conn_id, conn, await get_async_extra_dejson(conn))
 
     async def _read_async_connection(self, *, newer: bool = False) -> ApiT:
@@ -225,7 +228,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     def get_progress(self, job_id: str, *, deadline: float | None = None) -> JobProgress:
         """The job's progress now. ``deadline`` (epoch seconds) bounds retries and vendor-asked pauses:
         past it, ``DeadlineExceededError``."""
-        return self.session.run(self.api.progress(job_id), deadline=deadline, job_id=job_id)
+        return self.session.run(self.api.poll(job_id), deadline=deadline, job_id=job_id)
 
     def cancel(self, job_id: str, *, deadline: float | None = None) -> None:
         self.session.run(self.api.cancel(job_id), deadline=deadline, job_id=job_id)
@@ -264,7 +267,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     # -- the job's life, async (triggerer) -------------------------------------------------------
     async def aget_progress(self, job_id: str) -> JobProgress:
-        return await self._arun(lambda api: api.progress(job_id))
+        return await self._arun(lambda api: api.poll(job_id))
 
     async def acancel(self, job_id: str) -> None:
         await self._arun(lambda api: api.cancel(job_id))
@@ -284,6 +287,26 @@ def ui_field_behaviour(hook: type[JobProgressHook[Any]]) -> dict[str, Any]:
             behaviour = conn_type.get("ui-field-behaviour", {})
             return {key.replace("-", "_"): value for key, value in behaviour.items()}
     return {"hidden_fields": [], "relabeling": {}}
+
+
+def _check_extra(vendor: str, conn_id: str, conn: Any) -> None:
+    """Extras that are not a JSON object: Airflow would log them and hand us ``{}``, and every setting would
+    silently become its default (iTwin would call api.bentley.com). Refused, naming the field."""
+    raw = getattr(conn, "extra", None)
+    if not isinstance(raw, str) or not raw.strip():
+        return
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigurationError(
+            vendor,
+            None,
+            "the extras are not a JSON object ({...}): fix them in the connection's Extra field",
+            conn_id=conn_id,
+            field="extra",
+        )
 
 
 def _fields(conn_id: str, conn: Any, extra: Any) -> ConnectionFields:

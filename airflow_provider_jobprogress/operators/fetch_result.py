@@ -68,6 +68,7 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
     ) -> None:
         self._init_waiting(poll_policy=None, request_retry=request_retry, cancel_on_kill=False, cancel_on_timeout=False)
         super().__init__(**kwargs)
+        self._check_job_id_at_parse(job_id)
         self.job_id = job_id
         self.conn_id = conn_id
         self.destination = destination
@@ -78,7 +79,7 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
             check_destination(destination, f"{type(self).__name__} {self.task_id!r}", None)
 
     def execute(self, context: Any) -> Any:
-        job_id = str(self.job_id)
+        job_id = self._rendered_job_id()
         spec = None
         if self.destination is not None:
             spec = check_destination(self.destination, self.hook.vendor(), job_id)

@@ -8,7 +8,7 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
-from airflow_provider_jobprogress.core.errors import DeadlineExceededError, JobNotFoundError
+from airflow_provider_jobprogress.core.errors import DeadlineExceededError, JobNotFoundError, printable
 from airflow_provider_jobprogress.core.model import JobState
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.waiting import JobWaitMixin
@@ -103,7 +103,7 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
 
     def _submit(self, context: Any) -> str:
         job_id = str(self.submit_job(context))
-        self.log.info("%s: submitted job %s", self.hook.vendor(), job_id)
+        self.log.info("%s: submitted job %s", self.hook.vendor(), printable(job_id))
         store = context.get("task_state_store")
         if store is not None:
             store.set(JOB_ID_KEY, job_id)

@@ -116,6 +116,7 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
         conn_id = conn_id or self.default_conn_id
         if not conn_id:
             raise ValueError(f"{type(self).__name__} {self.task_id!r} needs a conn_id")
+        self._check_job_id_at_parse(job_id)
         self.job_id = job_id
         self.conn_id = conn_id
         self.deferrable = deferrable
@@ -132,7 +133,7 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        job_id = str(self.job_id)
+        job_id = self._rendered_job_id()
         try:
             progress = self._read(job_id, deadline=time.time() + self.timeout)
         except DeadlineExceededError as exc:
@@ -142,7 +143,7 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
         self._defer_wait(job_id, timeout=self.timeout)
 
     def poke(self, context: Any) -> PokeReturnValue | bool:
-        job_id, deadline = str(self.job_id), self._poke_deadline(context)
+        job_id, deadline = self._rendered_job_id(), self._poke_deadline(context)
         try:
             progress = self._read(job_id, deadline=deadline)
         except DeadlineExceededError as exc:

@@ -17,9 +17,11 @@ from airflow_provider_jobprogress.core.errors import (
     OperationNotSupportedError,
     RateLimitedError,
     VendorUnavailableError,
+    printable,
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState, short
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, jittered
+from airflow_provider_jobprogress.core.protocol import check_job_id
 from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
 
 CLASSPATH = "airflow_provider_jobprogress.triggers.job_progress.JobProgressTrigger"
@@ -31,8 +33,6 @@ ON_KILL_BUDGET = 25.0
 #: idle loop (and the vendor's server) on its own and cost ~0.48 ms CPU; on a 50 ms grid ~0.32 ms, with
 #: the polls still spread over the interval (25 per tick there, where lockstep sent all 500 at once)
 POLL_TICK = 0.05
-#: the longest an unplanned error's text may be in an event (events land in the metadata database)
-MAX_MESSAGE = 500
 
 STATUS_BY_STATE = {
     JobState.SUCCEEDED: "success",
@@ -45,14 +45,14 @@ def _event(status: str, progress: JobProgress | None, message: str, error: str |
     """What the task resumes with, and all of it: small facts, never a vendor's body.
 
     Airflow stores the event in its database and logs it whole ("Trigger fired event"), so it carries the
-    status, the last reading's facts (``JobProgress.to_dict``), a message of at most ``MAX_MESSAGE``
+    status, the last reading's facts (``JobProgress.to_dict``), a message of at most ``core.model.MAX_MESSAGE``
     characters and the typed error's class name. Whatever else the task needs, it asks the vendor for.
     """
     return TriggerEvent(
         {
             "status": status,
             "progress": None if progress is None else progress.to_dict(),
-            "message": short(message, MAX_MESSAGE),
+            "message": short(message),
             "error": error,
         }
     )
@@ -184,7 +184,7 @@ class JobProgressTrigger(BaseTrigger):
 
     async def _wait(self) -> TriggerEvent:
         hook = await self._hook()
-        vendor, job = hook.vendor(), str(self.job_id)
+        vendor, job = hook.vendor(), check_job_id(self.job_id, hook.vendor())
         policy = PollPolicy.from_value(self.poll_policy, hook.default_poll_policy())
         retry = RequestRetry.from_value(self.request_retry)
         delay = self._first_delay(policy)
@@ -263,12 +263,15 @@ class JobProgressTrigger(BaseTrigger):
 
     def _error_event(self, exc: Exception) -> TriggerEvent:
         if isinstance(exc, JobProgressError):
+            exc = exc.for_job(str(self.job_id))  # settings are read before the job is named
             message = str(exc)
             self.log.error("%s", message)
         else:
             # Not one of ours: keep the traceback in the trigger log, and say plainly what happened.
-            detail = " ".join(str(exc).split())[:MAX_MESSAGE] or "(no message)"
-            message = f"job {self.job_id} on connection {self.conn_id!r}: {type(exc).__name__}: {detail}"
+            detail = short(str(exc)) or "(no message)"
+            message = (
+                f"job {printable(str(self.job_id))} on connection {self.conn_id!r}: {type(exc).__name__}: {detail}"
+            )
             self.log.exception("waiting for %s failed unexpectedly", message)
         return _event("error", self._last, message, type(exc).__name__)
 
@@ -306,15 +309,16 @@ class JobProgressTrigger(BaseTrigger):
             async with budget:
                 await self._cancel_if_running()
         except TimeoutError:
-            self.log.warning("job %s: cancel on kill gave up after %.0f s", self.job_id, ON_KILL_BUDGET)
+            self.log.warning("job %s: cancel on kill gave up after %.0f s", printable(str(self.job_id)), ON_KILL_BUDGET)
         except Exception as exc:  # on_kill must never raise into Airflow's cleanup
-            self.log.warning("job %s: cancel on kill failed: %s: %s", self.job_id, type(exc).__name__, exc)
+            job = printable(str(self.job_id))
+            self.log.warning("job %s: cancel on kill failed: %s: %s", job, type(exc).__name__, exc)
         finally:
             await self._release_hooks()
 
     async def _cancel_if_running(self) -> None:
         hook = await self._hook()
-        job = str(self.job_id)
+        job = check_job_id(self.job_id, hook.vendor())
         try:
             current = await asyncio.wait_for(hook.aget_progress(job), timeout=ON_KILL_BUDGET / 3)
         except (JobProgressError, TimeoutError):

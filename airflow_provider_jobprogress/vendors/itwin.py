@@ -10,7 +10,6 @@ A 404 ProgressNotFound means a v1 job left ``active`` (or 30 days passed): its d
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from airflow_provider_jobprogress.core.errors import (
     AuthenticationError,
+    ConfigurationError,
     ResultNotReadyError,
     VendorResponseError,
 )
@@ -32,8 +32,11 @@ from airflow_provider_jobprogress.core.protocol import (
     ResultPart,
     Token,
     VendorApi,
+    brief,
     describe_body,
+    load_json,
     now,
+    percentage,
 )
 
 BASE_URL = "https://api.bentley.com"
@@ -97,7 +100,9 @@ class ITwinApi(VendorApi):
     ) -> None:
         super().__init__(request_retry=request_retry, verify=verify)
         if api not in FAMILIES:
-            raise ValueError(f"iTwin connection extra 'api' must be one of {sorted(FAMILIES)}, not {api!r}")
+            raise ConfigurationError(
+                self.vendor, None, f"{api!r} is not one of {', '.join(sorted(FAMILIES))}", field="api"
+            )
         if not client_id or not client_secret:
             raise AuthenticationError(
                 self.vendor, None, "the connection needs a client id (login) and secret (password)"
@@ -114,18 +119,23 @@ class ITwinApi(VendorApi):
     @classmethod
     def from_connection(cls, conn: ConnectionFields, *, request_retry: RequestRetry | None = None) -> ITwinApi:
         extra = conn.extra
-        return cls(
+        api = cls(
             client_id=conn.login or "",
             client_secret=conn.password or "",
-            api=str(extra.get("api") or "realitydataanalysis"),
-            base_url=str(extra.get("base_url") or BASE_URL),
+            api=conn.choice(cls.vendor, "api", tuple(sorted(FAMILIES)), "realitydataanalysis"),
+            base_url=conn.extra_url(cls.vendor, "base_url", BASE_URL),
             # auth_url, because Airflow masks extras whose key contains "token"; token_url still read
-            token_url=str(extra.get("auth_url") or extra.get("token_url") or TOKEN_URL),
+            token_url=conn.extra_url(cls.vendor, "auth_url", TOKEN_URL, also="token_url"),
             scope=str(extra.get("scope") or SCOPE),
-            itwin_id=extra.get("itwin_id"),
+            itwin_id=str(extra.get("itwin_id") or "").strip() or None,
             request_retry=request_retry,
             verify=conn.tls_verify(),
         )
+        api.conn_id = conn.conn_id
+        return api
+
+    def url_field(self, request: Request) -> str:
+        return "auth_url" if request.url == self.token_url else "base_url"
 
     # -- auth ------------------------------------------------------------------------------------
     @property
@@ -164,7 +174,7 @@ class ITwinApi(VendorApi):
         if error is None:
             return super().error_message(response)
         text = f"{error.get('code', 'Error')}: {error.get('message', '')}".strip()
-        details = [d for d in error.get("details") or [] if isinstance(d, dict)]
+        details = [d for d in _list(error.get("details")) if isinstance(d, dict)]
         if details:
             text += " (" + "; ".join(f"{d.get('target') or d.get('code')}: {d.get('message')}" for d in details) + ")"
         return text
@@ -243,12 +253,13 @@ class ITwinApi(VendorApi):
 
     def _failure_message(self, job_id: str, job: dict[str, Any]) -> Flow[str]:
         info = job.get("executionInformation")
-        errors = (info.get("errors") if isinstance(info, dict) else None) or []
+        errors = _list(info.get("errors") if isinstance(info, dict) else None)
         if not errors and self.family.version == 2:
             request = self._call("GET", self._job_path(job_id) + "/messages")
             response = yield from self.send(request, job_id, what="read job messages")
             data = self.parse_json(response, job_id, what="read job messages")
-            errors = ((data or {}).get("messages") or {}).get("errors") or []
+            messages = data.get("messages") if isinstance(data, dict) else None
+            errors = _list(messages.get("errors") if isinstance(messages, dict) else None)
         texts = [str(e.get("message") or e.get("title") or e.get("code")) for e in errors if isinstance(e, dict)]
         return "; ".join(texts) or "the job failed (the vendor gave no message)"
 
@@ -312,7 +323,12 @@ class ITwinApi(VendorApi):
             raise ResultNotReadyError(self.vendor, job_id, f"the job is {state.value}, it has no outputs to download")
         if self.family.version == 1:
             return v1_outputs(job, job_id)
-        return v2_outputs((job.get("specifications") or {}).get("outputs"), job_id)
+        specifications = job.get("specifications")
+        if specifications is not None and not isinstance(specifications, dict):
+            raise VendorResponseError(
+                self.vendor, job_id, f"job specifications are not an object: {brief(specifications)}"
+            )
+        return v2_outputs((specifications or {}).get("outputs"), job_id)
 
     def results(self, job_id: str) -> Flow[list[ResultPart]]:
         job = yield from self.details(job_id)
@@ -390,17 +406,15 @@ def parse_progress(reading: Any, job_id: str) -> JobProgress:
     if not isinstance(reading, dict):
         raise VendorResponseError(ITwinApi.vendor, job_id, "progress: 'progress' is not an object")
     state = _state(reading.get("state"), job_id)
-    percent = reading.get("percentage")
-    if percent is not None and (isinstance(percent, bool) or not isinstance(percent, int | float)):
-        raise VendorResponseError(ITwinApi.vendor, job_id, f"progress: percentage {percent!r} is not a number")
+    percent = percentage(reading.get("percentage"), ITwinApi.vendor, job_id, what="progress")
     step = reading.get("step")
     message = "the job was created but never submitted" if str(reading.get("state")).lower() == "unsubmitted" else None
     return JobProgress(
         ITwinApi.vendor,
         job_id,
         state,
-        float(percent) if percent is not None else None,
-        step=str(step) if step else None,
+        percent,
+        step=str(step) if isinstance(step, str | int | float) and step else None,
         message=message,
         raw=reading,
     )
@@ -409,7 +423,7 @@ def parse_progress(reading: Any, job_id: str) -> JobProgress:
 def _state(value: Any, job_id: str) -> JobState:
     state = STATES.get(str(value).lower()) if isinstance(value, str) else None
     if state is None:
-        raise VendorResponseError(ITwinApi.vendor, job_id, f"unknown job state {value!r}")
+        raise VendorResponseError(ITwinApi.vendor, job_id, f"unknown job state {brief(value)}")
     return state
 
 
@@ -428,9 +442,12 @@ def parse_blob_list(response: Response, job_id: str) -> tuple[list[str], str]:
 
 def v1_outputs(job: dict[str, Any], job_id: str) -> list[tuple[str, str]]:
     """v1 outputs ``[{"type", "id"}]`` of a finished job; one without an id cannot be downloaded."""
+    outputs = job.get("outputs")
+    if outputs is not None and not isinstance(outputs, list):
+        raise VendorResponseError(ITwinApi.vendor, job_id, f"job outputs are not a list: {brief(outputs)}")
     found = []
-    for output in job.get("outputs") or []:
-        name = str(output.get("type") or "output") if isinstance(output, dict) else repr(output)
+    for output in outputs or []:
+        name = str(output.get("type") or "output") if isinstance(output, dict) else brief(output)
         location = output.get("id") if isinstance(output, dict) else None
         if not isinstance(location, str) or not location:
             raise VendorResponseError(ITwinApi.vendor, job_id, f"output {name!r} has no reality data id to download")
@@ -448,7 +465,7 @@ def v2_outputs(outputs: Any, job_id: str) -> list[tuple[str, str]]:
     if outputs is None:
         return []
     if not isinstance(outputs, dict):
-        raise VendorResponseError(ITwinApi.vendor, job_id, f"job outputs are not an object: {outputs!r:.80}")
+        raise VendorResponseError(ITwinApi.vendor, job_id, f"job outputs are not an object: {brief(outputs)}")
     found: list[tuple[str, str]] = []
     for key, value in outputs.items():
         found.extend(_v2_output(str(key), value, job_id))
@@ -472,7 +489,7 @@ def _v2_output(name: str, value: Any, job_id: str) -> list[tuple[str, str]]:
             found.extend(_v2_output(f"{name}/{label}{suffix}", item["location"], job_id))
         return found
     raise VendorResponseError(
-        ITwinApi.vendor, job_id, f"output {name!r} is {value!r:.80}: neither a reality data id nor a bucket path"
+        ITwinApi.vendor, job_id, f"output {name!r} is {brief(value)}: neither a reality data id nor a bucket path"
     )
 
 
@@ -505,10 +522,15 @@ def _blob_request(container: str, blob: str) -> Request:
     return Request("GET", urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")), authenticated=False)
 
 
+def _list(value: Any) -> list[Any]:
+    """A list the vendor answered, or an empty one for anything else (absent, null, a number...)."""
+    return value if isinstance(value, list) else []
+
+
 def _error(response: Response) -> dict[str, Any] | None:
     try:
-        data = json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
+        data = load_json(response.body)
+    except ValueError:
         return None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         return data["error"]  # type: ignore[no-any-return]
@@ -517,8 +539,8 @@ def _error(response: Response) -> dict[str, Any] | None:
 
 def _oauth_error(response: Response) -> str:
     try:
-        data = json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
+        data = load_json(response.body)
+    except ValueError:
         return f"HTTP {response.status}"
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         return f"HTTP {response.status} {data['error']}"

@@ -11,13 +11,18 @@ Decisions where the vendor docs are silent (see shared/vendors/README.md):
 from __future__ import annotations
 
 import base64
-import json
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
-from airflow_provider_jobprogress.core.errors import JobFailedError, JobNotFoundError, VendorResponseError
+from airflow_provider_jobprogress.core.errors import (
+    ConfigurationError,
+    JobFailedError,
+    JobNotFoundError,
+    VendorResponseError,
+)
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.protocol import (
@@ -28,7 +33,9 @@ from airflow_provider_jobprogress.core.protocol import (
     ResultPart,
     Token,
     VendorApi,
+    brief,
     describe_body,
+    load_json,
     now,
 )
 
@@ -36,6 +43,7 @@ DEFAULT_PORT = 9340
 ROOT = "/rest/serverengine"
 PRINT = f"{ROOT}/workflow/print"
 AUTH_MODES = ("token", "basic")
+_PERCENT = re.compile(r"[0-9]{1,3}(\.[0-9]+)?", re.ASCII)
 
 
 class OLConnectApi(VendorApi):
@@ -58,7 +66,7 @@ class OLConnectApi(VendorApi):
     ) -> None:
         super().__init__(request_retry=request_retry, verify=verify)
         if auth not in AUTH_MODES:
-            raise ValueError(f"OL Connect connection extra 'auth' must be one of {AUTH_MODES}, not {auth!r}")
+            raise ConfigurationError(self.vendor, None, f"{auth!r} is not one of {', '.join(AUTH_MODES)}", field="auth")
         self.base_url = base_url.rstrip("/")
         self._user = user or None
         self._password = password or ""
@@ -66,17 +74,25 @@ class OLConnectApi(VendorApi):
 
     @classmethod
     def from_connection(cls, conn: ConnectionFields, *, request_retry: RequestRetry | None = None) -> OLConnectApi:
-        host = (conn.host or "localhost").rstrip("/")
-        if "://" not in host:
-            host = f"{conn.schema or 'http'}://{host}:{conn.port or DEFAULT_PORT}"
-        return cls(
-            host,
+        base_url = conn.service_url(
+            cls.vendor, default_host="localhost", default_scheme="http", default_port=DEFAULT_PORT
+        )
+        api = cls(
+            base_url,
             user=conn.login,
             password=conn.password,
-            auth=str(conn.extra.get("auth") or "token").lower(),
+            auth=conn.choice(cls.vendor, "auth", AUTH_MODES, "token"),
             request_retry=request_retry,
             verify=conn.tls_verify(),
         )
+        api.conn_id = conn.conn_id
+        api.scheme_from_host = "://" in (conn.host or "")
+        return api
+
+    scheme_from_host = False
+
+    def url_field(self, request: Request) -> str:
+        return "host" if self.scheme_from_host else "schema"
 
     # -- auth ------------------------------------------------------------------------------------
     @property
@@ -94,7 +110,9 @@ class OLConnectApi(VendorApi):
         if not token or "<" in token:
             raise VendorResponseError(self.vendor, None, f"log in: expected a token, got {describe_body(response)}")
         lifetime = response.header("token-expires-in")
-        expires = now() + float(lifetime) if lifetime and lifetime.strip().isdigit() else None
+        lifetime = (lifetime or "").strip()
+        # ASCII digits only: str.isdigit() is also true for "²", which float() refuses
+        expires = now() + float(lifetime) if lifetime.isascii() and lifetime.isdigit() else None
         return Token(token, expires)
 
     def authorize(self, request: Request, token: Token | None) -> Request:
@@ -111,7 +129,7 @@ class OLConnectApi(VendorApi):
     def error_message(self, response: Response) -> str:
         error = _json_error(response)
         if error is not None:
-            return str(error.get("message") or error)
+            return str(error.get("message") or brief(error))
         if response.status == 401 and not response.body.strip() and response.header("www-authenticate"):
             # What the server answers a call that carried no credentials at all.
             return "the server requires credentials (server security is on): set the connection's login and password"
@@ -238,7 +256,7 @@ def set_ids(response: Response) -> dict[str, int | str]:
     for header, key in SET_ID_HEADERS.items():
         value = (response.header(header) or "").strip()
         if value:
-            found[key] = int(value) if value.isdigit() else value
+            found[key] = int(value) if value.isascii() and value.isdigit() else value
     return found
 
 
@@ -251,8 +269,8 @@ def managed_files(response: Response, paths: list[str]) -> list[tuple[str, str, 
     ``/filestore/file/{folder id}/{name}``. Both are read; anything else leaves the paths as the result.
     """
     try:
-        data = json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
+        data = load_json(response.body)
+    except ValueError:
         data = None
     if isinstance(data, dict):
         folder, names = data.get("identifier"), data.get("files")
@@ -279,10 +297,9 @@ def parse_progress(response: Response, job_id: str) -> JobProgress:
     text = response.text.strip()
     if text.lower() == "done":
         return JobProgress(OLConnectApi.vendor, job_id, JobState.SUCCEEDED, 100.0, raw=text)
-    try:
-        percent = float(text)
-    except ValueError:
-        percent = -1.0
+    # ASCII digits only: float() also reads fullwidth or Arabic-Indic digits, "1_0", "nan" and "inf",
+    # none of which a server sends.
+    percent = float(text) if _PERCENT.fullmatch(text) else -1.0
     if not 0 <= percent <= 100 or response.content_type == "text/html":
         raise VendorResponseError(
             OLConnectApi.vendor, job_id, f"getProgress: expected 0-100 or 'done', got {describe_body(response)}"
@@ -293,8 +310,8 @@ def parse_progress(response: Response, job_id: str) -> JobProgress:
 def _json_error(response: Response) -> dict[str, Any] | None:
     """The ``{"error": {status, message, parameter}}`` body of newer servers, if that is what came."""
     try:
-        data = json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
+        data = load_json(response.body)
+    except ValueError:
         return None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         return data["error"]  # type: ignore[no-any-return]

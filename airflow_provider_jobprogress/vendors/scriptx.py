@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from airflow_provider_jobprogress.core.errors import (
+    ConfigurationError,
     JobFailedError,
     OperationNotSupportedError,
     VendorResponseError,
@@ -76,7 +77,9 @@ class ScriptXApi(VendorApi):
     ) -> None:
         super().__init__(request_retry=request_retry, verify=verify)
         if variant not in VARIANTS:
-            raise ValueError(f"ScriptX connection extra 'variant' must be one of {VARIANTS}, not {variant!r}")
+            raise ConfigurationError(
+                self.vendor, None, f"{variant!r} is not one of {', '.join(VARIANTS)}", field="variant"
+            )
         self.base_url = base_url.rstrip("/")
         self._license = license_guid or None
         self.variant = variant
@@ -84,20 +87,33 @@ class ScriptXApi(VendorApi):
 
     @classmethod
     def from_connection(cls, conn: ConnectionFields, *, request_retry: RequestRetry | None = None) -> ScriptXApi:
-        variant = str(conn.extra.get("variant") or "cloud").lower()
-        host = (conn.host or ("127.0.0.1" if variant == "windows_pc" else CLOUD_HOST)).rstrip("/")
-        if "://" not in host:
-            scheme = conn.schema or ("http" if variant == "windows_pc" else "https")
-            port = conn.port or (WINDOWS_PC_PORT if variant == "windows_pc" else None)
-            host = f"{scheme}://{host}" + (f":{port}" if port else "")
-        return cls(
-            host,
+        variant = conn.choice(cls.vendor, "variant", VARIANTS, "cloud")
+        local = variant == "windows_pc"
+        base_url = conn.service_url(
+            cls.vendor,
+            default_host="127.0.0.1" if local else CLOUD_HOST,
+            default_scheme="http" if local else "https",
+            default_port=WINDOWS_PC_PORT if local else None,
+        )
+        if variant == "cloud" and not conn.password:
+            # Every Cloud call needs the license; without one the Test button would only read /api and pass.
+            raise conn.problem(cls.vendor, "password", "the cloud variant needs the license GUID (as the password)")
+        api = cls(
+            base_url,
             license_guid=conn.password,
             variant=variant,
             meadroid_path=str(conn.extra.get("meadroid_path") or "") or None,
             request_retry=request_retry,
             verify=conn.tls_verify(),
         )
+        api.conn_id = conn.conn_id
+        api.scheme_from_host = "://" in (conn.host or "")
+        return api
+
+    scheme_from_host = False
+
+    def url_field(self, request: Request) -> str:
+        return "host" if self.scheme_from_host else "schema"
 
     def authorize(self, request: Request, token: object) -> Request:
         if self._license is None:

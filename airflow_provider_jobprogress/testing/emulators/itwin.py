@@ -204,14 +204,14 @@ def _gated_progress(job: Job) -> Reply | None:
 def _gated_details(job: Job) -> Reply | None:
     """Count a job-details poll; unknown_status and nonnumeric are left to the details view (None)."""
     gate = job.gate()
-    if gate == "garbage" and job.scenario.garbage in ("html", "empty", "malformed"):
+    if gate == "garbage" and job.scenario.garbage in ("html", "empty", "malformed", "deep_json"):
         return _garbage(job.scenario.garbage)
     return _limited(job, gate)
 
 
 def _poll(job: Job, now: float) -> None:
     # Garbage answers never move the job, whatever view they are drawn from.
-    if job.scenario.garbage is None:
+    if not job.garbled:
         job.advance(now)
 
 

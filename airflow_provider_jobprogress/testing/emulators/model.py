@@ -25,7 +25,7 @@ VENDORS = ("olconnect", "scriptx", "itwin")
 OUTCOMES = frozenset({"succeed", "fail", "cancel", "soft_error", "immediate", "code_exception", "done_at_submit"})
 # Outcomes that end in failure; ScriptX-only outcomes fail on the other vendors, which have no such answer.
 FAILING_OUTCOMES = frozenset({"fail", "soft_error", "code_exception"})
-GARBAGE_MODES = frozenset({"html", "empty", "nonnumeric", "malformed", "unknown_status"})
+GARBAGE_MODES = frozenset({"html", "empty", "nonnumeric", "malformed", "unknown_status", "deep_json"})
 CONTENT_ENCODINGS = frozenset({"gzip", "deflate"})
 SCENARIO_HEADER = "X-Emulator-Scenario"
 CHUNK_SIZE = 64 * 1024
@@ -58,6 +58,9 @@ class Scenario:
     result_size: int = 2048
     drop_download_at: int | None = None
     garbage: str | None = None
+    #: how many status calls (after the rate-limited and flaky ones) answer ``garbage``; None: every one.
+    #: 1 is the one garbled answer in a long wait that a client retries
+    garbage_polls: int | None = None
     outputs: int = 1
     message: str = ""
     #: downloads are sent compressed with this Content-Encoding (gzip, deflate), as a proxy or CDN would
@@ -80,6 +83,8 @@ class Scenario:
         _check_count("outputs", self.outputs, minimum=1)
         if self.drop_download_at is not None:
             _check_count("drop_download_at", self.drop_download_at)
+        if self.garbage_polls is not None:
+            _check_count("garbage_polls", self.garbage_polls)
         if self.duration is not None:
             if isinstance(self.duration, bool) or not isinstance(self.duration, int | float) or self.duration <= 0:
                 raise ScenarioError(f"scenario duration must be a number > 0 or null, got {self.duration!r}")
@@ -266,6 +271,8 @@ class Job:
     downloads: list[Download] = field(default_factory=list)
     downloads_started: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    #: what the last status call was answered with (``gate``)
+    last_gate: Gate | None = None
 
     def submit(self, now: float) -> None:
         self.started = now
@@ -323,11 +330,26 @@ class Job:
         """Count a progress/status call; say whether this one is answered with 429, 503 or garbage."""
         n = self.status_calls
         self.status_calls += 1
-        if n < self.scenario.rate_limit:
+        self.last_gate = self._gate(n)
+        return self.last_gate
+
+    def _gate(self, n: int) -> Gate | None:
+        scenario = self.scenario
+        if n < scenario.rate_limit:
             return "rate_limited"
-        if n < self.scenario.rate_limit + self.scenario.flaky:
+        if n < scenario.rate_limit + scenario.flaky:
             return "unavailable"
-        return "garbage" if self.scenario.garbage else None
+        if not scenario.garbage:
+            return None
+        limit = scenario.garbage_polls
+        return "garbage" if limit is None or n < scenario.rate_limit + scenario.flaky + limit else None
+
+    @property
+    def garbled(self) -> bool:
+        """Whether this job's answers are garbage: for good, or (``garbage_polls``) the last status call's."""
+        if self.scenario.garbage is None:
+            return False
+        return self.scenario.garbage_polls is None or self.last_gate == "garbage"
 
     def advance(self, now: float) -> None:
         """One answered poll: deterministic jobs move one step (wall-clock jobs move by themselves)."""
@@ -505,6 +527,9 @@ def common_garbage(mode: str) -> Reply | None:
         return Reply.text(200, HTML_ERROR_PAGE, "text/html; charset=utf-8")
     if mode == "empty":
         return Reply.text(200, "")
+    if mode == "deep_json":
+        # 2 KB of JSON nested 1,000 deep: deeper than a parser that recurses can go
+        return Reply(200, b"[" * 1000 + b"]" * 1000, {"Content-Type": "application/json"})
     return None
 
 
