@@ -164,6 +164,22 @@ def test_every_page_of_the_listing_is_read(emulator: VendorEmulator, submit: Cal
     assert pages >= 3 * polls, "five jobs, two a page: three pages each poll"
 
 
+def test_only_jobs_of_the_given_name_fire(
+    emulator: VendorEmulator, submit: Callable[..., list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (other,) = submit(1)
+    hook = itwin_hook(emulator, monkeypatch, "reality-analysis")
+    nightly = hook.submit({**OBJECTS_2D, "name": "nightly o'clock"})
+    emulator.finish_jobs("itwin", [other, nightly])
+
+    async def scenario() -> list[str]:
+        async with watching(emulator, since=PAST, name="nightly o'clock") as watch:
+            await watch.polls(2)
+            return watch.job_ids()
+
+    assert run(scenario) == [nightly]
+
+
 def test_failed_jobs_fire_only_when_asked_for(emulator: VendorEmulator, submit: Callable[..., list[str]]) -> None:
     (failed,) = submit(1, outcome="fail")
     (ok,) = submit(1)

@@ -117,6 +117,7 @@ class JobFinishedTrigger(BaseEventTrigger):
     :param max_job_hours: jobs are listed only if created this long before the watermark or later (the API
         cannot filter on end time); a job running longer than this is not seen
     :param page_size: ``$top``, jobs per page of the listing
+    :param name: only jobs of this name (the API filters on it), e.g. the name a nightly job is submitted with
     :param vendor: the connection type; only ``itwin`` can list jobs
     :param request_retry: the per-request retry policy (``RequestRetry`` as a dict)
 
@@ -134,6 +135,7 @@ class JobFinishedTrigger(BaseEventTrigger):
         poll_interval: float = 60.0,
         max_job_hours: float = 168.0,
         page_size: int = 100,
+        name: str | None = None,
         vendor: str = "itwin",
         request_retry: dict[str, Any] | None = None,
     ) -> None:
@@ -159,6 +161,7 @@ class JobFinishedTrigger(BaseEventTrigger):
         self.poll_interval = float(poll_interval)
         self.max_job_hours = float(max_job_hours)
         self.page_size = int(page_size)
+        self.name = name
         self.vendor = vendor
         self.request_retry = RequestRetry.from_value(request_retry).to_dict() if request_retry else None
         self.watermark: Watermark | None = None
@@ -175,6 +178,7 @@ class JobFinishedTrigger(BaseEventTrigger):
                 "poll_interval": self.poll_interval,
                 "max_job_hours": self.max_job_hours,
                 "page_size": self.page_size,
+                "name": self.name,
                 "vendor": self.vendor,
                 "request_retry": self.request_retry,
             },
@@ -247,7 +251,7 @@ class JobFinishedTrigger(BaseEventTrigger):
         api: ITwinApi = session.api  # type: ignore[assignment]
         created_after = mark.ended - datetime.timedelta(hours=self.max_job_hours)
         states = [JobState(state) for state in self.states]
-        flt = api.finished_jobs_filter(states, created_after.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        flt = api.finished_jobs_filter(states, created_after.strftime("%Y-%m-%dT%H:%M:%SZ"), name=self.name)
         jobs = await hook.alist_jobs(flt, top=self.page_size)
         self.completed_polls += 1
         return newly_finished([job for job in jobs if job_state(job) in states], mark)

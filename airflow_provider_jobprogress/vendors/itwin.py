@@ -300,8 +300,11 @@ class ITwinApi(VendorApi):
             'listing iTwin jobs needs a filter (for example "iTwinId eq <id>") or the connection extra itwin_id'
         )
 
-    def finished_jobs_filter(self, states: Sequence[JobState], created_after: str | None = None) -> str:
-        """The ``$filter`` for jobs of the connection's iTwin in one of ``states``, created after a time.
+    def finished_jobs_filter(
+        self, states: Sequence[JobState], created_after: str | None = None, *, name: str | None = None
+    ) -> str:
+        """The ``$filter`` for jobs of the connection's iTwin in one of ``states``, created after a time
+        (and named ``name``, when given).
 
         Bentley filters on id, iTwinId, name, email, type, state and createdDateTime only (jobs-get-all): the
         end time cannot be filtered on, so the caller keeps its own watermark of end times, and bounds the
@@ -313,6 +316,9 @@ class ITwinApi(VendorApi):
         clauses.append("(" + " or ".join(f"state eq '{name}'" for name in spelled) + ")")
         if created_after:
             clauses.append(f"createdDateTime gt {created_after}")
+        if name is not None:
+            quoted = name.replace("'", "''")  # OData doubles a quote inside a quoted string
+            clauses.append(f"name eq '{quoted}'")
         return " and ".join(clauses)
 
     # -- results ---------------------------------------------------------------------------------
