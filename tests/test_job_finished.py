@@ -305,3 +305,18 @@ def test_bad_parameters_are_refused_when_the_dag_is_parsed() -> None:
 def test_the_provider_registers_the_trigger() -> None:
     modules = [m for entry in get_provider_info()["triggers"] for m in entry["python-modules"]]
     assert "airflow_provider_jobprogress.triggers.job_finished" in modules
+
+
+def test_polls_share_one_client_and_one_token(emulator: VendorEmulator, submit: Callable[..., list[str]]) -> None:
+    submit(1)
+    tokens_before = emulator.count("POST", "/connect/token")
+
+    async def scenario() -> list[str]:
+        async with watching(emulator, since=PAST) as watch:
+            await watch.polls(6)
+            return [c.peer for c in emulator.calls if c.path == LISTING]
+
+    peers = run(scenario)
+    assert emulator.count("POST", "/connect/token") - tokens_before == 1, "one token for every poll"
+    # the polls reuse one kept-alive connection (the very first may still ride the token's): no client per poll
+    assert len(set(peers[-5:])) == 1, f"a new connection per poll: {peers}"
