@@ -214,7 +214,11 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": OL_CONNECT, "python-modules": [_TRIGGER]},
             {"integration-name": SCRIPTX, "python-modules": [_TRIGGER]},
-            {"integration-name": ITWIN, "python-modules": [_TRIGGER]},
+            # the event trigger for asset watchers lists finished jobs: only iTwin's API can
+            {
+                "integration-name": ITWIN,
+                "python-modules": [_TRIGGER, "airflow_provider_jobprogress.triggers.job_finished"],
+            },
         ],
         "sensors": [
             {

@@ -365,9 +365,11 @@ def test_a_killed_triggerer_hands_its_waits_to_another(deployment: Deployment, v
             assert sum(t.count("Trigger fired event") for t in texts) == 1, texts
             assert not any("on_kill" in t for t in texts), texts
             assert dep.task_instance(DEFERRABLE, runs[vendor], "wait")["try_number"] == 1
-        # the surviving triggerer asks each token-using vendor for a token once at most
+        # the surviving triggerer asks each token-using connection for a token once at most: olconnect_default
+        # and itwin_default for the waits, itwin_reality_analysis for the event example's asset watcher (a
+        # watcher runs on one triggerer; it may have been on the killed one)
         tokens = token_calls(emu, killed_at)
-        assert len(tokens) <= 2, tokens
+        assert len(tokens) <= 3, tokens
     finally:
         dep.start("triggerer")  # back to one triggerer for whatever runs next
         dep.stop("triggerer-2")

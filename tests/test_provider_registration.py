@@ -110,9 +110,12 @@ def test_providers_manager_discovers_the_provider(fresh_providers_manager: Any) 
     assert providers[DIST_NAME].data["name"] == "Job Progress"
 
 
-def test_providers_manager_registers_our_trigger(fresh_providers_manager: Any) -> None:
+def test_providers_manager_registers_our_triggers(fresh_providers_manager: Any) -> None:
     ours = {t.trigger_class_name for t in fresh_providers_manager.trigger if t.package_name == DIST_NAME}
-    assert ours == {"airflow_provider_jobprogress.triggers.job_progress"}
+    assert ours == {
+        "airflow_provider_jobprogress.triggers.job_progress",
+        "airflow_provider_jobprogress.triggers.job_finished",  # the asset watchers' event trigger (iTwin)
+    }
 
 
 def test_airflow_cli_lists_the_provider(tmp_path: Path) -> None:

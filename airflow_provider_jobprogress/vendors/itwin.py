@@ -11,7 +11,7 @@ A 404 ProgressNotFound means a v1 job left ``active`` (or 30 days passed): its d
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
@@ -311,6 +311,27 @@ class ITwinApi(VendorApi):
             'listing iTwin jobs needs a filter (for example "iTwinId eq <id>") or the connection extra itwin_id'
         )
 
+    def finished_jobs_filter(
+        self, states: Sequence[JobState], created_after: str | None = None, *, name: str | None = None
+    ) -> str:
+        """The ``$filter`` for jobs of the connection's iTwin in one of ``states``, created after a time
+        (and named ``name``, when given).
+
+        Bentley filters on id, iTwinId, name, email, type, state and createdDateTime only (jobs-get-all): the
+        end time cannot be filtered on, so the caller keeps its own watermark of end times, and bounds the
+        listing by creation time (a job ends after it was created).
+        """
+        names = {JobState.SUCCEEDED: "success", JobState.FAILED: "failed", JobState.CANCELLED: "cancelled"}
+        spelled = [names[state] if self.family.version == 1 else names[state].capitalize() for state in states]
+        clauses = [f"iTwinId eq {self.itwin_id}"] if self.itwin_id else []
+        clauses.append("(" + " or ".join(f"state eq '{name}'" for name in spelled) + ")")
+        if created_after:
+            clauses.append(f"createdDateTime gt {created_after}")
+        if name is not None:
+            quoted = name.replace("'", "''")  # OData doubles a quote inside a quoted string
+            clauses.append(f"name eq '{quoted}'")
+        return " and ".join(clauses)
+
     # -- results ---------------------------------------------------------------------------------
     def output_ids(self, job_id: str) -> Flow[list[tuple[str, str]]]:
         """The job's outputs as (name, location): a reality data id or a ``bkt:<path>`` in the iTwin's bucket."""
@@ -498,6 +519,20 @@ def _container_href(data: Any, job_id: str, *, what: str) -> str:
         return str(data["_links"]["containerUrl"]["href"])
     except (KeyError, TypeError):
         raise VendorResponseError(ITwinApi.vendor, job_id, f"{what} has no _links.containerUrl.href") from None
+
+
+def job_ended_at(job: Mapping[str, Any]) -> str | None:
+    """A listed job's end time as the API printed it (v2 ``executionInfo``, v1 ``executionInformation``)."""
+    for key in ("executionInfo", "executionInformation"):
+        info = job.get(key)
+        if isinstance(info, dict) and info.get("endedDateTime"):
+            return str(info["endedDateTime"])
+    return None
+
+
+def job_state(job: Mapping[str, Any]) -> JobState | None:
+    """A listed job's state in our words; None for a state this module does not know."""
+    return STATES.get(str(job.get("state", "")).lower())
 
 
 def _continuation_token(data: dict[str, Any]) -> str | None:

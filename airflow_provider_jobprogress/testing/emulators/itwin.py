@@ -22,8 +22,10 @@ Decisions where the Bentley docs are silent (shared with /work/shared/vendors/RE
   on; of an ended job → 422 InvalidChange. `specifications.outputs` is an object from creation on: a requested
   name maps to its reality data id, `modelingReference` to {"location": id}, each export to its create body
   plus "location", and a `report` to a `bkt:jobs/<job id>/report.json` path in the iTwin's bucket.
-- Listing: GET /{api}/jobs needs `$filter` (400 without); it understands `<field> eq <value>` joined by `and`
-  for iTwinId, state, type and name; `$top` (default 100) pages, `_links.next.href` carries a
+- Listing: GET /{api}/jobs needs `$filter` (400 without); it understands the grammar Bentley documents
+  (jobs-get-all): id, iTwinId, name, email, type, state, createdDateTime compared with eq/ne/lt/le/gt/ge, joined
+  by and/or, with parentheses; anything else (an end time included: not filterable) → 400 InvalidFilter.
+  `$top` (default 100) pages, `_links.next.href` carries a
   `continuationToken`. Listing never advances a job.
 - Bucket: GET /reality-modeling/itwins/{iTwinId}/bucket (v2) → {"bucket": {"iTwinId"}, "_links": {"containerUrl"}},
   a container holding the bkt: outputs of that iTwin's succeeded jobs.
@@ -42,11 +44,12 @@ Decisions where the Bentley docs are silent (shared with /work/shared/vendors/RE
 from __future__ import annotations
 
 import base64
+import datetime
 import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode
 from xml.sax.saxutils import escape
@@ -92,7 +95,6 @@ PREFIXES = (
 )
 #: requested v2 outputs that land in the iTwin's bucket rather than in a reality data
 BUCKET_OUTPUTS = frozenset({"report"})
-LIST_FIELDS = {"itwinid": "iTwinId", "state": "state", "type": "type", "name": "name"}
 V1_STEPS = {
     "realitydataanalysis": ("Prepare_Step", "Prepare_Production", "Run_Production", "Finalize"),
     "realityconversion": ("Prepare_Files", "Convert_Files", "Upload_Files"),
@@ -553,23 +555,144 @@ def _v2_cancel(request: Request, state: EmulatorState, api: str, job_id: str) ->
 # -- listing: GET /{api}/jobs?$filter=… ---------------------------------------------------------------
 
 
-def _list_filter(text: str) -> list[tuple[str, str]] | None:
-    """`field eq value [and …]` as (answer key, value); None when the filter says anything else."""
-    terms = []
-    for clause in re.split(r"\s+and\s+", text.strip(), flags=re.IGNORECASE):
-        match = re.fullmatch(r"(\w+)\s+eq\s+'?([^']*?)'?", clause.strip(), flags=re.IGNORECASE)
-        if match is None or match.group(1).lower() not in LIST_FIELDS:
-            return None
-        terms.append((LIST_FIELDS[match.group(1).lower()], match.group(2)))
-    return terms
+#: the properties Bentley documents for `$filter` on GET …/jobs (reality-modeling jobs-get-all; v1 APIs add the
+#: same ones); an end time is NOT among them, so a client must filter on it itself
+FILTER_PROPERTIES = {p.lower(): p for p in ("id", "iTwinId", "name", "email", "type", "state", "createdDateTime")}
+FILTER_TOKEN = re.compile(r"\s*(?:(\()|(\))|'((?:[^']|'')*)'|([^\s()']+))")
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+class FilterError(ValueError):
+    """A `$filter` this API would refuse (400 InvalidFilter)."""
+
+
+def _filter_tokens(text: str) -> list[tuple[str, str]]:
+    """(kind, text) tokens: ``(``, ``)``, a quoted string (``''`` is one quote) or a bare word."""
+    tokens: list[tuple[str, str]] = []
+    position = 0
+    text = text.rstrip()
+    while position < len(text):
+        match = FILTER_TOKEN.match(text, position)
+        if match is None or match.end() == position:
+            raise FilterError(f"cannot read the $filter at {text[position:]!r}")
+        opening, closing, quoted, word = match.groups()
+        if opening or closing:
+            tokens.append(("(" if opening else ")", ""))
+        elif quoted is not None:
+            tokens.append(("string", quoted.replace("''", "'")))
+        else:
+            tokens.append(("word", word))
+        position = match.end()
+    return tokens
+
+
+def parse_iso(text: str) -> datetime.datetime:
+    """An ISO 8601 date and time (``Z`` or an offset; none means UTC), as the service reads filter values."""
+    value = datetime.datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+
+
+def _filter_value(job: dict[str, Any], prop: str) -> Any:
+    if prop == "createdDateTime":  # v1 answers it at the top, v2 in executionInfo
+        return job.get(prop) or (job.get("executionInfo") or {}).get(prop)
+    return job.get(prop)
+
+
+def _compare(actual: Any, op: str, wanted: str, prop: str) -> bool:
+    if actual is None:
+        return op == "ne"
+    if prop == "createdDateTime":
+        left: Any = parse_iso(str(actual))
+        right: Any = parse_iso(wanted)
+    else:  # identifiers and states compare without regard to case, as the service does
+        left, right = str(actual).lower(), wanted.lower()
+    outcome: bool = {
+        "eq": left == right,
+        "ne": left != right,
+        "lt": left < right,
+        "le": left <= right,
+        "gt": left > right,
+        "ge": left >= right,
+    }[op]
+    return outcome
+
+
+class _FilterParser:
+    """`expr := and_expr ('or' and_expr)*; and_expr := atom ('and' atom)*; atom := '(' expr ')' | prop op value`."""
+
+    def __init__(self, text: str) -> None:
+        self.tokens = _filter_tokens(text)
+        self.at = 0
+
+    def parse(self) -> Predicate:
+        predicate = self._or()
+        if self.at != len(self.tokens):
+            raise FilterError("unexpected text after the end of the $filter")
+        return predicate
+
+    def _keyword(self, word: str) -> bool:
+        if self.at < len(self.tokens) and self.tokens[self.at] in (("word", word), ("word", word.upper())):
+            self.at += 1
+            return True
+        return False
+
+    def _next(self) -> tuple[str, str]:
+        if self.at >= len(self.tokens):
+            raise FilterError("the $filter ends too soon")
+        self.at += 1
+        return self.tokens[self.at - 1]
+
+    def _or(self) -> Predicate:
+        parts = [self._and()]
+        while self._keyword("or"):
+            parts.append(self._and())
+        return parts[0] if len(parts) == 1 else (lambda job: any(part(job) for part in parts))
+
+    def _and(self) -> Predicate:
+        parts = [self._atom()]
+        while self._keyword("and"):
+            parts.append(self._atom())
+        return parts[0] if len(parts) == 1 else (lambda job: all(part(job) for part in parts))
+
+    def _atom(self) -> Predicate:
+        kind, text = self._next()
+        if kind == "(":
+            inner = self._or()
+            if self._next()[0] != ")":
+                raise FilterError("a '(' in the $filter is not closed")
+            return inner
+        prop = FILTER_PROPERTIES.get(text.lower()) if kind == "word" else None
+        if prop is None:
+            raise FilterError(
+                f"{text!r} is not a property supported for filtering ({', '.join(FILTER_PROPERTIES.values())})"
+            )
+        op = self._next()[1].lower()
+        if op not in ("eq", "ne", "lt", "le", "gt", "ge"):
+            raise FilterError(f"{op!r} is not a supported operator (eq, ne, lt, le, gt, ge)")
+        kind, wanted = self._next()
+        if kind not in ("string", "word"):
+            raise FilterError(f"{prop} {op} needs a value")
+        if prop == "createdDateTime":
+            try:
+                parse_iso(wanted)
+            except ValueError:
+                raise FilterError(f"{wanted!r} is not a date and time") from None
+        return lambda job: _compare(_filter_value(job, prop), op, wanted, prop)
+
+
+def _list_filter(text: str) -> Predicate:
+    """The `$filter` grammar Bentley documents: eq/ne/lt/le/gt/ge joined by and/or, with parentheses."""
+    return _FilterParser(text).parse()
 
 
 def _list_jobs(request: Request, state: EmulatorState, api: str) -> Reply:
     text = request.query.get("$filter")
-    terms = _list_filter(text) if text else None
-    if terms is None:
-        message = "A $filter of the form '<field> eq <value>' (iTwinId, state, type, name) is required."
-        return error(400, "InvalidFilter", message)
+    if not text:
+        return error(400, "InvalidFilter", "A $filter with at least one criterion is required.")
+    try:
+        predicate = _list_filter(text)
+    except FilterError as exc:
+        return error(400, "InvalidFilter", f"Invalid $filter: {exc}.")
     try:
         top = max(1, min(int(request.query.get("$top", "100")), 1000))
         offset = int(base64.urlsafe_b64decode(request.query.get("continuationToken", "") + "==") or b"0")
@@ -579,7 +702,7 @@ def _list_jobs(request: Request, state: EmulatorState, api: str) -> Reply:
     view = _v2_view if api in V2_APIS else _v1_view
     with state.lock:
         jobs = [view(job, now) for job in state.jobs.values() if job.vendor == VENDOR and job.details["api"] == api]
-    selected = [job for job in jobs if all(str(job.get(key)).lower() == value.lower() for key, value in terms)]
+    selected = [job for job in jobs if predicate(job)]
     payload: dict[str, Any] = {"jobs": selected[offset : offset + top]}
     if offset + top < len(selected):
         token = base64.urlsafe_b64encode(str(offset + top).encode()).decode().rstrip("=")

@@ -17,7 +17,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
@@ -331,6 +331,24 @@ class VendorEmulator:
 
     def reset(self) -> None:
         self.state.reset()
+
+    def finish_jobs(self, vendor: str, job_ids: Sequence[str]) -> None:
+        """End these submitted jobs now, all at one instant (same end time), as their scenarios end them.
+
+        Jobs end on polls or after a duration otherwise; a test of "a job finished that nobody polls"
+        (an event trigger listing jobs) needs them to end on their own, some at the very same time.
+        """
+        check_vendor(vendor)
+        with self.state.lock:
+            now = time.monotonic()
+            jobs = [self.state.job(vendor, job_id) for job_id in job_ids]
+            missing = [job_id for job_id, job in zip(job_ids, jobs, strict=True) if job is None or job.started is None]
+            if missing:
+                raise KeyError(f"{vendor} has no submitted job {missing!r}")
+            for job in jobs:
+                assert job is not None
+                if job.finished_at(now) is None:
+                    job.complete_now(now)
 
     def set_secrets(self, secrets: Mapping[str, str]) -> None:
         """Accept these credentials from now on, and no longer the ones they replace (a rotated secret).

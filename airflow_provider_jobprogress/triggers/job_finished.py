@@ -1,0 +1,271 @@
+"""An event trigger for asset watchers: one event per vendor job that newly finishes, never twice.
+
+Event-driven scheduling (``Asset(watchers=[AssetWatcher(name, trigger=JobFinishedTrigger(...))])``) runs this
+trigger in the triggerer for as long as the DAG is deployed; every event it yields becomes an asset event and
+so a DAG run. A condition that stays true ("there is a finished job") would fire on every poll, so the trigger
+keeps a **watermark**: the latest end time it has fired for, and the ids of the jobs that ended at exactly that
+time (the API prints end times to the second, so two jobs can share one). A job fires when it ended after the
+watermark, or at it with an id not yet seen; then the watermark moves past it.
+
+Where the watermark lives across a triggerer restart (the triggerer re-creates the trigger from
+``serialize()``, whose kwargs never change: Airflow identifies a watcher trigger by the hash of its kwargs,
+so a value like "now" in them would make every DAG parse a new trigger):
+
+- Airflow 3.3+ injects an asset state store into event triggers; the watermark is saved there after each
+  batch of events and read back on start, so jobs that finished while the triggerer was down fire once on
+  restart, and jobs that already fired do not fire again.
+- Below 3.3 there is no such store: the watermark starts at ``since`` when given (a restart then fires
+  again every job finished after ``since``: at least once), else at the time the trigger starts (jobs that
+  finish while no triggerer runs are never fired: at most once).
+
+Only iTwin can list jobs; OL Connect lists only running operations and ScriptX lists none, so neither is
+supported (``OperationNotSupportedError``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.providers.common.compat.connection import get_async_connection
+from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+
+from airflow_provider_jobprogress.core.errors import OperationNotSupportedError
+from airflow_provider_jobprogress.core.model import JobState
+from airflow_provider_jobprogress.core.policies import RequestRetry
+from airflow_provider_jobprogress.hooks.itwin import ITwinHook
+from airflow_provider_jobprogress.vendors.itwin import ITwinApi, job_ended_at, job_state
+
+log = logging.getLogger(__name__)
+
+#: the vendors (connection types) whose APIs can list finished jobs
+LISTING_VENDORS = ("itwin",)
+FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+STATE_KEY_PREFIX = "jobprogress.job_finished."
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """The latest end time fired for, and the ids of the jobs that ended at exactly that time."""
+
+    ended: datetime.datetime
+    ids: frozenset[str] = frozenset()
+
+    def is_behind(self, ended: datetime.datetime, job_id: str) -> bool:
+        """Whether a job that ended at ``ended`` is new to this watermark."""
+        return ended > self.ended or (ended == self.ended and job_id not in self.ids)
+
+    def advanced(self, ended: datetime.datetime, job_id: str) -> Watermark:
+        if ended > self.ended:
+            return Watermark(ended, frozenset({job_id}))
+        if ended == self.ended:
+            return Watermark(ended, self.ids | {job_id})
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ended": self.ended.isoformat(), "ids": sorted(self.ids)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> Watermark | None:
+        if not isinstance(value, dict) or not isinstance(value.get("ended"), str):
+            return None
+        ids = value.get("ids") or []
+        return cls(parse_time(value["ended"]), frozenset(str(i) for i in ids))
+
+
+def parse_time(text: str) -> datetime.datetime:
+    """An ISO 8601 time (``Z``, an offset, or none meaning UTC) as an aware datetime."""
+    value = datetime.datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+
+
+def newly_finished(
+    jobs: Sequence[Mapping[str, Any]], mark: Watermark
+) -> list[tuple[datetime.datetime, dict[str, Any]]]:
+    """The listed jobs new to ``mark``, oldest end first (ties by id), each with its end time.
+
+    A finished job without an end time cannot be placed against the watermark; it is skipped (logged), since
+    firing it would fire it on every poll.
+    """
+    new: dict[str, tuple[datetime.datetime, dict[str, Any]]] = {}
+    for job in jobs:
+        job_id, ended_text = str(job.get("id", "")), job_ended_at(job)
+        if not job_id or ended_text is None:
+            log.warning("iTwin job %r is listed as finished but has no end time; not fired", job_id or job)
+            continue
+        ended = parse_time(ended_text)
+        if mark.is_behind(ended, job_id):
+            new[job_id] = (ended, dict(job))  # a job listed twice (pages moved under us) fires once
+    return sorted(new.values(), key=lambda item: (item[0], str(item[1]["id"])))
+
+
+class JobFinishedTrigger(BaseEventTrigger):
+    """Fire one ``TriggerEvent`` for each iTwin job that newly reaches one of ``states``; never twice.
+
+    :param conn_id: an ``itwin`` connection; its extra ``itwin_id`` narrows the listing to that iTwin
+    :param states: which end states fire, from ``succeeded`` (the default), ``failed``, ``cancelled``
+    :param since: ISO 8601 time to start from when no saved watermark exists (default: when the trigger
+        starts). Fixed text, never computed at parse time: the kwargs identify the trigger.
+    :param poll_interval: seconds between listings
+    :param max_job_hours: jobs are listed only if created this long before the watermark or later (the API
+        cannot filter on end time); a job running longer than this is not seen
+    :param page_size: ``$top``, jobs per page of the listing
+    :param name: only jobs of this name (the API filters on it), e.g. the name a nightly job is submitted with
+    :param vendor: the connection type; only ``itwin`` can list jobs
+    :param request_retry: the per-request retry policy (``RequestRetry`` as a dict)
+
+    Event payload: ``vendor``, ``conn_id``, ``job_id``, ``state`` (ours), ``vendor_state``, ``ended``,
+    ``name``, ``type``, ``itwin_id``. Read it in the DAG run from ``triggering_asset_events``
+    (``event.extra["payload"]``).
+    """
+
+    def __init__(
+        self,
+        *,
+        conn_id: str = "itwin_default",
+        states: Sequence[str] = ("succeeded",),
+        since: str | None = None,
+        poll_interval: float = 60.0,
+        max_job_hours: float = 168.0,
+        page_size: int = 100,
+        name: str | None = None,
+        vendor: str = "itwin",
+        request_retry: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if vendor not in LISTING_VENDORS:
+            raise OperationNotSupportedError(
+                vendor,
+                None,
+                f"JobFinishedTrigger needs a vendor that can list finished jobs ({', '.join(LISTING_VENDORS)}); "
+                f"{vendor} cannot: wait on a known job with JobProgressSensor instead",
+            )
+        known = {state.value for state in FINISHED_STATES}
+        chosen = [str(state).lower() for state in states]
+        if not chosen or set(chosen) - known:
+            raise ValueError(f"states must be a non-empty list from {sorted(known)}, not {list(states)!r}")
+        if since is not None:
+            parse_time(since)  # refuse a bad time when the DAG is parsed, not in the triggerer
+        if poll_interval <= 0 or max_job_hours <= 0 or not 2 <= page_size <= 1000:
+            raise ValueError("poll_interval and max_job_hours must be > 0 and page_size within 2..1000")
+        self.conn_id = conn_id
+        self.states = chosen
+        self.since = since
+        self.poll_interval = float(poll_interval)
+        self.max_job_hours = float(max_job_hours)
+        self.page_size = int(page_size)
+        self.name = name
+        self.vendor = vendor
+        self.request_retry = RequestRetry.from_value(request_retry).to_dict() if request_retry else None
+        self.watermark: Watermark | None = None
+        #: listings done so far (every page read), for logs and tests that wait for "n more polls"
+        self.completed_polls = 0
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "conn_id": self.conn_id,
+                "states": list(self.states),
+                "since": self.since,
+                "poll_interval": self.poll_interval,
+                "max_job_hours": self.max_job_hours,
+                "page_size": self.page_size,
+                "name": self.name,
+                "vendor": self.vendor,
+                "request_retry": self.request_retry,
+            },
+        )
+
+    # -- the watermark's home across restarts ------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        """The asset state store key: one per distinct trigger (its kwargs), stable across restarts."""
+        digest = hashlib.sha256(json.dumps(self.serialize()[1], sort_keys=True).encode()).hexdigest()[:16]
+        return STATE_KEY_PREFIX + digest
+
+    def _store(self) -> Any:
+        # Airflow 3.3+ sets asset_state_store on event triggers that watch an asset; older ones have none.
+        return getattr(self, "asset_state_store", None)
+
+    async def _load_watermark(self) -> Watermark:
+        store = self._store()
+        if store is not None:
+            try:
+                saved = Watermark.from_json(await store.aget(self.state_key))
+            except ValueError:  # the same trigger watches several assets: no single store to read
+                log.warning("JobFinishedTrigger watches several assets; its watermark is kept in memory only")
+                saved = None
+            if saved is not None:
+                log.info("Resuming from the saved watermark %s", saved.to_json())
+                return saved
+        if self.since:
+            return Watermark(parse_time(self.since))
+        # Whole seconds, the resolution of the end times the API prints: a job that ended in the second the
+        # trigger started is fired, rather than lost to a comparison with microseconds it never had.
+        return Watermark(datetime.datetime.now(datetime.UTC).replace(microsecond=0))
+
+    async def _save_watermark(self, mark: Watermark) -> None:
+        store = self._store()
+        if store is None:
+            return
+        with contextlib.suppress(ValueError):  # several assets: logged at load
+            await store.aset(self.state_key, mark.to_json())
+
+    # -- the loop ----------------------------------------------------------------------------------
+    async def _check_connection(self) -> None:
+        conn = await get_async_connection(self.conn_id)
+        if conn.conn_type not in LISTING_VENDORS:
+            raise OperationNotSupportedError(
+                str(conn.conn_type),
+                None,
+                f"connection {self.conn_id!r} is of type {conn.conn_type!r}; JobFinishedTrigger can list "
+                f"finished jobs only on {', '.join(LISTING_VENDORS)} connections",
+            )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        await self._check_connection()
+        hook = ITwinHook(self.conn_id, request_retry=RequestRetry.from_value(self.request_retry))
+        try:
+            mark = self.watermark = await self._load_watermark()
+            log.info("Watching iTwin jobs on %r that end in %s after %s", self.conn_id, self.states, mark.ended)
+            while True:
+                for ended, job in await self._finished_jobs(hook, mark):
+                    mark = self.watermark = mark.advanced(ended, str(job["id"]))
+                    log.info("iTwin job %s ended %s at %s: firing", job["id"], job.get("state"), ended.isoformat())
+                    yield TriggerEvent(self._payload(ended, job))
+                    await self._save_watermark(mark)
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            await hook.aclose()
+
+    async def _finished_jobs(self, hook: ITwinHook, mark: Watermark) -> list[tuple[datetime.datetime, dict[str, Any]]]:
+        session = await hook.asession()  # the connection's shared session: one client, one token
+        api: ITwinApi = session.api  # type: ignore[assignment]
+        created_after = mark.ended - datetime.timedelta(hours=self.max_job_hours)
+        states = [JobState(state) for state in self.states]
+        flt = api.finished_jobs_filter(states, created_after.strftime("%Y-%m-%dT%H:%M:%SZ"), name=self.name)
+        jobs = await hook.alist_jobs(flt, top=self.page_size)
+        self.completed_polls += 1
+        return newly_finished([job for job in jobs if job_state(job) in states], mark)
+
+    def _payload(self, ended: datetime.datetime, job: Mapping[str, Any]) -> dict[str, Any]:
+        state = job_state(job)
+        return {
+            "vendor": "iTwin",
+            "conn_id": self.conn_id,
+            "job_id": str(job["id"]),
+            "state": state.value if state else None,
+            "vendor_state": job.get("state"),
+            "ended": ended.isoformat(),
+            "name": job.get("name"),
+            "type": job.get("type"),
+            "itwin_id": job.get("iTwinId"),
+        }
