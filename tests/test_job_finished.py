@@ -13,9 +13,10 @@ import pytest
 import requests
 
 from airflow_provider_jobprogress.core.errors import OperationNotSupportedError
+from airflow_provider_jobprogress.core.policies import RequestRetry
 from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
 from airflow_provider_jobprogress.get_provider_info import get_provider_info
-from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
+from airflow_provider_jobprogress.testing.emulators import Faults, Scenario, VendorEmulator
 from airflow_provider_jobprogress.triggers.job_finished import JobFinishedTrigger, Watermark, newly_finished
 from tests.test_hooks_today import OBJECTS_2D, itwin_hook
 
@@ -30,6 +31,7 @@ class Watch:
         self.emulator = emulator
         self.trigger = trigger
         self.events: list[dict[str, Any]] = []
+        self.task: asyncio.Task[None] | None = None
 
     def listings(self) -> int:
         """GET …/jobs calls so far: one per page."""
@@ -46,6 +48,9 @@ class Watch:
     def job_ids(self) -> list[str]:
         return [event["job_id"] for event in self.events]
 
+    def task_done(self) -> bool:
+        return self.task is not None and self.task.done()
+
 
 @asynccontextmanager
 async def watching(emulator: VendorEmulator, **kwargs: Any) -> AsyncIterator[Watch]:
@@ -56,7 +61,7 @@ async def watching(emulator: VendorEmulator, **kwargs: Any) -> AsyncIterator[Wat
         async for event in watch.trigger.run():
             watch.events.append(event.payload)
 
-    task = asyncio.create_task(consume())
+    task = watch.task = asyncio.create_task(consume())
     try:
         await watch.polls(1)
         yield watch
@@ -239,7 +244,7 @@ def test_a_restarted_trigger_resumes_from_the_saved_watermark(
             async for event in watch.trigger.run():
                 watch.events.append(event.payload)
 
-        task = asyncio.create_task(consume())
+        task = watch.task = asyncio.create_task(consume())
         await watch.polls(3)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -320,3 +325,23 @@ def test_polls_share_one_client_and_one_token(emulator: VendorEmulator, submit: 
     assert emulator.count("POST", "/connect/token") - tokens_before == 1, "one token for every poll"
     # the polls reuse one kept-alive connection (the very first may still ride the token's): no client per poll
     assert len(set(peers[-5:])) == 1, f"a new connection per poll: {peers}"
+
+
+def test_an_outage_longer_than_the_retries_does_not_end_the_watcher(
+    emulator: VendorEmulator, submit: Callable[..., list[str]]
+) -> None:
+    """A watcher lives as long as its DAG: a vendor outage is waited through, never the watcher's end."""
+    (job,) = submit(1)
+    retry = RequestRetry(initial_delay=0.01, max_delay=0.02, jitter=0, attempts=2).to_dict()
+
+    async def scenario() -> list[str]:
+        async with watching(emulator, since=PAST, request_retry=retry) as watch:
+            emulator.set_faults(Faults(outage_at=0.01, outage_seconds=1.0))
+            await asyncio.sleep(1.2)  # many listings' worth of retries fail in that second
+            assert not watch.task_done(), "the outage ended the watcher"
+            emulator.set_faults(Faults())
+            emulator.finish_jobs("itwin", [job])
+            await watch.polls(2)
+            return watch.job_ids()
+
+    assert run(scenario) == [job]

@@ -37,7 +37,12 @@ from typing import Any
 from airflow.providers.common.compat.connection import get_async_connection
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
-from airflow_provider_jobprogress.core.errors import OperationNotSupportedError
+from airflow_provider_jobprogress.core.errors import (
+    OperationNotSupportedError,
+    RateLimitedError,
+    VendorResponseError,
+    VendorUnavailableError,
+)
 from airflow_provider_jobprogress.core.model import JobState
 from airflow_provider_jobprogress.core.policies import RequestRetry
 from airflow_provider_jobprogress.hooks.itwin import ITwinHook
@@ -237,7 +242,16 @@ class JobFinishedTrigger(BaseEventTrigger):
             mark = self.watermark = await self._load_watermark()
             log.info("Watching iTwin jobs on %r that end in %s after %s", self.conn_id, self.states, mark.ended)
             while True:
-                for ended, job in await self._finished_jobs(hook, mark):
+                try:
+                    finished = await self._finished_jobs(hook, mark)
+                except (VendorUnavailableError, RateLimitedError, VendorResponseError) as exc:
+                    # A watcher lives as long as its DAG: an outage that outlasts one listing's retries is
+                    # waited through (the watermark is unchanged, so nothing is missed), never its end.
+                    pause = getattr(exc, "retry_after", None) or self.poll_interval
+                    log.warning("%s; listing again in %.0f s", exc, pause)
+                    await asyncio.sleep(pause)
+                    continue
+                for ended, job in finished:
                     mark = self.watermark = mark.advanced(ended, str(job["id"]))
                     log.info("iTwin job %s ended %s at %s: firing", job["id"], job.get("state"), ended.isoformat())
                     yield TriggerEvent(self._payload(ended, job))
