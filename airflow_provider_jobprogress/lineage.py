@@ -1,7 +1,7 @@
-"""What a fetch tells OpenLineage: one output dataset per stored file, and the vendor job as run facets.
+"""What our tasks tell OpenLineage: one output dataset per stored file, and the vendor job as run facets.
 
-Imported only from ``FetchJobResultOperator.get_openlineage_facets_on_complete``, which OpenLineage's provider
-calls: nothing else in the package imports this module, so the provider stays optional.
+Imported only from the operators' ``get_openlineage_facets_on_complete``, which OpenLineage's provider calls:
+nothing else in the package imports this module, so the provider stays optional.
 """
 
 from __future__ import annotations
@@ -62,10 +62,11 @@ def dataset_name(uri: str) -> tuple[str, str]:
     return f"{scheme}://{source}", parts.path.lstrip("/")
 
 
-def fetch_lineage(
-    *, vendor: str, conn_type: str, conn_id: str, job_id: str, stored: Iterable[Mapping[str, Any]]
+def job_lineage(
+    *, vendor: str, conn_type: str, conn_id: str, job_id: str, stored: Iterable[Mapping[str, Any]] = ()
 ) -> OperatorLineage[OutputDataset, RunFacet]:
-    """The lineage of one fetch: a dataset per file it stored (none for a result kept in XCom), and the job."""
+    """The lineage of a task on one vendor job: the job, and a dataset per file the task stored (a fetch to
+    storage; none for a submit or a result kept in XCom)."""
     outputs = []
     for item in stored:
         namespace, name = dataset_name(str(item["uri"]))

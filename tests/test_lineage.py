@@ -248,3 +248,7 @@ def test_the_complete_event_of_a_fetch_names_its_destination_and_vendor_job(
     served = {emulator.result_sha256(vendor, job["jobId"], i) for i in range(2)}
     assert {hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files} == served
     assert complete["run"]["facets"]["externalQuery"]["externalQueryId"] == job["jobId"]
+    # the submit task names the same job: a lineage tool joins the two tasks through it
+    [submitted] = [e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"].endswith(".submit")]
+    assert submitted["run"]["facets"]["jobprogress_vendorJob"] == job
+    assert submitted["outputs"] == []

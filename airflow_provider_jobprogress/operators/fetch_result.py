@@ -105,9 +105,9 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         """OpenLineage (``apache-airflow-providers-openlineage``, when installed) calls this after a success:
         an output dataset per stored file, and the vendor job as run facets. Imported here, so the provider
         stays optional."""
-        from airflow_provider_jobprogress.lineage import fetch_lineage
+        from airflow_provider_jobprogress.lineage import job_lineage
 
-        return fetch_lineage(
+        return job_lineage(
             vendor=self.hook.vendor(),
             conn_type=self.hook.conn_type,
             conn_id=self.conn_id,
