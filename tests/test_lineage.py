@@ -14,8 +14,6 @@ from typing import Any
 import pytest
 
 from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
-from tests.test_fetch_s3 import CONN_ID as S3_CONN_ID
-from tests.test_fetch_s3 import moto_url, objects, s3  # noqa: F401 (fixtures)
 from tests.test_results import FAST, finished_job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,23 +140,6 @@ def test_a_fetch_into_xcom_reports_the_job_and_no_dataset(airflow_db: Path, emul
 
     assert lineage.outputs == []
     assert lineage.run_facets["jobprogress_vendorJob"].jobId == job_id
-
-
-def test_objects_on_s3_are_named_by_bucket_and_key_without_the_connection_id(
-    airflow_db: Path,
-    emulator: VendorEmulator,
-    s3: Any,  # noqa: F811 (the fixture imported above)
-) -> None:
-    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=4000))
-    op, stored = fetched("olconnect_default", job_id, f"s3://{S3_CONN_ID}@{s3.bucket}/run/")
-
-    lineage = op.get_openlineage_facets_on_complete(None)
-
-    assert sorted((d.namespace, d.name) for d in lineage.outputs) == [
-        (f"s3://{s3.bucket}", key) for key in sorted(objects(s3))
-    ]
-    assert len(lineage.outputs) == len(stored) == 2
-    assert S3_CONN_ID not in json.dumps(as_json(lineage)["outputs"])
 
 
 def test_a_failed_fetch_reports_the_job_and_no_dataset(
