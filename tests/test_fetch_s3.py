@@ -252,3 +252,26 @@ def test_other_object_stores_commit_uncommitted_fsspec_files_together(s3: Any, o
         store.abort()
         assert objects(s3) == {}
     assert unfinished_uploads(s3) == []
+
+
+def test_objects_on_s3_are_named_by_bucket_and_key_without_the_connection_id(
+    airflow_db: Path,
+    emulator: VendorEmulator,
+    s3: Any,
+) -> None:
+    """OpenLineage's dataset names (tests/test_lineage.py has the rest), here where moto serves S3."""
+    from airflow_provider_jobprogress.operators.fetch_result import FetchJobResultOperator
+
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=4000))
+    op = FetchJobResultOperator(
+        task_id="fetch", conn_id="olconnect_default", job_id=job_id, destination=f"s3://{CONN_ID}@{s3.bucket}/run/"
+    )
+    stored = op.execute({})
+
+    lineage = op.get_openlineage_facets_on_complete(None)
+
+    assert sorted((d.namespace, d.name) for d in lineage.outputs) == [
+        (f"s3://{s3.bucket}", key) for key in sorted(objects(s3))
+    ]
+    assert len(lineage.outputs) == len(stored) == 2
+    assert CONN_ID not in repr([(d.namespace, d.name) for d in lineage.outputs])

@@ -41,6 +41,16 @@ def declared_extra_distributions() -> set[str]:
     return {canonicalize_name(Requirement(r).name) for r in requires if "extra ==" in r}
 
 
+#: modules of an optional feature: imported only when its extra is installed (and only from inside a method),
+#: so they may import what that extra declares
+OPTIONAL_FEATURES = {"airflow_provider_jobprogress/lineage.py": "openlineage"}
+
+
+def declared_in_extra(extra: str) -> set[str]:
+    requires = importlib.metadata.requires(DIST) or []
+    return {canonicalize_name(Requirement(r).name) for r in requires if f'extra == "{extra}"' in r}
+
+
 def runs_only_in_tests(path: str) -> bool:
     """Test tooling shipped in ``testing/`` but never imported by the emulators users run (Azurite needs
     Node.js and Azure's client, from the ``test`` extra)."""
@@ -60,6 +70,9 @@ def test_every_third_party_import_of_the_package_is_a_declared_dependency() -> N
         if top == "airflow":
             continue  # a namespace shared by apache-airflow and its providers; providers are checked below
         allowed = declared | (declared_extra_distributions() if all(map(runs_only_in_tests, files)) else set())
+        features = {OPTIONAL_FEATURES.get(f) for f in files}
+        if None not in features:
+            allowed |= set().union(*(declared_in_extra(str(extra)) for extra in features))
         if not dists & allowed:
             undeclared[top] = (sorted(dists), files[:3])
     assert not undeclared, f"imported but not declared: {undeclared}"
@@ -70,6 +83,8 @@ def test_airflow_providers_the_package_imports_are_declared() -> None:
     declared = declared_runtime_distributions()
     missing: dict[str, str] = {}
     for path in sorted(PACKAGE.rglob("*.py")):
+        feature = OPTIONAL_FEATURES.get(str(path.relative_to(PACKAGE.parent)))
+        allowed = declared | (declared_in_extra(feature) if feature else set())
         for node in ast.walk(ast.parse(path.read_text())):
             module = node.module if isinstance(node, ast.ImportFrom) and node.level == 0 else None
             if module and module.startswith("airflow.providers."):
@@ -77,7 +92,7 @@ def test_airflow_providers_the_package_imports_are_declared() -> None:
                 if provider == "common":
                     provider = "-".join(module.split(".")[2:4])
                 dist = canonicalize_name(f"apache-airflow-providers-{provider}")
-                if dist not in declared:
+                if dist not in allowed:
                     missing.setdefault(dist, str(path.relative_to(PACKAGE.parent)))
     assert not missing, f"provider packages imported but not declared: {missing}"
 

@@ -74,6 +74,9 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         self.destination = destination
         self.max_xcom_bytes = max_xcom_bytes
         self.chunk_size = chunk_size
+        # what this try fetched, for OpenLineage (read in get_openlineage_facets_on_complete)
+        self._fetched_job_id: str | None = None
+        self._stored: list[dict[str, Any]] = []
         if destination is not None and not is_templated(destination):
             # At parse time: a destination that can never work must not wait for a job to finish first.
             check_destination(destination, f"{type(self).__name__} {self.task_id!r}", None)
@@ -87,13 +90,31 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         if progress.state in (JobState.QUEUED, JobState.RUNNING):
             raise ResultNotReadyError(progress.vendor, job_id, f"the job is {progress.state.value}, not finished")
         self._outcome(progress)  # failed / cancelled jobs fail the task here, with the vendor's message
+        self._fetched_job_id = job_id
         parts = self.hook.xcom_result_parts(job_id) if spec is None else self.hook.result_parts(job_id)
         if not parts:
             raise AirflowFailException(f"{progress.vendor} job {job_id}: the job finished without any result")
         metadata = {key: value for part in parts for key, value in part.metadata.items()}
         if metadata:  # what the vendor said besides the bytes (OL Connect's set ids), for downstream tasks
             context["ti"].xcom_push(key="metadata", value=metadata)
-        return self._to_xcom(job_id, parts) if spec is None else self._to_storage(job_id, spec, parts)
+        if spec is None:
+            return self._to_xcom(job_id, parts)
+        self._stored = self._to_storage(job_id, spec, parts)
+        return self._stored
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (``apache-airflow-providers-openlineage``, when installed) calls this after a success:
+        an output dataset per stored file, and the vendor job as run facets. Imported here, so the provider
+        stays optional."""
+        from airflow_provider_jobprogress.lineage import job_lineage
+
+        return job_lineage(
+            vendor=self.hook.vendor(),
+            conn_type=self.hook.conn_type,
+            conn_id=self.conn_id,
+            job_id=self._fetched_job_id or str(self.job_id),
+            stored=self._stored,
+        )
 
     # -- XCom ------------------------------------------------------------------------------------
     def _to_xcom(self, job_id: str, parts: list[ResultPart]) -> Any:

@@ -98,6 +98,15 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
         ti = context["ti"]
         return str(ti.xcom_pull(task_ids=self.task_id, key=JOB_ID_KEY, map_indexes=ti.map_index))
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (``apache-airflow-providers-openlineage``, when installed) calls this after a success: the
+        vendor job as run facets, the same a fetch of its result reports. Imported here: the provider is optional."""
+        from airflow_provider_jobprogress.lineage import job_lineage
+
+        return job_lineage(
+            vendor=self.hook.vendor(), conn_type=self.hook.conn_type, conn_id=self.conn_id, job_id=str(self.job_id)
+        )
+
     def _finish(self, context: Any, progress: Any) -> None:
         context["ti"].xcom_push(key="progress", value=progress.to_dict())
 
