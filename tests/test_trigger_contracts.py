@@ -67,7 +67,9 @@ async def test_waits_started_together_spread_their_polls(emulator: VendorEmulato
     await asyncio.gather(*(events(trigger("olconnect", j, poll_policy=interval)) for j in job_ids))
     firsts = first_poll_times(emulator, job_ids)
     assert len(firsts) == 100
-    assert firsts[-1] - firsts[0] >= 1.0, "first polls spread over the interval"
+    # Lockstep would put all 100 within a few ms. Spread uniformly over 2 s they span ~1.9 s; on a loaded
+    # machine a busy loop holds the earliest back (seen: 0.93 s), hence half the interval, not more.
+    assert firsts[-1] - firsts[0] >= 0.5, "first polls spread over the interval"
     assert all(t <= started + 2.0 + 1.0 for t in firsts), "no first poll later than one interval (plus slack)"
     busiest = max(sum(1 for t in firsts if start <= t < start + 0.2) for start in firsts)
     assert busiest <= 40, f"{busiest} of 100 first polls within 0.2 s: a burst"
