@@ -293,10 +293,17 @@ class VendorApi:
         self.verify = verify
         #: the Airflow connection the settings came from (``from_connection``), for configuration errors
         self.conn_id: str | None = None
+        #: the scheme came with the host field (``https://h``), not from the schema field
+        self.scheme_from_host = False
+
+    def from_fields(self, conn: Any) -> None:
+        """Remember which connection (and which of its fields) these settings came from."""
+        self.conn_id = conn.conn_id
+        self.scheme_from_host = "://" in (conn.host or "")
 
     def url_field(self, request: Request) -> str:
         """The connection field that set this request's scheme (named by configuration errors)."""
-        return "schema"
+        return "host" if self.scheme_from_host else "schema"
 
     # -- auth, overridden by vendors ---------------------------------------------------------------
     @property

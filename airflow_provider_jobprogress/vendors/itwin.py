@@ -131,7 +131,7 @@ class ITwinApi(VendorApi):
             request_retry=request_retry,
             verify=conn.tls_verify(),
         )
-        api.conn_id = conn.conn_id
+        api.from_fields(conn)
         return api
 
     def url_field(self, request: Request) -> str:

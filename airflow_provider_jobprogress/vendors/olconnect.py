@@ -85,14 +85,8 @@ class OLConnectApi(VendorApi):
             request_retry=request_retry,
             verify=conn.tls_verify(),
         )
-        api.conn_id = conn.conn_id
-        api.scheme_from_host = "://" in (conn.host or "")
+        api.from_fields(conn)
         return api
-
-    scheme_from_host = False
-
-    def url_field(self, request: Request) -> str:
-        return "host" if self.scheme_from_host else "schema"
 
     # -- auth ------------------------------------------------------------------------------------
     @property
