@@ -42,6 +42,9 @@ def test_each_side_waits_every_job_to_its_end_and_is_counted(
     assert result.polls_asked >= 20
     assert result.polls_made >= 20
     assert result.token_requests == (1 if side == "ours" else 0)
-    assert result.peak_rss_mib >= result.baseline_rss_mib > 0
+    assert result.baseline_rss_mib > 0
+    # Linux keeps RSS in per-thread counters folded in lazily, so two readings can disagree by a few pages
+    # (CI on 3.1.8: a peak 12 KiB below its baseline, twice): growth is measured, to within 1 MiB.
+    assert result.rss_growth_mib > -1.0
     row = bench.markdown([(size, {"reference": result, "ours": result})])
     assert "20 waits, 0.2 s, 1 s jobs" in row
