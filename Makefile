@@ -3,32 +3,72 @@
 # `make airflow` is the real Airflow UI with the examples and the emulators; `make dist` builds the wheel.
 PYTHON ?= python3
 AIRFLOW_VERSION ?= 3.3.2
+# Every Airflow version CI tests, newest first (`make upgrade-check` re-resolves each).
+AIRFLOW_VERSIONS ?= 3.3.2 3.1.8
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
-# Azurite (Azure Storage's API server, npm) serves iTwin outputs in the tests; 3.35 is the last on Node.js < 21.
-AZURITE_VERSION ?= 3.35.0
+# The environment our tests passed in, pinned per Airflow and Python version as Airflow pins its own
+# (constraints/README.md): a fresh machine builds that, whatever PyPI has published since.
+PYTHON_MINOR := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+CONSTRAINTS ?= constraints/airflow-$(AIRFLOW_VERSION)-py$(PYTHON_MINOR).txt
+UV_VERSION ?= 0.13.9
+UV := $(PYTHON) -m uv
+# The extras the test virtualenvs (and so the constraints files) hold.
+export EXTRAS := test,s3
+# Azurite (Azure Storage's API server, npm) serves iTwin outputs in the tests, installed from
+# constraints/azurite/package-lock.json (3.35, the last on Node.js < 21).
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 
 # `make airflow` keeps its Airflow (database, login, runs) here between runs; delete the folder to start afresh.
 AIRFLOW_UI_HOME ?= .airflow_home
 
-.PHONY: demo test lint unit venv azurite airflow dist bench clean
+.PHONY: demo test lint unit venv uv azurite airflow dist bench clean constraints upgrade-check
+
+uv:
+	@[ "$$($(UV) --version 2>/dev/null | cut -d' ' -f2)" = "$(UV_VERSION)" ] || \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check uv
-	$(PYTHON) -m uv venv --quiet --allow-existing --python $(PYTHON) $(VENV)
-	$(PYTHON) -m uv pip install --quiet --python $(BIN)/python -e ".[test,s3]" "apache-airflow==$(AIRFLOW_VERSION)"
+# With the constraints file the virtualenv holds exactly the tested versions (`uv pip sync` also removes what is
+# not listed), then the project itself; `uv pip check` fails if pyproject.toml asks for something the file lacks
+# (then `make constraints`). Without a file for this Airflow and Python (REQUIRE_CONSTRAINTS=1 makes that an
+# error, as in CI) it installs the newest allowed versions, which no test of ours has seen.
+$(STAMP): pyproject.toml $(wildcard $(CONSTRAINTS)) constraints/build.txt | uv
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
+	@if [ -f $(CONSTRAINTS) ]; then \
+		echo "$(VENV): Airflow $(AIRFLOW_VERSION) with the versions in $(CONSTRAINTS)"; \
+		$(UV) pip sync --quiet --python $(BIN)/python -b constraints/build.txt $(CONSTRAINTS) && \
+		$(UV) pip install --quiet --python $(BIN)/python -b constraints/build.txt --no-deps -e . && \
+		$(UV) pip check --quiet --python $(BIN)/python; \
+	elif [ -n "$(REQUIRE_CONSTRAINTS)" ]; then \
+		echo "no $(CONSTRAINTS): run \`make constraints AIRFLOW_VERSION=$(AIRFLOW_VERSION)\`, then the tests"; exit 1; \
+	else \
+		echo "WARNING: no $(CONSTRAINTS): installing the newest allowed versions, untested here"; \
+		$(UV) pip install --quiet --python $(BIN)/python -b constraints/build.txt -e ".[$(EXTRAS)]" \
+			"apache-airflow==$(AIRFLOW_VERSION)"; \
+	fi
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# Resolve the constraints file for AIRFLOW_VERSION on this Python, keeping every pin it already has (only what a
+# change to pyproject.toml needs moves); run the tests on it before committing. `make upgrade-check` moves them all.
+constraints: uv
+	constraints/resolve $(AIRFLOW_VERSION) $(CONSTRAINTS)
+
+# On demand (about 40 minutes): resolve the newest versions pyproject.toml allows for each Airflow in
+# AIRFLOW_VERSIONS, run CI's tests on them in throwaway virtualenvs, and rewrite each constraints file that passed.
+upgrade-check: uv
+	constraints/upgrade-check $(AIRFLOW_VERSIONS)
+
 # Without npm the Azurite tests skip (CI sets JOBPROGRESS_REQUIRE_AZURITE=1, so there they fail instead).
-azurite:
-	@if [ -x $(AZURITE) ]; then :; \
-	elif command -v npm >/dev/null 2>&1; then \
-		npm install --silent --no-audit --no-fund --prefix .tools/azurite azurite@$(AZURITE_VERSION); \
+azurite: $(AZURITE)
+
+$(AZURITE): constraints/azurite/package.json constraints/azurite/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		mkdir -p .tools/azurite && cp constraints/azurite/package.json constraints/azurite/package-lock.json .tools/azurite/ && \
+		npm ci --silent --no-audit --no-fund --prefix .tools/azurite && touch $@; \
 	else echo "npm not found: tests that need Azurite will be skipped"; fi
 
 demo: venv
@@ -40,9 +80,9 @@ airflow: venv
 	$(BIN)/python -m airflow_provider_jobprogress.testing.standalone --home $(AIRFLOW_UI_HOME)
 
 # The sdist and the wheel, in dist/: `pip install dist/airflow_provider_jobprogress-*.whl` wherever Airflow runs.
-dist: venv
+dist: venv uv
 	rm -rf dist
-	$(PYTHON) -m uv build --out-dir dist .
+	$(UV) build --build-constraints constraints/build.txt --out-dir dist .
 
 lint: venv
 	$(BIN)/ruff check .

@@ -100,3 +100,61 @@ def test_airflow_providers_the_package_imports_are_declared() -> None:
 def test_project_urls_point_at_the_project_not_at_a_package_index() -> None:
     urls = importlib.metadata.metadata(DIST).get_all("Project-URL") or []
     assert not [url for url in urls if "pypi.org" in url], urls
+
+
+ROOT = PACKAGE.parent
+#: the Airflow versions CI tests (the Makefile's AIRFLOW_VERSIONS); each needs a constraints file per Python
+TESTED_AIRFLOW = ("3.3.2", "3.1.8")
+
+
+def test_requirements_are_ranges_never_pins() -> None:
+    """A pin in our metadata would fight the Airflow constraints file a user installs with."""
+    requirements = [Requirement(r) for r in importlib.metadata.requires(DIST) or []]
+    pinned = [str(r) for r in requirements if any(s.operator in ("==", "===") for s in r.specifier)]
+    assert requirements
+    assert not pinned, pinned
+
+
+def constraint_pins(path: Path) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line and line[0].isalnum():
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def test_every_tested_airflow_has_a_constraints_file_for_this_python() -> None:
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for airflow in TESTED_AIRFLOW:
+        path = ROOT / "constraints" / f"airflow-{airflow}-py{python}.txt"
+        assert path.is_file(), f"no {path.name}: make constraints AIRFLOW_VERSION={airflow}"
+        pins = constraint_pins(path)
+        assert pins.get("apache-airflow") == airflow, (path.name, pins.get("apache-airflow"))
+        # every requirement the package and its test virtualenv name is pinned there (else `uv pip check` fails)
+        named = {canonicalize_name(Requirement(r).name) for r in importlib.metadata.requires(DIST) or []}
+        extras_in_venv = {"test", "s3"}
+        for requirement in map(Requirement, importlib.metadata.requires(DIST) or []):
+            marker = requirement.marker
+            if marker and not any(marker.evaluate({"extra": extra}) for extra in extras_in_venv):
+                named.discard(canonicalize_name(requirement.name))
+        assert named <= set(pins), (path.name, sorted(named - set(pins)))
+
+
+def test_the_running_environment_is_the_constrained_one() -> None:
+    """The suite runs in the environment the constraints pin (make venv syncs to them): a drift means the file
+    and the virtualenv disagree, and a pass here would say nothing about what CI installs."""
+    import airflow
+
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    path = ROOT / "constraints" / f"airflow-{airflow.__version__}-py{python}.txt"
+    if not path.is_file():
+        import pytest
+
+        pytest.skip(f"no {path.name}: this virtualenv was built without constraints")
+    drift = {
+        name: (version, importlib.metadata.version(name))
+        for name, version in constraint_pins(path).items()
+        if importlib.metadata.version(name) != version
+    }
+    assert not drift, f"installed versions differ from {path.name}: {drift}"
