@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,20 @@ class JobProgress:
             step=data.get("step"),
             message=data.get("message"),
         )
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What one listing read of a connection's jobs found.
+
+    ``jobs``: a reading per job id the vendor listed (running jobs; ended ones where an ended listing found
+    them). ``complete``: every running job of the connection is in it (False when pages were left unread: then
+    a job missing from it may still run). ``percentages``: the readings carry the job's percentage.
+    """
+
+    jobs: Mapping[str, JobProgress]
+    complete: bool = True
+    percentages: bool = True
 
 
 def short(text: str, limit: int = MAX_MESSAGE) -> str:

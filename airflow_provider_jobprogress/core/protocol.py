@@ -26,7 +26,7 @@ from airflow_provider_jobprogress.core.errors import (
     VendorResponseError,
     VendorUnavailableError,
 )
-from airflow_provider_jobprogress.core.model import JobProgress, short
+from airflow_provider_jobprogress.core.model import JobProgress, Listing, short
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, parse_retry_after
 
 T = TypeVar("T")
@@ -239,6 +239,19 @@ class ConnectionFields:
         port = parts.port or self.port or default_port
         return f"{scheme}://{parts.netloc}" if parts.port or not port else f"{scheme}://{parts.netloc}:{port}"
 
+    def positive_number(self, vendor: str, field: str, default: float) -> float:
+        """An extra holding a number above zero (a JSON number or its text); ``default`` when absent or empty."""
+        raw = self.extra.get(field)
+        if raw is None or str(raw).strip() == "":
+            return default
+        try:
+            value = float(str(raw).strip()) if not isinstance(raw, bool) else float("nan")
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < float("inf"):
+            raise self.problem(vendor, field, f"{brief(raw)} is not a number above zero")
+        return value
+
     def tls_verify(self) -> bool | str:
         """The TLS check as requests and httpx take it: True, False, or the path of a CA bundle.
 
@@ -287,6 +300,12 @@ class VendorApi:
     default_poll_policy: ClassVar[PollPolicy] = PollPolicy.fixed(30)
     #: renew a token this many seconds before the vendor says it expires
     token_margin: ClassVar[float] = 60.0
+    #: calls per minute (and per hour) one process sends with one connection unless its extras say otherwise
+    #: (``requests_per_minute``, ``requests_per_hour``): see ``core.budget``
+    default_requests_per_minute: ClassVar[float] = 1200.0
+    default_requests_per_hour: ClassVar[float | None] = None
+    #: where the vendor lists its jobs, the longest the shared poller goes between two listings (seconds)
+    list_interval: ClassVar[float] = 15.0
 
     def __init__(self, *, request_retry: RequestRetry | None = None, verify: bool | str = True) -> None:
         self.request_retry = request_retry or RequestRetry()
@@ -295,11 +314,23 @@ class VendorApi:
         self.conn_id: str | None = None
         #: the scheme came with the host field (``https://h``), not from the schema field
         self.scheme_from_host = False
+        self.requests_per_minute = self.default_requests_per_minute
+        self.requests_per_hour = self.default_requests_per_hour
+        #: answer many waits' polls from one listing where the vendor has a list call (``list_polling`` extra)
+        self.list_polling = True
 
     def from_fields(self, conn: Any) -> None:
-        """Remember which connection (and which of its fields) these settings came from."""
+        """Remember which connection (and which of its fields) these settings came from, and read the settings
+        every vendor shares: the request budget and whether polls may be answered from a listing."""
         self.conn_id = conn.conn_id
         self.scheme_from_host = "://" in (conn.host or "")
+        self.requests_per_minute = conn.positive_number(self.vendor, "requests_per_minute", self.requests_per_minute)
+        hourly = conn.positive_number(self.vendor, "requests_per_hour", self.requests_per_hour or 0.0)
+        self.requests_per_hour = hourly or None
+        polling = conn.extra_bool_or_path("list_polling")
+        if not isinstance(polling, bool):
+            raise conn.problem(self.vendor, "list_polling", f"{brief(polling)} is not true or false")
+        self.list_polling = polling
 
     def url_field(self, request: Request) -> str:
         """The connection field that set this request's scheme (named by configuration errors)."""
@@ -456,6 +487,19 @@ class VendorApi:
                 if unreadable >= policy.attempts:
                     raise
             yield Sleep(policy.backoff(unreadable))
+
+    # -- listing, where the vendor has a list call (core.poller) ---------------------------------------
+    def list_running(self) -> Flow[Listing | None]:
+        """Every job the vendor runs for this connection, read with the fewest calls it documents; None where
+        this API has no list call (then every wait reads its own job)."""
+        return None
+        yield  # pragma: no cover - makes this a generator
+
+    def read_ended(self, ended: Mapping[str, JobProgress]) -> Flow[dict[str, JobProgress]]:
+        """How jobs that left the running listing ended (``ended``: their last listed readings), as far as the
+        vendor can tell in a few calls; the jobs missing from the answer are read one by one."""
+        return {}
+        yield  # pragma: no cover - makes this a generator
 
     # -- endpoints every vendor implements ---------------------------------------------------------
     def progress(self, job_id: str) -> Flow[JobProgress]:

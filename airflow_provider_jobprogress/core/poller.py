@@ -1,0 +1,309 @@
+"""The shared poller: how a wait's job is read. In each triggerer process, the waits on one connection share one.
+
+Every wait polls at its own policy's pace and logs what it sees, as it always did; what changes is what a poll
+costs the vendor. A wait *watches* its job on the connection's ``JobPoller`` and asks it for each reading:
+
+- **Few waits, or a vendor without a list call** (ScriptX; iTwin's v1 APIs): the reading is the wait's own
+  per-job call (``hook.aget_progress``), paced like every call of the connection by its request budget
+  (``core.budget``). A wait alone behaves exactly as before.
+- **``LIST_MIN_WAITS`` or more jobs on a connection whose vendor lists its jobs** (OL Connect
+  ``getOperations``; iTwin v2 ``GET /jobs?$filter``): once per cycle the poller reads every running job of the
+  connection in one call (or a few pages), and each wait's poll is answered from that listing, without a call of
+  its own. A job that was listed and no longer is has ended: the vendor's listing of ended jobs (where it has one)
+  or one per-job call reads how, and the poller wakes that wait at once instead of at its next poll, so an end
+  is seen within one cycle however far the wait's backoff has grown. A job the listing has never shown (it ended
+  before the first listing, or the vendor does not know it) is read per job. Where the listing gives no
+  percentage (iTwin), a wait's per-job progress read is *optional*: sent when the budget has a call to spare,
+  left out (the wait keeps its last percentage) when it has not, so completions always come first.
+
+The cycle is the shortest current interval of the waits, within the vendor's ``list_interval`` and
+``MIN_CYCLE``. A listing that fails leaves the waits to their per-job calls until one succeeds again.
+
+The poller is a process-local optimisation: it holds nothing a triggerer restart must recover (each trigger's
+kwargs still say everything about its wait), lives while a wait watches a job on its connection, and closes its
+task and its hook's share of the HTTP session when the last wait leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from airflow_provider_jobprogress.core.budget import RequestBudget
+from airflow_provider_jobprogress.core.errors import JobProgressError
+from airflow_provider_jobprogress.core.model import JobProgress, Listing
+
+log = logging.getLogger(__name__)
+
+#: listing pays from this many jobs watched on one connection; below it each wait reads its own job
+LIST_MIN_WAITS = 3
+#: never list more often than this (seconds), whatever the waits' intervals
+MIN_CYCLE = 1.0
+
+
+class JobReader(Protocol):
+    """What the poller needs from a hook (``hooks.base.JobProgressHook`` is one)."""
+
+    async def aget_progress(self, job_id: str) -> JobProgress: ...
+
+    async def aget_progress_if_budget(self, job_id: str) -> JobProgress | None: ...
+
+    async def alist_running(self) -> Listing | None: ...
+
+    async def aread_ended(self, ended: Mapping[str, JobProgress]) -> dict[str, JobProgress]: ...
+
+    async def aclose(self) -> None: ...
+
+    def budget(self) -> RequestBudget | None: ...
+
+
+class Watch:
+    """One wait's hold on its job: its readings come from ``read()``, its sleeps from ``sleep()``."""
+
+    def __init__(self, poller: JobPoller, job_id: str, reader: JobReader) -> None:
+        self.poller = poller
+        self.job_id = job_id
+        self.reader = reader
+        #: the wait's current poll interval (the poller's cycle follows the shortest)
+        self.interval = poller.list_interval
+        self.last: JobProgress | None = None
+        self._woken = False
+        self._sleeping: asyncio.Future[None] | None = None
+
+    async def read(self) -> JobProgress:
+        """The job's progress now: from the connection's listing when there is one, else one call."""
+        reading = await self.poller.read(self)
+        self.last = reading
+        return reading
+
+    async def sleep(self, seconds: float, tick: float) -> None:
+        """Sleep about ``seconds`` (to the nearest point of a ``tick`` grid, never now), or less if the poller
+        learns meanwhile that the job ended."""
+        self.interval = seconds
+        if self._woken:
+            self._woken = False
+            return
+        loop = asyncio.get_running_loop()
+        moment = loop.time()
+        when = round((moment + seconds) / tick) * tick
+        if when <= moment:
+            when += tick
+        woken = self._sleeping = loop.create_future()
+        handle = loop.call_at(when, _settle, woken)
+        try:
+            await woken
+        finally:
+            handle.cancel()
+            self._sleeping = None
+            self._woken = False
+
+    def wake(self) -> None:
+        """The listing says this job ended: its wait polls now."""
+        self._woken = True
+        if self._sleeping is not None:
+            _settle(self._sleeping)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    listing: Listing
+    taken_at: float  # loop time
+
+
+class JobPoller:
+    """The waits on one connection in one event loop, and the listing that answers their polls."""
+
+    def __init__(self, name: str, reader: JobReader, *, lists: bool, list_interval: float) -> None:
+        self.name = name  # the connection id, for log lines
+        self.reader = reader  # the poller's own hook: listings, ended-job reads
+        self.lists = lists
+        self.list_interval = list_interval
+        self.watches: dict[str, set[Watch]] = {}
+        self._snapshot: _Snapshot | None = None
+        #: watched jobs some listing showed running, with that reading: missing from a later one, they ended
+        self._seen: dict[str, JobProgress] = {}
+        self._refreshing: asyncio.Future[_Snapshot | None] | None = None
+        self._cycle_task: asyncio.Task[None] | None = None
+        #: loop time of the last failed listing while it keeps failing (None when the last one worked)
+        self._failed_at: float | None = None
+
+    # -- who watches ------------------------------------------------------------------------------
+    def watch(self, job_id: str, reader: JobReader) -> Watch:
+        watch = Watch(self, job_id, reader)
+        self.watches.setdefault(job_id, set()).add(watch)
+        if self._cycle_task is None:
+            self._cycle_task = asyncio.get_running_loop().create_task(
+                self._cycle(), name=f"jobprogress poller {self.name}"
+            )
+        return watch
+
+    def unwatch(self, watch: Watch) -> None:
+        watches = self.watches.get(watch.job_id)
+        if watches is not None:
+            watches.discard(watch)
+            if not watches:
+                del self.watches[watch.job_id]
+                self._seen.pop(watch.job_id, None)
+
+    @property
+    def listing(self) -> bool:
+        """Whether this connection's polls are answered from a listing now."""
+        return self.lists and len(self.watches) >= LIST_MIN_WAITS
+
+    @property
+    def waits(self) -> int:
+        return sum(len(w) for w in self.watches.values())
+
+    async def aclose(self) -> None:
+        task, self._cycle_task = self._cycle_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.reader.aclose()
+
+    # -- reading ----------------------------------------------------------------------------------
+    async def read(self, watch: Watch) -> JobProgress:
+        if not self.listing:
+            return await watch.reader.aget_progress(watch.job_id)
+        snapshot = await self._fresh(max_age=watch.interval)
+        listed = snapshot.listing.jobs.get(watch.job_id) if snapshot is not None else None
+        if listed is None:
+            # never listed, gone without a verdict from the ended listing, or the listing failed: one call
+            return await watch.reader.aget_progress(watch.job_id)
+        if listed.is_terminal or snapshot is None or snapshot.listing.percentages:
+            return listed
+        # the listing knows the state, not the percentage: read it if the budget has a call to spare
+        with contextlib.suppress(JobProgressError):
+            reading = await watch.reader.aget_progress_if_budget(watch.job_id)
+            if reading is not None:
+                return reading
+        last = watch.last
+        if last is not None and last.state is listed.state and not last.is_terminal:
+            return last
+        return listed
+
+    async def _fresh(self, max_age: float) -> _Snapshot | None:
+        """A snapshot no older than ``max_age`` seconds, taken now if need be (one listing at a time)."""
+        moment = asyncio.get_running_loop().time()
+        snapshot = self._snapshot
+        if snapshot is not None and moment - snapshot.taken_at <= max_age:
+            return snapshot
+        if self._failed_at is not None and moment - self._failed_at < self.list_interval:
+            return None  # the last listing failed: per-job reads until the next try
+        return await self._refresh()
+
+    async def _refresh(self) -> _Snapshot | None:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._take_snapshot())
+        # shield: one wait leaving (its trigger killed) must not cancel the listing the others wait for
+        return await asyncio.shield(self._refreshing)
+
+    async def _take_snapshot(self) -> _Snapshot | None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            listing = await self.reader.alist_running()
+            if listing is None:  # this connection cannot list (an API without a list call)
+                self.lists = False
+                return None
+            jobs = dict(listing.jobs)
+            # seen running before, missing now: ended (unless pages were left unread)
+            ended = {job: self._seen[job] for job in self.watches if job in self._seen and job not in jobs}
+            if ended and listing.complete:
+                found = await self.reader.aread_ended(ended)
+                jobs.update({job: reading for job, reading in found.items() if job in ended})
+            elif not listing.complete:
+                ended = {}
+        except JobProgressError as exc:
+            if self._failed_at is None:
+                log.warning("%s: listing jobs failed; each wait reads its own job until it works: %s", self.name, exc)
+            self._failed_at = loop.time()
+            return None
+        if self._failed_at is not None:
+            log.warning("%s: listing jobs works again", self.name)
+            self._failed_at = None
+        for job in self.watches:
+            reading = jobs.get(job)
+            if reading is not None and not reading.is_terminal:
+                self._seen[job] = reading
+        for job in ended:  # their waits read now: the ended listing's verdict, or their own call
+            self._seen.pop(job, None)
+            for watch in self.watches.get(job, ()):
+                watch.wake()
+        snapshot = self._snapshot = _Snapshot(Listing(jobs, listing.complete, listing.percentages), started)
+        return snapshot
+
+    async def _cycle(self) -> None:
+        """While waits watch jobs here: list once per cycle where listing pays (so an ended job's wait is woken
+        within one cycle), and say once a minute what the connection's budget saw."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self.watches:
+                if not self.listing:
+                    await asyncio.sleep(self.list_interval)
+                else:
+                    shortest = min((w.interval for ws in self.watches.values() for w in ws), default=MIN_CYCLE)
+                    cycle = min(max(shortest, MIN_CYCLE), self.list_interval)
+                    last = max(self._snapshot.taken_at if self._snapshot else 0.0, self._failed_at or 0.0)
+                    await asyncio.sleep(max(last + cycle - loop.time(), 0.0))
+                    if self.listing and loop.time() - last >= cycle * 0.9:
+                        await self._refresh()
+                self._summarise()
+        finally:
+            if self._cycle_task is asyncio.current_task():
+                self._cycle_task = None
+
+    def _summarise(self) -> None:
+        budget = self.reader.budget()
+        line = budget.summary(waits=self.waits) if budget is not None else None
+        if line is not None:
+            log.info("%s", line)
+
+
+class PollerRegistry:
+    """Per event loop, one ``JobPoller`` per connection; made when a wait first watches a job on it, closed
+    when the last wait leaves. Entries never outlive their loop's waits (nothing keeps a closed loop)."""
+
+    def __init__(self) -> None:
+        self._pollers: dict[tuple[int, str], tuple[asyncio.AbstractEventLoop, JobPoller]] = {}
+
+    @contextlib.asynccontextmanager
+    async def watching(
+        self, key: str, job_id: str, reader: JobReader, make: Callable[[], JobPoller]
+    ) -> AsyncIterator[Watch]:
+        """Watch ``job_id`` on the poller of connection ``key`` (made with ``make()`` if none) while inside."""
+        loop = asyncio.get_running_loop()
+        slot = (id(loop), key)
+        entry = self._pollers.get(slot)
+        if entry is None or entry[0] is not loop:
+            entry = self._pollers[slot] = (loop, make())
+        poller = entry[1]
+        watch = poller.watch(job_id, reader)
+        try:
+            yield watch
+        finally:
+            poller.unwatch(watch)
+            if not poller.watches and self._pollers.get(slot) == entry:
+                del self._pollers[slot]
+                await poller.aclose()
+
+    def pollers(self) -> list[JobPoller]:
+        """The pollers of the running loop (tests)."""
+        loop = asyncio.get_running_loop()
+        return [poller for (owner, poller) in self._pollers.values() if owner is loop]
+
+    def __len__(self) -> int:
+        return len(self._pollers)
+
+
+POLLERS = PollerRegistry()

@@ -1,0 +1,113 @@
+"""The request budget: one connection's calls per minute shared by every user in the process, 429s pause it."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_jobprogress.core.budget import BURST_FRACTION, BudgetRegistry, RequestBudget
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sent_within(budget: RequestBudget, clock: Clock, seconds: float, *, window: float = 60.0) -> int:
+    """Drive required calls as fast as the budget allows for ``seconds``; the most sent in any ``window``."""
+    times: list[float] = []
+    end = clock.now + seconds
+    while clock.now < end:
+        clock.now += budget.reserve()
+        times.append(clock.now)
+    most, first = 0, 0
+    for last, moment in enumerate(times):
+        while times[first] <= moment - window:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def test_required_calls_never_pass_the_limit_in_any_sliding_minute() -> None:
+    clock = Clock()
+    budget = RequestBudget("itwin_default", 450, clock=clock)
+    most = sent_within(budget, clock, 600)
+    assert 450 <= most <= 450 * (1 + BURST_FRACTION)
+    assert most < 500, "under Bentley's Trial limit of 500 a minute, however the vendor's window slides"
+
+
+def test_an_hourly_limit_holds_too() -> None:
+    clock = Clock()
+    budget = RequestBudget("itwin_default", 450, 4500, clock=clock)
+    most = sent_within(budget, clock, 3 * 3600, window=3600)
+    assert 4500 <= most < 5000
+
+
+def test_a_quiet_budget_lets_a_burst_go_at_once_then_paces() -> None:
+    clock = Clock()
+    budget = RequestBudget("c", 600, clock=clock)  # 10 a second, bursts of 50
+    waits = [budget.reserve() for _ in range(60)]
+    assert waits[:50] == [0.0] * 50
+    assert waits[50:] == pytest.approx([0.1 * k for k in range(1, 11)])
+
+
+def test_optional_calls_only_from_the_half_kept_spare() -> None:
+    clock = Clock()
+    budget = RequestBudget("c", 600, clock=clock)
+    taken = 0
+    while budget.try_take():
+        taken += 1
+    assert taken == 26  # 50 in the bucket; optional calls stop while half (25) of it is left
+    assert budget.reserve() == 0.0, "the half kept back serves required calls at once"
+    assert budget.counts.optional_skipped == 1
+
+
+def test_a_429_pauses_every_caller_once_and_paces_what_comes_back() -> None:
+    clock = Clock()
+    budget = RequestBudget("c", 600, clock=clock)
+    assert budget.pause(30) is True
+    assert budget.pause(30) is False, "the other waits' 429s of the same burst add nothing"
+    assert budget.pause(10) is False
+    assert budget.counts.pauses == 1 and budget.counts.rate_limited == 3
+    assert budget.paused_for() == 30
+    waits = [budget.reserve() for _ in range(3)]
+    assert waits == pytest.approx([30.1, 30.2, 30.3]), "empty after the pause: no burst on the vendor"
+    assert not budget.try_take()
+
+
+def test_the_vendors_remaining_calls_cap_the_bucket() -> None:
+    clock = Clock()
+    budget = RequestBudget("c", 600, clock=clock)
+    budget.observe_remaining(2)
+    assert [budget.reserve() for _ in range(3)] == pytest.approx([0.0, 0.0, 0.1])
+
+
+def test_a_summary_once_a_minute_with_what_happened() -> None:
+    clock = Clock()
+    budget = RequestBudget("itwin_default", 450, 4500, clock=clock)
+    for _ in range(10):
+        budget.reserve()
+    budget.pause(5)
+    assert budget.summary(waits=7) is None
+    clock.now += 60
+    line = budget.summary(waits=7)
+    assert line is not None
+    assert "connection 'itwin_default': 10 calls/min (budget 450/min, 4500/h)" in line
+    assert "7 waits" in line and "1 answered 429" in line and "paused 5 s" in line
+    assert budget.summary() is None, "at most once a minute"
+
+
+def test_registry_one_budget_per_connection_following_edits() -> None:
+    registry = BudgetRegistry()
+    first = registry.get("olconnect_default", 1200)
+    assert registry.get("olconnect_default", 1200) is first
+    assert registry.get("olconnect_default", 600) is first and first.per_minute == 600
+    assert registry.get("other", 1200) is not first
+
+
+@pytest.mark.parametrize("per_minute", [0, -1, float("nan")])
+def test_a_budget_must_be_positive(per_minute: float) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        RequestBudget("c", per_minute)
