@@ -38,6 +38,10 @@ BURST_FRACTION = 1 / 12
 SUMMARY_SECONDS = 60.0
 
 
+class BudgetShort(Exception):
+    """An optional call found no call to spare in its connection's budget, so it was not sent."""
+
+
 @dataclass
 class BudgetCounts:
     """What a budget saw since its last summary (for the log line and the metrics)."""

@@ -350,6 +350,10 @@ class VendorApi:
         """Attach credentials to a request (token header, Basic credentials...)."""
         return request
 
+    def calls_remaining(self, headers: Mapping[str, str]) -> int | None:
+        """How many calls the vendor says this client has left in its window, where it says so."""
+        return None
+
     def token_rejected(self, response: Response) -> bool:
         """True when the answer means the token is stale and one fresh login may cure it."""
         return response.status == 401

@@ -23,7 +23,9 @@ import requests
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
+from airflow_provider_jobprogress.core.budget import BudgetShort, RequestBudget
 from airflow_provider_jobprogress.core.errors import DeadlineExceededError, JobProgressError, VendorUnavailableError
+from airflow_provider_jobprogress.core.policies import parse_retry_after
 from airflow_provider_jobprogress.core.protocol import (
     Flow,
     GetToken,
@@ -65,10 +67,13 @@ class SyncSession:
         *,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         on_secret: SecretSink = _no_sink,
+        budget: RequestBudget | None = None,
     ) -> None:
         self.api = api
         self.timeout = timeout
         self.on_secret = on_secret
+        #: the connection's calls per minute, shared with every other user of it in this process
+        self.budget = budget
         self.http = requests.Session()
         self.http.verify = api.verify
         self._token: Token | None = None
@@ -125,8 +130,10 @@ class SyncSession:
     def _request(
         self, request: Request, *, stream: bool, timeout: tuple[float, float] | None = None
     ) -> requests.Response:
+        if self.budget is not None and request.authenticated:
+            self.budget.acquire()
         try:
-            return self.http.request(
+            answer = self.http.request(
                 request.method,
                 request.url,
                 headers=dict(request.headers),
@@ -139,6 +146,9 @@ class SyncSession:
             )
         except requests.exceptions.RequestException as exc:
             raise _transport_error(exc) from None
+        if self.budget is not None and request.authenticated:
+            spend(self.budget, self.api, answer.status_code, answer.headers)
+        return answer
 
     def _send(self, request: Request, timeout: tuple[float, float] | None = None) -> Response:
         answer = self._request(request, stream=False, timeout=timeout)
@@ -225,6 +235,29 @@ class StreamedResponse:
                 self._job_id,
                 f"{self._what}: download cut short: received {received} of {expected} announced bytes{encoding}",
             )
+
+
+#: the longest pause one 429 puts on a connection, whatever its Retry-After says
+MAX_RATE_LIMIT_PAUSE = 900.0
+
+
+def spend(budget: RequestBudget, api: VendorApi, status: int, headers: Any) -> None:
+    """What an answer tells the connection's budget: a 429 pauses every call of the connection for the time
+    the vendor asked (a policy backoff when it did not say), and a vendor's count of calls left caps it."""
+    if status == 429:
+        asked = parse_retry_after(headers.get("retry-after"))
+        seconds = asked if asked is not None else api.request_retry.backoff(1)
+        if budget.pause(min(seconds, MAX_RATE_LIMIT_PAUSE)):
+            log.warning(
+                "%s connection %r answered 429: every call on it pauses %.0f s%s",
+                api.vendor,
+                budget.name,
+                min(seconds, MAX_RATE_LIMIT_PAUSE),
+                f" (the vendor asked for {asked:.0f} s)" if asked is not None and asked > MAX_RATE_LIMIT_PAUSE else "",
+            )
+    remaining = api.calls_remaining(headers)
+    if remaining is not None:
+        budget.observe_remaining(remaining)
 
 
 #: what OpenSSL says when the server answers a TLS hello in plain HTTP (https against an http port)
@@ -322,8 +355,11 @@ class AsyncSession:
         on_secret: AsyncSecretSink | None = None,
         token: Token | None = None,
         pool_size: int = POOL_SIZE,
+        budget: RequestBudget | None = None,
     ) -> None:
         self.api = api
+        #: the connection's calls per minute, shared with every other user of it in this process
+        self.budget = budget
         connect, read = timeout
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=pool_size, ssl=_ssl_option(api)),
@@ -350,7 +386,10 @@ class AsyncSession:
     async def aclose(self) -> None:
         await self.http.close()
 
-    async def run(self, flow: Flow[T]) -> T:
+    async def run(self, flow: Flow[T], *, optional: bool = False) -> T:
+        """Drive ``flow`` to its value. ``optional``: its calls go only if the connection's budget has one to
+        spare (``RequestBudget.try_take``), else ``BudgetShort`` ends it (a progress read a listing can stand
+        in for); other calls wait their turn."""
         reply: Any = None
         error: BaseException | None = None
         while True:
@@ -365,9 +404,12 @@ class AsyncSession:
                 reply = await self._get_token(step.stale)
             else:
                 try:
-                    reply = await self._send(step)
+                    reply = await self._send(step, optional=optional)
                 except TransportError as exc:
                     error = exc
+                except BudgetShort:
+                    flow.close()
+                    raise
 
     async def _get_token(self, stale: Token | None) -> Token:
         token = self._token
@@ -408,7 +450,13 @@ class AsyncSession:
         self._proxies[(url.scheme, url.host, url.port)] = found
         return found
 
-    async def _send(self, request: Request) -> Response:
+    async def _send(self, request: Request, *, optional: bool = False) -> Response:
+        budget = self.budget if request.authenticated else None  # logins and pre-signed URLs are not API calls
+        if budget is not None:
+            if not optional:
+                await budget.aacquire()
+            elif not budget.try_take():
+                raise BudgetShort
         try:
             url = self._url(request.url)
             found = self._proxies.get((url.scheme, url.host, url.port))
@@ -425,6 +473,8 @@ class AsyncSession:
                 proxy_auth=proxy_auth,
             ) as answer:
                 body = await answer.read()
+                if budget is not None:
+                    spend(budget, self.api, answer.status, answer.headers)
                 return Response.build(answer.status, answer.headers, body)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _async_transport_error(exc) from None

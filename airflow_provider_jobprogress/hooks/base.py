@@ -8,7 +8,7 @@ import hashlib
 import json
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from functools import cached_property
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
@@ -17,8 +17,9 @@ from urllib.parse import unquote_plus, urlsplit
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.sdk import BaseHook
 
+from airflow_provider_jobprogress.core.budget import BUDGETS, BudgetShort, RequestBudget
 from airflow_provider_jobprogress.core.errors import AuthenticationError, ConfigurationError, JobProgressError
-from airflow_provider_jobprogress.core.model import JobProgress
+from airflow_provider_jobprogress.core.model import JobProgress, Listing
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.protocol import ConnectionFields, Flow, ResultPart, Token, VendorApi
 from airflow_provider_jobprogress.core.session import (
@@ -160,7 +161,15 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     @cached_property
     def session(self) -> SyncSession:
-        return SyncSession(self.api, timeout=self.timeout, on_secret=_mask)
+        return SyncSession(self.api, timeout=self.timeout, on_secret=_mask, budget=self._budget(self.api))
+
+    def _budget(self, api: VendorApi) -> RequestBudget:
+        """The connection's request budget in this process, shared by every hook on it (``core.budget``)."""
+        return BUDGETS.get(self.conn_id, api.requests_per_minute, api.requests_per_hour)
+
+    def budget(self) -> RequestBudget | None:
+        """The connection's budget, once this hook has read the connection in the triggerer (None before)."""
+        return self._budget(self._async_api) if self._async_api is not None else None
 
     def get_conn(self) -> SyncSession:
         return self.session
@@ -183,10 +192,10 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         """The event loop's shared session for this connection (one pool, one token), held until ``aclose``."""
         if self._lease is None:
             api = self._async_api or await self._read_async_connection()
-            timeout = self.timeout
+            timeout, budget = self.timeout, self._budget(api)
 
             def factory(token: Token | None) -> AsyncSession:
-                return AsyncSession(api, timeout=timeout, on_secret=_amask, token=token)
+                return AsyncSession(api, timeout=timeout, on_secret=_amask, token=token, budget=budget)
 
             self._lease = ASYNC_SESSIONS.acquire(self._async_key, factory)
         return self._lease
@@ -205,7 +214,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     ) -> None:
         await self.aclose()
 
-    async def _arun(self, build: Callable[[ApiT], Flow[T]]) -> T:
+    async def _arun(self, build: Callable[[ApiT], Flow[T]], *, optional: bool = False) -> T:
         """Run a flow on the shared session; on an authentication failure read the connection once more.
 
         A secret rotated while a wait runs reaches the wait this way: if the connection changed, the flow
@@ -214,7 +223,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         session = await self.asession()
         assert self._async_api is not None
         try:
-            return await session.run(build(self._async_api))
+            return await session.run(build(self._async_api), optional=optional)
         except AuthenticationError:
             used = self._async_key
             await self._read_async_connection(newer=True)
@@ -222,7 +231,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
                 raise
         await self.aclose()
         session = await self.asession()
-        return await session.run(build(self._async_api))
+        return await session.run(build(self._async_api), optional=optional)
 
     # -- the job's life, sync --------------------------------------------------------------------
     def get_progress(self, job_id: str, *, deadline: float | None = None) -> JobProgress:
@@ -271,6 +280,26 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     async def acancel(self, job_id: str) -> None:
         await self._arun(lambda api: api.cancel(job_id))
+
+    # -- the shared poller's calls (core.poller) -------------------------------------------------
+    async def aget_progress_if_budget(self, job_id: str) -> JobProgress | None:
+        """``aget_progress`` if the connection's budget has a call to spare; None (nothing sent) if not."""
+        try:
+            return await self._arun(lambda api: api.poll(job_id), optional=True)
+        except BudgetShort:
+            return None
+
+    async def alist_running(self) -> Listing | None:
+        """Every job the vendor runs for this connection, in a few calls; None where it cannot list them (or
+        the connection's ``list_polling`` extra is false)."""
+        api = self._async_api or await self._read_async_connection()
+        if not api.list_polling:
+            return None
+        return await self._arun(lambda api: api.list_running())
+
+    async def aread_ended(self, ended: Mapping[str, JobProgress]) -> dict[str, JobProgress]:
+        """How jobs that left the running listing ended, as far as the vendor's listings tell."""
+        return await self._arun(lambda api: api.read_ended(ended))
 
 
 def ui_field_behaviour(hook: type[JobProgressHook[Any]]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from airflow_provider_jobprogress.core.errors import (
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState, short
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, jittered
+from airflow_provider_jobprogress.core.poller import POLLERS, JobPoller, Watch
 from airflow_provider_jobprogress.core.protocol import check_job_id
 from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
 
@@ -185,16 +186,21 @@ class JobProgressTrigger(BaseTrigger):
     async def _wait(self) -> TriggerEvent:
         hook = await self._hook()
         vendor, job = hook.vendor(), check_job_id(self.job_id, hook.vendor())
+        async with POLLERS.watching(_poller_key(hook), job, hook, lambda: _poller(hook)) as watch:
+            return await self._follow(hook, vendor, job, watch)
+
+    async def _follow(self, hook: Any, vendor: str, job: str, watch: Watch) -> TriggerEvent:
+        """Poll at the policy's pace (each reading through the connection's shared poller) until the end."""
         policy = PollPolicy.from_value(self.poll_policy, hook.default_poll_policy())
         retry = RequestRetry.from_value(self.request_retry)
         delay = self._first_delay(policy)
         polls_since_change = 1  # the first delay stood for the policy's first interval
         outage_since: float | None = None
         while True:
-            if await self._sleep_or_deadline(delay):
+            if await self._sleep_or_deadline(delay, watch):
                 return await self._timeout_event(hook, vendor, job)
             try:
-                progress: JobProgress | None = await self._poll(hook, job)
+                progress: JobProgress | None = await self._poll(watch)
                 outage_since = None
             except _DeadlinePassed:
                 return await self._timeout_event(hook, vendor, job)
@@ -227,24 +233,25 @@ class JobProgressTrigger(BaseTrigger):
             return self.first_poll_at - now
         return random.uniform(0, policy.delay(0))
 
-    async def _poll(self, hook: Any, job: str) -> JobProgress:
-        """One progress read, abandoned at the deadline however long its retries and pauses would take."""
+    async def _poll(self, watch: Watch) -> JobProgress:
+        """One progress reading, abandoned at the deadline however long its retries and pauses would take."""
         if self.deadline is None:
-            return await hook.aget_progress(job)  # type: ignore[no-any-return]
+            return await watch.read()
         left = self.deadline - time.time()
         if left <= 0:
             raise _DeadlinePassed
         timeout = asyncio.timeout(left)
         try:
             async with timeout:
-                return await hook.aget_progress(job)  # type: ignore[no-any-return]
+                return await watch.read()
         except TimeoutError:
             if timeout.expired():
                 raise _DeadlinePassed from None
             raise
 
-    async def _sleep_or_deadline(self, seconds: float) -> bool:
-        """Sleep ``seconds`` but not past the deadline; True when the deadline has passed."""
+    async def _sleep_or_deadline(self, seconds: float, watch: Watch) -> bool:
+        """Sleep ``seconds`` (less if the shared poller learns the job ended) but not past the deadline; True
+        when the deadline has passed."""
         if self.deadline is not None:
             left = self.deadline - time.time()
             if left <= 0:
@@ -252,7 +259,7 @@ class JobProgressTrigger(BaseTrigger):
             if left <= seconds:
                 await asyncio.sleep(left)  # the deadline is an instant of its own, not rounded to a tick
                 return True
-        await sleep_on_tick(seconds)
+        await watch.sleep(seconds, POLL_TICK)
         return self.deadline is not None and time.time() >= self.deadline
 
     def _terminal_event(self, progress: JobProgress) -> TriggerEvent:
@@ -326,6 +333,16 @@ class JobProgressTrigger(BaseTrigger):
         if current is not None and current.is_terminal:
             return
         await self._cancel(hook, hook.vendor(), job, reason="the task was killed")
+
+
+def _poller_key(hook: Any) -> str:
+    """Waits share a poller when they use the same connection with the same hook class."""
+    return f"{type(hook).__module__}.{type(hook).__qualname__}:{hook.conn_id}"
+
+
+def _poller(hook: Any) -> JobPoller:
+    """A connection's poller, with a hook of its own for the listings (the waits' hooks read their own jobs)."""
+    return JobPoller(hook.conn_id, type(hook)(hook.conn_id), lists=True, list_interval=hook.api_class.list_interval)
 
 
 async def sleep_on_tick(seconds: float) -> float:

@@ -22,7 +22,7 @@ from airflow_provider_jobprogress.core.errors import (
     ResultNotReadyError,
     VendorResponseError,
 )
-from airflow_provider_jobprogress.core.model import JobProgress, JobState
+from airflow_provider_jobprogress.core.model import JobProgress, JobState, Listing
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.protocol import (
     ConnectionFields,
@@ -75,6 +75,13 @@ STATES: dict[str, JobState] = {
     "cancelled": JobState.CANCELLED,
 }
 PROGRESS_GONE = ("ProgressNotFound", "JobProgressNotFound")
+#: the v2 states of a job that has not ended, as ``$filter`` spells them (Bentley's SDK ``JobState``)
+V2_RUNNING = ("Queued", "Active", "TerminatingOnCancel", "TerminatingOnFailure")
+#: jobs per page (``$top``, at most 1,000 per Bentley) and pages per listing of the shared poller
+LIST_PAGE = 1000
+LIST_PAGES = 20
+#: job ids per ``id eq … or …`` filter when reading how jobs ended (keeps the URL a few KB long)
+ENDED_BATCH = 50
 
 
 class ITwinApi(VendorApi):
@@ -84,6 +91,12 @@ class ITwinApi(VendorApi):
     # The vendor asks for 15, 30, 60, 120 s, restarting whenever the percentage changes.
     default_poll_policy = PollPolicy.sequence([15, 30, 60, 120], restart_on_change=True)
     token_margin = 300.0
+    # Bentley's limits per OAuth client ("Rate limits and quotas"): Trial 500 calls a minute and 5,000 an hour,
+    # Basic, Premium and Custom 5,000 a minute. The default stays under Trial's, worst case (see core.budget);
+    # a paid subscription raises it with the requests_per_minute and requests_per_hour extras.
+    default_requests_per_minute = 450.0
+    default_requests_per_hour = 4500.0
+    list_interval = 15.0
 
     def __init__(
         self,
@@ -242,6 +255,10 @@ class ITwinApi(VendorApi):
     def progress_from_details(self, job_id: str) -> Flow[JobProgress]:
         """The final state, from job details, when progress is gone (or to learn why a job failed)."""
         job = yield from self.details(job_id)
+        return (yield from self.progress_from_job(job_id, job))
+
+    def progress_from_job(self, job_id: str, job: dict[str, Any]) -> Flow[JobProgress]:
+        """A job's reading from its details or a listing's entry for it (a failure's messages read if need be)."""
         state = _state(job.get("state"), job_id)
         message = None
         if state is JobState.FAILED:
@@ -270,6 +287,59 @@ class ITwinApi(VendorApi):
             request = self._call("DELETE", self._job_path(job_id))
         yield from self.send(request, job_id, what="cancel")
         return None
+
+    # -- the shared poller's listings (core.poller) ------------------------------------------------
+    def list_running(self) -> Flow[Listing | None]:
+        """The connection's running jobs (states only: a listing carries no percentage) in a few pages of
+        ``GET …/jobs?$filter=`` on the states Bentley documents for jobs-get-all. Reality Modeling and Analysis
+        v2 only; the v1 APIs' waits read their own jobs. Pages stop at ``LIST_PAGES``: then the listing is
+        incomplete, and a job missing from it is not taken for ended."""
+        if self.family.version != 2:
+            return None
+        states = " or ".join(f"state eq '{state}'" for state in V2_RUNNING)
+        clauses = [f"iTwinId eq {self.itwin_id}"] if self.itwin_id else []
+        jobs, complete = yield from self._listed(" and ".join([*clauses, f"({states})"]))
+        readings: dict[str, JobProgress] = {}
+        for job_id, job in jobs.items():
+            state = job_state(job)
+            if state is not None and not state.is_terminal:
+                readings[job_id] = JobProgress(self.vendor, job_id, state, raw=job)
+        return Listing(readings, complete=complete, percentages=False)
+
+    def read_ended(self, ended: Mapping[str, JobProgress]) -> Flow[dict[str, JobProgress]]:
+        """How jobs that left the running listing ended: their entries, ``ENDED_BATCH`` ids a call
+        (``id eq '…' or …``). A success is read from its entry as its details would be; a failure or a
+        cancellation (rare, and with a message or percentage to report) as its own wait would read it."""
+        found: dict[str, JobProgress] = {}
+        ids = sorted(ended)
+        for start in range(0, len(ids), ENDED_BATCH):
+            batch = " or ".join(f"id eq {_quoted(job_id)}" for job_id in ids[start : start + ENDED_BATCH])
+            jobs, _ = yield from self._listed(f"({batch})")
+            for job_id, job in jobs.items():
+                state = job_state(job)
+                if job_id not in ended or state is None or not state.is_terminal:
+                    continue
+                if state is JobState.SUCCEEDED:
+                    found[job_id] = yield from self.progress_from_job(job_id, job)
+                else:
+                    found[job_id] = yield from self.progress(job_id)
+        return found
+
+    def _listed(self, filter: str) -> Flow[tuple[dict[str, dict[str, Any]], bool]]:
+        """The jobs a filter selects by id, at most ``LIST_PAGES`` pages of ``LIST_PAGE``; and whether that
+        was all of them (a continuation token seen twice ends the listing as incomplete)."""
+        jobs: dict[str, dict[str, Any]] = {}
+        token: str | None = None
+        tokens: set[str] = set()
+        for _ in range(LIST_PAGES):
+            page, token = yield from self.list_jobs_page(filter, top=LIST_PAGE, continuation_token=token)
+            jobs.update({str(job["id"]): job for job in page if isinstance(job.get("id"), str) and job["id"]})
+            if not token:
+                return jobs, True
+            if token in tokens:
+                return jobs, False
+            tokens.add(token)
+        return jobs, False
 
     # -- listing -------------------------------------------------------------------------------
     def list_jobs_page(
@@ -328,8 +398,7 @@ class ITwinApi(VendorApi):
         if created_after:
             clauses.append(f"createdDateTime gt {created_after}")
         if name is not None:
-            quoted = name.replace("'", "''")  # OData doubles a quote inside a quoted string
-            clauses.append(f"name eq '{quoted}'")
+            clauses.append(f"name eq {_quoted(name)}")
         return " and ".join(clauses)
 
     # -- results ---------------------------------------------------------------------------------
@@ -533,6 +602,11 @@ def job_ended_at(job: Mapping[str, Any]) -> str | None:
 def job_state(job: Mapping[str, Any]) -> JobState | None:
     """A listed job's state in our words; None for a state this module does not know."""
     return STATES.get(str(job.get("state", "")).lower())
+
+
+def _quoted(value: str) -> str:
+    """An OData string literal (a quote inside doubled)."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _continuation_token(data: dict[str, Any]) -> str | None:

@@ -23,7 +23,7 @@ from airflow_provider_jobprogress.core.errors import (
     JobNotFoundError,
     VendorResponseError,
 )
-from airflow_provider_jobprogress.core.model import JobProgress, JobState
+from airflow_provider_jobprogress.core.model import JobProgress, JobState, Listing
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.protocol import (
     ConnectionFields,
@@ -37,6 +37,7 @@ from airflow_provider_jobprogress.core.protocol import (
     describe_body,
     load_json,
     now,
+    percentage,
 )
 
 DEFAULT_PORT = 9340
@@ -53,6 +54,10 @@ class OLConnectApi(VendorApi):
     # The vendor gives no polling guidance; operations take seconds to minutes.
     default_poll_policy = PollPolicy.exponential(5, factor=1.5, max_interval=60)
     token_margin = 15.0
+    # An on-premise server that also does the printing; Upland documents no limit. 1,200 calls a minute (20 a
+    # second) from one process: with getOperations, 5,000 waits need about one a second plus one per ending.
+    default_requests_per_minute = 1200.0
+    list_interval = 5.0
 
     def __init__(
         self,
@@ -190,6 +195,35 @@ class OLConnectApi(VendorApi):
     def cancel(self, job_id: str) -> Flow[None]:
         yield from self.send(self._call("POST", f"{PRINT}/cancel/{_q(job_id)}"), job_id, what="cancel")
         return None
+
+    def list_running(self) -> Flow[Listing | None]:
+        """Every operation the server still runs, with its progress, in one call: getOperations answers the
+        "JSON Operations List" (Upland's REST API cookbook: an array of ``{id, type, subTask, startTime,
+        progress}``, only operations still active). An operation no longer listed is read once with
+        getProgress (``done``, or its error): see ``core.poller``. A server without the call (404, 405)
+        cannot list; an entry we cannot read is left out, so its wait reads its own operation."""
+        what = "list running operations"
+        response = yield from self.exchange(self._call("GET", f"{PRINT}/getOperations"), None, what=what)
+        if response.status in (404, 405, 501):
+            return None
+        if response.status >= 300:
+            raise self.status_error(response, None, what=what)
+        data = self.parse_json(response, None, what=what)
+        if not isinstance(data, list):
+            raise VendorResponseError(
+                self.vendor, None, f"{what}: expected a JSON array, got {describe_body(response)}"
+            )
+        jobs: dict[str, JobProgress] = {}
+        for item in data:
+            job_id = item.get("id") if isinstance(item, dict) else None
+            if not isinstance(job_id, str) or not job_id:
+                continue
+            try:
+                percent = percentage(item.get("progress"), self.vendor, job_id, what=what)
+            except VendorResponseError:
+                continue
+            jobs[job_id] = JobProgress(self.vendor, job_id, JobState.RUNNING, percent, raw=item)
+        return Listing(jobs)
 
     def result_text(self, job_id: str) -> Flow[str]:
         """getResultTxt: the entity id or output path(s), never the file bytes."""
