@@ -70,7 +70,8 @@ def test_a_429_pauses_every_caller_once_and_paces_what_comes_back() -> None:
     assert budget.pause(30) is True
     assert budget.pause(30) is False, "the other waits' 429s of the same burst add nothing"
     assert budget.pause(10) is False
-    assert budget.counts.pauses == 1 and budget.counts.rate_limited == 3
+    assert budget.counts.pauses == 1
+    assert budget.counts.rate_limited == 3
     assert budget.paused_for() == 30
     waits = [budget.reserve() for _ in range(3)]
     assert waits == pytest.approx([30.1, 30.2, 30.3]), "empty after the pause: no burst on the vendor"
@@ -95,7 +96,9 @@ def test_a_summary_once_a_minute_with_what_happened() -> None:
     line = budget.summary(waits=7)
     assert line is not None
     assert "connection 'itwin_default': 10 calls/min (budget 450/min, 4500/h)" in line
-    assert "7 waits" in line and "1 answered 429" in line and "paused 5 s" in line
+    assert "7 waits" in line
+    assert "1 answered 429" in line
+    assert "paused 5 s" in line
     assert budget.summary() is None, "at most once a minute"
 
 
@@ -103,7 +106,8 @@ def test_registry_one_budget_per_connection_following_edits() -> None:
     registry = BudgetRegistry()
     first = registry.get("olconnect_default", 1200)
     assert registry.get("olconnect_default", 1200) is first
-    assert registry.get("olconnect_default", 600) is first and first.per_minute == 600
+    assert registry.get("olconnect_default", 600) is first
+    assert first.per_minute == 600
     assert registry.get("other", 1200) is not first
 
 

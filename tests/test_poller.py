@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -66,7 +66,7 @@ def listings(emulator: VendorEmulator, vendor: str) -> int:
 
 
 def submit(vendor: str, scenario: Scenario, emulator: VendorEmulator) -> str:
-    conn_id, hook_class, _, _ = LISTING[vendor]
+    conn_id, _hook_class, _, _ = LISTING[vendor]
     emulator.set_next_scenario(vendor, scenario)
     if vendor == "olconnect":
         return OLConnectHook(conn_id).submit({"datamining": {"identifier": "a.csv", "config": "dm"}})
@@ -109,7 +109,8 @@ async def test_listing_and_per_job_polling_end_alike(emulator: VendorEmulator, v
     jobs = [submit(vendor, scenario, emulator) for scenario, _ in MIX]
     payloads = await wait_all([trigger(vendor, job, interval=0.1) for job in jobs])
     for payload, (_, (status, state, percent, says)) in zip(payloads, MIX, strict=True):
-        assert payload["status"] == status and payload["progress"]["state"] == state, payload
+        assert payload["status"] == status, payload
+        assert payload["progress"]["state"] == state, payload
         assert percent == "any" or payload["progress"]["percent"] == percent, payload
         assert says is None or says in payload["message"], payload
     per_job_calls = emulator.count("GET", LISTING[vendor][3])
