@@ -91,15 +91,16 @@ def test_a_summary_once_a_minute_with_what_happened() -> None:
     for _ in range(10):
         budget.reserve()
     budget.pause(5)
-    assert budget.summary(waits=7) is None
+    assert budget.harvest() is None
     clock.now += 60
-    line = budget.summary(waits=7)
-    assert line is not None
+    harvest = budget.harvest()
+    assert harvest is not None
+    line = budget.describe(*harvest, waits=7)
     assert "connection 'itwin_default': 10 calls/min (budget 450/min, 4500/h)" in line
     assert "7 waits" in line
     assert "1 answered 429" in line
     assert "paused 5 s" in line
-    assert budget.summary() is None, "at most once a minute"
+    assert budget.harvest() is None, "at most once a minute"
 
 
 def test_registry_one_budget_per_connection_following_edits() -> None:

@@ -199,15 +199,19 @@ class RequestBudget:
             wait = self.paused_for()
 
     # -- what users watch -----------------------------------------------------------------------------
-    def summary(self, waits: int | None = None) -> str | None:
-        """One line about the last minute or more, at most once per ``SUMMARY_SECONDS`` (None until then),
-        and the counts start again."""
+    def harvest(self) -> tuple[BudgetCounts, float] | None:
+        """What the budget saw since the last harvest and over how many seconds, at most once per
+        ``SUMMARY_SECONDS`` (None until then); the counts start again."""
         with self._lock:
             moment = self._clock()
             span = moment - self._summarised_at
             if span < SUMMARY_SECONDS:
                 return None
             counts, self.counts, self._summarised_at = self.counts, BudgetCounts(), moment
+        return counts, span
+
+    def describe(self, counts: BudgetCounts, span: float, waits: int | None = None) -> str:
+        """The summary line of a harvest."""
         limits = f"{self.per_minute:.0f}/min" + (f", {self.per_hour:.0f}/h" if self.per_hour else "")
         parts = [
             f"connection {self.name!r}: {counts.calls * 60.0 / span:.0f} calls/min (budget {limits})",

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from airflow_provider_jobprogress.core.budget import RequestBudget
+from airflow_provider_jobprogress.core.budget import BudgetCounts, RequestBudget
 from airflow_provider_jobprogress.core.errors import JobProgressError
 from airflow_provider_jobprogress.core.model import JobProgress, Listing
 
@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 LIST_MIN_WAITS = 3
 #: never list more often than this (seconds), whatever the waits' intervals
 MIN_CYCLE = 1.0
+
+
+#: what receives a connection's counts once a minute (the triggers send them to Airflow's metrics)
+Report = Callable[[RequestBudget, BudgetCounts, int], None]
 
 
 class JobReader(Protocol):
@@ -122,9 +126,12 @@ class _Snapshot:
 class JobPoller:
     """The waits on one connection in one event loop, and the listing that answers their polls."""
 
-    def __init__(self, name: str, reader: JobReader, *, lists: bool, list_interval: float) -> None:
+    def __init__(
+        self, name: str, reader: JobReader, *, lists: bool, list_interval: float, report: Report | None = None
+    ) -> None:
         self.name = name  # the connection id, for log lines
         self.reader = reader  # the poller's own hook: listings, ended-job reads
+        self.report = report
         self.lists = lists
         self.list_interval = list_interval
         self.watches: dict[str, set[Watch]] = {}
@@ -264,10 +271,15 @@ class JobPoller:
                 self._cycle_task = None
 
     def _summarise(self) -> None:
+        """Once a minute at most: a log line and the metrics of what the connection's budget saw."""
         budget = self.reader.budget()
-        line = budget.summary(waits=self.waits) if budget is not None else None
-        if line is not None:
-            log.info("%s", line)
+        harvest = budget.harvest() if budget is not None else None
+        if budget is None or harvest is None:
+            return
+        counts, span = harvest
+        log.info("%s", budget.describe(counts, span, waits=self.waits))
+        if self.report is not None:
+            self.report(budget, counts, self.waits)
 
 
 class PollerRegistry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from airflow.providers.common.compat.connection import get_async_connection
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
+from airflow_provider_jobprogress.core.budget import BudgetCounts, RequestBudget
 from airflow_provider_jobprogress.core.errors import (
     JobProgressError,
     OperationNotSupportedError,
@@ -342,7 +344,33 @@ def _poller_key(hook: Any) -> str:
 
 def _poller(hook: Any) -> JobPoller:
     """A connection's poller, with a hook of its own for the listings (the waits' hooks read their own jobs)."""
-    return JobPoller(hook.conn_id, type(hook)(hook.conn_id), lists=True, list_interval=hook.api_class.list_interval)
+    return JobPoller(
+        hook.conn_id,
+        type(hook)(hook.conn_id),
+        lists=True,
+        list_interval=hook.api_class.list_interval,
+        report=report_metrics,
+    )
+
+
+def report_metrics(budget: RequestBudget, counts: BudgetCounts, waits: int) -> None:
+    """A connection's last minute as Airflow metrics (StatsD or OpenTelemetry, as the deployment sends them):
+    counters ``jobprogress.<conn id>.calls``, ``.rate_limited``, ``.pauses``, ``.optional_skipped`` and gauges
+    ``.waits``, ``.budget_per_minute``, ``.paused_seconds``."""
+    from airflow.providers.common.compat.sdk import Stats
+
+    prefix = "jobprogress." + re.sub(r"[^A-Za-z0-9_-]", "_", budget.name)
+    for name, value in (
+        ("calls", counts.calls),
+        ("rate_limited", counts.rate_limited),
+        ("pauses", counts.pauses),
+        ("optional_skipped", counts.optional_skipped),
+    ):
+        if value:
+            Stats.incr(f"{prefix}.{name}", value)
+    Stats.gauge(f"{prefix}.waits", waits)
+    Stats.gauge(f"{prefix}.budget_per_minute", budget.per_minute)
+    Stats.gauge(f"{prefix}.paused_seconds", counts.paused_seconds)
 
 
 async def sleep_on_tick(seconds: float) -> float:
