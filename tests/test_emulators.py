@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from airflow_provider_jobprogress.testing.emulators import Scenario, ScenarioError, VendorEmulator
+from airflow_provider_jobprogress.testing.emulators import Faults, Scenario, ScenarioError, VendorEmulator
 
 OL = "/rest/serverengine"
 AIO = f"{OL}/workflow/print"
@@ -318,6 +318,71 @@ def test_olconnect_first_download_is_cut_then_whole(emulator: VendorEmulator) ->
     assert sha256(r.content) == emulator.result_sha256("olconnect", op)
     downloads = emulator.job("olconnect", op).downloads
     assert [(d.size, d.complete) for d in downloads] == [(100_000, False), (300_000, True)]
+
+
+def ol_operations(emu: VendorEmulator, headers: dict[str, str]) -> requests.Response:
+    return requests.get(f"{emu.url}{AIO}/getOperations", headers=headers, timeout=TIMEOUT)
+
+
+def test_olconnect_get_operations_lists_the_active_operations(emulator: VendorEmulator) -> None:
+    """Upland's "Get All Operations" answers the "JSON Operations List" of the operations still running."""
+    headers = ol_login(emulator)
+    before = time.time()
+    emulator.set_next_scenario("olconnect", Scenario(steps=3))
+    stepped = ol_submit(emulator, headers)
+    emulator.set_next_scenario("olconnect", Scenario(duration=60, steps=4))
+    timed = ol_submit(emulator, headers)
+    emulator.set_next_scenario("olconnect", Scenario(duration=60))
+    cancelled = ol_submit(emulator, headers)
+    requests.post(f"{emulator.url}{AIO}/cancel/{cancelled}", headers=headers, timeout=TIMEOUT)
+    r = ol_operations(emulator, headers)
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("application/json")
+    listed = {op["id"]: op for op in r.json()}
+    assert set(listed) == {stepped, timed}, "a cancelled operation is no longer active"
+    for op in listed.values():
+        assert set(op) >= {"id", "type", "subTask", "startTime", "progress"}
+        assert op["type"] == "PrintRestService"
+        assert op["subTask"] in ("Data Mapping", "Output Creation"), "the steps ol_submit's configuration names"
+        assert isinstance(op["startTime"], int)
+        assert before * 1000 - 1000 <= op["startTime"] <= time.time() * 1000 + 1000
+    assert listed[timed]["progress"] == 0
+    # A listing reads every operation it lists, as getProgress reads one: a job that moves a step per read
+    # moves a step per listing, and leaves the list once it ended (getProgress then says how).
+    assert listed[stepped]["progress"] == 25
+    assert [op["progress"] for op in ol_operations(emulator, headers).json() if op["id"] == stepped] == [50]
+    assert [op["progress"] for op in ol_operations(emulator, headers).json() if op["id"] == stepped] == [75]
+    assert [op["id"] for op in ol_operations(emulator, headers).json()] == [timed]
+    assert ol_progress(emulator, headers, stepped).text == "done"
+
+
+def test_olconnect_get_operations_drops_failed_and_finished_operations(emulator: VendorEmulator) -> None:
+    headers = ol_login(emulator)
+    emulator.set_next_scenario("olconnect", Scenario(outcome="fail", steps=0, message="Template broken"))
+    failed = ol_submit(emulator, headers)
+    emulator.set_next_scenario("olconnect", Scenario(steps=0))
+    done = ol_submit(emulator, headers)
+    assert ol_operations(emulator, headers).json() == []
+    assert ol_error(ol_progress(emulator, headers, failed))["message"] == "Template broken"
+    assert ol_progress(emulator, headers, done).text == "done"
+
+
+def test_olconnect_get_operations_needs_credentials_and_meets_faults(emulator: VendorEmulator) -> None:
+    r = requests.get(f"{emulator.url}{AIO}/getOperations", timeout=TIMEOUT)
+    assert (r.status_code, r.headers["WWW-Authenticate"]) == (401, "BASIC")
+    r = requests.get(f"{emulator.url}{AIO}/getOperations", headers={"auth_token": "forged"}, timeout=TIMEOUT)
+    assert r.status_code == 403
+    r = requests.get(f"{emulator.url}{AIO}/getOperations", auth=("ol-admin", "secret"), timeout=TIMEOUT)
+    assert (r.status_code, r.json()) == (200, [])
+    headers = ol_login(emulator)
+    emulator.set_faults(Faults(error_rate=1.0))
+    assert ol_operations(emulator, headers).status_code in (500, 502, 503, 504)
+
+
+def test_olconnect_get_operations_without_server_security() -> None:
+    with VendorEmulator(olconnect_security=False) as emu:
+        op = ol_submit(emu, {})
+        assert [listed["id"] for listed in ol_operations(emu, {}).json()] == [op]
 
 
 # -- ScriptX helpers --------------------------------------------------------------------------------
