@@ -132,6 +132,60 @@ def test_v1_details_keep_output_ids_in_every_state(emulator: VendorEmulator) -> 
     assert job["outputs"][0]["id"]
 
 
+def create_v1(emu: VendorEmulator, api: str, **scenario: Any) -> tuple[str, dict[str, str]]:
+    """A submitted v1 job (Bentley's v1 clients create, then PATCH state active)."""
+    inputs = [{"type": "photos", "id": "in-1"}] if api == "realitydataanalysis" else [{"type": "LAZ", "id": "in-1"}]
+    body = {
+        "name": "v1",
+        "iTwinId": emu.ITWIN_ID,
+        "type": "objects2D" if api == "realitydataanalysis" else "Conversion",
+        "inputs": inputs,
+        "outputs": ["objects2D" if api == "realitydataanalysis" else "OPC"],
+        "emulator": Scenario(**scenario).to_dict(),
+    }
+    h = headers(emu, V1)
+    job_id = requests.post(f"{emu.url}/{api}/jobs", json=body, headers=h, timeout=TIMEOUT).json()["job"]["id"]
+    r = requests.patch(f"{emu.url}/{api}/jobs/{job_id}", json={"state": "active"}, headers=h, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    return f"{emu.url}/{api}/jobs/{job_id}", h
+
+
+@pytest.mark.parametrize("api", ["realitydataanalysis", "realityconversion"])
+def test_v1_progress_stays_readable_with_the_final_state(emulator: VendorEmulator, api: str) -> None:
+    """Bentley's own v1 examples poll progress until state == success and exit on any error answer: the
+    service keeps a finished job's progress readable ("won't be available after 30 days")."""
+    last_step = {"realitydataanalysis": "Finalize", "realityconversion": "Upload_Files"}[api]
+    url, h = create_v1(emulator, api, steps=3)
+    seen = [requests.get(f"{url}/progress", headers=h, timeout=TIMEOUT) for _ in range(6)]
+    assert {r.status_code for r in seen} == {200}
+    readings = [r.json()["progress"] for r in seen]
+    assert [(p["state"], p["percentage"]) for p in readings] == [("active", 25), ("active", 50), ("active", 75)] + [
+        ("success", 100)
+    ] * 3
+    assert readings[-1]["step"] == last_step
+
+    url, h = create_v1(emulator, api, steps=2, outcome="fail")
+    readings = [requests.get(f"{url}/progress", headers=h, timeout=TIMEOUT).json()["progress"] for _ in range(4)]
+    assert [(p["state"], p["percentage"]) for p in readings] == [("active", 33), ("active", 67)] + [("failed", 67)] * 2
+
+    url, h = create_v1(emulator, api, steps=4)
+    for _ in range(2):
+        requests.get(f"{url}/progress", headers=h, timeout=TIMEOUT)
+    requests.patch(url, json={"state": "cancelled"}, headers=h, timeout=TIMEOUT)
+    reading = requests.get(f"{url}/progress", headers=h, timeout=TIMEOUT).json()["progress"]
+    assert (reading["state"], reading["percentage"]) == ("cancelled", 40)
+
+
+def test_v1_progress_is_gone_after_the_retention() -> None:
+    """Past the retention (Bentley: 30 days; here 0 s) a finished job's progress answers 404 ProgressNotFound,
+    as the provider's details fallback expects."""
+    with VendorEmulator(itwin_progress_retention=0) as emu:
+        url, h = create_v1(emu, "realitydataanalysis", steps=0)
+        r = requests.get(f"{url}/progress", headers=h, timeout=TIMEOUT)
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "ProgressNotFound")
+        assert requests.get(url, headers=h, timeout=TIMEOUT).json()["job"]["state"] == "success"
+
+
 def test_reality_conversion_says_submitted_date_time(emulator: VendorEmulator) -> None:
     body = {"name": "c", "iTwinId": emulator.ITWIN_ID, "type": "LAS2PNTS", "inputs": [{"id": "a"}], "outputs": ["PNTS"]}
     h = headers(emulator, V1)

@@ -10,7 +10,11 @@ Decisions where the Bentley docs are silent (shared with /work/shared/vendors/RE
   version → 406 {"error": {"code": "InvalidApiVersion", ...}}.
 - A status poll is GET .../progress or GET .../jobs/{id}: both count for rate_limit/flaky/garbage and both
   advance a deterministic job one step. messages, readaccess and blob calls do not.
-- v1: progress answers 200 only while the job is active; unsubmitted or ended → 404 ProgressNotFound.
+- v1: progress of an unsubmitted job → 404 ProgressNotFound. Once the job ended, progress stays readable
+  with its final state (success, failed, cancelled), its last percentage (100 for success; where it stopped
+  otherwise) and step, as Bentley's own v1 examples read it (they poll progress until state == success and
+  stop on any error answer), until `itwin_progress_retention` seconds after the end (Bentley: "won't be
+  available after 30 days", the default); then 404 ProgressNotFound, and the job details say how it ended.
   Steps: analysis Prepare_Step → Prepare_Production → Run_Production → Finalize; conversion Prepare_Files →
   Convert_Files → Upload_Files. An X-Emulator-Scenario header on the submitting PATCH replaces the scenario.
   PATCH to a state other than active/cancelled, or from a state that cannot move, → 422 InvalidChange.
@@ -347,15 +351,22 @@ def _v1_progress(request: Request, state: EmulatorState, api: str, job_id: str) 
         reply = _gated_progress(job)
         if reply is None:
             job.advance(now)
-            reply = _v1_progress_answer(job, now, api)
+            reply = _v1_progress_answer(job, now, api, state.itwin_progress_retention)
     return reply.for_job(job_id)
 
 
-def _v1_progress_answer(job: Job, now: float, api: str) -> Reply:
-    if _v1_state(job, now) != "active":
+def _v1_progress_answer(job: Job, now: float, api: str, retention: float) -> Reply:
+    state = _v1_state(job, now)
+    finished = job.finished_at(now)
+    if state == "unsubmitted" or (finished is not None and now - finished >= retention):
         return error(404, "ProgressNotFound", "Requested progress is not available.")
-    step = spread(job.stage(now), job.scenario.steps, V1_STEPS[api])
-    return Reply.json(200, {"progress": {"percentage": job.percent(now), "state": "active", "step": step}})
+    steps = job.scenario.steps
+    stage = job.stage(now if finished is None else finished)
+    if state not in ("active", "success"):
+        stage = min(stage, steps)  # a failed or cancelled job stopped where it was, short of the end
+    percent = round(stage * 100 / (steps + 1))
+    step = spread(stage, steps, V1_STEPS[api])
+    return Reply.json(200, {"progress": {"percentage": percent, "state": state, "step": step}})
 
 
 def _v1_patch(request: Request, state: EmulatorState, api: str, job_id: str) -> Reply:

@@ -548,17 +548,28 @@ def basic_credentials(request: Request) -> tuple[str, str] | None:
     return (user, password)
 
 
+#: how long a finished iTwin v1 job's progress stays readable: Bentley says it "won't be available after 30 days"
+ITWIN_PROGRESS_RETENTION = 30 * 24 * 3600.0
+
+
 class EmulatorState:
     """Everything the three APIs share: jobs, tokens, scenarios, the call log. One lock guards it all."""
 
     def __init__(
-        self, *, token_ttl: int, olconnect_security: bool, retention: float, secrets: Mapping[str, str]
+        self,
+        *,
+        token_ttl: int,
+        olconnect_security: bool,
+        retention: float,
+        secrets: Mapping[str, str],
+        itwin_progress_retention: float = ITWIN_PROGRESS_RETENTION,
     ) -> None:
         self.lock = threading.RLock()
         self.secrets = dict(secrets)
         self.token_ttl = token_ttl
         self.olconnect_security = olconnect_security
         self.retention = retention
+        self.itwin_progress_retention = itwin_progress_retention
         self.base_url = ""
         self.jobs: dict[tuple[str, str], Job] = {}
         self.calls: list[Call] = []

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from . import itwin, olconnect, scriptx
 from .model import (
+    ITWIN_PROGRESS_RETENTION,
     SERVER_ERRORS,
     VENDORS,
     Call,
@@ -261,9 +262,14 @@ class VendorEmulator:
         olconnect_security: bool = True,
         retention: float = 300.0,
         secrets: Mapping[str, str] | None = None,
+        itwin_progress_retention: float = ITWIN_PROGRESS_RETENTION,
     ) -> None:
         """``secrets`` overrides the accepted credentials (olconnect_password, scriptx_license,
-        itwin_client_secret), e.g. with distinctive values a test then searches logs for."""
+        itwin_client_secret), e.g. with distinctive values a test then searches logs for.
+
+        ``retention``: seconds OL Connect keeps an ended operation for getProgress; ``itwin_progress_retention``:
+        seconds a finished iTwin v1 job's progress stays readable (Bentley: 30 days; 0 answers 404
+        ProgressNotFound from the end on, as a job read after those 30 days)."""
         self.host = host
         self.port = port
         accepted = {
@@ -276,7 +282,11 @@ class VendorEmulator:
             raise ValueError(f"unknown emulator secrets {sorted(unknown)}; known: {sorted(accepted)}")
         accepted.update(secrets or {})
         self.state = EmulatorState(
-            token_ttl=token_ttl, olconnect_security=olconnect_security, retention=retention, secrets=accepted
+            token_ttl=token_ttl,
+            olconnect_security=olconnect_security,
+            retention=retention,
+            secrets=accepted,
+            itwin_progress_retention=itwin_progress_retention,
         )
         self._server: _Server | None = None
 
