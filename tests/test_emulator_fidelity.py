@@ -197,6 +197,27 @@ def test_reality_conversion_says_submitted_date_time(emulator: VendorEmulator) -
     assert "submissionDateTime" not in info
 
 
+def test_reality_conversion_details_say_each_inputs_type(emulator: VendorEmulator) -> None:
+    """Bentley's v1 Python client creates a conversion with inputs ``[{"id": …}]`` and reads the service's
+    ``inputs[].type`` back from the job details (its ConversionSettings.from_json fails without it)."""
+    body = {
+        "name": "c",
+        "iTwinId": emulator.ITWIN_ID,
+        "type": "Conversion",
+        "inputs": [{"id": "rd-laz"}, {"type": "E57", "id": "rd-e57"}],
+        "outputs": ["OPC"],
+        "options": {"processingEngines": 8},
+    }
+    h = headers(emulator, V1)
+    url = f"{emulator.url}/realityconversion/jobs"
+    job_id = requests.post(url, json=body, headers=h, timeout=TIMEOUT).json()["job"]["id"]
+    job = requests.get(f"{url}/{job_id}", headers=h, timeout=TIMEOUT).json()["job"]
+    bentley_input_types = {"LAS", "LAZ", "PLY", "E57", "OPC", "PointCloud", "PNTS", "Cesium3DTiles"}
+    assert [i["id"] for i in job["inputs"]] == ["rd-laz", "rd-e57"]
+    assert all(i.get("type") in bentley_input_types for i in job["inputs"]), job["inputs"]
+    assert job["inputs"][1]["type"] == "E57", "a type given at creation is kept"
+
+
 def test_reality_data_view_has_bentleys_fields(emulator: VendorEmulator) -> None:
     job = create_v2(emulator, "reality-analysis", OBJECTS_2D, steps=0)
     rd = job["specifications"]["outputs"]["objects2D"]

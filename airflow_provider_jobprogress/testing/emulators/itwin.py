@@ -20,6 +20,10 @@ Decisions where the Bentley docs are silent (shared with /work/shared/vendors/RE
   PATCH to a state other than active/cancelled, or from a state that cannot move, → 422 InvalidChange.
 - v1 details list every output with its reality data id from creation on; Reality Conversion's
   executionInformation says `submittedDateTime` where Reality Analysis says `submissionDateTime`.
+- Reality Conversion v1 details give every input its `type`: Bentley's v1 Python client creates with
+  `[{"id": …}]` and reads `inputs[].type` back (the service types each input from its reality data). A type
+  given at creation is kept; without one the emulator, which has no input reality data, answers LAZ for a
+  Conversion (the file Bentley's own example converts) and GeoJSON for an ImportFeatures job.
 - v2 (reality-modeling and reality-analysis, the shapes of Bentley's SDK 2.6 and its fixtures): create =
   submit, the 201 shows state "Active". progress keeps answering after the end, with the terminal state
   (Success at 100). DELETE of a running job → 200 with "TerminatingOnCancel", "Cancelled" from the next poll
@@ -99,6 +103,9 @@ PREFIXES = (
 )
 #: requested v2 outputs that land in the iTwin's bucket rather than in a reality data
 BUCKET_OUTPUTS = frozenset({"report"})
+#: the type a Reality Conversion v1 job's details give an input created without one, by job type
+CONVERSION_INPUT_TYPES = {"ImportFeatures": "GeoJSON"}
+CONVERSION_INPUT_TYPE = "LAZ"
 V1_STEPS = {
     "realitydataanalysis": ("Prepare_Step", "Prepare_Production", "Run_Production", "Finalize"),
     "realityconversion": ("Prepare_Files", "Convert_Files", "Upload_Files"),
@@ -321,11 +328,18 @@ def _v1_create(request: Request, state: EmulatorState, api: str) -> Reply:
     scenario = state.choose_scenario(VENDOR, request.header(SCENARIO_HEADER), body.get("emulator"))
     details = {key: body.get(key, default) for key, default in (("name", ""), ("type", ""), ("iTwinId", ""))}
     outputs = _output_names(body["outputs"])
-    details.update(api=api, inputs=body["inputs"], outputs=outputs, options=body.get("options", {}))
+    inputs = _conversion_inputs(body["inputs"], details["type"]) if api == "realityconversion" else body["inputs"]
+    details.update(api=api, inputs=inputs, outputs=outputs, options=body.get("options", {}))
     job = Job(VENDOR, str(uuid.uuid4()), scenario, details=details)
     _register_outputs(state, job, details["outputs"])
     state.add_job(job)
     return Reply.json(201, {"job": _v1_view(job, time.monotonic())}).for_job(job.job_id)
+
+
+def _conversion_inputs(inputs: list[Any], job_type: str) -> list[Any]:
+    """The inputs as Reality Conversion's details answer them: each with a type (the one given, else typed)."""
+    default = CONVERSION_INPUT_TYPES.get(job_type, CONVERSION_INPUT_TYPE)
+    return [{"type": default, **item} if isinstance(item, dict) and "type" not in item else item for item in inputs]
 
 
 def _v1_get(request: Request, state: EmulatorState, api: str, job_id: str) -> Reply:
