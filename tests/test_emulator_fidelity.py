@@ -255,6 +255,33 @@ def test_job_listing_filters_and_pages_with_a_continuation_token(emulator: Vendo
     assert requests.get(url, headers=headers(emulator), timeout=TIMEOUT).status_code == 400
 
 
+def test_job_listing_reads_in_and_input_and_output_ids(emulator: VendorEmulator) -> None:
+    """Bentley's jobs-get-all pages (Reality Analysis, Reality Conversion, Reality Modeling; v1 and the v2
+    Reality Conversion page alike): properties id, iTwinId, name, email, type, state, createdDateTime, inputId,
+    outputId; operators eq, lt, le, gt, ge, ne, in, and, or; e.g. ``inputId in ('…', '…')``."""
+    jobs = [create_v2(emulator, "reality-analysis", OBJECTS_2D, steps=0) for _ in range(3)]
+    ids = [job["id"] for job in jobs]
+    url = f"{emulator.url}/reality-analysis/jobs"
+
+    def listed(text: str) -> list[str]:
+        r = requests.get(url, params={"$filter": text}, headers=headers(emulator), timeout=TIMEOUT)
+        assert r.status_code == 200, r.text
+        return sorted(job["id"] for job in r.json()["jobs"])
+
+    assert listed(f"id in ('{ids[0]}', '{ids[2]}')") == sorted([ids[0], ids[2]])
+    assert listed(f"iTwinId eq {emulator.ITWIN_ID} and id in ({ids[1]})") == [ids[1]]
+    requests.get(f"{url}/{ids[0]}", headers=headers(emulator), timeout=TIMEOUT)  # ends it (no steps)
+    assert listed("state in ('Success', 'Failed', 'Cancelled')") == [ids[0]]
+    assert listed("inputId eq 'rd-photos'") == sorted(ids)
+    assert listed("inputId in ('nothing', 'det')") == sorted(ids)
+    output = jobs[1]["specifications"]["outputs"]["objects2D"]
+    assert listed(f"outputId eq {output}") == [ids[1]]
+    assert listed(f"outputId ne {output}") == sorted([ids[0], ids[2]])
+    for refused in ("id in ()", "id in ('a'", "inputId gt 'a'", "contains(name, 'a')", "not state eq 'Active'"):
+        r = requests.get(url, params={"$filter": refused}, headers=headers(emulator), timeout=TIMEOUT)
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "InvalidFilter"), refused
+
+
 def test_the_itwin_bucket_serves_bucket_outputs(emulator: VendorEmulator) -> None:
     calibration = {"type": "Calibration", "specifications": {"inputs": {"scene": "s"}, "outputs": ["scene", "report"]}}
     job = create_v2(emulator, "reality-modeling", calibration, steps=0)

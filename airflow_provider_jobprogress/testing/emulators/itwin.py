@@ -31,8 +31,10 @@ Decisions where the Bentley docs are silent (shared with /work/shared/vendors/RE
   name maps to its reality data id, `modelingReference` to {"location": id}, each export to its create body
   plus "location", and a `report` to a `bkt:jobs/<job id>/report.json` path in the iTwin's bucket.
 - Listing: GET /{api}/jobs needs `$filter` (400 without); it understands the grammar Bentley documents
-  (jobs-get-all): id, iTwinId, name, email, type, state, createdDateTime compared with eq/ne/lt/le/gt/ge, joined
-  by and/or, with parentheses; anything else (an end time included: not filterable) → 400 InvalidFilter.
+  (jobs-get-all): id, iTwinId, name, email, type, state, createdDateTime, inputId, outputId compared with
+  eq/ne/lt/le/gt/ge or `in (v1, v2, …)`, joined by and/or, with parentheses; inputId/outputId match any of the
+  job's inputs/outputs (eq, in; ne: none of them) and take no ordering; anything else (an end time included:
+  not filterable; `not`, functions) → 400 InvalidFilter.
   `$top` (default 100) pages, `_links.next.href` carries a
   `continuationToken`. Listing never advances a job.
 - Bucket: GET /reality-modeling/itwins/{iTwinId}/bucket (v2) → {"bucket": {"iTwinId"}, "_links": {"containerUrl"}},
@@ -58,6 +60,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode
 from xml.sax.saxutils import escape
@@ -580,11 +583,30 @@ def _v2_cancel(request: Request, state: EmulatorState, api: str, job_id: str) ->
 # -- listing: GET /{api}/jobs?$filter=… ---------------------------------------------------------------
 
 
-#: the properties Bentley documents for `$filter` on GET …/jobs (reality-modeling jobs-get-all; v1 APIs add the
-#: same ones); an end time is NOT among them, so a client must filter on it itself
-FILTER_PROPERTIES = {p.lower(): p for p in ("id", "iTwinId", "name", "email", "type", "state", "createdDateTime")}
-FILTER_TOKEN = re.compile(r"\s*(?:(\()|(\))|'((?:[^']|'')*)'|([^\s()']+))")
-Predicate = Callable[[dict[str, Any]], bool]
+#: the properties and operators Bentley documents for `$filter` on GET …/jobs (jobs-get-all of Reality Analysis
+#: and Reality Conversion v1, of Reality Modeling v1 (contextcapture) and of the v2 Reality Conversion preview, all
+#: the same words: "Properties supported for filtering: id, iTwinId, name, email, type, state, createdDateTime,
+#: inputId, outputId. Supported operators: eq, lt, le, gt, ge, ne, in, and, or."). An end time is NOT among them,
+#: so a client filters on it itself. Parentheses are not mentioned; the emulator reads them (as OData does).
+FILTER_PROPERTIES = {
+    p.lower(): p for p in ("id", "iTwinId", "name", "email", "type", "state", "createdDateTime", "inputId", "outputId")
+}
+#: properties with several values per job (any input, any output): eq/in match any of them, ne none of them
+FILTER_COLLECTIONS = frozenset({"inputId", "outputId"})
+COMPARISONS = ("eq", "ne", "lt", "le", "gt", "ge")
+FILTER_TOKEN = re.compile(r"\s*(?:(\()|(\))|(,)|'((?:[^']|'')*)'|([^\s(),']+))")
+
+
+@dataclass(frozen=True)
+class FilterRow:
+    """One job as the filter sees it: its listed view, and the ids of its inputs and outputs."""
+
+    view: dict[str, Any]
+    input_ids: tuple[str, ...]
+    output_ids: tuple[str, ...]
+
+
+Predicate = Callable[[FilterRow], bool]
 
 
 class FilterError(ValueError):
@@ -592,7 +614,7 @@ class FilterError(ValueError):
 
 
 def _filter_tokens(text: str) -> list[tuple[str, str]]:
-    """(kind, text) tokens: ``(``, ``)``, a quoted string (``''`` is one quote) or a bare word."""
+    """(kind, text) tokens: ``(``, ``)``, ``,``, a quoted string (``''`` is one quote) or a bare word."""
     tokens: list[tuple[str, str]] = []
     position = 0
     text = text.rstrip()
@@ -600,9 +622,9 @@ def _filter_tokens(text: str) -> list[tuple[str, str]]:
         match = FILTER_TOKEN.match(text, position)
         if match is None or match.end() == position:
             raise FilterError(f"cannot read the $filter at {text[position:]!r}")
-        opening, closing, quoted, word = match.groups()
-        if opening or closing:
-            tokens.append(("(" if opening else ")", ""))
+        opening, closing, comma, quoted, word = match.groups()
+        if opening or closing or comma:
+            tokens.append((opening or closing or comma, ""))
         elif quoted is not None:
             tokens.append(("string", quoted.replace("''", "'")))
         else:
@@ -617,20 +639,30 @@ def parse_iso(text: str) -> datetime.datetime:
     return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
 
 
-def _filter_value(job: dict[str, Any], prop: str) -> Any:
+def _filter_values(row: FilterRow, prop: str) -> tuple[Any, ...]:
+    """The job's values of ``prop``: one for a plain property (None when absent), any number for ids."""
+    if prop == "inputId":
+        return row.input_ids
+    if prop == "outputId":
+        return row.output_ids
     if prop == "createdDateTime":  # v1 answers it at the top, v2 in executionInfo
-        return job.get(prop) or (job.get("executionInfo") or {}).get(prop)
-    return job.get(prop)
+        return (row.view.get(prop) or (row.view.get("executionInfo") or {}).get(prop),)
+    return (row.view.get(prop),)
 
 
-def _compare(actual: Any, op: str, wanted: str, prop: str) -> bool:
+def _comparable(value: str, prop: str) -> Any:
+    # identifiers and states compare without regard to case, as the service does
+    return parse_iso(value) if prop == "createdDateTime" else value.lower()
+
+
+def _compare(actual: Any, op: str, wanted: tuple[str, ...], prop: str) -> bool:
     if actual is None:
         return op == "ne"
-    if prop == "createdDateTime":
-        left: Any = parse_iso(str(actual))
-        right: Any = parse_iso(wanted)
-    else:  # identifiers and states compare without regard to case, as the service does
-        left, right = str(actual).lower(), wanted.lower()
+    left = _comparable(str(actual), prop)
+    rights = [_comparable(value, prop) for value in wanted]
+    if op == "in":
+        return left in rights
+    right = rights[0]
     outcome: bool = {
         "eq": left == right,
         "ne": left != right,
@@ -642,8 +674,17 @@ def _compare(actual: Any, op: str, wanted: str, prop: str) -> bool:
     return outcome
 
 
+def _matches(values: tuple[Any, ...], op: str, wanted: tuple[str, ...], prop: str) -> bool:
+    if prop in FILTER_COLLECTIONS:  # any input (output) is it; "ne": none is
+        if op == "ne":
+            return not any(_compare(value, "eq", wanted, prop) for value in values)
+        return any(_compare(value, op, wanted, prop) for value in values)
+    return _compare(values[0], op, wanted, prop)
+
+
 class _FilterParser:
-    """`expr := and_expr ('or' and_expr)*; and_expr := atom ('and' atom)*; atom := '(' expr ')' | prop op value`."""
+    """`expr := and_expr ('or' and_expr)*; and_expr := atom ('and' atom)*;
+    atom := '(' expr ')' | prop op value | prop 'in' '(' value (',' value)* ')'`."""
 
     def __init__(self, text: str) -> None:
         self.tokens = _filter_tokens(text)
@@ -671,13 +712,13 @@ class _FilterParser:
         parts = [self._and()]
         while self._keyword("or"):
             parts.append(self._and())
-        return parts[0] if len(parts) == 1 else (lambda job: any(part(job) for part in parts))
+        return parts[0] if len(parts) == 1 else (lambda row: any(part(row) for part in parts))
 
     def _and(self) -> Predicate:
         parts = [self._atom()]
         while self._keyword("and"):
             parts.append(self._atom())
-        return parts[0] if len(parts) == 1 else (lambda job: all(part(job) for part in parts))
+        return parts[0] if len(parts) == 1 else (lambda row: all(part(row) for part in parts))
 
     def _atom(self) -> Predicate:
         kind, text = self._next()
@@ -692,22 +733,63 @@ class _FilterParser:
                 f"{text!r} is not a property supported for filtering ({', '.join(FILTER_PROPERTIES.values())})"
             )
         op = self._next()[1].lower()
-        if op not in ("eq", "ne", "lt", "le", "gt", "ge"):
-            raise FilterError(f"{op!r} is not a supported operator (eq, ne, lt, le, gt, ge)")
-        kind, wanted = self._next()
+        if op not in (*COMPARISONS, "in"):
+            raise FilterError(f"{op!r} is not a supported operator ({', '.join(COMPARISONS)}, in)")
+        if prop in FILTER_COLLECTIONS and op not in ("eq", "ne", "in"):
+            raise FilterError(f"{prop} is compared with eq, ne or in only")
+        wanted = self._values(prop, op) if op == "in" else (self._value(prop, op),)
+        if prop == "createdDateTime":
+            for value in wanted:
+                try:
+                    parse_iso(value)
+                except ValueError:
+                    raise FilterError(f"{value!r} is not a date and time") from None
+        return lambda row: _matches(_filter_values(row, prop), op, wanted, prop)
+
+    def _value(self, prop: str, op: str) -> str:
+        kind, value = self._next()
         if kind not in ("string", "word"):
             raise FilterError(f"{prop} {op} needs a value")
-        if prop == "createdDateTime":
-            try:
-                parse_iso(wanted)
-            except ValueError:
-                raise FilterError(f"{wanted!r} is not a date and time") from None
-        return lambda job: _compare(_filter_value(job, prop), op, wanted, prop)
+        return value
+
+    def _values(self, prop: str, op: str) -> tuple[str, ...]:
+        """``in``'s list: ``(v1, v2, …)``, at least one value."""
+        if self._next()[0] != "(":
+            raise FilterError(f"{prop} in needs a list of values in parentheses")
+        values = [self._value(prop, op)]
+        while True:
+            kind = self._next()[0]
+            if kind == ")":
+                return tuple(values)
+            if kind != ",":
+                raise FilterError(f"the list after {prop} in is not closed")
+            values.append(self._value(prop, op))
 
 
 def _list_filter(text: str) -> Predicate:
-    """The `$filter` grammar Bentley documents: eq/ne/lt/le/gt/ge joined by and/or, with parentheses."""
+    """The `$filter` grammar Bentley documents: eq/ne/lt/le/gt/ge/in joined by and/or (and parentheses)."""
     return _FilterParser(text).parse()
+
+
+def _ids(value: Any) -> list[str]:
+    """The reality data ids in a v2 `specifications.inputs` value (an id, or a list of them)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [item for item in value if isinstance(item, str)]
+    return []
+
+
+def _filter_row(job: Job, now: float, api: str) -> FilterRow:
+    d = job.details
+    if api in V2_APIS:
+        view = _v2_view(job, now)
+        inputs = d["inputs"]
+        input_ids = [i for v in (inputs.values() if isinstance(inputs, dict) else inputs) for i in _ids(v)]
+    else:
+        view = _v1_view(job, now)
+        input_ids = [str(i["id"]) for i in d["inputs"] if isinstance(i, dict) and "id" in i]
+    return FilterRow(view, tuple(input_ids), tuple(rd for rd in d["reality_data_ids"] if rd))
 
 
 def _list_jobs(request: Request, state: EmulatorState, api: str) -> Reply:
@@ -724,10 +806,13 @@ def _list_jobs(request: Request, state: EmulatorState, api: str) -> Reply:
     except ValueError:
         return error(400, "InvalidParameter", "$top and continuationToken must be the values this API gave.")
     now = time.monotonic()
-    view = _v2_view if api in V2_APIS else _v1_view
     with state.lock:
-        jobs = [view(job, now) for job in state.jobs.values() if job.vendor == VENDOR and job.details["api"] == api]
-    selected = [job for job in jobs if predicate(job)]
+        rows = [
+            _filter_row(job, now, api)
+            for job in state.jobs.values()
+            if job.vendor == VENDOR and job.details["api"] == api
+        ]
+    selected = [row.view for row in rows if predicate(row)]
     payload: dict[str, Any] = {"jobs": selected[offset : offset + top]}
     if offset + top < len(selected):
         token = base64.urlsafe_b64encode(str(offset + top).encode()).decode().rstrip("=")
