@@ -49,6 +49,12 @@ Decisions where the Bentley docs are silent (shared with /work/shared/vendors/RE
   (`VendorEmulator.serve_blobs_from`, e.g. Azurite), outputs are uploaded there when first asked for and
   the read-access and bucket answers carry that store's SAS URLs instead.
 - flaky → 503 {"error": {"code": "ServiceUnavailable", ...}}.
+- A quota (`VendorEmulator.set_quota`, none by default) is Bentley's platform limit ("Rate limits and quotas":
+  Trial 500 calls a minute plus 5,000 an hour, Basic/Premium/Custom 5,000 a minute, per OAuth client): it
+  counts the API calls of each OAuth client (the client its token was issued to), not the IMS token endpoint,
+  not the Azure blob calls (other services), not a call without a valid token (401). Past it: 429
+  {"error": {"code": "RateLimitExceeded", ...}} with `Retry-After` and the page's diagnostic headers (see
+  RATE_LIMIT_HEADERS).
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ from .model import (
     SCENARIO_HEADER,
     EmulatorState,
     Job,
+    QuotaRefusal,
     Reply,
     Request,
     Route,
@@ -117,6 +124,17 @@ V2_STATES = {"running": "Active", "succeeded": "Success", "failed": "Failed", "c
 ACCEPT_VERSION = re.compile(r"application/vnd\.bentley\.itwin-platform\.(v\d+)\+json")
 SAS_LIFETIME = 3600.0
 RATE_LIMIT_MESSAGE = "The client sent more requests than allowed by this API for the current tier of the client."
+#: The headers Bentley adds to a platform 429 ("Rate limits and quotas", developer.bentley.com/apis/overview/
+#: rate-limits). The page's Markdown source lists iTwinPlatform-RateLimit-RemainingCalls ("Number of requests
+#: allowed before reaching the rate limit"), iTwinPlatform-RateLimit-Retry-After-Seconds ("After reaching the
+#: limit, the number of seconds to wait"; Bentley's own iTwin/insights-client waits on it) and iTwinPlatform-Tier
+#: ("The name of the subscription used to make the request"), with Retry-After the same as the former. A later
+#: rendering of the page names the tier header ITwinPlatform-RateLimited-Tier; its description could not be
+#: read, so that name is unconfirmed and both are sent. The tier's value names no real subscription.
+RATE_LIMIT_REMAINING = "iTwinPlatform-RateLimit-RemainingCalls"
+RATE_LIMIT_RETRY_AFTER = "iTwinPlatform-RateLimit-Retry-After-Seconds"
+RATE_LIMIT_TIERS = ("iTwinPlatform-Tier", "ITwinPlatform-RateLimited-Tier")
+EMULATED_TIER = "Emulator"
 
 
 def error(status: int, code: str, message: str, details: list[dict[str, str]] | None = None) -> Reply:
@@ -140,7 +158,7 @@ def _token(request: Request, state: EmulatorState) -> Reply:
     if set(form.get("scope", SCOPE).split()) != {SCOPE}:
         return Reply.json(400, {"error": "invalid_scope"})
     payload = {
-        "access_token": state.issue_token(VENDOR),
+        "access_token": state.issue_token(VENDOR, client[0]),
         "token_type": "Bearer",
         "expires_in": state.token_ttl,
         "scope": SCOPE,
@@ -1028,6 +1046,22 @@ ROUTES: tuple[Route, ...] = (
     ("GET", re.compile(f"/reality-management/reality-data/{_ID}/readaccess"), _read_access),
     ("GET", re.compile(f"/reality-management/reality-data/{_ID}"), _reality_data),
 )
+
+
+def quota_key(request: Request, state: EmulatorState) -> str | None:
+    """The OAuth client a platform API call counts against; None for calls the platform limit leaves alone."""
+    if request.path == "/connect/token" or request.path.startswith("/blob/"):
+        return None  # IMS and Azure Storage: other services than the platform's APIs
+    scheme, _, token = (request.header("Authorization") or "").partition(" ")
+    return state.token_client(VENDOR, token.strip()) if scheme.lower() == "bearer" else None
+
+
+def over_quota(refusal: QuotaRefusal) -> Reply:
+    reply = error(429, "RateLimitExceeded", RATE_LIMIT_MESSAGE)
+    seconds = str(refusal.retry_after)
+    reply.headers.update({"Retry-After": seconds, RATE_LIMIT_RETRY_AFTER: seconds, RATE_LIMIT_REMAINING: "0"})
+    reply.headers.update(dict.fromkeys(RATE_LIMIT_TIERS, EMULATED_TIER))
+    return reply
 
 
 def handle(request: Request, state: EmulatorState) -> Reply:

@@ -23,6 +23,9 @@ Decisions where the OL Connect docs are silent (shared with /work/shared/vendors
 - /cancel on a finished operation answers 204 and changes nothing (cancel is only a request).
 - Transient failures (scenario `flaky`) are a plain-text 503 without a JSON Error body; `rate_limit`
   answers a plain 429 with Retry-After, though no rate limit is documented.
+- A quota (`VendorEmulator.set_quota`, none by default; OL Connect runs on the customer's server and documents
+  no limit) stands for a limit in front of that server: it counts every call to the one server, login
+  included, and answers past it a plain 429 with Retry-After (no JSON Error body).
 - Outcomes soft_error/code_exception fail like "fail"; "immediate" succeeds like "succeed".
 - getOperations ("Get All Operations", the cookbook's "JSON Operations List"): every operation still
   running, as `{id, type: "PrintRestService", subTask, startTime (ms since the epoch, UTC), progress}`;
@@ -47,6 +50,7 @@ from .model import (
     SCENARIO_HEADER,
     EmulatorState,
     Job,
+    QuotaRefusal,
     Reply,
     Request,
     Route,
@@ -55,6 +59,7 @@ from .model import (
     rate_limited,
     route,
     spread,
+    too_many_requests,
     unavailable,
 )
 
@@ -357,6 +362,15 @@ ROUTES: tuple[Route, ...] = (
     ("POST", re.compile(f"{PRINT}/cancel/{_ID}"), _cancel),
     ("GET", re.compile(f"{BASE}/filestore/file/{_ID}(?:/(.+))?"), _filestore_file),
 )
+
+
+def quota_key(request: Request, state: EmulatorState) -> str | None:
+    """Every call counts against the one server's quota."""
+    return ""
+
+
+def over_quota(refusal: QuotaRefusal) -> Reply:
+    return too_many_requests(refusal.retry_after)
 
 
 def handle(request: Request, state: EmulatorState) -> Reply:
