@@ -24,7 +24,7 @@ from airflow_provider_jobprogress.hooks.base import JobProgressHook
 from airflow_provider_jobprogress.hooks.itwin import ITwinHook
 from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
 from airflow_provider_jobprogress.hooks.scriptx import ScriptXHook
-from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
+from airflow_provider_jobprogress.testing.emulators import Quota, Scenario, VendorEmulator
 
 FAST = RequestRetry(initial_delay=0.01, max_delay=0.05, jitter=0)
 OL_CONFIG = {"datamining": {"identifier": "invoices.csv", "config": "invoices"}, "outputcreation": {"config": "pdf"}}
@@ -307,6 +307,21 @@ def test_itwin_v1_progress_readable_after_the_end(emulator: VendorEmulator, outc
         assert details == []
     if state is JobState.FAILED:
         assert again.message == "No photos", "the reason comes from the job details"
+
+
+def test_itwin_hook_rides_out_an_emulated_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rehearsing a limit: the emulator holds the iTwin client to 3 calls a second; the hook meets the 429s
+    (RateLimitExceeded, Retry-After 1), waits them out and still follows the job to its end."""
+    with VendorEmulator(quotas={"itwin": Quota(calls=3, seconds=1)}) as emulator:
+        for conn_id, conn in emulator.connections().items():
+            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", conn)
+        emulator.set_next_scenario("itwin", Scenario(steps=4))
+        hook, submit = make("itwin")
+        job_id = submit(hook)
+        assert follow(hook, job_id)[-1].state is JobState.SUCCEEDED
+        stats = emulator.stats()["vendors"]["itwin"]
+        assert stats["over_quota"] >= 1
+        assert stats["over_quota"] == stats["rate_limited"]
 
 
 def test_itwin_reality_modeling_v2(emulator: VendorEmulator, monkeypatch) -> None:
