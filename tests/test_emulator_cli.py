@@ -96,3 +96,30 @@ def test_imported_connections_show_in_airflow_and_pass_test(
     results = [line for line in tested.stdout.splitlines() if line.startswith(("True", "False"))]
     assert len(results) == 4, tested.stdout
     assert all(line.startswith("True") for line in results), results
+
+
+def test_quota_flags_rehearse_a_vendor_limit() -> None:
+    """``--quota VENDOR=CALLS/SECONDS``, once per window (Bentley's Trial tier: itwin=500/60 and itwin=5000/3600)."""
+    import requests
+
+    command = [sys.executable, "-m", "airflow_provider_jobprogress.testing.emulators"]
+    quotas = ["--quota", "scriptx=1/60", "--quota", "itwin=500/60", "--quota", "itwin=5000/3600"]
+    proc = subprocess.Popen([*command, *quotas], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        stats = requests.get(f"{url}/_emulator/stats", timeout=10).json()
+        assert stats["quotas"] == {
+            "olconnect": [],
+            "scriptx": [{"calls": 1, "seconds": 60.0}],
+            "itwin": [{"calls": 500, "seconds": 60.0}, {"calls": 5000, "seconds": 3600.0}],
+        }
+        assert [requests.get(f"{url}/api", timeout=10).status_code for _ in range(2)] == [200, 429]
+        assert requests.get(f"{url}/_emulator/stats", timeout=10).json()["vendors"]["scriptx"]["over_quota"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    for bad in ("nobody=1/60", "itwin=500", "itwin=0/60", "itwin"):
+        done = subprocess.run([*command, "--quota", bad], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, bad
+        assert "--quota" in done.stderr, done.stderr

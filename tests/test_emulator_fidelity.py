@@ -132,6 +132,60 @@ def test_v1_details_keep_output_ids_in_every_state(emulator: VendorEmulator) -> 
     assert job["outputs"][0]["id"]
 
 
+def create_v1(emu: VendorEmulator, api: str, **scenario: Any) -> tuple[str, dict[str, str]]:
+    """A submitted v1 job (Bentley's v1 clients create, then PATCH state active)."""
+    inputs = [{"type": "photos", "id": "in-1"}] if api == "realitydataanalysis" else [{"type": "LAZ", "id": "in-1"}]
+    body = {
+        "name": "v1",
+        "iTwinId": emu.ITWIN_ID,
+        "type": "objects2D" if api == "realitydataanalysis" else "Conversion",
+        "inputs": inputs,
+        "outputs": ["objects2D" if api == "realitydataanalysis" else "OPC"],
+        "emulator": Scenario(**scenario).to_dict(),
+    }
+    h = headers(emu, V1)
+    job_id = requests.post(f"{emu.url}/{api}/jobs", json=body, headers=h, timeout=TIMEOUT).json()["job"]["id"]
+    r = requests.patch(f"{emu.url}/{api}/jobs/{job_id}", json={"state": "active"}, headers=h, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    return f"{emu.url}/{api}/jobs/{job_id}", h
+
+
+@pytest.mark.parametrize("api", ["realitydataanalysis", "realityconversion"])
+def test_v1_progress_stays_readable_with_the_final_state(emulator: VendorEmulator, api: str) -> None:
+    """Bentley's own v1 examples poll progress until state == success and exit on any error answer: the
+    service keeps a finished job's progress readable ("won't be available after 30 days")."""
+    last_step = {"realitydataanalysis": "Finalize", "realityconversion": "Upload_Files"}[api]
+    url, h = create_v1(emulator, api, steps=3)
+    seen = [requests.get(f"{url}/progress", headers=h, timeout=TIMEOUT) for _ in range(6)]
+    assert {r.status_code for r in seen} == {200}
+    readings = [r.json()["progress"] for r in seen]
+    assert [(p["state"], p["percentage"]) for p in readings] == [("active", 25), ("active", 50), ("active", 75)] + [
+        ("success", 100)
+    ] * 3
+    assert readings[-1]["step"] == last_step
+
+    url, h = create_v1(emulator, api, steps=2, outcome="fail")
+    readings = [requests.get(f"{url}/progress", headers=h, timeout=TIMEOUT).json()["progress"] for _ in range(4)]
+    assert [(p["state"], p["percentage"]) for p in readings] == [("active", 33), ("active", 67)] + [("failed", 67)] * 2
+
+    url, h = create_v1(emulator, api, steps=4)
+    for _ in range(2):
+        requests.get(f"{url}/progress", headers=h, timeout=TIMEOUT)
+    requests.patch(url, json={"state": "cancelled"}, headers=h, timeout=TIMEOUT)
+    reading = requests.get(f"{url}/progress", headers=h, timeout=TIMEOUT).json()["progress"]
+    assert (reading["state"], reading["percentage"]) == ("cancelled", 40)
+
+
+def test_v1_progress_is_gone_after_the_retention() -> None:
+    """Past the retention (Bentley: 30 days; here 0 s) a finished job's progress answers 404 ProgressNotFound,
+    as the provider's details fallback expects."""
+    with VendorEmulator(itwin_progress_retention=0) as emu:
+        url, h = create_v1(emu, "realitydataanalysis", steps=0)
+        r = requests.get(f"{url}/progress", headers=h, timeout=TIMEOUT)
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "ProgressNotFound")
+        assert requests.get(url, headers=h, timeout=TIMEOUT).json()["job"]["state"] == "success"
+
+
 def test_reality_conversion_says_submitted_date_time(emulator: VendorEmulator) -> None:
     body = {"name": "c", "iTwinId": emulator.ITWIN_ID, "type": "LAS2PNTS", "inputs": [{"id": "a"}], "outputs": ["PNTS"]}
     h = headers(emulator, V1)
@@ -141,6 +195,27 @@ def test_reality_conversion_says_submitted_date_time(emulator: VendorEmulator) -
     info = job["executionInformation"]
     assert "submittedDateTime" in info
     assert "submissionDateTime" not in info
+
+
+def test_reality_conversion_details_say_each_inputs_type(emulator: VendorEmulator) -> None:
+    """Bentley's v1 Python client creates a conversion with inputs ``[{"id": …}]`` and reads the service's
+    ``inputs[].type`` back from the job details (its ConversionSettings.from_json fails without it)."""
+    body = {
+        "name": "c",
+        "iTwinId": emulator.ITWIN_ID,
+        "type": "Conversion",
+        "inputs": [{"id": "rd-laz"}, {"type": "E57", "id": "rd-e57"}],
+        "outputs": ["OPC"],
+        "options": {"processingEngines": 8},
+    }
+    h = headers(emulator, V1)
+    url = f"{emulator.url}/realityconversion/jobs"
+    job_id = requests.post(url, json=body, headers=h, timeout=TIMEOUT).json()["job"]["id"]
+    job = requests.get(f"{url}/{job_id}", headers=h, timeout=TIMEOUT).json()["job"]
+    bentley_input_types = {"LAS", "LAZ", "PLY", "E57", "OPC", "PointCloud", "PNTS", "Cesium3DTiles"}
+    assert [i["id"] for i in job["inputs"]] == ["rd-laz", "rd-e57"]
+    assert all(i.get("type") in bentley_input_types for i in job["inputs"]), job["inputs"]
+    assert job["inputs"][1]["type"] == "E57", "a type given at creation is kept"
 
 
 def test_reality_data_view_has_bentleys_fields(emulator: VendorEmulator) -> None:
@@ -178,6 +253,33 @@ def test_job_listing_filters_and_pages_with_a_continuation_token(emulator: Vendo
     active = requests.get(url, params=state_filter, headers=headers(emulator), timeout=TIMEOUT).json()["jobs"]
     assert [job["id"] for job in active] == ids[4:]
     assert requests.get(url, headers=headers(emulator), timeout=TIMEOUT).status_code == 400
+
+
+def test_job_listing_reads_in_and_input_and_output_ids(emulator: VendorEmulator) -> None:
+    """Bentley's jobs-get-all pages (Reality Analysis, Reality Conversion, Reality Modeling; v1 and the v2
+    Reality Conversion page alike): properties id, iTwinId, name, email, type, state, createdDateTime, inputId,
+    outputId; operators eq, lt, le, gt, ge, ne, in, and, or; e.g. ``inputId in ('…', '…')``."""
+    jobs = [create_v2(emulator, "reality-analysis", OBJECTS_2D, steps=0) for _ in range(3)]
+    ids = [job["id"] for job in jobs]
+    url = f"{emulator.url}/reality-analysis/jobs"
+
+    def listed(text: str) -> list[str]:
+        r = requests.get(url, params={"$filter": text}, headers=headers(emulator), timeout=TIMEOUT)
+        assert r.status_code == 200, r.text
+        return sorted(job["id"] for job in r.json()["jobs"])
+
+    assert listed(f"id in ('{ids[0]}', '{ids[2]}')") == sorted([ids[0], ids[2]])
+    assert listed(f"iTwinId eq {emulator.ITWIN_ID} and id in ({ids[1]})") == [ids[1]]
+    requests.get(f"{url}/{ids[0]}", headers=headers(emulator), timeout=TIMEOUT)  # ends it (no steps)
+    assert listed("state in ('Success', 'Failed', 'Cancelled')") == [ids[0]]
+    assert listed("inputId eq 'rd-photos'") == sorted(ids)
+    assert listed("inputId in ('nothing', 'det')") == sorted(ids)
+    output = jobs[1]["specifications"]["outputs"]["objects2D"]
+    assert listed(f"outputId eq {output}") == [ids[1]]
+    assert listed(f"outputId ne {output}") == sorted([ids[0], ids[2]])
+    for refused in ("id in ()", "id in ('a'", "inputId gt 'a'", "contains(name, 'a')", "not state eq 'Active'"):
+        r = requests.get(url, params={"$filter": refused}, headers=headers(emulator), timeout=TIMEOUT)
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "InvalidFilter"), refused
 
 
 def test_the_itwin_bucket_serves_bucket_outputs(emulator: VendorEmulator) -> None:

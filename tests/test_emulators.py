@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from airflow_provider_jobprogress.testing.emulators import Scenario, ScenarioError, VendorEmulator
+from airflow_provider_jobprogress.testing.emulators import Faults, Quota, Scenario, ScenarioError, VendorEmulator
 
 OL = "/rest/serverengine"
 AIO = f"{OL}/workflow/print"
@@ -320,6 +320,71 @@ def test_olconnect_first_download_is_cut_then_whole(emulator: VendorEmulator) ->
     assert [(d.size, d.complete) for d in downloads] == [(100_000, False), (300_000, True)]
 
 
+def ol_operations(emu: VendorEmulator, headers: dict[str, str]) -> requests.Response:
+    return requests.get(f"{emu.url}{AIO}/getOperations", headers=headers, timeout=TIMEOUT)
+
+
+def test_olconnect_get_operations_lists_the_active_operations(emulator: VendorEmulator) -> None:
+    """Upland's "Get All Operations" answers the "JSON Operations List" of the operations still running."""
+    headers = ol_login(emulator)
+    before = time.time()
+    emulator.set_next_scenario("olconnect", Scenario(steps=3))
+    stepped = ol_submit(emulator, headers)
+    emulator.set_next_scenario("olconnect", Scenario(duration=60, steps=4))
+    timed = ol_submit(emulator, headers)
+    emulator.set_next_scenario("olconnect", Scenario(duration=60))
+    cancelled = ol_submit(emulator, headers)
+    requests.post(f"{emulator.url}{AIO}/cancel/{cancelled}", headers=headers, timeout=TIMEOUT)
+    r = ol_operations(emulator, headers)
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("application/json")
+    listed = {op["id"]: op for op in r.json()}
+    assert set(listed) == {stepped, timed}, "a cancelled operation is no longer active"
+    for op in listed.values():
+        assert set(op) >= {"id", "type", "subTask", "startTime", "progress"}
+        assert op["type"] == "PrintRestService"
+        assert op["subTask"] in ("Data Mapping", "Output Creation"), "the steps ol_submit's configuration names"
+        assert isinstance(op["startTime"], int)
+        assert before * 1000 - 1000 <= op["startTime"] <= time.time() * 1000 + 1000
+    assert listed[timed]["progress"] == 0
+    # A listing reads every operation it lists, as getProgress reads one: a job that moves a step per read
+    # moves a step per listing, and leaves the list once it ended (getProgress then says how).
+    assert listed[stepped]["progress"] == 25
+    assert [op["progress"] for op in ol_operations(emulator, headers).json() if op["id"] == stepped] == [50]
+    assert [op["progress"] for op in ol_operations(emulator, headers).json() if op["id"] == stepped] == [75]
+    assert [op["id"] for op in ol_operations(emulator, headers).json()] == [timed]
+    assert ol_progress(emulator, headers, stepped).text == "done"
+
+
+def test_olconnect_get_operations_drops_failed_and_finished_operations(emulator: VendorEmulator) -> None:
+    headers = ol_login(emulator)
+    emulator.set_next_scenario("olconnect", Scenario(outcome="fail", steps=0, message="Template broken"))
+    failed = ol_submit(emulator, headers)
+    emulator.set_next_scenario("olconnect", Scenario(steps=0))
+    done = ol_submit(emulator, headers)
+    assert ol_operations(emulator, headers).json() == []
+    assert ol_error(ol_progress(emulator, headers, failed))["message"] == "Template broken"
+    assert ol_progress(emulator, headers, done).text == "done"
+
+
+def test_olconnect_get_operations_needs_credentials_and_meets_faults(emulator: VendorEmulator) -> None:
+    r = requests.get(f"{emulator.url}{AIO}/getOperations", timeout=TIMEOUT)
+    assert (r.status_code, r.headers["WWW-Authenticate"]) == (401, "BASIC")
+    r = requests.get(f"{emulator.url}{AIO}/getOperations", headers={"auth_token": "forged"}, timeout=TIMEOUT)
+    assert r.status_code == 403
+    r = requests.get(f"{emulator.url}{AIO}/getOperations", auth=("ol-admin", "secret"), timeout=TIMEOUT)
+    assert (r.status_code, r.json()) == (200, [])
+    headers = ol_login(emulator)
+    emulator.set_faults(Faults(error_rate=1.0))
+    assert ol_operations(emulator, headers).status_code in (500, 502, 503, 504)
+
+
+def test_olconnect_get_operations_without_server_security() -> None:
+    with VendorEmulator(olconnect_security=False) as emu:
+        op = ol_submit(emu, {})
+        assert [listed["id"] for listed in ol_operations(emu, {}).json()] == [op]
+
+
 # -- ScriptX helpers --------------------------------------------------------------------------------
 
 SX_AUTH = ("0d8b9b4e-6a3f-4c1e-9f57-2b7c8e4a1d63", "")
@@ -542,9 +607,8 @@ def test_itwin_v1_happy_path_progress_details_and_blobs(emulator: VendorEmulator
     assert [p["percentage"] for p in progress] == [20, 40, 60, 80]
     assert {p["state"] for p in progress} == {"active"}
     assert progress[0]["step"] == "Prepare_Step"
-    r = v1_progress(emulator, headers, job_id)
-    assert r.status_code == 404
-    assert r.json()["error"]["code"] == "ProgressNotFound"
+    final = v1_progress(emulator, headers, job_id).json()["progress"]
+    assert final == {"percentage": 100, "state": "success", "step": "Finalize"}
     job = requests.get(f"{emulator.url}/realitydataanalysis/jobs/{job_id}", headers=headers, timeout=10).json()["job"]
     assert job["state"] == "success"
     assert job["executionInformation"]["exitCode"] == 0
@@ -635,7 +699,7 @@ def test_itwin_v1_cancel_delete_and_invalid_changes(emulator: VendorEmulator) ->
     r = requests.patch(f"{url}/{job_id}", json={"state": "cancelled"}, headers=headers, timeout=TIMEOUT)
     assert r.status_code == 200
     assert r.json()["job"]["state"] == "cancelled"
-    assert v1_progress(emulator, headers, job_id).status_code == 404
+    assert v1_progress(emulator, headers, job_id).json()["progress"]["state"] == "cancelled"
     r = requests.patch(f"{url}/{job_id}", json={"state": "cancelled"}, headers=headers, timeout=TIMEOUT)
     assert r.status_code == 422
 
@@ -915,3 +979,144 @@ def test_cli_prints_url_and_connections_then_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- quotas: a vendor's limit of N calls per window, rehearsed ------------------------------------------
+
+
+def itwin_job_get(emu: VendorEmulator, headers: dict[str, str]) -> requests.Response:
+    return requests.get(f"{emu.url}/realitydataanalysis/jobs/nope", headers=headers, timeout=TIMEOUT)
+
+
+def wait_out(r: requests.Response) -> None:
+    time.sleep(int(r.headers["Retry-After"]) + 0.05)
+
+
+def test_itwin_quota_refuses_past_the_window_in_bentleys_shape() -> None:
+    """Past N calls in the window: 429 RateLimitExceeded, Retry-After = seconds until the window frees a call,
+    and the iTwinPlatform-RateLimit-* headers of Bentley's "Rate limits and quotas" page."""
+    with VendorEmulator(quotas={"itwin": Quota(calls=3, seconds=1)}) as emu:
+        headers = itwin_headers(emu)
+        assert [itwin_job_get(emu, headers).status_code for _ in range(3)] == [404] * 3  # counted all the same
+        refused = itwin_job_get(emu, headers)
+        assert refused.status_code == 429
+        assert refused.json() == {
+            "error": {
+                "code": "RateLimitExceeded",
+                "message": "The client sent more requests than allowed by this API for the current tier of the client.",
+            }
+        }
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.headers["iTwinPlatform-RateLimit-Retry-After-Seconds"] == "1"
+        assert refused.headers["iTwinPlatform-RateLimit-RemainingCalls"] == "0"
+        assert refused.headers["iTwinPlatform-Tier"]
+        # The token endpoint (IMS, not the platform's API) is not counted: a client can still sign in.
+        assert itwin_token(emu)
+        wait_out(refused)
+        assert itwin_job_get(emu, headers).status_code == 404
+        stats = emu.stats()["vendors"]["itwin"]
+        assert (stats["calls"], stats["rate_limited"], stats["over_quota"]) == (7, 1, 1)
+
+
+def test_itwin_quota_counts_per_oauth_client_not_per_token() -> None:
+    with VendorEmulator(quotas={"itwin": Quota(calls=2, seconds=60)}) as emu:
+        first, second = itwin_headers(emu), itwin_headers(emu)
+        assert first != second
+        assert itwin_job_get(emu, first).status_code == 404
+        assert itwin_job_get(emu, second).status_code == 404
+        assert itwin_job_get(emu, first).status_code == 429
+        assert itwin_job_get(emu, second).status_code == 429
+        # A call without a valid token is answered 401 and not counted against anyone.
+        assert itwin_job_get(emu, {"Authorization": "Bearer forged"}).status_code == 401
+        assert emu.stats()["vendors"]["itwin"]["over_quota"] == 2
+
+
+def test_quota_window_slides_and_refused_calls_do_not_count() -> None:
+    """A sliding window: no more than N calls in any W seconds; a refused call takes no place in it, so
+    waiting Retry-After always frees one."""
+    with VendorEmulator(quotas={"scriptx": Quota(calls=2, seconds=2)}) as emu:
+        url = f"{emu.url}/api"
+        assert requests.get(url, timeout=TIMEOUT).status_code == 200
+        time.sleep(1.1)
+        assert requests.get(url, timeout=TIMEOUT).status_code == 200
+        refused = requests.get(url, timeout=TIMEOUT)
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "1", "the first call leaves the window in under a second"
+        for _ in range(3):
+            assert requests.get(url, timeout=TIMEOUT).status_code == 429
+        wait_out(refused)
+        assert requests.get(url, timeout=TIMEOUT).status_code == 200
+        assert requests.get(url, timeout=TIMEOUT).status_code == 429
+
+
+def test_quota_with_two_windows_like_bentleys_trial_tier() -> None:
+    """Bentley's Trial tier: 500 calls a minute and 5,000 an hour; both hold, Retry-After names the later."""
+    with VendorEmulator() as emu:
+        emu.set_quota("olconnect", Quota(calls=2, seconds=1), Quota(calls=3, seconds=60))
+        headers = {"Authorization": "Basic b2wtYWRtaW46c2VjcmV0"}
+        version = f"{emu.url}{AIO}/version"
+        assert [requests.get(version, headers=headers, timeout=TIMEOUT).status_code for _ in range(3)] == [
+            200,
+            200,
+            429,
+        ]
+        time.sleep(1.05)
+        assert requests.get(version, headers=headers, timeout=TIMEOUT).status_code == 200
+        refused = requests.get(version, headers=headers, timeout=TIMEOUT)
+        assert refused.status_code == 429
+        assert 58 <= int(refused.headers["Retry-After"]) <= 60
+        emu.set_quota("olconnect")  # no quota any more
+        assert requests.get(version, headers=headers, timeout=TIMEOUT).status_code == 200
+
+
+@pytest.mark.parametrize("vendor", ["olconnect", "scriptx"])
+def test_on_premise_quota_is_a_plain_429_and_counts_every_call(vendor: str) -> None:
+    """OL Connect and ScriptX run on the customer's servers and document no limit: a limit in front of them
+    (a proxy's) answers a bare 429 with Retry-After, and counts every call, sign-in included."""
+    with VendorEmulator(quotas={vendor: Quota(calls=1, seconds=30)}) as emu:
+        if vendor == "olconnect":
+            assert requests.post(f"{emu.url}{OL}/authentication/login", auth=("ol-admin", "secret"), timeout=10).ok
+            refused = requests.get(f"{emu.url}{AIO}/version", auth=("ol-admin", "secret"), timeout=TIMEOUT)
+        else:
+            sx_print(emu)
+            refused = requests.get(f"{emu.url}{PDF}/status/x", auth=SX_AUTH, timeout=TIMEOUT)
+        assert refused.status_code == 429
+        assert refused.headers["Content-Type"].startswith("text/plain")
+        assert 29 <= int(refused.headers["Retry-After"]) <= 30
+        assert not any(name.lower().startswith("itwinplatform") for name in refused.headers)
+        others = {v: s["over_quota"] for v, s in emu.stats()["vendors"].items() if v != vendor}
+        assert others == dict.fromkeys(others, 0)
+
+
+def test_quota_over_the_control_api(emulator: VendorEmulator) -> None:
+    control = f"{emulator.url}/_emulator/quota"
+    body = {"vendor": "scriptx", "limits": [{"calls": 1, "seconds": 60}]}
+    assert requests.post(control, json=body, timeout=TIMEOUT).status_code == 204
+    stats = requests.get(f"{emulator.url}/_emulator/stats", timeout=TIMEOUT).json()
+    assert stats["quotas"]["scriptx"] == [{"calls": 1, "seconds": 60.0}]
+    assert [requests.get(f"{emulator.url}/api", timeout=TIMEOUT).status_code for _ in range(2)] == [200, 429]
+    stats = requests.get(f"{emulator.url}/_emulator/stats", timeout=TIMEOUT).json()
+    assert stats["vendors"]["scriptx"] == {"calls": 2, "rate_limited": 1, "over_quota": 1}
+    # A reset forgets the calls, not the quota (it is the server's configuration, like its secrets).
+    assert requests.post(f"{emulator.url}/_emulator/reset", timeout=TIMEOUT).status_code == 204
+    assert [requests.get(f"{emulator.url}/api", timeout=TIMEOUT).status_code for _ in range(2)] == [200, 429]
+    for bad in (
+        {"vendor": "nobody", "limits": []},
+        {"vendor": "scriptx", "limits": [{"calls": 0, "seconds": 60}]},
+        {"vendor": "scriptx", "limits": [{"calls": 5, "seconds": -1}]},
+        {"vendor": "scriptx", "limits": [{"calls": 5, "seconds": 1, "burst": 2}]},
+        {"vendor": "scriptx"},
+    ):
+        assert requests.post(control, json=bad, timeout=TIMEOUT).status_code == 400, bad
+    assert requests.post(control, json={"vendor": "scriptx", "limits": []}, timeout=TIMEOUT).status_code == 204
+    assert requests.get(f"{emulator.url}/api", timeout=TIMEOUT).status_code == 200
+
+
+def test_quota_values_are_checked() -> None:
+    assert Quota.parse("500/60") == Quota(calls=500, seconds=60)
+    assert Quota.parse("5000/3600") == Quota(calls=5000, seconds=3600.0)
+    for bad in ("500", "0/60", "500/0", "a/60", "500/-1", "1.5/60"):
+        with pytest.raises(ScenarioError):
+            Quota.parse(bad)
+    with pytest.raises(ValueError, match="vendor"):
+        VendorEmulator(quotas={"bentley": Quota(1, 1)})

@@ -24,7 +24,7 @@ from airflow_provider_jobprogress.hooks.base import JobProgressHook
 from airflow_provider_jobprogress.hooks.itwin import ITwinHook
 from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
 from airflow_provider_jobprogress.hooks.scriptx import ScriptXHook
-from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
+from airflow_provider_jobprogress.testing.emulators import Quota, Scenario, VendorEmulator
 
 FAST = RequestRetry(initial_delay=0.01, max_delay=0.05, jitter=0)
 OL_CONFIG = {"datamining": {"identifier": "invoices.csv", "config": "invoices"}, "outputcreation": {"config": "pdf"}}
@@ -272,15 +272,56 @@ def test_itwin_cancel_patches_state_cancelled(emulator: VendorEmulator) -> None:
     assert hook.get_progress(job_id).state is JobState.CANCELLED
 
 
-def test_itwin_progress_gone_falls_back_to_job_details(emulator: VendorEmulator) -> None:
-    emulator.set_next_scenario("itwin", Scenario(steps=1))
+def test_itwin_progress_gone_falls_back_to_job_details(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Past Bentley's 30 days (here at once) a finished v1 job's progress answers 404 ProgressNotFound.
+    with VendorEmulator(itwin_progress_retention=0) as emulator:
+        for conn_id, conn in emulator.connections().items():
+            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", conn)
+        emulator.set_next_scenario("itwin", Scenario(steps=1))
+        hook, submit = make("itwin")
+        job_id = submit(hook)
+        follow(hook, job_id)
+        final = hook.get_progress(job_id)
+        assert final.state is JobState.SUCCEEDED
+        progress_calls = [c.status for c in emulator.calls if c.path.endswith(f"/jobs/{job_id}/progress")]
+        assert progress_calls[-1] == 404
+        assert any(c.path.endswith(f"/jobs/{job_id}") and c.method == "GET" for c in emulator.calls)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state"), [("succeed", JobState.SUCCEEDED), ("fail", JobState.FAILED), ("cancel", JobState.CANCELLED)]
+)
+def test_itwin_v1_progress_readable_after_the_end(emulator: VendorEmulator, outcome: str, state: JobState) -> None:
+    """Bentley keeps a finished v1 job's progress readable with its final state: the hook takes the state from
+    it (no details read for a success), again and again, as a trigger restarted after the end would."""
+    emulator.set_next_scenario("itwin", Scenario(steps=2, outcome=outcome, message="No photos"))
     hook, submit = make("itwin")
     job_id = submit(hook)
-    follow(hook, job_id)
-    final = hook.get_progress(job_id)  # the job left "active": progress answers 404 ProgressNotFound
-    assert final.state is JobState.SUCCEEDED
-    assert emulator.count("GET", f"/jobs/{job_id}/progress") >= 1
-    assert any(c.path.endswith(f"/jobs/{job_id}") and c.method == "GET" for c in emulator.calls)
+    assert follow(hook, job_id)[-1].state is state
+    again = hook.get_progress(job_id)
+    assert again.state is state
+    assert {c.status for c in emulator.calls if c.path.endswith(f"/jobs/{job_id}/progress")} == {200}
+    details = [c for c in emulator.calls if c.method == "GET" and c.path.endswith(f"/jobs/{job_id}")]
+    if state is JobState.SUCCEEDED:
+        assert again.percent == 100.0
+        assert details == []
+    if state is JobState.FAILED:
+        assert again.message == "No photos", "the reason comes from the job details"
+
+
+def test_itwin_hook_rides_out_an_emulated_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rehearsing a limit: the emulator holds the iTwin client to 3 calls a second; the hook meets the 429s
+    (RateLimitExceeded, Retry-After 1), waits them out and still follows the job to its end."""
+    with VendorEmulator(quotas={"itwin": Quota(calls=3, seconds=1)}) as emulator:
+        for conn_id, conn in emulator.connections().items():
+            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", conn)
+        emulator.set_next_scenario("itwin", Scenario(steps=4))
+        hook, submit = make("itwin")
+        job_id = submit(hook)
+        assert follow(hook, job_id)[-1].state is JobState.SUCCEEDED
+        stats = emulator.stats()["vendors"]["itwin"]
+        assert stats["over_quota"] >= 1
+        assert stats["over_quota"] == stats["rate_limited"]
 
 
 def test_itwin_reality_modeling_v2(emulator: VendorEmulator, monkeypatch) -> None:

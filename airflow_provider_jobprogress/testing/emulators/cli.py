@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .model import VENDORS, Scenario
+from .model import VENDORS, Quota, Scenario, ScenarioError
 from .server import VendorEmulator
 
 
@@ -44,7 +44,27 @@ def _parser() -> argparse.ArgumentParser:
         "default: one step per progress read",
     )
     parser.add_argument("--steps", type=int, default=5, help="progress steps of a job run with --job-seconds")
+    parser.add_argument(
+        "--quota",
+        type=_quota,
+        action="append",
+        default=[],
+        metavar="VENDOR=CALLS/SECONDS",
+        help="hold a vendor to CALLS calls in any SECONDS (a sliding window), past it 429 with Retry-After, to "
+        "rehearse a limit: e.g. itwin=500/60 (and itwin=5000/3600 too: Bentley's Trial tier); repeat for "
+        f"more windows or vendors ({', '.join(VENDORS)}). iTwin counts per OAuth client",
+    )
     return parser
+
+
+def _quota(text: str) -> tuple[str, Quota]:
+    vendor, equals, limit = text.partition("=")
+    if not equals or vendor not in VENDORS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give VENDOR=CALLS/SECONDS, VENDOR one of {', '.join(VENDORS)}")
+    try:
+        return vendor, Quota.parse(limit)
+    except ScenarioError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def import_json(emulator: VendorEmulator) -> dict[str, dict[str, Any]]:
@@ -75,12 +95,16 @@ def write_connections_file(path: Path, connections: Mapping[str, Mapping[str, An
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quotas: dict[str, list[Quota]] = {}
+    for vendor, quota in args.quota:
+        quotas.setdefault(vendor, []).append(quota)
     emulator = VendorEmulator(
         args.host,
         args.port,
         token_ttl=args.token_ttl,
         olconnect_security=not args.olconnect_no_security,
         retention=args.retention,
+        quotas=quotas,
     )
     stop = threading.Event()
 
@@ -101,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.connections_file is not None:
             command = f"airflow connections import {shlex.quote(str(args.connections_file))} --overwrite"
             print(f"# or store them in Airflow's database (shown in the UI): {command}", flush=True)
+        for vendor, limits in quotas.items():
+            print(f"# {vendor} quota: {' and '.join(map(str, limits))} (429 past it)", flush=True)
         # A timed wait keeps the main thread responsive to signals on every platform.
         while not stop.wait(0.5):
             pass

@@ -10,12 +10,20 @@ Decisions where the Bentley docs are silent (shared with /work/shared/vendors/RE
   version → 406 {"error": {"code": "InvalidApiVersion", ...}}.
 - A status poll is GET .../progress or GET .../jobs/{id}: both count for rate_limit/flaky/garbage and both
   advance a deterministic job one step. messages, readaccess and blob calls do not.
-- v1: progress answers 200 only while the job is active; unsubmitted or ended → 404 ProgressNotFound.
+- v1: progress of an unsubmitted job → 404 ProgressNotFound. Once the job ended, progress stays readable
+  with its final state (success, failed, cancelled), its last percentage (100 for success; where it stopped
+  otherwise) and step, as Bentley's own v1 examples read it (they poll progress until state == success and
+  stop on any error answer), until `itwin_progress_retention` seconds after the end (Bentley: "won't be
+  available after 30 days", the default); then 404 ProgressNotFound, and the job details say how it ended.
   Steps: analysis Prepare_Step → Prepare_Production → Run_Production → Finalize; conversion Prepare_Files →
   Convert_Files → Upload_Files. An X-Emulator-Scenario header on the submitting PATCH replaces the scenario.
   PATCH to a state other than active/cancelled, or from a state that cannot move, → 422 InvalidChange.
 - v1 details list every output with its reality data id from creation on; Reality Conversion's
   executionInformation says `submittedDateTime` where Reality Analysis says `submissionDateTime`.
+- Reality Conversion v1 details give every input its `type`: Bentley's v1 Python client creates with
+  `[{"id": …}]` and reads `inputs[].type` back (the service types each input from its reality data). A type
+  given at creation is kept; without one the emulator, which has no input reality data, answers LAZ for a
+  Conversion (the file Bentley's own example converts) and GeoJSON for an ImportFeatures job.
 - v2 (reality-modeling and reality-analysis, the shapes of Bentley's SDK 2.6 and its fixtures): create =
   submit, the 201 shows state "Active". progress keeps answering after the end, with the terminal state
   (Success at 100). DELETE of a running job → 200 with "TerminatingOnCancel", "Cancelled" from the next poll
@@ -23,8 +31,10 @@ Decisions where the Bentley docs are silent (shared with /work/shared/vendors/RE
   name maps to its reality data id, `modelingReference` to {"location": id}, each export to its create body
   plus "location", and a `report` to a `bkt:jobs/<job id>/report.json` path in the iTwin's bucket.
 - Listing: GET /{api}/jobs needs `$filter` (400 without); it understands the grammar Bentley documents
-  (jobs-get-all): id, iTwinId, name, email, type, state, createdDateTime compared with eq/ne/lt/le/gt/ge, joined
-  by and/or, with parentheses; anything else (an end time included: not filterable) → 400 InvalidFilter.
+  (jobs-get-all): id, iTwinId, name, email, type, state, createdDateTime, inputId, outputId compared with
+  eq/ne/lt/le/gt/ge or `in (v1, v2, …)`, joined by and/or, with parentheses; inputId/outputId match any of the
+  job's inputs/outputs (eq, in; ne: none of them) and take no ordering; anything else (an end time included:
+  not filterable; `not`, functions) → 400 InvalidFilter.
   `$top` (default 100) pages, `_links.next.href` carries a
   `continuationToken`. Listing never advances a job.
 - Bucket: GET /reality-modeling/itwins/{iTwinId}/bucket (v2) → {"bucket": {"iTwinId"}, "_links": {"containerUrl"}},
@@ -39,6 +49,12 @@ Decisions where the Bentley docs are silent (shared with /work/shared/vendors/RE
   (`VendorEmulator.serve_blobs_from`, e.g. Azurite), outputs are uploaded there when first asked for and
   the read-access and bucket answers carry that store's SAS URLs instead.
 - flaky → 503 {"error": {"code": "ServiceUnavailable", ...}}.
+- A quota (`VendorEmulator.set_quota`, none by default) is Bentley's platform limit ("Rate limits and quotas":
+  Trial 500 calls a minute plus 5,000 an hour, Basic/Premium/Custom 5,000 a minute, per OAuth client): it
+  counts the API calls of each OAuth client (the client its token was issued to), not the IMS token endpoint,
+  not the Azure blob calls (other services), not a call without a valid token (401). Past it: 429
+  {"error": {"code": "RateLimitExceeded", ...}} with `Retry-After` and the page's diagnostic headers (see
+  RATE_LIMIT_HEADERS).
 """
 
 from __future__ import annotations
@@ -50,6 +66,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode
 from xml.sax.saxutils import escape
@@ -58,6 +75,7 @@ from .model import (
     SCENARIO_HEADER,
     EmulatorState,
     Job,
+    QuotaRefusal,
     Reply,
     Request,
     Route,
@@ -95,6 +113,9 @@ PREFIXES = (
 )
 #: requested v2 outputs that land in the iTwin's bucket rather than in a reality data
 BUCKET_OUTPUTS = frozenset({"report"})
+#: the type a Reality Conversion v1 job's details give an input created without one, by job type
+CONVERSION_INPUT_TYPES = {"ImportFeatures": "GeoJSON"}
+CONVERSION_INPUT_TYPE = "LAZ"
 V1_STEPS = {
     "realitydataanalysis": ("Prepare_Step", "Prepare_Production", "Run_Production", "Finalize"),
     "realityconversion": ("Prepare_Files", "Convert_Files", "Upload_Files"),
@@ -103,6 +124,17 @@ V2_STATES = {"running": "Active", "succeeded": "Success", "failed": "Failed", "c
 ACCEPT_VERSION = re.compile(r"application/vnd\.bentley\.itwin-platform\.(v\d+)\+json")
 SAS_LIFETIME = 3600.0
 RATE_LIMIT_MESSAGE = "The client sent more requests than allowed by this API for the current tier of the client."
+#: The headers Bentley adds to a platform 429 ("Rate limits and quotas", developer.bentley.com/apis/overview/
+#: rate-limits). The page's Markdown source lists iTwinPlatform-RateLimit-RemainingCalls ("Number of requests
+#: allowed before reaching the rate limit"), iTwinPlatform-RateLimit-Retry-After-Seconds ("After reaching the
+#: limit, the number of seconds to wait"; Bentley's own iTwin/insights-client waits on it) and iTwinPlatform-Tier
+#: ("The name of the subscription used to make the request"), with Retry-After the same as the former. A later
+#: rendering of the page names the tier header ITwinPlatform-RateLimited-Tier; its description could not be
+#: read, so that name is unconfirmed and both are sent. The tier's value names no real subscription.
+RATE_LIMIT_REMAINING = "iTwinPlatform-RateLimit-RemainingCalls"
+RATE_LIMIT_RETRY_AFTER = "iTwinPlatform-RateLimit-Retry-After-Seconds"
+RATE_LIMIT_TIERS = ("iTwinPlatform-Tier", "ITwinPlatform-RateLimited-Tier")
+EMULATED_TIER = "Emulator"
 
 
 def error(status: int, code: str, message: str, details: list[dict[str, str]] | None = None) -> Reply:
@@ -126,7 +158,7 @@ def _token(request: Request, state: EmulatorState) -> Reply:
     if set(form.get("scope", SCOPE).split()) != {SCOPE}:
         return Reply.json(400, {"error": "invalid_scope"})
     payload = {
-        "access_token": state.issue_token(VENDOR),
+        "access_token": state.issue_token(VENDOR, client[0]),
         "token_type": "Bearer",
         "expires_in": state.token_ttl,
         "scope": SCOPE,
@@ -317,11 +349,18 @@ def _v1_create(request: Request, state: EmulatorState, api: str) -> Reply:
     scenario = state.choose_scenario(VENDOR, request.header(SCENARIO_HEADER), body.get("emulator"))
     details = {key: body.get(key, default) for key, default in (("name", ""), ("type", ""), ("iTwinId", ""))}
     outputs = _output_names(body["outputs"])
-    details.update(api=api, inputs=body["inputs"], outputs=outputs, options=body.get("options", {}))
+    inputs = _conversion_inputs(body["inputs"], details["type"]) if api == "realityconversion" else body["inputs"]
+    details.update(api=api, inputs=inputs, outputs=outputs, options=body.get("options", {}))
     job = Job(VENDOR, str(uuid.uuid4()), scenario, details=details)
     _register_outputs(state, job, details["outputs"])
     state.add_job(job)
     return Reply.json(201, {"job": _v1_view(job, time.monotonic())}).for_job(job.job_id)
+
+
+def _conversion_inputs(inputs: list[Any], job_type: str) -> list[Any]:
+    """The inputs as Reality Conversion's details answer them: each with a type (the one given, else typed)."""
+    default = CONVERSION_INPUT_TYPES.get(job_type, CONVERSION_INPUT_TYPE)
+    return [{"type": default, **item} if isinstance(item, dict) and "type" not in item else item for item in inputs]
 
 
 def _v1_get(request: Request, state: EmulatorState, api: str, job_id: str) -> Reply:
@@ -347,15 +386,22 @@ def _v1_progress(request: Request, state: EmulatorState, api: str, job_id: str) 
         reply = _gated_progress(job)
         if reply is None:
             job.advance(now)
-            reply = _v1_progress_answer(job, now, api)
+            reply = _v1_progress_answer(job, now, api, state.itwin_progress_retention)
     return reply.for_job(job_id)
 
 
-def _v1_progress_answer(job: Job, now: float, api: str) -> Reply:
-    if _v1_state(job, now) != "active":
+def _v1_progress_answer(job: Job, now: float, api: str, retention: float) -> Reply:
+    state = _v1_state(job, now)
+    finished = job.finished_at(now)
+    if state == "unsubmitted" or (finished is not None and now - finished >= retention):
         return error(404, "ProgressNotFound", "Requested progress is not available.")
-    step = spread(job.stage(now), job.scenario.steps, V1_STEPS[api])
-    return Reply.json(200, {"progress": {"percentage": job.percent(now), "state": "active", "step": step}})
+    steps = job.scenario.steps
+    stage = job.stage(now if finished is None else finished)
+    if state not in ("active", "success"):
+        stage = min(stage, steps)  # a failed or cancelled job stopped where it was, short of the end
+    percent = round(stage * 100 / (steps + 1))
+    step = spread(stage, steps, V1_STEPS[api])
+    return Reply.json(200, {"progress": {"percentage": percent, "state": state, "step": step}})
 
 
 def _v1_patch(request: Request, state: EmulatorState, api: str, job_id: str) -> Reply:
@@ -555,11 +601,30 @@ def _v2_cancel(request: Request, state: EmulatorState, api: str, job_id: str) ->
 # -- listing: GET /{api}/jobs?$filter=… ---------------------------------------------------------------
 
 
-#: the properties Bentley documents for `$filter` on GET …/jobs (reality-modeling jobs-get-all; v1 APIs add the
-#: same ones); an end time is NOT among them, so a client must filter on it itself
-FILTER_PROPERTIES = {p.lower(): p for p in ("id", "iTwinId", "name", "email", "type", "state", "createdDateTime")}
-FILTER_TOKEN = re.compile(r"\s*(?:(\()|(\))|'((?:[^']|'')*)'|([^\s()']+))")
-Predicate = Callable[[dict[str, Any]], bool]
+#: the properties and operators Bentley documents for `$filter` on GET …/jobs (jobs-get-all of Reality Analysis
+#: and Reality Conversion v1, of Reality Modeling v1 (contextcapture) and of the v2 Reality Conversion preview, all
+#: the same words: "Properties supported for filtering: id, iTwinId, name, email, type, state, createdDateTime,
+#: inputId, outputId. Supported operators: eq, lt, le, gt, ge, ne, in, and, or."). An end time is NOT among them,
+#: so a client filters on it itself. Parentheses are not mentioned; the emulator reads them (as OData does).
+FILTER_PROPERTIES = {
+    p.lower(): p for p in ("id", "iTwinId", "name", "email", "type", "state", "createdDateTime", "inputId", "outputId")
+}
+#: properties with several values per job (any input, any output): eq/in match any of them, ne none of them
+FILTER_COLLECTIONS = frozenset({"inputId", "outputId"})
+COMPARISONS = ("eq", "ne", "lt", "le", "gt", "ge")
+FILTER_TOKEN = re.compile(r"\s*(?:(\()|(\))|(,)|'((?:[^']|'')*)'|([^\s(),']+))")
+
+
+@dataclass(frozen=True)
+class FilterRow:
+    """One job as the filter sees it: its listed view, and the ids of its inputs and outputs."""
+
+    view: dict[str, Any]
+    input_ids: tuple[str, ...]
+    output_ids: tuple[str, ...]
+
+
+Predicate = Callable[[FilterRow], bool]
 
 
 class FilterError(ValueError):
@@ -567,7 +632,7 @@ class FilterError(ValueError):
 
 
 def _filter_tokens(text: str) -> list[tuple[str, str]]:
-    """(kind, text) tokens: ``(``, ``)``, a quoted string (``''`` is one quote) or a bare word."""
+    """(kind, text) tokens: ``(``, ``)``, ``,``, a quoted string (``''`` is one quote) or a bare word."""
     tokens: list[tuple[str, str]] = []
     position = 0
     text = text.rstrip()
@@ -575,9 +640,9 @@ def _filter_tokens(text: str) -> list[tuple[str, str]]:
         match = FILTER_TOKEN.match(text, position)
         if match is None or match.end() == position:
             raise FilterError(f"cannot read the $filter at {text[position:]!r}")
-        opening, closing, quoted, word = match.groups()
-        if opening or closing:
-            tokens.append(("(" if opening else ")", ""))
+        opening, closing, comma, quoted, word = match.groups()
+        if opening or closing or comma:
+            tokens.append((opening or closing or comma, ""))
         elif quoted is not None:
             tokens.append(("string", quoted.replace("''", "'")))
         else:
@@ -592,20 +657,30 @@ def parse_iso(text: str) -> datetime.datetime:
     return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
 
 
-def _filter_value(job: dict[str, Any], prop: str) -> Any:
+def _filter_values(row: FilterRow, prop: str) -> tuple[Any, ...]:
+    """The job's values of ``prop``: one for a plain property (None when absent), any number for ids."""
+    if prop == "inputId":
+        return row.input_ids
+    if prop == "outputId":
+        return row.output_ids
     if prop == "createdDateTime":  # v1 answers it at the top, v2 in executionInfo
-        return job.get(prop) or (job.get("executionInfo") or {}).get(prop)
-    return job.get(prop)
+        return (row.view.get(prop) or (row.view.get("executionInfo") or {}).get(prop),)
+    return (row.view.get(prop),)
 
 
-def _compare(actual: Any, op: str, wanted: str, prop: str) -> bool:
+def _comparable(value: str, prop: str) -> Any:
+    # identifiers and states compare without regard to case, as the service does
+    return parse_iso(value) if prop == "createdDateTime" else value.lower()
+
+
+def _compare(actual: Any, op: str, wanted: tuple[str, ...], prop: str) -> bool:
     if actual is None:
         return op == "ne"
-    if prop == "createdDateTime":
-        left: Any = parse_iso(str(actual))
-        right: Any = parse_iso(wanted)
-    else:  # identifiers and states compare without regard to case, as the service does
-        left, right = str(actual).lower(), wanted.lower()
+    left = _comparable(str(actual), prop)
+    rights = [_comparable(value, prop) for value in wanted]
+    if op == "in":
+        return left in rights
+    right = rights[0]
     outcome: bool = {
         "eq": left == right,
         "ne": left != right,
@@ -617,8 +692,17 @@ def _compare(actual: Any, op: str, wanted: str, prop: str) -> bool:
     return outcome
 
 
+def _matches(values: tuple[Any, ...], op: str, wanted: tuple[str, ...], prop: str) -> bool:
+    if prop in FILTER_COLLECTIONS:  # any input (output) is it; "ne": none is
+        if op == "ne":
+            return not any(_compare(value, "eq", wanted, prop) for value in values)
+        return any(_compare(value, op, wanted, prop) for value in values)
+    return _compare(values[0], op, wanted, prop)
+
+
 class _FilterParser:
-    """`expr := and_expr ('or' and_expr)*; and_expr := atom ('and' atom)*; atom := '(' expr ')' | prop op value`."""
+    """`expr := and_expr ('or' and_expr)*; and_expr := atom ('and' atom)*;
+    atom := '(' expr ')' | prop op value | prop 'in' '(' value (',' value)* ')'`."""
 
     def __init__(self, text: str) -> None:
         self.tokens = _filter_tokens(text)
@@ -646,13 +730,13 @@ class _FilterParser:
         parts = [self._and()]
         while self._keyword("or"):
             parts.append(self._and())
-        return parts[0] if len(parts) == 1 else (lambda job: any(part(job) for part in parts))
+        return parts[0] if len(parts) == 1 else (lambda row: any(part(row) for part in parts))
 
     def _and(self) -> Predicate:
         parts = [self._atom()]
         while self._keyword("and"):
             parts.append(self._atom())
-        return parts[0] if len(parts) == 1 else (lambda job: all(part(job) for part in parts))
+        return parts[0] if len(parts) == 1 else (lambda row: all(part(row) for part in parts))
 
     def _atom(self) -> Predicate:
         kind, text = self._next()
@@ -667,22 +751,63 @@ class _FilterParser:
                 f"{text!r} is not a property supported for filtering ({', '.join(FILTER_PROPERTIES.values())})"
             )
         op = self._next()[1].lower()
-        if op not in ("eq", "ne", "lt", "le", "gt", "ge"):
-            raise FilterError(f"{op!r} is not a supported operator (eq, ne, lt, le, gt, ge)")
-        kind, wanted = self._next()
+        if op not in (*COMPARISONS, "in"):
+            raise FilterError(f"{op!r} is not a supported operator ({', '.join(COMPARISONS)}, in)")
+        if prop in FILTER_COLLECTIONS and op not in ("eq", "ne", "in"):
+            raise FilterError(f"{prop} is compared with eq, ne or in only")
+        wanted = self._values(prop, op) if op == "in" else (self._value(prop, op),)
+        if prop == "createdDateTime":
+            for value in wanted:
+                try:
+                    parse_iso(value)
+                except ValueError:
+                    raise FilterError(f"{value!r} is not a date and time") from None
+        return lambda row: _matches(_filter_values(row, prop), op, wanted, prop)
+
+    def _value(self, prop: str, op: str) -> str:
+        kind, value = self._next()
         if kind not in ("string", "word"):
             raise FilterError(f"{prop} {op} needs a value")
-        if prop == "createdDateTime":
-            try:
-                parse_iso(wanted)
-            except ValueError:
-                raise FilterError(f"{wanted!r} is not a date and time") from None
-        return lambda job: _compare(_filter_value(job, prop), op, wanted, prop)
+        return value
+
+    def _values(self, prop: str, op: str) -> tuple[str, ...]:
+        """``in``'s list: ``(v1, v2, …)``, at least one value."""
+        if self._next()[0] != "(":
+            raise FilterError(f"{prop} in needs a list of values in parentheses")
+        values = [self._value(prop, op)]
+        while True:
+            kind = self._next()[0]
+            if kind == ")":
+                return tuple(values)
+            if kind != ",":
+                raise FilterError(f"the list after {prop} in is not closed")
+            values.append(self._value(prop, op))
 
 
 def _list_filter(text: str) -> Predicate:
-    """The `$filter` grammar Bentley documents: eq/ne/lt/le/gt/ge joined by and/or, with parentheses."""
+    """The `$filter` grammar Bentley documents: eq/ne/lt/le/gt/ge/in joined by and/or (and parentheses)."""
     return _FilterParser(text).parse()
+
+
+def _ids(value: Any) -> list[str]:
+    """The reality data ids in a v2 `specifications.inputs` value (an id, or a list of them)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [item for item in value if isinstance(item, str)]
+    return []
+
+
+def _filter_row(job: Job, now: float, api: str) -> FilterRow:
+    d = job.details
+    if api in V2_APIS:
+        view = _v2_view(job, now)
+        inputs = d["inputs"]
+        input_ids = [i for v in (inputs.values() if isinstance(inputs, dict) else inputs) for i in _ids(v)]
+    else:
+        view = _v1_view(job, now)
+        input_ids = [str(i["id"]) for i in d["inputs"] if isinstance(i, dict) and "id" in i]
+    return FilterRow(view, tuple(input_ids), tuple(rd for rd in d["reality_data_ids"] if rd))
 
 
 def _list_jobs(request: Request, state: EmulatorState, api: str) -> Reply:
@@ -699,10 +824,13 @@ def _list_jobs(request: Request, state: EmulatorState, api: str) -> Reply:
     except ValueError:
         return error(400, "InvalidParameter", "$top and continuationToken must be the values this API gave.")
     now = time.monotonic()
-    view = _v2_view if api in V2_APIS else _v1_view
     with state.lock:
-        jobs = [view(job, now) for job in state.jobs.values() if job.vendor == VENDOR and job.details["api"] == api]
-    selected = [job for job in jobs if predicate(job)]
+        rows = [
+            _filter_row(job, now, api)
+            for job in state.jobs.values()
+            if job.vendor == VENDOR and job.details["api"] == api
+        ]
+    selected = [row.view for row in rows if predicate(row)]
     payload: dict[str, Any] = {"jobs": selected[offset : offset + top]}
     if offset + top < len(selected):
         token = base64.urlsafe_b64encode(str(offset + top).encode()).decode().rstrip("=")
@@ -918,6 +1046,22 @@ ROUTES: tuple[Route, ...] = (
     ("GET", re.compile(f"/reality-management/reality-data/{_ID}/readaccess"), _read_access),
     ("GET", re.compile(f"/reality-management/reality-data/{_ID}"), _reality_data),
 )
+
+
+def quota_key(request: Request, state: EmulatorState) -> str | None:
+    """The OAuth client a platform API call counts against; None for calls the platform limit leaves alone."""
+    if request.path == "/connect/token" or request.path.startswith("/blob/"):
+        return None  # IMS and Azure Storage: other services than the platform's APIs
+    scheme, _, token = (request.header("Authorization") or "").partition(" ")
+    return state.token_client(VENDOR, token.strip()) if scheme.lower() == "bearer" else None
+
+
+def over_quota(refusal: QuotaRefusal) -> Reply:
+    reply = error(429, "RateLimitExceeded", RATE_LIMIT_MESSAGE)
+    seconds = str(refusal.retry_after)
+    reply.headers.update({"Retry-After": seconds, RATE_LIMIT_RETRY_AFTER: seconds, RATE_LIMIT_REMAINING: "0"})
+    reply.headers.update(dict.fromkeys(RATE_LIMIT_TIERS, EMULATED_TIER))
+    return reply
 
 
 def handle(request: Request, state: EmulatorState) -> Reply:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import email.utils
 import gzip
 import hashlib
 import json
+import math
 import random
 import re
 import secrets
@@ -197,6 +199,62 @@ class Faults:
         if draw < self.reset_rate + self.error_rate:
             return "server_error"
         return None
+
+
+QUOTA_TEXT = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d*)?)\s*")
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A vendor's limit, rehearsed: at most ``calls`` calls in any ``seconds`` (a sliding window).
+
+    Sliding rather than fixed: no burst of twice the limit across a window's edge, and the ``Retry-After`` of a
+    refused call is exact (the seconds until the oldest call in the window leaves it). A refused call takes no
+    place in the window. Several quotas on one vendor all hold (Bentley's Trial tier: 500 a minute and 5,000
+    an hour). What each vendor counts and how it refuses lives in the vendor's module (``quota_key``,
+    ``over_quota``).
+    """
+
+    calls: int
+    seconds: float
+
+    def __post_init__(self) -> None:
+        _check_count("calls", self.calls, minimum=1)
+        if isinstance(self.seconds, bool) or not isinstance(self.seconds, int | float) or not self.seconds > 0:
+            raise ScenarioError(f"quota 'seconds' must be a number of seconds > 0, got {self.seconds!r}")
+        object.__setattr__(self, "seconds", float(self.seconds))
+
+    @classmethod
+    def parse(cls, text: str) -> Quota:
+        """``"500/60"``: 500 calls per 60 seconds (how ``jobprogress-emulator --quota`` takes it)."""
+        match = QUOTA_TEXT.fullmatch(text)
+        if match is None:
+            raise ScenarioError(f"a quota is CALLS/SECONDS, e.g. 500/60, got {text!r}")
+        return cls(int(match.group(1)), float(match.group(2)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Quota:
+        if not isinstance(data, Mapping):
+            raise ScenarioError(f"a quota must be a JSON object, got {type(data).__name__}")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        missing = {f.name for f in fields(cls)} - set(data)
+        if unknown or missing:
+            raise ScenarioError(f"a quota has the fields calls and seconds, got {sorted(data)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.calls} calls per {self.seconds:g} s"
+
+
+@dataclass(frozen=True)
+class QuotaRefusal:
+    """A call the quota refused: which limit, and the whole seconds until the window frees a call."""
+
+    quota: Quota
+    retry_after: int
 
 
 @dataclass(frozen=True)
@@ -511,8 +569,13 @@ HTML_ERROR_PAGE = (
 
 def rate_limited(scenario: Scenario) -> Reply:
     """Plain 429 for vendors that document no rate-limit body."""
+    return too_many_requests(scenario.retry_after)
+
+
+def too_many_requests(retry_after: int) -> Reply:
+    """A bare 429 with Retry-After (seconds): what a server or proxy in front of it says without a vendor body."""
     reply = Reply.text(429, "Too Many Requests")
-    reply.headers["Retry-After"] = str(scenario.retry_after)
+    reply.headers["Retry-After"] = str(retry_after)
     return reply
 
 
@@ -548,17 +611,28 @@ def basic_credentials(request: Request) -> tuple[str, str] | None:
     return (user, password)
 
 
+#: how long a finished iTwin v1 job's progress stays readable: Bentley says it "won't be available after 30 days"
+ITWIN_PROGRESS_RETENTION = 30 * 24 * 3600.0
+
+
 class EmulatorState:
     """Everything the three APIs share: jobs, tokens, scenarios, the call log. One lock guards it all."""
 
     def __init__(
-        self, *, token_ttl: int, olconnect_security: bool, retention: float, secrets: Mapping[str, str]
+        self,
+        *,
+        token_ttl: int,
+        olconnect_security: bool,
+        retention: float,
+        secrets: Mapping[str, str],
+        itwin_progress_retention: float = ITWIN_PROGRESS_RETENTION,
     ) -> None:
         self.lock = threading.RLock()
         self.secrets = dict(secrets)
         self.token_ttl = token_ttl
         self.olconnect_security = olconnect_security
         self.retention = retention
+        self.itwin_progress_retention = itwin_progress_retention
         self.base_url = ""
         self.jobs: dict[tuple[str, str], Job] = {}
         self.calls: list[Call] = []
@@ -577,6 +651,15 @@ class EmulatorState:
         self._fault_draw = random.Random()
         #: calls answered with a server error so far (which of the 5xx comes next)
         self.struck = 0
+        #: the limits per vendor (server configuration: a reset keeps them, as it keeps the secrets)
+        self.quotas: dict[str, tuple[Quota, ...]] = {vendor: () for vendor in VENDORS}
+        #: (vendor, who is counted) -> monotonic times of the calls the quota let through, oldest first
+        self.quota_windows: dict[tuple[str, str], list[float]] = {}
+        #: iTwin token -> the OAuth client it was issued to (Bentley counts calls per client)
+        self.token_clients: dict[str, str] = {}
+        self.vendor_calls: dict[str, int] = {}
+        self.vendor_429s: dict[str, int] = {}
+        self.over_quota: dict[str, int] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -588,9 +671,14 @@ class EmulatorState:
             self.bucket_files.clear()
             self.sas_grants.clear()
             self.tokens = {vendor: {} for vendor in VENDORS}
+            self.token_clients.clear()
             self.queues = {vendor: deque() for vendor in VENDORS}
             self.defaults = {vendor: Scenario() for vendor in VENDORS}
             self.set_faults(Faults())
+            self.quota_windows.clear()
+            for counter in (self.vendor_calls, self.vendor_429s, self.over_quota):
+                counter.clear()
+                counter.update(dict.fromkeys(VENDORS, 0))
 
     def secret(self, name: str) -> str:
         """The credential the emulator accepts (olconnect_password, scriptx_license, itwin_client_secret)."""
@@ -635,6 +723,42 @@ class EmulatorState:
             if faults == NO_FAULTS:
                 return None, faults
             return faults.strike(time.monotonic() - self.faults_since, self._fault_draw.random()), faults
+
+    # -- quotas ----------------------------------------------------------------------------------
+    def set_quota(self, vendor: str, limits: Sequence[Quota]) -> None:
+        """Hold ``vendor``'s calls to every one of ``limits`` from now on (none: no quota); windows start empty."""
+        check_vendor(vendor)
+        with self.lock:
+            self.quotas[vendor] = tuple(limits)
+            for key in [key for key in self.quota_windows if key[0] == vendor]:
+                del self.quota_windows[key]
+
+    def admit(self, vendor: str, who: str) -> QuotaRefusal | None:
+        """Count one call of ``who`` (an OAuth client, or "" for a whole server) against ``vendor``'s quota:
+        None when it may proceed, else the refusal (the call then takes no place in the window)."""
+        with self.lock:
+            limits = self.quotas[vendor]
+            if not limits:
+                return None
+            now = time.monotonic()
+            window = self.quota_windows.setdefault((vendor, who), [])
+            del window[: bisect.bisect_right(window, now - max(quota.seconds for quota in limits))]
+            refusal: QuotaRefusal | None = None
+            for quota in limits:
+                start = bisect.bisect_right(window, now - quota.seconds)
+                held = len(window) - start
+                if held < quota.calls:
+                    continue
+                # the call whose leaving the window brings it under the limit
+                frees_in = window[start + held - quota.calls] + quota.seconds - now
+                retry_after = max(1, math.ceil(frees_in))
+                if refusal is None or retry_after > refusal.retry_after:
+                    refusal = QuotaRefusal(quota, retry_after)
+            if refusal is not None:
+                self.over_quota[vendor] += 1
+                return refusal
+            window.append(now)
+            return None
 
     # -- jobs ------------------------------------------------------------------------------------
     def add_job(self, job: Job) -> None:
@@ -701,11 +825,21 @@ class EmulatorState:
         )
 
     # -- tokens ----------------------------------------------------------------------------------
-    def issue_token(self, vendor: str) -> str:
+    def issue_token(self, vendor: str, client: str | None = None) -> str:
+        """A new token of ``vendor``; ``client``: the OAuth client it is issued to (iTwin)."""
         token = secrets.token_urlsafe(32)
         with self.lock:
             self.tokens[vendor][token] = time.monotonic() + self.token_ttl
+            if client is not None:
+                self.token_clients[token] = client
         return token
+
+    def token_client(self, vendor: str, token: str) -> str | None:
+        """The client a valid token was issued to; None for an unknown, expired or client-less token."""
+        if self.token_status(vendor, token) != "valid":
+            return None
+        with self.lock:
+            return self.token_clients.get(token)
 
     def token_status(self, vendor: str, token: str) -> TokenStatus:
         with self.lock:
@@ -724,6 +858,22 @@ class EmulatorState:
     def record(self, call: Call) -> None:
         with self.lock:
             self.calls.append(call)
+            if call.vendor is not None:
+                self.vendor_calls[call.vendor] += 1
+                if call.status == 429:
+                    self.vendor_429s[call.vendor] += 1
+
+    def vendor_stats(self) -> dict[str, dict[str, int]]:
+        """Per vendor: calls answered (or reset), how many of them got a 429 (any cause), how many the quota refused."""
+        with self.lock:
+            return {
+                vendor: {
+                    "calls": self.vendor_calls[vendor],
+                    "rate_limited": self.vendor_429s[vendor],
+                    "over_quota": self.over_quota[vendor],
+                }
+                for vendor in VENDORS
+            }
 
     def snapshot_calls(self) -> list[Call]:
         with self.lock:

@@ -1,4 +1,4 @@
-"""OL Connect emulator: login, All-In-One submit, getProgress, results, cancel and File Store download.
+"""OL Connect emulator: login, All-In-One submit, getProgress, getOperations, results, cancel, File Store download.
 
 Decisions where the OL Connect docs are silent (shared with /work/shared/vendors/README.md):
 - A failed operation: getProgress answers 500 with a JSON Error body carrying the scenario's message and
@@ -23,7 +23,19 @@ Decisions where the OL Connect docs are silent (shared with /work/shared/vendors
 - /cancel on a finished operation answers 204 and changes nothing (cancel is only a request).
 - Transient failures (scenario `flaky`) are a plain-text 503 without a JSON Error body; `rate_limit`
   answers a plain 429 with Retry-After, though no rate limit is documented.
+- A quota (`VendorEmulator.set_quota`, none by default; OL Connect runs on the customer's server and documents
+  no limit) stands for a limit in front of that server: it counts every call to the one server, login
+  included, and answers past it a plain 429 with Retry-After (no JSON Error body).
 - Outcomes soft_error/code_exception fail like "fail"; "immediate" succeeds like "succeed".
+- getOperations ("Get All Operations", the cookbook's "JSON Operations List"): every operation still
+  running, as `{id, type: "PrintRestService", subTask, startTime (ms since the epoch, UTC), progress}`;
+  ended ones (done, failed, cancelled) are not listed. `subTask` names the All-In-One step the operation
+  is in ("Data Mapping", "Content Creation", "Job Creation", "Output Creation", the steps its
+  configuration asked for; the docs give no list of values), with `template` beside "Content Creation"
+  when the configuration named one. A listing reads each operation it lists as getProgress reads one:
+  a job that moves a step per read (no `duration`) moves a step per listing, and once it ended it is no
+  longer listed, so one getProgress then tells done from failed. Per-job scenario gates (`rate_limit`,
+  `flaky`, `garbage`) strike getProgress only, not the listing.
 """
 
 from __future__ import annotations
@@ -31,12 +43,14 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 from urllib.parse import unquote
 
 from .model import (
     SCENARIO_HEADER,
     EmulatorState,
     Job,
+    QuotaRefusal,
     Reply,
     Request,
     Route,
@@ -44,6 +58,8 @@ from .model import (
     common_garbage,
     rate_limited,
     route,
+    spread,
+    too_many_requests,
     unavailable,
 )
 
@@ -55,6 +71,10 @@ USER = "ol-admin"
 PASSWORD = "secret"  # noqa: S105 - the documented factory default of OL Connect server security
 VERSION = "2025.2.0.12345"
 STEP_KEYS = ("datamining", "contentcreation", "jobcreation", "outputcreation")
+#: the JSON Operations List's `subTask` for each All-In-One step (the cookbook's example says "Content Creation")
+SUBTASKS = dict(zip(STEP_KEYS, ("Data Mapping", "Content Creation", "Job Creation", "Output Creation"), strict=True))
+#: the JSON Operations List's `type` of an All-In-One operation
+OPERATION_TYPE = "PrintRestService"
 OUTPUT_DIR = "/opt/olconnect/output"
 
 
@@ -123,9 +143,13 @@ def _submit(request: Request, state: EmulatorState) -> Reply:
         return error(400, "Data file 'missing' not found in File Store", "missing")
     scenario = state.choose_scenario(VENDOR, request.header(SCENARIO_HEADER), config.get("emulator"))
     output = config.get("outputcreation")
+    content = config.get("contentcreation")
+    template = content.get("config") if isinstance(content, dict) else None
     details = {
         "create_only": isinstance(output, dict) and output.get("createOnly") is True,
         "return_ids": config.get("returnIdInHeader") is True,
+        "subtasks": [SUBTASKS[key] for key in STEP_KEYS if key in config],
+        "template": template if isinstance(template, str) else None,
     }
     job = Job(VENDOR, scenario.job_id or str(uuid.uuid4()), scenario, result_count=scenario.outputs, details=details)
     job.submit(time.monotonic())
@@ -180,6 +204,35 @@ def _progress(request: Request, state: EmulatorState, job_id: str) -> Reply:
         if reply is None:
             reply = Reply.text(200, "done" if job.state(now) == "succeeded" else str(job.percent(now)))
     return reply.for_job(job_id)
+
+
+def _operations(request: Request, state: EmulatorState) -> Reply:
+    """Get All Operations: the JSON Operations List of the operations still running (read, so advanced)."""
+    now = time.monotonic()
+    listed = []
+    with state.lock:
+        for job in state.jobs.values():
+            if job.vendor != VENDOR or job.state(now) != "running":
+                continue
+            job.advance(now)
+            if job.state(now) == "running":
+                listed.append(_operation(job, now))
+    return Reply.json(200, listed)
+
+
+def _operation(job: Job, now: float) -> dict[str, Any]:
+    assert job.started is not None
+    subtask = spread(job.stage(now), job.scenario.steps, job.details["subtasks"])
+    operation: dict[str, Any] = {
+        "id": job.job_id,
+        "type": OPERATION_TYPE,
+        "subTask": subtask,
+        "startTime": int(job.wall(job.started) * 1000),
+        "progress": job.percent(now),
+    }
+    if subtask == SUBTASKS["contentcreation"] and job.details["template"]:
+        operation["template"] = job.details["template"]
+    return operation
 
 
 def _finished_job(state: EmulatorState, job_id: str) -> Job | Reply:
@@ -301,6 +354,7 @@ ROUTES: tuple[Route, ...] = (
     ("GET", re.compile(PRINT), _handshake),
     ("GET", re.compile(f"{PRINT}/version"), _version),
     ("POST", re.compile(f"{PRINT}/submit"), _submit),
+    ("GET", re.compile(f"{PRINT}/getOperations"), _operations),
     ("GET", re.compile(f"{PRINT}/getProgress/{_ID}"), _progress),
     ("POST", re.compile(f"{PRINT}/getResult/{_ID}"), _result),
     ("POST", re.compile(f"{PRINT}/getResultTxt/{_ID}"), _result_txt),
@@ -308,6 +362,15 @@ ROUTES: tuple[Route, ...] = (
     ("POST", re.compile(f"{PRINT}/cancel/{_ID}"), _cancel),
     ("GET", re.compile(f"{BASE}/filestore/file/{_ID}(?:/(.+))?"), _filestore_file),
 )
+
+
+def quota_key(request: Request, state: EmulatorState) -> str | None:
+    """Every call counts against the one server's quota."""
+    return ""
+
+
+def over_quota(refusal: QuotaRefusal) -> Reply:
+    return too_many_requests(refusal.retry_after)
 
 
 def handle(request: Request, state: EmulatorState) -> Reply:

@@ -23,6 +23,8 @@ Decisions where the MeadCo docs are silent (shared with /work/shared/vendors/REA
   404 "Job not found", 400 "PDF print failed: ...". flaky → plain 503, rate_limit → plain 429 + Retry-After.
 - licensing/ping without licenseGuid answers 200 {}; with an unknown one 404 "License not found".
 - There is no cancel endpoint for PDF jobs; none is emulated.
+- A quota (`VendorEmulator.set_quota`, none by default; MeadCo documents no limit) stands for a limit in front
+  of the service: it counts every call to the one server and answers past it a plain 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .model import (
     SCENARIO_HEADER,
     EmulatorState,
     Job,
+    QuotaRefusal,
     Reply,
     Request,
     Route,
@@ -45,6 +48,7 @@ from .model import (
     rate_limited,
     route,
     spread,
+    too_many_requests,
     unavailable,
 )
 
@@ -233,6 +237,15 @@ OPEN_ROUTES: tuple[Route, ...] = (
     ("GET", re.compile("/api/v1/licensing/ping"), _ping),
     ("GET", re.compile(f"{PDF}/download/([^/]+)(?:/([^/]+))?"), _download),
 )
+
+
+def quota_key(request: Request, state: EmulatorState) -> str | None:
+    """Every call counts against the one server's quota."""
+    return ""
+
+
+def over_quota(refusal: QuotaRefusal) -> Reply:
+    return too_many_requests(refusal.retry_after)
 
 
 def handle(request: Request, state: EmulatorState) -> Reply:

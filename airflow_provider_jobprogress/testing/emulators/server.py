@@ -18,6 +18,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
@@ -26,6 +27,7 @@ from aiohttp import web
 
 from . import itwin, olconnect, scriptx
 from .model import (
+    ITWIN_PROGRESS_RETENTION,
     SERVER_ERRORS,
     VENDORS,
     Call,
@@ -33,6 +35,8 @@ from .model import (
     Fault,
     Faults,
     JobRecord,
+    Quota,
+    QuotaRefusal,
     Reply,
     Request,
     Scenario,
@@ -46,17 +50,32 @@ log = logging.getLogger(__name__)
 
 CONTROL = "/_emulator"
 VendorHandler = Callable[[Request, EmulatorState], Reply]
-VENDOR_ROUTES: tuple[tuple[str, tuple[str, ...], VendorHandler], ...] = (
-    (olconnect.VENDOR, olconnect.PREFIXES, olconnect.handle),
-    (scriptx.VENDOR, scriptx.PREFIXES, scriptx.handle),
-    (itwin.VENDOR, itwin.PREFIXES, itwin.handle),
+
+
+@dataclass(frozen=True)
+class VendorRoute:
+    """One vendor's API on this server: its paths, its answers, and how its quota counts and refuses."""
+
+    vendor: str
+    prefixes: tuple[str, ...]
+    handle: VendorHandler
+    #: who a call counts against in the vendor's quota (an OAuth client, "" for the whole server); None: uncounted
+    quota_key: Callable[[Request, EmulatorState], str | None]
+    #: the vendor's answer to a call past its quota
+    over_quota: Callable[[QuotaRefusal], Reply]
+
+
+VENDOR_ROUTES: tuple[VendorRoute, ...] = (
+    VendorRoute(olconnect.VENDOR, olconnect.PREFIXES, olconnect.handle, olconnect.quota_key, olconnect.over_quota),
+    VendorRoute(scriptx.VENDOR, scriptx.PREFIXES, scriptx.handle, scriptx.quota_key, scriptx.over_quota),
+    VendorRoute(itwin.VENDOR, itwin.PREFIXES, itwin.handle, itwin.quota_key, itwin.over_quota),
 )
 
 
-def _vendor_of(path: str) -> tuple[str, VendorHandler] | None:
-    for vendor, prefixes, handler in VENDOR_ROUTES:
-        if any(path == prefix or path.startswith(prefix + "/") for prefix in prefixes):
-            return vendor, handler
+def _vendor_of(path: str) -> VendorRoute | None:
+    for target in VENDOR_ROUTES:
+        if any(path == prefix or path.startswith(prefix + "/") for prefix in target.prefixes):
+            return target
     return None
 
 
@@ -132,7 +151,7 @@ class _Server:
         )
         emulator = self.emulator
         target = _vendor_of(request.path)
-        vendor = None if target is None else target[0]
+        vendor = None if target is None else target.vendor
         fault, faults = emulator.state.fault() if target is not None else (None, None)
         if fault in ("outage", "reset"):
             # Recorded as status 0: the call reached the server and got no answer.
@@ -191,12 +210,18 @@ def _struck(fault: Fault, faults: Faults, state: EmulatorState) -> Reply:
     return Reply.text(status, "Server Error")
 
 
-def _answer(request: Request, emulator: VendorEmulator, target: tuple[str, VendorHandler] | None) -> Reply:
+def _answer(request: Request, emulator: VendorEmulator, target: VendorRoute | None) -> Reply:
     if request.path == CONTROL or request.path.startswith(CONTROL + "/"):
         return emulator.control(request)
     if target is None:
         return Reply.text(404, "Not Found")
-    return target[1](request, emulator.state)
+    state = emulator.state
+    if state.quotas[target.vendor]:  # read without the lock: no quota costs a call nothing
+        who = target.quota_key(request, state)
+        refusal = None if who is None else state.admit(target.vendor, who)
+        if refusal is not None:
+            return target.over_quota(refusal)
+    return target.handle(request, state)
 
 
 async def _stream(http: web.Request, reply: Reply, headers: dict[str, str]) -> web.StreamResponse:
@@ -261,9 +286,16 @@ class VendorEmulator:
         olconnect_security: bool = True,
         retention: float = 300.0,
         secrets: Mapping[str, str] | None = None,
+        itwin_progress_retention: float = ITWIN_PROGRESS_RETENTION,
+        quotas: Mapping[str, Quota | Sequence[Quota]] | None = None,
     ) -> None:
         """``secrets`` overrides the accepted credentials (olconnect_password, scriptx_license,
-        itwin_client_secret), e.g. with distinctive values a test then searches logs for."""
+        itwin_client_secret), e.g. with distinctive values a test then searches logs for.
+
+        ``retention``: seconds OL Connect keeps an ended operation for getProgress; ``itwin_progress_retention``:
+        seconds a finished iTwin v1 job's progress stays readable (Bentley: 30 days; 0 answers 404
+        ProgressNotFound from the end on, as a job read after those 30 days). ``quotas``: as ``set_quota``,
+        per vendor."""
         self.host = host
         self.port = port
         accepted = {
@@ -276,8 +308,14 @@ class VendorEmulator:
             raise ValueError(f"unknown emulator secrets {sorted(unknown)}; known: {sorted(accepted)}")
         accepted.update(secrets or {})
         self.state = EmulatorState(
-            token_ttl=token_ttl, olconnect_security=olconnect_security, retention=retention, secrets=accepted
+            token_ttl=token_ttl,
+            olconnect_security=olconnect_security,
+            retention=retention,
+            secrets=accepted,
+            itwin_progress_retention=itwin_progress_retention,
         )
+        for vendor, limits in (quotas or {}).items():
+            self.set_quota(vendor, *([limits] if isinstance(limits, Quota) else limits))
         self._server: _Server | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -319,6 +357,16 @@ class VendorEmulator:
         """Strike every vendor call with ``faults`` from now on (5xx, resets, 429 bursts, an outage);
         ``set_faults(Faults())`` ends them. Over HTTP: ``POST /_emulator/faults`` with the fields as JSON."""
         self.state.set_faults(faults)
+
+    def set_quota(self, vendor: str, *limits: Quota) -> None:
+        """Hold ``vendor``'s calls to ``limits`` from now on, to rehearse a vendor's (or your proxy's) limit; none
+        removes the quota. Each ``Quota(calls, seconds)`` is a sliding window: at most ``calls`` calls in any
+        ``seconds``; past it a 429 with ``Retry-After`` (seconds until the window frees a call) in the vendor's
+        shape. iTwin counts per OAuth client, its API calls only (not the token endpoint, not blob downloads);
+        OL Connect and ScriptX count every call to the server. Over HTTP: ``POST /_emulator/quota`` with
+        ``{"vendor": …, "limits": [{"calls": 500, "seconds": 60}]}``. A reset empties the windows and keeps
+        the quotas."""
+        self.state.set_quota(vendor, limits)
 
     def serve_blobs_from(self, store: Any) -> None:
         """Serve iTwin outputs from ``store`` (``Azurite(...).blob_store()``: a real Azure Storage API) instead of
@@ -368,9 +416,19 @@ class VendorEmulator:
         """TCP connections the server holds open now (a client that closed all its sockets leaves 0)."""
         return 0 if self._server is None else self._server.open_connections
 
-    def stats(self) -> dict[str, int]:
-        """Counters for benchmarks and tests: open connections, recorded calls."""
-        return {"open_connections": self.open_connections, "calls": len(self.state.calls)}
+    def stats(self) -> dict[str, Any]:
+        """Counters for benchmarks and tests: open connections, recorded calls; per vendor (``vendors``) its
+        calls, those answered 429 (``rate_limited``: quota, fault bursts and scenarios alike) and those the
+        quota refused (``over_quota``); and the ``quotas`` set (vendor -> list of {calls, seconds})."""
+        with self.state.lock:
+            calls = len(self.state.calls)
+            quotas = {vendor: [quota.to_dict() for quota in limits] for vendor, limits in self.state.quotas.items()}
+        return {
+            "open_connections": self.open_connections,
+            "calls": calls,
+            "vendors": self.state.vendor_stats(),
+            "quotas": quotas,
+        }
 
     @property
     def calls(self) -> list[Call]:
@@ -454,6 +512,8 @@ class VendorEmulator:
             return self._control_scenario(request)
         if (method, path) == ("POST", f"{CONTROL}/faults"):
             return self._control_faults(request)
+        if (method, path) == ("POST", f"{CONTROL}/quota"):
+            return self._control_quota(request)
         if (method, path) == ("POST", f"{CONTROL}/expire-tokens"):
             self.expire_tokens()
             return Reply.empty(204)
@@ -488,6 +548,20 @@ class VendorEmulator:
         except ValueError:
             return Reply.json(400, {"error": "body must be JSON"})
         self.set_faults(Faults.from_dict(body if body is not None else {}))
+        return Reply.empty(204)
+
+    def _control_quota(self, request: Request) -> Reply:
+        try:
+            body = request.json()
+        except ValueError:
+            return Reply.json(400, {"error": "body must be JSON"})
+        if not isinstance(body, dict) or body.get("vendor") not in VENDORS or not isinstance(body.get("limits"), list):
+            return Reply.json(400, {"error": f'body must be {{"vendor": one of {list(VENDORS)}, "limits": [...]}}'})
+        try:
+            limits = [Quota.from_dict(limit) for limit in body["limits"]]
+        except ScenarioError as exc:
+            return Reply.json(400, {"error": str(exc)})
+        self.set_quota(body["vendor"], *limits)
         return Reply.empty(204)
 
     def _control_secrets(self, request: Request) -> Reply:
