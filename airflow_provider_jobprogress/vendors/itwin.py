@@ -10,6 +10,7 @@ A 404 ProgressNotFound means a v1 job left ``active`` (or 30 days passed): its d
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,8 +76,12 @@ STATES: dict[str, JobState] = {
     "cancelled": JobState.CANCELLED,
 }
 PROGRESS_GONE = ("ProgressNotFound", "JobProgressNotFound")
-#: the v2 states of a job that has not ended, as ``$filter`` spells them (Bentley's SDK ``JobState``)
+#: the states of a job that has not ended, as ``$filter`` spells them (v2: Bentley's SDK ``JobState``)
 V2_RUNNING = ("Queued", "Active", "TerminatingOnCancel", "TerminatingOnFailure")
+V1_RUNNING = ("unsubmitted", "active")
+#: how many calls the client has left in the platform's window, on Bentley's answers ("Rate limits and quotas")
+REMAINING_CALLS = "itwinplatform-ratelimit-remainingcalls"
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: jobs per page (``$top``, at most 1,000 per Bentley) and pages per listing of the shared poller
 LIST_PAGE = 1000
 LIST_PAGES = 20
@@ -149,6 +154,10 @@ class ITwinApi(VendorApi):
 
     def url_field(self, request: Request) -> str:
         return "auth_url" if request.url == self.token_url else "base_url"
+
+    def calls_remaining(self, headers: Mapping[str, str]) -> int | None:
+        value = str(headers.get(REMAINING_CALLS) or "").strip()
+        return int(value) if value.isascii() and value.isdigit() else None
 
     # -- auth ------------------------------------------------------------------------------------
     @property
@@ -291,12 +300,12 @@ class ITwinApi(VendorApi):
     # -- the shared poller's listings (core.poller) ------------------------------------------------
     def list_running(self) -> Flow[Listing | None]:
         """The connection's running jobs (states only: a listing carries no percentage) in a few pages of
-        ``GET …/jobs?$filter=`` on the states Bentley documents for jobs-get-all. Reality Modeling and Analysis
-        v2 only; the v1 APIs' waits read their own jobs. Pages stop at ``LIST_PAGES``: then the listing is
-        incomplete, and a job missing from it is not taken for ended."""
-        if self.family.version != 2:
-            return None
-        states = " or ".join(f"state eq '{state}'" for state in V2_RUNNING)
+        ``GET …/jobs?$filter=`` on their states, in the grammar of Bentley's jobs-get-all pages (properties id,
+        iTwinId, name, email, type, state, createdDateTime, inputId, outputId; operators eq, ne, lt, le, gt, ge,
+        in, and, or), the same for v1 and v2. Pages stop at ``LIST_PAGES``: then the listing is incomplete, and
+        a job missing from it is not taken for ended."""
+        running = V2_RUNNING if self.family.version == 2 else V1_RUNNING
+        states = " or ".join(f"state eq '{state}'" for state in running)
         clauses = [f"iTwinId eq {self.itwin_id}"] if self.itwin_id else []
         jobs, complete = yield from self._listed(" and ".join([*clauses, f"({states})"]))
         readings: dict[str, JobProgress] = {}
@@ -313,7 +322,7 @@ class ITwinApi(VendorApi):
         found: dict[str, JobProgress] = {}
         ids = sorted(ended)
         for start in range(0, len(ids), ENDED_BATCH):
-            batch = " or ".join(f"id eq {_quoted(job_id)}" for job_id in ids[start : start + ENDED_BATCH])
+            batch = " or ".join(f"id eq {_literal(job_id)}" for job_id in ids[start : start + ENDED_BATCH])
             jobs, _ = yield from self._listed(f"({batch})")
             for job_id, job in jobs.items():
                 state = job_state(job)
@@ -607,6 +616,11 @@ def job_state(job: Mapping[str, Any]) -> JobState | None:
 def _quoted(value: str) -> str:
     """An OData string literal (a quote inside doubled)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def _literal(job_id: str) -> str:
+    """A job id in ``$filter``: bare when it is a GUID, as Bentley's examples write ``id eq <guid>``."""
+    return job_id if _GUID.fullmatch(job_id) else _quoted(job_id)
 
 
 def _continuation_token(data: dict[str, Any]) -> str | None:

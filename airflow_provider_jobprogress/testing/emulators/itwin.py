@@ -397,7 +397,9 @@ def _v1_progress_answer(job: Job, now: float, api: str, retention: float) -> Rep
         return error(404, "ProgressNotFound", "Requested progress is not available.")
     steps = job.scenario.steps
     stage = job.stage(now if finished is None else finished)
-    if state not in ("active", "success"):
+    if state == "success":
+        stage = steps + 1  # done: 100 %, however its time ran out between two steps
+    elif state != "active":
         stage = min(stage, steps)  # a failed or cancelled job stopped where it was, short of the end
     percent = round(stage * 100 / (steps + 1))
     step = spread(stage, steps, V1_STEPS[api])
