@@ -44,8 +44,19 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[VendorEmulator]:
     """A fresh emulator of the three vendor APIs on 127.0.0.1, with AIRFLOW_CONN_* pointing at it."""
     with VendorEmulator() as emu:
         for conn_id, uri in emu.connections().items():
-            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", uri)
+            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", with_budget(uri, TEST_BUDGET))
         yield emu
+
+
+#: calls per minute the tests' connections allow: tests poll every few milliseconds and are not about a vendor's
+#: limit (tests/test_budget.py and the rate-limit tests of test_poller.py are, and set their own)
+TEST_BUDGET = 1_000_000
+
+
+def with_budget(conn: str, per_minute: float) -> str:
+    """A connection (Airflow's JSON form) with its ``requests_per_minute`` extra set."""
+    data = json.loads(conn)
+    return json.dumps({**data, "extra": {**data.get("extra", {}), "requests_per_minute": per_minute}})
 
 
 @pytest.fixture(scope="session")

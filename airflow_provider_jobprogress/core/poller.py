@@ -182,7 +182,7 @@ class JobPoller:
     async def read(self, watch: Watch) -> JobProgress:
         if not self.listing:
             return await watch.reader.aget_progress(watch.job_id)
-        snapshot = await self._fresh(max_age=watch.interval)
+        snapshot = await self._fresh(max_age=max(watch.interval, MIN_CYCLE))
         listed = snapshot.listing.jobs.get(watch.job_id) if snapshot is not None else None
         if listed is None:
             # never listed, gone without a verdict from the ended listing, or the listing failed: one call
