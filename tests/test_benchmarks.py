@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from types import ModuleType
+from unittest import mock
 
 import pytest
 
@@ -48,3 +50,43 @@ def test_each_side_waits_every_job_to_its_end_and_is_counted(
     assert result.rss_growth_mib > -1.0
     row = bench.markdown([(size, {"reference": result, "ours": result})])
     assert "20 waits, 0.2 s, 1 s jobs" in row
+
+
+def load_vendor_bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # it imports its emulator helpers from bench_triggers
+    spec = importlib.util.spec_from_file_location("bench_vendor_load", BENCH.parent / "bench_vendor_load.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_vendor_load"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("mode", ["poller", "per_job", "reference"])
+def test_vendor_load_counts_every_vendors_calls_and_each_waits_true_end(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    bench = load_vendor_bench(monkeypatch)
+    groups = tuple(bench.Group(vendor, 4, 3.0) for vendor in ("olconnect", "itwin", "scriptx"))
+    case = bench.Case("machinery", mode, groups, interval=0.2)
+    with mock.patch.dict(os.environ):  # run_case points the connections at the emulator, as in its own process
+        result = bench.run_case(case, bench.Emulator(emulator.url, os.getpid()))
+    assert [v.vendor for v in result.vendors] == ["olconnect", "itwin", "scriptx"]
+    for vendor in result.vendors:
+        assert (vendor.waits, vendor.right, vendor.wrong, vendor.unfinished) == (4, 4, 0, 0), vendor
+        # the vendor's own calls while the waits ran (the reference's: its done endpoint), none before
+        window = [c for c in emulator.calls if result.start <= c.ts <= result.start + result.wall_s]
+        assert vendor.calls == sum(1 for c in window if bench.vendor_of(c.to_dict()) == vendor.vendor) >= 1
+        assert vendor.rate_limited == 0
+    assert result.polls >= 12
+    assert result.rss_growth_mib > -1.0  # within the lazily folded per-thread RSS counters (see above)
+    # of every 20 jobs one fails and one is cancelled by the vendor: each vendor's first four have both
+    for vendor_name in ("olconnect", "itwin", "scriptx"):
+        ended = Counter(
+            job.scenario.outcome for (vendor, _), job in list(emulator.state.jobs.items()) if vendor == vendor_name
+        )
+        assert ended == {"fail": 1, "cancel": 1, "succeed": 2}
+    table = bench.report([result], "header")
+    assert "machinery: " in table
+    assert "| 4 |" in table
