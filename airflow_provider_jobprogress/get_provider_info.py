@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow_provider_jobprogress.core.protocol import VendorApi
+from airflow_provider_jobprogress.vendors.itwin import ITwinApi
+from airflow_provider_jobprogress.vendors.olconnect import OLConnectApi
+from airflow_provider_jobprogress.vendors.scriptx import ScriptXApi
+
 OL_CONNECT = "Upland OL Connect"
 SCRIPTX = "MeadCo ScriptX.Services"
 ITWIN = "Bentley iTwin"
@@ -38,6 +43,38 @@ def _tls_fields() -> dict[str, Any]:
     }
 
 
+def _budget_fields(api: type[VendorApi], *, lists: str | None) -> dict[str, Any]:
+    """The request budget (core.budget) and, where the vendor lists its jobs, the shared poller's switch."""
+    per_minute, per_hour = api.default_requests_per_minute, api.default_requests_per_hour
+    hourly = f"{per_hour:,.0f}" if per_hour else "none"
+    fields: dict[str, Any] = {
+        "requests_per_minute": {
+            "label": "Requests per minute",
+            "description": (
+                f"Calls this connection may send per minute from each Airflow process (triggerer or worker), shared "
+                f"by all its waits and tasks; a 429 pauses them all. Empty: {per_minute:,.0f}. With several "
+                "triggerers, divide the vendor's limit among them."
+            ),
+            "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+        },
+        "requests_per_hour": {
+            "label": "Requests per hour",
+            "description": f"As above, per hour, for vendors that also count per hour. Empty: {hourly}.",
+            "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+        },
+    }
+    if lists is not None:
+        fields["list_polling"] = {
+            "label": "Read many waits with one listing",
+            "description": (
+                f"With three or more waits on this connection in a triggerer, read their jobs with {lists} once "
+                "per cycle instead of one call per wait. Off: every wait reads its own job."
+            ),
+            "schema": {"type": ["boolean", "null"], "default": True},
+        }
+    return fields
+
+
 def _olconnect_connection() -> dict[str, Any]:
     return {
         "connection-type": "olconnect",
@@ -68,6 +105,7 @@ def _olconnect_connection() -> dict[str, Any]:
                 "schema": {"type": ["string", "null"], "enum": ["token", "basic"], "default": "token"},
             },
             **_tls_fields(),
+            **_budget_fields(OLConnectApi, lists="getOperations"),
         },
     }
 
@@ -123,6 +161,7 @@ def _scriptx_connection() -> dict[str, Any]:
                 "schema": {"type": ["string", "null"]},
             },
             **_tls_fields(),
+            **_budget_fields(ScriptXApi, lists=None),
         },
     }
 
@@ -177,6 +216,7 @@ def _itwin_connection() -> dict[str, Any]:
                 "schema": {"type": ["string", "null"]},
             },
             **_tls_fields(),
+            **_budget_fields(ITwinApi, lists="GET …/jobs?$filter"),
         },
     }
 

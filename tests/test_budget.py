@@ -78,6 +78,18 @@ def test_a_429_pauses_every_caller_once_and_paces_what_comes_back() -> None:
     assert not budget.try_take()
 
 
+def test_a_429_answered_a_little_later_stretches_the_same_pause() -> None:
+    clock = Clock()
+    budget = RequestBudget("c", 600, clock=clock)
+    assert budget.pause(1.0) is True
+    clock.now += 0.5
+    assert budget.pause(1.0) is False
+    assert budget.counts.pauses == 1
+    assert budget.paused_for() == pytest.approx(1.0)
+    clock.now += 2
+    assert budget.pause(1.0) is True, "after the pause, a new burst is a new pause"
+
+
 def test_the_vendors_remaining_calls_cap_the_bucket() -> None:
     clock = Clock()
     budget = RequestBudget("c", 600, clock=clock)

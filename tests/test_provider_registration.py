@@ -28,6 +28,10 @@ ENTRY_POINT = "airflow_provider_jobprogress.get_provider_info:get_provider_info"
 OUR_CONN_TYPES = {"olconnect", "scriptx", "itwin"}
 
 
+#: the request budget every connection type takes (core.budget); ScriptX has no list call, so no list_polling
+BUDGET = ("requests_per_minute", "requests_per_hour")
+
+
 def _python_modules() -> list[str]:
     info = get_provider_info()
     modules = {
@@ -155,7 +159,7 @@ def test_olconnect_form_asks_for_server_port_protocol_and_user(hook_meta: dict[s
     assert std.login.title == "User (empty: server security off)"
     assert std.password.title == "Password"
     assert not any(f.hidden for f in (std.host, std.port, std.url_schema, std.login, std.password))
-    assert set(meta.extra_fields) == {"auth", "verify", "ca_bundle"}
+    assert set(meta.extra_fields) == {"auth", "verify", "ca_bundle", *BUDGET, "list_polling"}
     auth = meta.extra_fields["auth"]
     assert auth["value"] == "token"
     assert auth["schema"]["enum"] == ["token", "basic"]
@@ -170,7 +174,7 @@ def test_scriptx_form_hides_login_and_asks_for_the_license_guid(hook_meta: dict[
     assert std.host.placeholder == "scriptxservices.meadroid.com"
     assert std.url_schema.placeholder == "https"
     assert "41191" in std.port.placeholder
-    assert set(meta.extra_fields) == {"variant", "meadroid_path", "verify", "ca_bundle"}
+    assert set(meta.extra_fields) == {"variant", "meadroid_path", "verify", "ca_bundle", *BUDGET}
     assert "X-Meadroid-Path" in meta.extra_fields["meadroid_path"]["description"]
     variant = meta.extra_fields["variant"]
     assert variant["value"] == "cloud"
@@ -186,7 +190,17 @@ def test_itwin_form_asks_only_for_client_credentials_and_api_settings(hook_meta:
     assert std.login.title == "Client ID"
     assert std.password.title == "Client secret"
     extras = meta.extra_fields
-    assert set(extras) == {"api", "base_url", "auth_url", "scope", "itwin_id", "verify", "ca_bundle"}
+    assert set(extras) == {
+        "api",
+        "base_url",
+        "auth_url",
+        "scope",
+        "itwin_id",
+        "verify",
+        "ca_bundle",
+        *BUDGET,
+        "list_polling",
+    }
     assert extras["api"]["value"] == "realitydataanalysis"
     assert extras["api"]["schema"]["enum"] == [
         "realitydataanalysis",

@@ -162,16 +162,20 @@ class RequestBudget:
 
     def pause(self, seconds: float) -> bool:
         """A 429: no call of this connection goes for ``seconds``, and the buckets are empty after it.
-        True when this made the pause longer (the first 429 of a burst), False when one already covered it."""
+
+        True for the first 429 of a burst (a new pause); the 429s of calls already in flight when it came
+        only stretch that pause to the latest moment asked, and return False."""
         with self._lock:
             moment = self._refill()
             self.counts.rate_limited += 1
             until = moment + max(seconds, 0.0)
-            if until <= self._paused_until:
+            ongoing = moment < self._paused_until
+            if until > self._paused_until:
+                self.counts.paused_seconds += until - max(self._paused_until, moment)
+                self._paused_until = until
+            if ongoing:
                 return False
             self.counts.pauses += 1
-            self.counts.paused_seconds += until - max(self._paused_until, moment)
-            self._paused_until = until
             for bucket in self._buckets:
                 bucket.tokens = min(bucket.tokens, 0.0)
             self._at = until  # nothing refills during the pause: the calls after it are paced from empty
