@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import gc
 import http.client
+import itertools
 import json
 import math
 import os
@@ -266,6 +267,9 @@ class VendorResult:
     late_p95_s: float
     late_max_s: float
     wall_s: float
+    #: listings (GET calls naming no job) and the longest time between two of them while waits ran
+    list_calls: int = 0
+    longest_list_gap_s: float = math.nan
 
     @property
     def calls_per_minute(self) -> float:
@@ -499,6 +503,10 @@ def measure_vendor(
     mine = [call for call in calls if vendor_of(call) == group.vendor]
     times = sorted(float(call["ts"]) for call in mine)
     limited = [float(call["ts"]) for call in mine if call["status"] == 429]
+    lists = sorted(float(call["ts"]) for call in mine if call["method"] == "GET" and not call.get("job_id"))
+    # while some wait of this vendor still waited: after the last event a poller has nothing to list for
+    last_event = max((seen[job][0] for job in jobs if job in seen), default=start + wall)
+    gaps = [b - a for a, b in itertools.pairwise(lists) if b <= last_event]
     return VendorResult(
         vendor=group.vendor,
         waits=group.waits,
@@ -516,6 +524,8 @@ def measure_vendor(
         late_p95_s=percentile(late, 0.95),
         late_max_s=max(late) if late else math.nan,
         wall_s=wall,
+        list_calls=len(lists),
+        longest_list_gap_s=max(gaps, default=math.nan),
     )
 
 
@@ -643,12 +653,19 @@ def _ended(v: VendorResult) -> str:
     return text
 
 
+def _listings(v: VendorResult) -> str:
+    if not v.list_calls:
+        return "0"
+    return f"{v.list_calls:,} ({_seconds(v.longest_list_gap_s)})"
+
+
 def markdown(results: Sequence[Result]) -> str:
     lines = [
-        "| case | waits | calls/min (mean / most in a minute) | per-job calls per wait | 429s (after 1st min) | "
+        "| case | waits | calls/min (mean / most in a minute) | per-job calls per wait | listings (longest gap, s) | "
+        "429s (after 1st min) | "
         "end seen late p50 / p95 / max (s) | ended right | triggerer cores | CPU ms per poll | polls | "
         "RSS growth (MiB) | emulator cores | wall (s) | load before → after |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         for index, v in enumerate(r.vendors):
@@ -664,7 +681,8 @@ def markdown(results: Sequence[Result]) -> str:
             loads = f"{r.load_before.split()[0]} → {r.load_after.split()[0]}" if whole else "″"
             lines.append(
                 f"| {label} | {v.waits:,} | {v.calls_per_minute:,.0f} / {v.max_calls_in_a_minute:,} | "
-                f"{v.per_job_calls / v.waits:.2f} | {v.rate_limited:,} ({v.rate_limited_after_first_minute:,}) | "
+                f"{v.per_job_calls / v.waits:.2f} | {_listings(v)} | "
+                f"{v.rate_limited:,} ({v.rate_limited_after_first_minute:,}) | "
                 f"{_seconds(v.late_p50_s)} / {_seconds(v.late_p95_s)} / {_seconds(v.late_max_s)} | {_ended(v)} | "
                 f"{cpu} | {per_poll} | {polls} | {rss} | {emu} | {r.wall_s:.0f} | {loads} |"
             )
