@@ -23,7 +23,7 @@ AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 # `make airflow` keeps its Airflow (database, login, runs) here between runs; delete the folder to start afresh.
 AIRFLOW_UI_HOME ?= .airflow_home
 
-.PHONY: demo test lint unit venv uv azurite airflow dist bench clean constraints upgrade-check
+.PHONY: demo test lint unit venv uv azurite airflow dist bench bench-vendor-load clean constraints upgrade-check
 
 uv:
 	@[ "$$($(UV) --version 2>/dev/null | cut -d' ' -f2)" = "$(UV_VERSION)" ] || \
@@ -97,6 +97,10 @@ test: lint unit
 # On demand, not in CI (about 10 minutes): the trigger benchmark of benchmarks/README.md
 bench: venv
 	$(BIN)/python benchmarks/bench_triggers.py
+
+# On demand, not in CI (about 2 hours): what thousands of waits cost each vendor (issue 19), benchmarks/README.md
+bench-vendor-load: venv
+	$(BIN)/python benchmarks/bench_vendor_load.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .tools dist build
