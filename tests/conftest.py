@@ -44,19 +44,28 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[VendorEmulator]:
     """A fresh emulator of the three vendor APIs on 127.0.0.1, with AIRFLOW_CONN_* pointing at it."""
     with VendorEmulator() as emu:
         for conn_id, uri in emu.connections().items():
-            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", with_budget(uri, TEST_BUDGET))
+            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", uri)
         yield emu
 
 
-#: calls per minute the tests' connections allow: tests poll every few milliseconds and are not about a vendor's
-#: limit (tests/test_budget.py and the rate-limit tests of test_poller.py are, and set their own)
-TEST_BUDGET = 1_000_000
+#: calls per minute a connection allows in the tests unless its extras say otherwise: tests poll every few
+#: milliseconds and are not about a vendor's limit (test_budget.py and test_poller.py's rate-limit tests are,
+#: and set ``requests_per_minute`` themselves)
+TEST_BUDGET = 1_000_000.0
 
 
-def with_budget(conn: str, per_minute: float) -> str:
-    """A connection (Airflow's JSON form) with its ``requests_per_minute`` extra set."""
-    data = json.loads(conn)
-    return json.dumps({**data, "extra": {**data.get("extra", {}), "requests_per_minute": per_minute}})
+@pytest.fixture(autouse=True)
+def generous_request_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_jobprogress.core.budget import BUDGETS
+    from airflow_provider_jobprogress.core.protocol import VendorApi
+    from airflow_provider_jobprogress.vendors.itwin import ITwinApi
+    from airflow_provider_jobprogress.vendors.olconnect import OLConnectApi
+    from airflow_provider_jobprogress.vendors.scriptx import ScriptXApi
+
+    for api in (VendorApi, ITwinApi, OLConnectApi, ScriptXApi):
+        monkeypatch.setattr(api, "default_requests_per_minute", TEST_BUDGET)
+        monkeypatch.setattr(api, "default_requests_per_hour", None)
+    BUDGETS.clear()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -58,8 +60,14 @@ async def test_first_poll_waits_until_first_poll_at(emulator: VendorEmulator) ->
     assert min(polls) >= started + 1.0
 
 
-async def test_waits_started_together_spread_their_polls(emulator: VendorEmulator) -> None:
-    """No lockstep: a hundred waits started at once poll at different moments within their interval."""
+async def test_waits_started_together_spread_their_polls(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No lockstep: a hundred waits started at once, each reading its own job, poll at different moments within
+    their interval. (With listings on, one listing per cycle answers them all: test_poller.py.)"""
+    conn = json.loads(os.environ["AIRFLOW_CONN_OLCONNECT_DEFAULT"])
+    conn["extra"] = {**conn["extra"], "list_polling": False}
+    monkeypatch.setenv("AIRFLOW_CONN_OLCONNECT_DEFAULT", json.dumps(conn))
     emulator.set_default_scenario("olconnect", Scenario(steps=1))
     job_ids = [submit("olconnect") for _ in range(100)]
     interval = PollPolicy.fixed(2.0).to_dict()

@@ -142,6 +142,7 @@ class JobPoller:
         self._cycle_task: asyncio.Task[None] | None = None
         #: loop time of the last failed listing while it keeps failing (None when the last one worked)
         self._failed_at: float | None = None
+        self._closed = False
 
     # -- who watches ------------------------------------------------------------------------------
     def watch(self, job_id: str, reader: JobReader) -> Watch:
@@ -171,11 +172,15 @@ class JobPoller:
         return sum(len(w) for w in self.watches.values())
 
     async def aclose(self) -> None:
-        task, self._cycle_task = self._cycle_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        """Stop the cycle and any listing under way (a listing left running would take a session again after
+        its hook gave it back), then give back the hook's share of the session."""
+        self._closed = True
+        for task in (self._cycle_task, self._refreshing):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._cycle_task = self._refreshing = None
         await self.reader.aclose()
 
     # -- reading ----------------------------------------------------------------------------------
@@ -210,6 +215,8 @@ class JobPoller:
         return await self._refresh()
 
     async def _refresh(self) -> _Snapshot | None:
+        if self._closed:
+            return None
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(self._take_snapshot())
         # shield: one wait leaving (its trigger killed) must not cancel the listing the others wait for

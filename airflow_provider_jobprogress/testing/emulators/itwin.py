@@ -36,8 +36,7 @@ Decisions where the Bentley docs are silent (shared with /work/shared/vendors/RE
   job's inputs/outputs (eq, in; ne: none of them) and take no ordering; anything else (an end time included:
   not filterable; `not`, functions) → 400 InvalidFilter.
   `$top` (default 100) pages, `_links.next.href` carries a
-  `continuationToken`. A listed job was read: a step-driven job (no `duration`) moves one step per listing
-  that shows it, as per progress call (the same as OL Connect's getOperations).
+  `continuationToken`. Listing never advances a job.
 - Bucket: GET /reality-modeling/itwins/{iTwinId}/bucket (v2) → {"bucket": {"iTwinId"}, "_links": {"containerUrl"}},
   a container holding the bkt: outputs of that iTwin's succeeded jobs.
 - Garbage on job details: html/empty/malformed as on progress, unknown_status → state "weird";
@@ -828,13 +827,13 @@ def _list_jobs(request: Request, state: EmulatorState, api: str) -> Reply:
         return error(400, "InvalidParameter", "$top and continuationToken must be the values this API gave.")
     now = time.monotonic()
     with state.lock:
-        jobs = [job for job in state.jobs.values() if job.vendor == VENDOR and job.details["api"] == api]
-        selected = [job for job in jobs if predicate(_filter_row(job, now, api))]
-        page = selected[offset : offset + top]
-        for job in page:  # a job on the page was read, as a progress call reads it: one step on
-            job.advance(now)
-        views = [_filter_row(job, now, api).view for job in page]
-    payload: dict[str, Any] = {"jobs": views}
+        rows = [
+            _filter_row(job, now, api)
+            for job in state.jobs.values()
+            if job.vendor == VENDOR and job.details["api"] == api
+        ]
+    selected = [row.view for row in rows if predicate(row)]
+    payload: dict[str, Any] = {"jobs": selected[offset : offset + top]}
     if offset + top < len(selected):
         token = base64.urlsafe_b64encode(str(offset + top).encode()).decode().rstrip("=")
         query = urlencode({"$filter": text, "$top": top, "continuationToken": token}, quote_via=quote)
