@@ -267,3 +267,30 @@ async def test_a_job_that_ends_right_after_a_listing_is_seen_at_the_next(emulato
     for run in runs.values():
         run.cancel()
     await asyncio.gather(*runs.values(), return_exceptions=True)
+
+
+async def test_a_verdict_from_a_slow_ended_listing_answers_the_wait_it_wakes(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A budget of one call every 5 s. The first listing goes at 1 s; the next is asked for at 2 s and answers at
+    6 s without the job that ended at 3.5 s; the ended listing that reads that job answers at 11 s. The snapshot
+    is then 9 s old, older than the 7.5 s interval (+-10 %) of the wait it wakes, which slept through it (its
+    poll at 5.5 s read the first listing). Its job's verdict came with that snapshot and answers it: no call of
+    its own for a job the poller has just read (under a short budget, one such call per ended job queued behind
+    each other and ahead of the next listing)."""
+    running = [submit("itwin-v2", Scenario(duration=600), emulator) for _ in range(LIST_MIN_WAITS)]
+    ending = submit("itwin-v2", Scenario(duration=3.5), emulator)
+    with_extra(monkeypatch, "itwin_reality_analysis", requests_per_minute=12)
+    start = time.time()
+    others = [
+        asyncio.ensure_future(wait_all([trigger("itwin-v2", job, interval=1.0, first_poll_at=start + 1.0)]))
+        for job in running
+    ]
+    slow = trigger("itwin-v2", ending, interval=7.5, first_poll_at=start + 5.5)
+    (payload,) = await asyncio.wait_for(wait_all([slow]), timeout=60)
+    for run in others:
+        run.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+    assert payload["status"] == "success"
+    own = [c.path for c in emulator.calls if c.method == "GET" and c.job_id == ending]
+    assert own == [], "its job read from the listings only, never on its own"

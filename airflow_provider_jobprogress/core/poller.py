@@ -138,6 +138,11 @@ class JobPoller:
         self._snapshot: _Snapshot | None = None
         #: watched jobs some listing showed running, with that reading: missing from a later one, they ended
         self._seen: dict[str, JobProgress] = {}
+        #: how watched jobs ended, as the ended listing read them, until their waits leave. A verdict never goes
+        #: stale: the snapshot that brought it may be older than a woken wait's interval when it lands (a listing
+        #: and its ended listing waiting their turns in a short budget), and the next snapshot no longer has the
+        #: job; the wait must not then spend a call of its own on a job the poller has just read.
+        self._ended: dict[str, JobProgress] = {}
         self._refreshing: asyncio.Future[_Snapshot | None] | None = None
         self._cycle_task: asyncio.Task[None] | None = None
         #: loop time of the last failed listing while it keeps failing (None when the last one worked)
@@ -161,6 +166,7 @@ class JobPoller:
             if not watches:
                 del self.watches[watch.job_id]
                 self._seen.pop(watch.job_id, None)
+                self._ended.pop(watch.job_id, None)
 
     @property
     def listing(self) -> bool:
@@ -185,6 +191,9 @@ class JobPoller:
 
     # -- reading ----------------------------------------------------------------------------------
     async def read(self, watch: Watch) -> JobProgress:
+        verdict = self._ended.get(watch.job_id)
+        if verdict is not None:
+            return verdict
         if not self.listing:
             return await watch.reader.aget_progress(watch.job_id)
         snapshot = await self._fresh(max_age=max(watch.interval, MIN_CYCLE))
@@ -235,7 +244,11 @@ class JobPoller:
             ended = {job: self._seen[job] for job in self.watches if job in self._seen and job not in jobs}
             if ended and listing.complete:
                 found = await self.reader.aread_ended(ended)
-                jobs.update({job: reading for job, reading in found.items() if job in ended})
+                found = {job: reading for job, reading in found.items() if job in ended}
+                jobs.update(found)
+                self._ended.update(
+                    {job: reading for job, reading in found.items() if reading.is_terminal and job in self.watches}
+                )
             elif not listing.complete:
                 ended = {}
         except JobProgressError as exc:
