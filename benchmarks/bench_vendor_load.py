@@ -290,7 +290,8 @@ class VendorResult:
     late_p95_s: float
     late_max_s: float
     wall_s: float
-    #: listings (GET calls naming no job) and the longest time between two of them while waits ran
+    #: listings (GET calls naming no job) and the longest time between two of them (or from the last one to the
+    #: vendor's last event) while its waits waited
     list_calls: int = 0
     longest_list_gap_s: float = math.nan
 
@@ -444,14 +445,58 @@ def counting_reads() -> Iterator[list[int]]:
         setattr(poller.Watch, "read", read)  # noqa: B010
 
 
+@dataclass
+class BudgetUse:
+    """What the connections' budgets did while the waits ran (all connections of the case together)."""
+
+    required: int = 0
+    #: seconds required calls waited for their turn: in all, and the longest one wait
+    queued_s: float = 0.0
+    longest_queue_s: float = 0.0
+    optional_sent: int = 0
+    optional_skipped: int = 0
+
+
+@contextmanager
+def watching_budgets() -> Iterator[BudgetUse]:
+    """Count the budgets' turns while inside (``RequestBudget.reserve`` and ``try_take``)."""
+    from airflow_provider_jobprogress.core.budget import RequestBudget
+
+    use = BudgetUse()
+    reserve, try_take = RequestBudget.reserve, RequestBudget.try_take
+
+    def reserved(self: Any) -> float:
+        wait = reserve(self)
+        use.required += 1
+        use.queued_s += wait
+        use.longest_queue_s = max(use.longest_queue_s, wait)
+        return wait
+
+    def taken(self: Any) -> bool:
+        went = try_take(self)
+        if went:
+            use.optional_sent += 1
+        else:
+            use.optional_skipped += 1
+        return went
+
+    setattr(RequestBudget, "reserve", reserved)  # noqa: B010 - mypy refuses assigning to a method
+    setattr(RequestBudget, "try_take", taken)  # noqa: B010
+    try:
+        yield use
+    finally:
+        setattr(RequestBudget, "reserve", reserve)  # noqa: B010
+        setattr(RequestBudget, "try_take", try_take)  # noqa: B010
+
+
 def event_status(payload: Any) -> str:
     if payload is True:  # HttpSensorTrigger: the done endpoint stopped answering 404
         return "ended"
     return str(payload.get("status")) if isinstance(payload, dict) else repr(payload)
 
 
-async def run_waits(triggers: Mapping[str, Any], give_up: Callable[[], float]) -> dict[str, tuple[float, str]]:
-    """Every trigger to its event (or to ``give_up()``, re-read as jobs end); job id -> (when, status)."""
+async def run_waits(triggers: Mapping[str, Any], give_up_at: float) -> dict[str, tuple[float, str]]:
+    """Every trigger to its event, or to ``give_up_at``; job id -> (when, status)."""
     seen: dict[str, tuple[float, str]] = {}
 
     async def one(job_id: str, trigger: Any) -> None:
@@ -459,12 +504,9 @@ async def run_waits(triggers: Mapping[str, Any], give_up: Callable[[], float]) -
             seen[job_id] = (time.time(), event_status(event.payload))
 
     tasks = [asyncio.create_task(one(job, trigger)) for job, trigger in triggers.items()]
-    pending: set[asyncio.Task[None]] = set(tasks)
-    while pending:
-        left = give_up() - time.time()
-        if left <= 0:
-            break
-        _, pending = await asyncio.wait(pending, timeout=min(left, 10.0))
+    # one wait for all of them: waiting again and again would cost a callback per task each time, in the
+    # process whose CPU is measured
+    _, pending = await asyncio.wait(tasks, timeout=max(0.0, give_up_at - time.time()))
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
@@ -530,7 +572,8 @@ def measure_vendor(
     lists = sorted(float(call["ts"]) for call in mine if call["method"] == "GET" and not call.get("job_id"))
     # while some wait of this vendor still waited: after the last event a poller has nothing to list for
     last_event = max((seen[job][0] for job in jobs if job in seen), default=start + wall)
-    gaps = [b - a for a, b in itertools.pairwise(lists) if b <= last_event]
+    marks = [moment for moment in lists if moment <= last_event]
+    gaps = [b - a for a, b in itertools.pairwise([*marks, last_event])] if marks else []
     return VendorResult(
         vendor=group.vendor,
         waits=group.waits,
@@ -553,7 +596,7 @@ def measure_vendor(
     )
 
 
-def run_case(case: Case, emu: Emulator) -> Result:
+def run_case(case: Case, emu: Emulator, calls_dir: str | None = None) -> Result:
     from airflow_provider_jobprogress.core.budget import BUDGETS
 
     set_connections(emu, case.mode, dict(case.extra))
@@ -580,9 +623,9 @@ def run_case(case: Case, emu: Emulator) -> Result:
         baseline = rss_mib("VmHWM")
         calls_before = int(control.call("GET", "/_emulator/stats")["calls"])
         load_before, started = load(), time.strftime("%H:%M:%S")
-        with counting_reads() as reads:
+        with counting_reads() as reads, watching_budgets() as budgets:
             emu_cpu0, cpu0, start = emu.cpu_seconds(), time.process_time(), time.time()
-            seen = asyncio.run(run_waits(triggers, lambda: last_end + GRACE))
+            seen = asyncio.run(run_waits(triggers, last_end + GRACE))
             wall = time.time() - start
             cpu, emu_cpu = time.process_time() - cpu0, emu.cpu_seconds() - emu_cpu0
         peak = rss_mib("VmHWM")
@@ -600,6 +643,16 @@ def run_case(case: Case, emu: Emulator) -> Result:
             for group in case.groups
             for job in jobs[group.vendor]
         }
+        if calls_dir:
+            kept = {
+                "case": asdict(case),
+                "start": start,
+                "calls": calls,
+                "events": {job: list(event) for job, event in seen.items()},
+                "records": records,
+            }
+            name = re.sub(r"[^A-Za-z0-9]+", "-", f"{case.label}-{case.mode}").strip("-")
+            Path(calls_dir, f"{name}.json").write_text(json.dumps(kept))
     finally:
         control.close()
     polls = reads[0] if case.mode != "reference" else sum(1 for call in calls if _DONE.fullmatch(call["path"]))
@@ -616,7 +669,7 @@ def run_case(case: Case, emu: Emulator) -> Result:
         load_after=load_after,
         started=started,
         start=start,
-        extra={"creation_s": created},
+        extra={"creation_s": created, "budget": asdict(budgets)},
     )
 
 
@@ -634,14 +687,14 @@ def case_main(args: argparse.Namespace) -> int:
     home = airflow_home()
     try:
         case = Case.from_dict(json.loads(args.case))
-        result = run_case(case, Emulator(args.emulator_url, args.emulator_pid))
+        result = run_case(case, Emulator(args.emulator_url, args.emulator_pid), args.calls)
         Path(args.result).write_text(json.dumps(result.to_dict()))
     finally:
         shutil.rmtree(home, ignore_errors=True)
     return 0
 
 
-def run_in_process(case: Case, emu: Emulator) -> Result:
+def run_in_process(case: Case, emu: Emulator, calls_dir: str | None = None) -> Result:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         command = [
             sys.executable,
@@ -654,6 +707,7 @@ def run_in_process(case: Case, emu: Emulator) -> Result:
             str(emu.pid),
             "--result",
             out.name,
+            *(["--calls", calls_dir] if calls_dir else []),
         ]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         return Result.from_dict(json.loads(Path(out.name).read_text()))
@@ -683,13 +737,20 @@ def _listings(v: VendorResult) -> str:
     return f"{v.list_calls:,} ({_seconds(v.longest_list_gap_s)})"
 
 
+def _budget(r: Result) -> str:
+    use = r.extra.get("budget")
+    if r.case.mode != "poller" or not use:
+        return "n/a"
+    return f"{use['required']:,} ({use['longest_queue_s']:.0f}) / {use['optional_sent']:,}, {use['optional_skipped']:,}"
+
+
 def markdown(results: Sequence[Result]) -> str:
     lines = [
         "| case | waits | calls/min (mean / most in a minute) | per-job calls per wait | listings (longest gap, s) | "
-        "429s (after 1st min) | "
+        "429s (after 1st min) | budget: required calls (longest wait s) / optional sent, left out | "
         "end seen late p50 / p95 / max (s) | ended right | triggerer cores | CPU ms per poll | polls | "
         "RSS growth (MiB) | emulator cores | wall (s) | load before → after |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         for index, v in enumerate(r.vendors):
@@ -706,7 +767,7 @@ def markdown(results: Sequence[Result]) -> str:
             lines.append(
                 f"| {label} | {v.waits:,} | {v.calls_per_minute:,.0f} / {v.max_calls_in_a_minute:,} | "
                 f"{v.per_job_calls / v.waits:.2f} | {_listings(v)} | "
-                f"{v.rate_limited:,} ({v.rate_limited_after_first_minute:,}) | "
+                f"{v.rate_limited:,} ({v.rate_limited_after_first_minute:,}) | {_budget(r) if whole else '″'} | "
                 f"{_seconds(v.late_p50_s)} / {_seconds(v.late_p95_s)} / {_seconds(v.late_max_s)} | {_ended(v)} | "
                 f"{cpu} | {per_poll} | {polls} | {rss} | {emu} | {r.wall_s:.0f} | {loads} |"
             )
@@ -812,6 +873,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", action="append", choices=sorted(MODES), help="run only these ways of waiting")
     parser.add_argument("--json", metavar="PATH", help="write every raw result to PATH, as each case ends")
     parser.add_argument("--table", metavar="PATH", help="print the tables of a --json file, run nothing")
+    parser.add_argument(
+        "--calls", metavar="DIR", help="also keep each case's call log, events and job records in DIR (JSON)"
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--emulator-url", help=argparse.SUPPRESS)
     parser.add_argument("--emulator-pid", type=int, help=argparse.SUPPRESS)
@@ -848,7 +912,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reset.call("POST", "/_emulator/reset")
             finally:
                 reset.close()
-            result = run_case(case, emu) if home else run_in_process(case, emu)
+            result = run_case(case, emu, args.calls) if home else run_in_process(case, emu, args.calls)
             results.append(result)
             print(f"{case.label}, {case.mode}: {replace(result, extra={})}", file=sys.stderr, flush=True)
             if args.json:
