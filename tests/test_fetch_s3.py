@@ -155,16 +155,83 @@ def test_a_commit_failing_on_the_second_file_removes_the_first(
     assert unfinished_uploads(s3) == []
 
 
-def test_what_a_killed_try_left_unfinished_is_aborted_by_the_retry(
-    airflow_db: Path, emulator: VendorEmulator, s3: Any
+class ForeignUpload:
+    """Another writer's multipart upload (another pipeline, another mapped fetch) begun before our fetch."""
+
+    def __init__(self, s3: Any, key: str) -> None:
+        self.s3, self.key = s3, key
+        self.upload_id = s3.create_multipart_upload(Bucket=s3.bucket, Key=key)["UploadId"]
+
+    def finish(self, body: bytes) -> None:
+        """Its next part and its completion, after our fetch: both fail with NoSuchUpload if we aborted it."""
+        part = self.s3.upload_part(
+            Bucket=self.s3.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=1, Body=body
+        )
+        self.s3.complete_multipart_upload(
+            Bucket=self.s3.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+        )
+
+
+@pytest.mark.parametrize(
+    ("destination", "theirs"),
+    [
+        ("run/", ["run/theirs.bin", "run/out_1.pdf"]),  # under our folder, even at the key we write
+        ("", ["elsewhere/theirs.bin", "run/theirs.bin"]),  # the bucket root: every upload in the bucket
+    ],
+)
+def test_other_writers_uploads_survive_our_fetch_and_complete_after_it(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any, destination: str, theirs: list[str]
 ) -> None:
-    # A killed try leaves an unfinished multipart upload under the destination: invisible, but billed.
-    left = s3.create_multipart_upload(Bucket=s3.bucket, Key="run/out_1.pdf")
-    s3.upload_part(Bucket=s3.bucket, Key="run/out_1.pdf", UploadId=left["UploadId"], PartNumber=1, Body=b"x" * 100)
+    foreign = [ForeignUpload(s3, key) for key in theirs]
     job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=4000))
-    fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
+    fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/{destination}")
+    assert sorted(unfinished_uploads(s3)) == sorted(theirs), "ours are done, theirs are untouched"
+    for upload in foreign:
+        upload.finish(b"their bytes")
     assert unfinished_uploads(s3) == []
-    assert set(objects(s3)) == {"run/out_1.pdf", "run/out_2.pdf"}
+    for key in theirs:
+        assert s3.get_object(Bucket=s3.bucket, Key=key)["Body"].read() == b"their bytes"
+
+
+def test_two_mapped_fetches_into_one_folder_both_land(airflow_db: Path, emulator: VendorEmulator, s3: Any) -> None:
+    from airflow_provider_jobprogress.results import check_destination, landing, open_store
+
+    destination = f"s3://{CONN_ID}@{s3.bucket}/run/"
+    first_job = finished_job(emulator, "olconnect", Scenario(steps=0, result_size=3000))
+    second_job = finished_job(emulator, "olconnect", Scenario(steps=0, result_size=5000))
+    spec = check_destination(destination, "OL Connect", first_job)
+    first = open_store(spec, "OL Connect", first_job, several=False)
+    # The first fetch has written its file and not yet completed it when the second one starts and ends.
+    with landing(first):
+        first.write("first.pdf", [b"%PDF-first"], content_type="application/pdf", source=None)
+        [second] = fetch("olconnect_default", second_job, destination)
+    assert objects(s3) == {"run/first.pdf": 10, f"run/{second['name']}": 5000}
+    assert unfinished_uploads(s3) == []
+
+
+def test_what_a_killed_try_left_is_cleaned_by_its_retry_and_only_that(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_jobprogress.results import S3Store
+
+    size = 12 << 20
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, result_size=size, drop_download_at=10 << 20))
+    destination = f"s3://{CONN_ID}@{s3.bucket}/run/"
+    # A try killed with SIGKILL cleans nothing up: its multipart upload (one 8 MiB part sent) stays unfinished.
+    with monkeypatch.context() as killed:
+        killed.setattr(S3Store, "abort", lambda self: None)
+        with pytest.raises(VendorUnavailableError):
+            fetch("olconnect_default", job_id, destination)
+    assert unfinished_uploads(s3) != [], "the killed try left its upload"
+    foreign = ForeignUpload(s3, "run/theirs.bin")
+    [stored] = fetch("olconnect_default", job_id, destination)
+    assert unfinished_uploads(s3) == ["run/theirs.bin"], "the retry aborted what its killed try began, only that"
+    assert objects(s3) == {f"run/{stored['name']}": size}
+    foreign.finish(b"their bytes")
+    assert set(objects(s3)) == {f"run/{stored['name']}", "run/theirs.bin"}
 
 
 MEASURED_FETCH = """
