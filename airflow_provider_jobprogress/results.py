@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import hashlib
 import importlib.util
 import os
@@ -308,6 +307,8 @@ class _Upload:
     key: str
     upload_id: str
     parts: list[dict[str, Any]]
+    #: the upload id of its ledger entry, while there is one
+    ledger: str | None = None
 
 
 class S3Store(ResultStore):
@@ -315,7 +316,11 @@ class S3Store(ResultStore):
 
     Until completion an upload is invisible: no reader, listing or bucket notification sees a partial
     object, and nothing is copied or deleted to "move" it. Each part carries its SHA-256, which S3 checks
-    on receipt. A killed try leaves only unfinished uploads; the retry aborts those under its destination.
+    on receipt. A fetch touches only uploads it began itself: each is recorded, as soon as S3 has named it,
+    in a ledger of empty uploads under a key of this fetch's own (``<prefix>.jobprogress-<key>.upload-<id
+    hash>``: uploads are invisible and send no bucket event). A try killed with SIGKILL leaves its uploads
+    and their ledger; the retry aborts exactly those. Other writers' uploads, even under the same prefix,
+    are never touched: what no retry clears is the bucket lifecycle rule's (``AbortIncompleteMultipartUpload``).
     """
 
     def __init__(self, vendor: str, job_id: str, uri: str, fs: Any, path: str, *, folder: bool) -> None:
@@ -324,6 +329,9 @@ class S3Store(ResultStore):
         self.bucket, _, key = path.strip("/").partition("/")
         self.prefix = f"{key}/" if folder and key else key
         self.folder = folder
+        #: keys only this fetch (this vendor job to this destination) writes: its probe and its ledger
+        self.own = f"{self.prefix}.jobprogress-{self.key}."
+        self.ledger = f"{self.own}upload-"
         self._pending: list[_Upload] = []
         self._committed: list[str] = []
 
@@ -334,28 +342,57 @@ class S3Store(ResultStore):
             raise self.refuse(f"S3 {method} failed ({_os_reason(exc)})") from None
 
     def prepare(self) -> None:
-        started = datetime.datetime.now(datetime.UTC)
-        for upload in self._unfinished():
-            if upload["Initiated"] < started and (self.folder or upload["Key"] == self.prefix):
-                self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
+        self._clear_killed_try()
         # An upload started and aborted proves we may write here, and leaves no object and no event behind.
-        probe = self._call("create_multipart_upload", Key=f"{self.prefix}.jobprogress-{self.key}.probe")
+        probe = self._call("create_multipart_upload", Key=f"{self.own}probe")
         self._call("abort_multipart_upload", Key=probe["Key"], UploadId=probe["UploadId"])
 
-    def _unfinished(self) -> Iterator[dict[str, Any]]:
+    def _clear_killed_try(self) -> None:
+        """Abort the uploads a killed try of this fetch recorded in its ledger, then the ledger (and a probe)."""
+        leftovers = list(self._unfinished(self.own))
+        recorded = {u["Key"] for u in leftovers if u["Key"].startswith(self.ledger)}
+        if recorded:
+            for upload in self._unfinished(self.prefix):
+                if self._ledger_key(upload["UploadId"]) in recorded:
+                    self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
+        for upload in leftovers:  # after the uploads they record: a try killed here leaves the ledger to retry
+            self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
+
+    def _ledger_key(self, upload_id: str) -> str:
+        """The ledger entry of an upload: a fixed-length name (S3's ids are long, of no promised alphabet)."""
+        return self.ledger + hashlib.sha256(upload_id.encode()).hexdigest()[:32]
+
+    def _unfinished(self, prefix: str) -> Iterator[dict[str, Any]]:
         markers: dict[str, str] = {}
         while True:
-            page = self._call("list_multipart_uploads", Prefix=self.prefix, **markers)
+            page = self._call("list_multipart_uploads", Prefix=prefix, **markers)
             yield from page.get("Uploads") or []
             if not page.get("IsTruncated"):
                 return
             markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
+    def _record(self, upload: _Upload) -> None:
+        ledger = self._call("create_multipart_upload", Key=self._ledger_key(upload.upload_id))
+        upload.ledger = ledger["UploadId"]
+
+    def _forget(self, upload: _Upload) -> None:
+        """Drop the ledger entry of an upload completed or aborted; a failure only leaves it to the retry."""
+        if upload.ledger is not None:
+            with contextlib.suppress(Exception):
+                self.fs.call_s3(
+                    "abort_multipart_upload",
+                    Bucket=self.bucket,
+                    Key=self._ledger_key(upload.upload_id),
+                    UploadId=upload.ledger,
+                )
+            upload.ledger = None
 
     def write(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
         key = self.prefix + name if name is not None else self.prefix
         created = self._call("create_multipart_upload", Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256")
         upload = _Upload(key, created["UploadId"], [])
         self._pending.append(upload)  # registered first: a failure mid-stream aborts it
+        self._record(upload)  # before any part: a killed try's retry finds it
         digest = _Digest()
         # Each part is spooled to a temporary file and sent from it in small reads: holding a part as one
         # bytes object costs its size several times over (join, socket buffer, allocator high-water).
@@ -407,6 +444,7 @@ class S3Store(ResultStore):
                     MultipartUpload={"Parts": upload.parts},
                 )
                 self._committed.append(self._pending.pop(0).key)
+                self._forget(upload)
         except ResultDestinationError:
             self.abort()
             raise
@@ -420,6 +458,7 @@ class S3Store(ResultStore):
         for upload in self._pending:
             with contextlib.suppress(Exception):
                 self.fs.call_s3("abort_multipart_upload", Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id)
+                self._forget(upload)  # only once the upload is gone: else the retry still finds it
         self._committed.clear()
         self._pending.clear()
         with contextlib.suppress(Exception):
