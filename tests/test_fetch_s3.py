@@ -132,26 +132,117 @@ def test_an_interrupted_transfer_leaves_no_object_and_the_retry_lands_it(
     assert [s["sha256"] for s in stored] == [emulator.result_sha256("olconnect", job_id, i) for i in (0, 1)]
 
 
-def test_a_commit_failing_on_the_second_file_removes_the_first(
-    airflow_db: Path, emulator: VendorEmulator, s3: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from airflow_provider_jobprogress.core.errors import ResultDestinationError
+def fail_completion(monkeypatch: pytest.MonkeyPatch, at: int, before: Any = None) -> None:
+    """S3 refuses the ``at``-th completion of this fetch (a 500 S3 kept answering); ``before`` runs first."""
     from airflow_provider_jobprogress.results import S3Store
 
     real_call, completed = S3Store._call, []
 
-    def failing_second_completion(self: S3Store, method: str, **kwargs: Any) -> Any:
-        if method == "complete_multipart_upload":
+    def failing(self: S3Store, method: str, **kwargs: Any) -> Any:
+        if method == "complete_multipart_upload" and not kwargs["Key"].rpartition("/")[2].startswith(".jobprogress"):
             completed.append(kwargs["Key"])
-            if len(completed) == 2:
+            if len(completed) == at:
+                if before is not None:
+                    before()
                 raise self.refuse("S3 complete_multipart_upload failed (InternalError)")
         return real_call(self, method, **kwargs)
 
-    monkeypatch.setattr(S3Store, "_call", failing_second_completion)
+    monkeypatch.setattr(S3Store, "_call", failing)
+
+
+def body(s3: Any, key: str) -> bytes:
+    return bytes(s3.get_object(Bucket=s3.bucket, Key=key)["Body"].read())
+
+
+def test_a_failed_commit_removes_only_what_it_created_at_free_keys(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_jobprogress.core.errors import ResultDestinationError
+
+    s3.put_object(Bucket=s3.bucket, Key="run/out_1.pdf", Body=b"yesterday's 1")
+    s3.put_object(Bucket=s3.bucket, Key="run/keep.txt", Body=b"not ours")
+    fail_completion(monkeypatch, at=3)
     job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=3, result_size=4000))
     with pytest.raises(ResultDestinationError, match="InternalError"):
         fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
-    assert objects(s3) == {}, "the 1st object, already completed, was removed again"
+    # out_1 replaced an object: S3 cannot bring yesterday's back, and deleting ours would leave less than
+    # before, so the new version stays (whole: S3's promise is per object). out_2 took a free key: removed.
+    assert objects(s3) == {"run/out_1.pdf": 4000, "run/keep.txt": 8}
+    assert object_sha256(s3, "run/out_1.pdf") == emulator.result_sha256("olconnect", job_id, 0)
+    assert unfinished_uploads(s3) == []
+
+
+def test_a_failed_commit_keeps_an_object_another_writer_put_over_ours(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_jobprogress.core.errors import ResultDestinationError
+
+    def theirs() -> None:  # another writer replaces our just-completed out_1.pdf
+        s3.put_object(Bucket=s3.bucket, Key="run/out_1.pdf", Body=b"theirs")
+
+    fail_completion(monkeypatch, at=2, before=theirs)
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=4000))
+    with pytest.raises(ResultDestinationError, match="InternalError"):
+        fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
+    assert body(s3, "run/out_1.pdf") == b"theirs", "only our own object (by its ETag) may be removed"
+
+
+def test_a_folder_result_is_marked_whole_by_a_manifest_written_last(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_jobprogress.results import S3Store
+
+    real_call, calls = S3Store._call, []
+
+    def recording(self: S3Store, method: str, **kwargs: Any) -> Any:
+        calls.append((method, kwargs.get("Key")))
+        return real_call(self, method, **kwargs)
+
+    monkeypatch.setattr(S3Store, "_call", recording)
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=4000))
+    stored = fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
+    manifest = json.loads(body(s3, "run/_SUCCESS"))
+    assert manifest["files"] == [
+        {"name": s["name"], "bytes": s["bytes"], "sha256": s["sha256"], "content_type": s["content_type"]}
+        for s in stored
+    ]
+    assert (manifest["vendor"], manifest["job_id"]) == ("OL Connect", job_id)
+    writes = [(m, k) for m, k in calls if m in ("complete_multipart_upload", "put_object")]
+    assert writes[-1] == ("put_object", "run/_SUCCESS"), "the marker comes after every file"
+    assert len(writes) == 3
+    assert set(objects(s3)) == {"run/out_1.pdf", "run/out_2.pdf", "run/_SUCCESS"}
+
+
+def test_a_single_file_destination_has_no_marker(airflow_db: Path, emulator: VendorEmulator, s3: Any) -> None:
+    job_id = finished_job(emulator, "scriptx", Scenario(steps=0))
+    fetch("scriptx_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/pdf/statement.pdf")
+    assert set(objects(s3)) == {"pdf/statement.pdf"}, "one object is whole when it is there"
+
+
+@pytest.mark.parametrize(("failing", "marker_kept"), [(1, True), (2, False)])
+def test_a_refetch_into_a_marked_folder_never_leaves_a_marker_that_lies(
+    airflow_db: Path,
+    emulator: VendorEmulator,
+    s3: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    failing: int,
+    marker_kept: bool,
+) -> None:
+    from airflow_provider_jobprogress.core.errors import ResultDestinationError
+
+    destination = f"s3://{CONN_ID}@{s3.bucket}/run/"
+    first = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=4000))
+    fetch("olconnect_default", first, destination)
+    yesterdays = body(s3, "run/_SUCCESS")
+    second = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=5000))
+    fail_completion(monkeypatch, at=failing)
+    with pytest.raises(ResultDestinationError, match="InternalError"):
+        fetch("olconnect_default", second, destination)
+    if marker_kept:  # nothing changed: the folder is still yesterday's whole result
+        assert objects(s3) == {"run/out_1.pdf": 4000, "run/out_2.pdf": 4000, "run/_SUCCESS": len(yesterdays)}
+        assert body(s3, "run/_SUCCESS") == yesterdays
+    else:  # out_1 is today's, out_2 yesterday's: no marker says this mix is whole
+        assert objects(s3) == {"run/out_1.pdf": 5000, "run/out_2.pdf": 4000}
     assert unfinished_uploads(s3) == []
 
 
@@ -318,6 +409,33 @@ def test_other_object_stores_commit_uncommitted_fsspec_files_together(s3: Any, o
     else:
         store.abort()
         assert objects(s3) == {}
+    assert unfinished_uploads(s3) == []
+
+
+def test_other_object_stores_keep_what_a_failed_commit_replaced(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_jobprogress.core.errors import ResultDestinationError
+    from airflow_provider_jobprogress.results import FsspecStore, landing
+
+    s3.put_object(Bucket=s3.bucket, Key="generic/a.bin", Body=b"yesterday's a")
+    path = ObjectStoragePath(f"s3://{CONN_ID}@{s3.bucket}/generic/")
+    store = FsspecStore("v", "j", str(path), path.fs, path.path, folder=True)
+
+    def broken_commit() -> None:
+        raise OSError(5, "Input/output error")
+
+    def land_three_failing_at_the_third() -> None:
+        with landing(store):
+            for name in ("a", "b", "c"):
+                store.write(f"{name}.bin", [f"today's {name}".encode()], content_type="text/plain", source=None)
+            monkeypatch.setattr(store._pending[2][1], "commit", broken_commit)
+
+    with pytest.raises(ResultDestinationError, match="committing"):
+        land_three_failing_at_the_third()
+    # a.bin replaced a file: it stays, in its new version; b.bin took a free name: it went again
+    assert objects(s3) == {"generic/a.bin": 9}
+    assert body(s3, "generic/a.bin") == b"today's a"
     assert unfinished_uploads(s3) == []
 
 

@@ -7,6 +7,7 @@ hostile names, gzip bodies and one-time downloads on request.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -347,6 +348,89 @@ def test_a_rename_failing_midway_undoes_the_others_and_keeps_what_was_there(
         fetch("olconnect_default", job_id, f"file://{dest}/")
     assert everything_under(tmp_path) == ["dest", "dest/out_1.pdf"]
     assert (dest / "out_1.pdf").read_bytes() == b"yesterday's file"
+
+
+def manifest(folder: Path, marker: str = "_SUCCESS") -> Any:
+    return json.loads((folder / marker).read_text())
+
+
+def test_a_folder_result_is_marked_whole_by_a_manifest_renamed_in_last(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "dest"
+    real_replace, placed = os.replace, []
+
+    def recording(src: Any, dst: Any) -> None:
+        placed.append(Path(dst).relative_to(tmp_path).as_posix())
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", recording)
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=5000))
+    stored = fetch("olconnect_default", job_id, f"file://{dest}/")
+    assert placed == ["dest/out_1.pdf", "dest/out_2.pdf", "dest/_SUCCESS"]
+    assert manifest(dest) == {
+        "version": 1,
+        "vendor": "OL Connect",
+        "job_id": job_id,
+        "files": [
+            {"name": s["name"], "bytes": s["bytes"], "sha256": s["sha256"], "content_type": s["content_type"]}
+            for s in stored
+        ],
+    }
+
+
+def test_a_refetch_replaces_the_marker_and_a_failed_one_restores_it(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "dest"
+    first = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=4000))
+    fetch("olconnect_default", first, f"file://{dest}/")
+    yesterdays = (dest / "_SUCCESS").read_bytes()
+    second = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=5000))
+    with monkeypatch.context() as failing:
+        real_replace = os.replace
+
+        def out_2_fails(src: Any, dst: Any) -> None:
+            if Path(dst).name == "out_2.pdf" and Path(src).suffix == ".part":
+                raise OSError(28, "No space left on device")
+            real_replace(src, dst)
+
+        failing.setattr(os, "replace", out_2_fails)
+        with pytest.raises(ResultDestinationError, match="none was kept"):
+            fetch("olconnect_default", second, f"file://{dest}/")
+    assert (dest / "_SUCCESS").read_bytes() == yesterdays, "the folder is yesterday's whole result again"
+    assert [f["sha256"] for f in manifest(dest)["files"]] == [sha256(dest / n) for n in ("out_1.pdf", "out_2.pdf")]
+    fetch("olconnect_default", second, f"file://{dest}/")
+    assert manifest(dest)["job_id"] == second
+    assert [f["sha256"] for f in manifest(dest)["files"]] == [sha256(dest / n) for n in ("out_1.pdf", "out_2.pdf")]
+
+
+def test_a_vendor_file_named_like_the_marker_gets_another_name(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path
+) -> None:
+    names = ("C:\\out\\_success", "C:\\out\\b.pdf")
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=3000, names=names))
+    stored = fetch("olconnect_default", job_id, f"file://{tmp_path}/dest/")
+    assert [s["name"] for s in stored] == ["_success-2", "b.pdf"]
+    assert manifest(tmp_path / "dest")["job_id"] == job_id
+
+
+@pytest.mark.parametrize("marker", ["_DONE-3", None])  # mapped fetches into one folder: one marker each, or none
+def test_the_marker_can_be_named_per_fetch_or_left_out(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, marker: str | None
+) -> None:
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=3000))
+    stored = fetch("olconnect_default", job_id, f"file://{tmp_path}/dest/", success_marker=marker)
+    files = ["dest", *sorted(f"dest/{s['name']}" for s in stored)]
+    assert everything_under(tmp_path) == sorted([*files, "dest/_DONE-3"] if marker else files)
+
+
+def test_a_marker_name_that_is_not_a_plain_file_name_is_refused_at_parse_time() -> None:
+    from airflow_provider_jobprogress.core.errors import ConfigurationError
+    from airflow_provider_jobprogress.operators.fetch_result import FetchJobResultOperator
+
+    with pytest.raises(ConfigurationError, match="success_marker"):
+        FetchJobResultOperator(task_id="f", conn_id="olconnect_default", job_id="j", success_marker="../_SUCCESS")
 
 
 KILLED_FETCH = """
