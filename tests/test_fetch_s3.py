@@ -82,7 +82,9 @@ def test_several_files_land_as_objects_and_nothing_else(airflow_db: Path, emulat
     size = 9 << 20  # more than one 8 MiB part
     job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=3, result_size=size))
     stored = fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
-    assert objects(s3) == {"run/out_1.pdf": size, "run/out_2.pdf": size, "run/out_3.pdf": size}
+    landed = objects(s3)
+    assert landed.pop("run/_SUCCESS") > 0, "the marker, last"
+    assert landed == {"run/out_1.pdf": size, "run/out_2.pdf": size, "run/out_3.pdf": size}
     assert unfinished_uploads(s3) == []
     for index, item in enumerate(stored):
         assert item["uri"] == f"s3://{CONN_ID}@{s3.bucket}/run/out_{index + 1}.pdf"
@@ -101,7 +103,7 @@ def test_a_single_file_destination_is_the_object(airflow_db: Path, emulator: Ven
 def test_a_gzip_answer_lands_intact_on_s3(airflow_db: Path, emulator: VendorEmulator, s3: Any) -> None:
     job_id = finished_job(emulator, "itwin", Scenario(steps=0, result_size=500_000, content_encoding="gzip"))
     [stored] = fetch("itwin_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/itwin/")
-    assert objects(s3) == {"itwin/objects2D/output/part_1.bin": 500_000}
+    assert set(objects(s3)) == {"itwin/objects2D/output/part_1.bin", "itwin/_SUCCESS"}
     assert object_sha256(s3, "itwin/objects2D/output/part_1.bin") == emulator.result_sha256("itwin", job_id)
     assert stored["bytes"] == 500_000
 
@@ -128,7 +130,7 @@ def test_an_interrupted_transfer_leaves_no_object_and_the_retry_lands_it(
     assert objects(s3) == {}, "no partial object, visible or not"
     assert unfinished_uploads(s3) == [], "the multipart upload was aborted"
     stored = fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
-    assert objects(s3) == {"run/out_1.pdf": size, "run/out_2.pdf": size}
+    assert set(objects(s3)) == {"run/out_1.pdf", "run/out_2.pdf", "run/_SUCCESS"}
     assert [s["sha256"] for s in stored] == [emulator.result_sha256("olconnect", job_id, i) for i in (0, 1)]
 
 
@@ -207,9 +209,8 @@ def test_a_folder_result_is_marked_whole_by_a_manifest_written_last(
         for s in stored
     ]
     assert (manifest["vendor"], manifest["job_id"]) == ("OL Connect", job_id)
-    writes = [(m, k) for m, k in calls if m in ("complete_multipart_upload", "put_object")]
-    assert writes[-1] == ("put_object", "run/_SUCCESS"), "the marker comes after every file"
-    assert len(writes) == 3
+    completed = [key for method, key in calls if method == "complete_multipart_upload"]
+    assert completed == ["run/out_1.pdf", "run/out_2.pdf", "run/_SUCCESS"], "the marker comes after every file"
     assert set(objects(s3)) == {"run/out_1.pdf", "run/out_2.pdf", "run/_SUCCESS"}
 
 
@@ -296,10 +297,13 @@ def test_two_mapped_fetches_into_one_folder_both_land(airflow_db: Path, emulator
     spec = check_destination(destination, "OL Connect", first_job)
     first = open_store(spec, "OL Connect", first_job, several=False)
     # The first fetch has written its file and not yet completed it when the second one starts and ends.
-    with landing(first):
+    # Sharing a folder, each has a marker of its own (one _SUCCESS would be each other's to replace).
+    with landing(first, marker="_SUCCESS-0"):
         first.write("first.pdf", [b"%PDF-first"], content_type="application/pdf", source=None)
-        [second] = fetch("olconnect_default", second_job, destination)
-    assert objects(s3) == {"run/first.pdf": 10, f"run/{second['name']}": 5000}
+        [second] = fetch("olconnect_default", second_job, destination, success_marker="_SUCCESS-1")
+    assert set(objects(s3)) == {"run/first.pdf", f"run/{second['name']}", "run/_SUCCESS-0", "run/_SUCCESS-1"}
+    assert json.loads(body(s3, "run/_SUCCESS-0"))["files"][0]["name"] == "first.pdf"
+    assert json.loads(body(s3, "run/_SUCCESS-1"))["files"][0]["name"] == second["name"]
     assert unfinished_uploads(s3) == []
 
 
@@ -320,9 +324,9 @@ def test_what_a_killed_try_left_is_cleaned_by_its_retry_and_only_that(
     foreign = ForeignUpload(s3, "run/theirs.bin")
     [stored] = fetch("olconnect_default", job_id, destination)
     assert unfinished_uploads(s3) == ["run/theirs.bin"], "the retry aborted what its killed try began, only that"
-    assert objects(s3) == {f"run/{stored['name']}": size}
+    assert set(objects(s3)) == {f"run/{stored['name']}", "run/_SUCCESS"}
     foreign.finish(b"their bytes")
-    assert set(objects(s3)) == {f"run/{stored['name']}", "run/theirs.bin"}
+    assert set(objects(s3)) == {f"run/{stored['name']}", "run/_SUCCESS", "run/theirs.bin"}
 
 
 MEASURED_FETCH = """
@@ -456,7 +460,7 @@ def test_objects_on_s3_are_named_by_bucket_and_key_without_the_connection_id(
     lineage = op.get_openlineage_facets_on_complete(None)
 
     assert sorted((d.namespace, d.name) for d in lineage.outputs) == [
-        (f"s3://{s3.bucket}", key) for key in sorted(objects(s3))
+        (f"s3://{s3.bucket}", key) for key in sorted(objects(s3)) if key != "run/_SUCCESS"
     ]
     assert len(lineage.outputs) == len(stored) == 2
     assert CONN_ID not in repr([(d.namespace, d.name) for d in lineage.outputs])

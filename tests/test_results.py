@@ -269,7 +269,7 @@ def test_spool_files_with_the_same_name_stay_two_files_and_xcom_says_which(
     paths = ("C:\\a\\out.pdf", "C:\\b\\out.pdf")
     job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=5000, names=paths))
     stored = fetch("olconnect_default", job_id, f"file://{tmp_path}/dest/")
-    assert everything_under(tmp_path) == ["dest", "dest/out-2.pdf", "dest/out.pdf"]
+    assert everything_under(tmp_path) == ["dest", "dest/_SUCCESS", "dest/out-2.pdf", "dest/out.pdf"]
     assert [(s["name"], s["source"]) for s in stored] == [("out.pdf", paths[0]), ("out-2.pdf", paths[1])]
     for index, item in enumerate(stored):
         assert sha256(tmp_path / "dest" / item["name"]) == emulator.result_sha256("olconnect", job_id, index)
@@ -281,7 +281,7 @@ def test_an_existing_folder_without_trailing_slash_receives_the_file_inside(
     (tmp_path / "dest").mkdir()
     job_id = finished_job(emulator, "scriptx", Scenario(steps=0))
     stored = fetch("scriptx_default", job_id, f"file://{tmp_path}/dest")
-    assert everything_under(tmp_path) == ["dest", "dest/a.pdf"]
+    assert everything_under(tmp_path) == ["dest", "dest/_SUCCESS", "dest/a.pdf"]
     assert stored[0]["uri"] == f"file://{tmp_path}/dest/a.pdf"
 
 
@@ -292,7 +292,7 @@ def test_an_object_storage_path_with_trailing_slash_is_a_folder(
 
     job_id = finished_job(emulator, "scriptx", Scenario(steps=0))
     fetch("scriptx_default", job_id, ObjectStoragePath(f"file://{tmp_path}/new/"))
-    assert everything_under(tmp_path) == ["new", "new/a.pdf"]
+    assert everything_under(tmp_path) == ["new", "new/_SUCCESS", "new/a.pdf"]
 
 
 def test_xcom_is_a_list_of_files_whatever_the_number_of_parts(
@@ -460,7 +460,7 @@ def test_what_a_killed_try_left_is_cleaned_by_the_retry(
         proc.wait()
     assert everything_under(tmp_path) != [], "the killed try left a partial file"
     stored = fetch("olconnect_default", job_id, f"file://{dest}/", chunk_size=1 << 20)
-    assert everything_under(tmp_path) == ["dest", f"dest/{stored[0]['name']}"]
+    assert everything_under(tmp_path) == sorted(["dest", "dest/_SUCCESS", f"dest/{stored[0]['name']}"])
     assert stored[0]["sha256"] == emulator.result_sha256("olconnect", job_id)
 
 
