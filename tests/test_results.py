@@ -207,6 +207,21 @@ def test_bad_destination_fails_before_the_one_time_pdf_is_collected(
     assert stored[0]["sha256"] == sha256(tmp_path / "good" / "x.pdf") == emulator.result_sha256("scriptx", job_id)
 
 
+def test_xcom_refuses_the_one_time_pdf_before_collecting_it(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path
+) -> None:
+    from airflow_provider_jobprogress.core.errors import ResultNotForXComError
+
+    # ScriptX serves the PDF once (a whole download is "Collected"); its adapter says it is application/pdf,
+    # which XCom never takes: refused from that, before the download opens.
+    job_id = finished_job(emulator, "scriptx", Scenario(steps=0))
+    with pytest.raises(ResultNotForXComError, match=r"application/pdf"):
+        fetch("scriptx_default", job_id, None)
+    assert emulator.count("GET", "/printPdf/download/") == 0, "no result byte was requested"
+    stored = fetch("scriptx_default", job_id, f"file://{tmp_path}/a.pdf")
+    assert stored[0]["sha256"] == sha256(tmp_path / "a.pdf") == emulator.result_sha256("scriptx", job_id)
+
+
 def test_s3_destination_without_s3fs_is_refused_at_parse_time(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow_provider_jobprogress.operators.fetch_result import FetchJobResultOperator
 
