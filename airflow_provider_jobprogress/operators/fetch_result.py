@@ -153,6 +153,16 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
 
     # -- XCom ------------------------------------------------------------------------------------
     def _to_xcom(self, job_id: str, parts: list[ResultPart]) -> Any:
+        # A refusal comes before any download: opening a one-time download (ScriptX's PDF) may collect it.
+        # What the vendor declares before the first byte decides first; the answer's own type and size after.
+        for part in parts:
+            declared = (part.content_type or "").split(";")[0].strip().lower()
+            if part.value is None and declared and not declared.startswith(TEXT_TYPES):
+                raise ResultNotForXComError(
+                    self.hook.vendor(),
+                    job_id,
+                    f"result {part.label} is {declared} (as the vendor declares it), not text; nothing was downloaded",
+                )
         values = [part.value if part.value is not None else self._small_text(job_id, part) for part in parts]
         interpreted = [self.hook.api.result_value(value) for value in values]
         return interpreted[0] if len(interpreted) == 1 else interpreted
