@@ -6,6 +6,7 @@ hostile names, gzip bodies and one-time downloads on request.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -513,3 +514,37 @@ def test_a_templated_relative_destination_is_refused_before_any_vendor_call(
         op.execute({})
     assert everything_under(tmp_path) == []
     assert len(emulator.calls) == before, "no vendor call at all"
+
+
+# -- 7. mounts without hard links, filesystems that show a file before it is committed -------------------
+
+
+@pytest.mark.parametrize("refusal", [errno.EPERM, errno.EXDEV, errno.ENOTSUP])
+def test_a_file_is_replaced_where_the_mount_refuses_hard_links(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: int
+) -> None:
+    def no_links(src: Any, dst: Any, **_: Any) -> None:  # gcsfuse, blobfuse, exFAT, some SMB mounts
+        raise OSError(refusal, os.strerror(refusal))
+
+    monkeypatch.setattr(os, "link", no_links)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "out_1.pdf").write_bytes(b"yesterday's file")
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=5000))
+    stored = fetch("olconnect_default", job_id, f"file://{dest}/")
+    assert everything_under(tmp_path) == ["dest", "dest/_SUCCESS", "dest/out_1.pdf", "dest/out_2.pdf"]
+    assert [sha256(dest / s["name"]) for s in stored] == [
+        emulator.result_sha256("olconnect", job_id, i) for i in (0, 1)
+    ]
+
+
+def test_a_filesystem_that_shows_uncommitted_files_is_refused_by_name() -> None:
+    import fsspec
+
+    from airflow_provider_jobprogress.results import FsspecStore
+
+    memory = fsspec.filesystem("memory")  # its files show as soon as they are closed, autocommit=False or not
+    store = FsspecStore("iTwin", "job-1", "memory://results/out", memory, "/results/out", folder=True)
+    with pytest.raises(ResultDestinationError, match=r"iTwin job job-1: .*MemoryFileSystem.*autocommit=False"):
+        store.prepare()
+    assert memory.find("/results") == [], "the probe that showed it is gone"
