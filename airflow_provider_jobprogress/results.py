@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import importlib.util
 import json
@@ -39,6 +40,8 @@ _URI = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$", re.DO
 S3_PART_SIZE = 8 << 20
 #: the completion marker a folder result gets last (Spark's and Hadoop's name), holding the result's manifest
 SUCCESS_MARKER = "_SUCCESS"
+#: what ``os.link`` answers on mounts without hard links (gcsfuse, blobfuse, exFAT, some SMB shares)
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP})
 #: an old marker bigger than this is not ours: removed before a commit, it is not put back after a failure
 MAX_MARKER_BYTES = 1 << 20
 
@@ -273,6 +276,7 @@ class LocalStore(ResultStore):
         try:
             self._make_folders(self.root)
             if self.staging.exists():  # a killed try of this very fetch left it
+                self._put_back_what_a_killed_try_moved_aside()
                 shutil.rmtree(self.staging)
             self.staging.mkdir()  # proves we may create files in the destination folder
         except OSError as exc:
@@ -313,13 +317,36 @@ class LocalStore(ResultStore):
                 backup = None
                 if target.exists():
                     backup = self.staging / f"{index}.previous"
-                    os.link(target, backup)
+                    self._keep_aside(target, backup)
+                    self._committed.append((target, backup))  # before the replace: a failure puts it back
                 os.replace(temp, target)
-                self._committed.append((target, backup))
+                if backup is None:
+                    self._committed.append((target, None))
         except OSError as exc:
             self.abort()
             raise self.refuse(f"moving the results into place failed, none was kept ({_os_reason(exc)})") from None
         shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _keep_aside(self, target: Path, backup: Path) -> None:
+        """Keep the file ``target`` holds until the commit is through: a hard link to it, so it stays in place
+        until the new file replaces it; on a mount without hard links, the file itself, renamed aside."""
+        try:
+            os.link(target, backup)
+            return
+        except OSError as exc:
+            if exc.errno not in NO_HARD_LINKS:
+                raise
+        # Renamed aside, the old file is for a moment only in the staging folder: its place is written down
+        # first, so that the retry of a try killed in that moment puts it back.
+        backup.with_suffix(".place").write_text(target.relative_to(self.root).as_posix(), encoding="utf-8")
+        os.replace(target, backup)
+
+    def _put_back_what_a_killed_try_moved_aside(self) -> None:
+        """Files a killed try renamed aside and did not replace yet go back to their place (never over a file)."""
+        for place in self.staging.glob("*.place"):
+            backup, target = place.with_suffix(".previous"), self.root / place.read_text(encoding="utf-8")
+            if backup.exists() and not os.path.lexists(target):
+                os.replace(backup, target)
 
     def abort(self) -> None:
         for target, backup in reversed(self._committed):
@@ -594,7 +621,11 @@ class S3Store(_ObjectStore):
 
 class FsspecStore(_ObjectStore):
     """Any other object store: fsspec files opened with ``autocommit=False`` are committed together at the end
-    and discarded on failure (gcsfs and adlfs finish or cancel their uploads that way)."""
+    and discarded on failure (gcsfs and adlfs finish or cancel their uploads that way).
+
+    Not every fsspec filesystem honours ``autocommit=False`` (many ignore it, and their files show as soon
+    as they are closed): ``prepare`` proves it with a probe file, and refuses a filesystem that shows it.
+    """
 
     def __init__(self, vendor: str, job_id: str, uri: str, fs: Any, path: str, *, folder: bool) -> None:
         super().__init__(vendor, job_id, uri, fs)
@@ -605,10 +636,32 @@ class FsspecStore(_ObjectStore):
         self._landed: list[tuple[str, bool]] = []
 
     def prepare(self) -> None:
+        folder = self.path if self.folder else self.path.rsplit("/", 1)[0]
         try:
-            self.fs.makedirs(self.path if self.folder else self.path.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.makedirs(folder, exist_ok=True)
         except (OSError, ValueError) as exc:
             raise self.refuse(f"cannot be written ({_os_reason(exc)})") from None
+        self._prove_uncommitted_files_unseen(f"{folder}/.jobprogress-{self.key}.probe")
+
+    def _prove_uncommitted_files_unseen(self, probe: str) -> None:
+        """A probe file written with ``autocommit=False`` must not show until committed; discarded after."""
+        kind = f"{type(self.fs).__name__} ({self.fs.protocol!r})"
+        try:
+            sink = self.fs.open(probe, "wb", autocommit=False)
+            sink.write(b"probe")
+            sink.close()
+            self.fs.invalidate_cache(probe)
+            shown = self.fs.exists(probe)
+            sink.discard()
+        except Exception as exc:  # TypeError: a filesystem that takes no autocommit at all
+            raise self.refuse(f"cannot be written through {kind} ({_os_reason(exc)})") from None
+        if shown:
+            with contextlib.suppress(Exception):
+                self.fs.rm_file(probe)
+            raise self.refuse(
+                f"is served by {kind}, which shows a file opened with autocommit=False before it is committed: "
+                "a result there could be seen half written and not taken back, so nothing is fetched to it"
+            )
 
     def _stage(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
         path = self.path if name is None else f"{self.path}/{name}"

@@ -519,14 +519,20 @@ def test_a_templated_relative_destination_is_refused_before_any_vendor_call(
 # -- 7. mounts without hard links, filesystems that show a file before it is committed -------------------
 
 
+def refusing_links(refusal: int) -> Any:
+    """``os.link`` as a mount without hard links answers it (gcsfuse, blobfuse, exFAT, some SMB mounts)."""
+
+    def link(src: Any, dst: Any, **_: Any) -> None:
+        raise OSError(refusal, os.strerror(refusal))
+
+    return link
+
+
 @pytest.mark.parametrize("refusal", [errno.EPERM, errno.EXDEV, errno.ENOTSUP])
 def test_a_file_is_replaced_where_the_mount_refuses_hard_links(
     airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: int
 ) -> None:
-    def no_links(src: Any, dst: Any, **_: Any) -> None:  # gcsfuse, blobfuse, exFAT, some SMB mounts
-        raise OSError(refusal, os.strerror(refusal))
-
-    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(os, "link", refusing_links(refusal))
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "out_1.pdf").write_bytes(b"yesterday's file")
@@ -548,3 +554,72 @@ def test_a_filesystem_that_shows_uncommitted_files_is_refused_by_name() -> None:
     with pytest.raises(ResultDestinationError, match=r"iTwin job job-1: .*MemoryFileSystem.*autocommit=False"):
         store.prepare()
     assert memory.find("/results") == [], "the probe that showed it is gone"
+
+
+def test_without_hard_links_a_failed_commit_still_puts_every_replaced_file_back(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_replace = os.replace
+
+    def out_3_fails(src: Any, dst: Any) -> None:
+        if Path(dst).name == "out_3.pdf" and Path(src).suffix == ".part":
+            raise OSError(errno.EIO, "Input/output error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "link", refusing_links(errno.EPERM))
+    monkeypatch.setattr(os, "replace", out_3_fails)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    for n in (1, 2, 3):
+        (dest / f"out_{n}.pdf").write_bytes(f"yesterday's {n}".encode())
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=3, result_size=5000))
+    with pytest.raises(ResultDestinationError, match="none was kept"):
+        fetch("olconnect_default", job_id, f"file://{dest}/")
+    assert everything_under(tmp_path) == ["dest", "dest/out_1.pdf", "dest/out_2.pdf", "dest/out_3.pdf"]
+    assert [(dest / f"out_{n}.pdf").read_bytes() for n in (1, 2, 3)] == [f"yesterday's {n}".encode() for n in (1, 2, 3)]
+
+
+def test_a_file_a_killed_try_renamed_aside_is_put_back_by_the_retry(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_jobprogress.core.errors import JobNotFoundError
+    from airflow_provider_jobprogress.results import LocalStore
+
+    class Killed(BaseException):
+        pass
+
+    real_replace = os.replace
+
+    def killed_before_the_new_file_is_in(src: Any, dst: Any) -> None:
+        if Path(src).suffix == ".part":
+            raise Killed
+        real_replace(src, dst)
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "a.pdf").write_bytes(b"yesterday's print")
+    job_id = finished_job(emulator, "scriptx", Scenario(steps=0))
+    with monkeypatch.context() as killed:
+        killed.setattr(os, "link", refusing_links(errno.EXDEV))
+        killed.setattr(os, "replace", killed_before_the_new_file_is_in)
+        killed.setattr(LocalStore, "abort", lambda self: None)  # SIGKILL: no clean-up runs
+        with pytest.raises(Killed):
+            fetch("scriptx_default", job_id, f"file://{dest}/")
+    assert not (dest / "a.pdf").exists(), "the old file is only in the staging folder now"
+    # The killed try collected the one-time PDF: the retry gets 404, and yesterday's print is back in place.
+    with pytest.raises(JobNotFoundError):
+        fetch("scriptx_default", job_id, f"file://{dest}/")
+    assert everything_under(tmp_path) == ["dest", "dest/a.pdf"]
+    assert (dest / "a.pdf").read_bytes() == b"yesterday's print"
+
+
+def test_a_filesystem_that_keeps_uncommitted_files_unseen_is_taken(tmp_path: Path) -> None:
+    import fsspec
+
+    from airflow_provider_jobprogress.results import FsspecStore, landing
+
+    local = fsspec.filesystem("file")  # its autocommit=False files wait in a temporary file until committed
+    store = FsspecStore("iTwin", "job-1", f"file://{tmp_path}/out", local, f"{tmp_path}/out", folder=True)
+    with landing(store):
+        store.write("a.bin", [b"a"], content_type="application/octet-stream", source=None)
+    assert everything_under(tmp_path) == ["out", "out/_SUCCESS", "out/a.bin"], "no probe left"
