@@ -148,3 +148,46 @@ def _kwargs_of(trig: JobProgressTrigger) -> dict[str, Any]:
 def test_first_poll_at_travels_in_the_serialized_kwargs() -> None:
     trig = trigger("olconnect", "op-1", first_poll_at=1_900_000_000.0)
     assert _kwargs_of(JobProgressTrigger(**_kwargs_of(trig)))["first_poll_at"] == 1_900_000_000.0
+
+
+# -- the last look at the deadline ------------------------------------------------------------------
+@pytest.mark.parametrize("cancel_on_timeout", [False, True])
+async def test_a_job_that_ended_before_the_deadline_is_no_timeout(
+    emulator: VendorEmulator, cancel_on_timeout: bool
+) -> None:
+    """The deadline falls inside the poll interval (iTwin's is 120 s): the wait reads the job once more at the
+    deadline, and a job that ended meanwhile ends as what it is, never as a timeout or with a cancel."""
+    emulator.set_next_scenario("olconnect", Scenario(steps=2, duration=1.0))
+    job_id = submit("olconnect")
+    now = time.time()
+    trig = trigger(
+        "olconnect",
+        job_id,
+        poll_policy=PollPolicy.fixed(60).to_dict(),
+        first_poll_at=now + 0.2,  # one read while it runs, the next one due long after the deadline
+        deadline=now + 2.0,
+        cancel_on_timeout=cancel_on_timeout,
+    )
+    got = await events(trig)
+    assert [e.payload["status"] for e in got] == ["success"]
+    assert emulator.count("GET", f"/getProgress/{job_id}") == 2, "one read while running, one at the deadline"
+    assert emulator.count("POST", f"/cancel/{job_id}") == 0
+
+
+async def test_a_job_still_running_at_the_last_look_times_out_and_is_cancelled(emulator: VendorEmulator) -> None:
+    emulator.set_next_scenario("olconnect", Scenario(steps=10_000))
+    job_id = submit("olconnect")
+    now = time.time()
+    trig = trigger(
+        "olconnect",
+        job_id,
+        poll_policy=PollPolicy.fixed(60).to_dict(),
+        first_poll_at=now + 0.2,
+        deadline=now + 1.0,
+        cancel_on_timeout=True,
+    )
+    got = await events(trig)
+    assert [e.payload["status"] for e in got] == ["timeout"]
+    assert "remote job cancelled" in got[0].payload["message"]
+    assert emulator.count("GET", f"/getProgress/{job_id}") == 2
+    assert emulator.count("POST", f"/cancel/{job_id}") == 1

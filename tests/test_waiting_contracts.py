@@ -13,6 +13,7 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowSkipException
 
 from airflow_provider_jobprogress.core.errors import AuthenticationError, DeadlineExceededError
+from airflow_provider_jobprogress.core.model import JobState
 from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
 from airflow_provider_jobprogress.operators.fetch_result import FetchJobResultOperator
 from airflow_provider_jobprogress.operators.itwin import ITwinSubmitJobOperator
@@ -257,3 +258,42 @@ def test_worker_on_kill_is_bounded_when_the_vendor_hangs(
 
 def test_fetch_operator_never_cancels() -> None:
     assert FetchJobResultOperator(task_id="f", conn_id="scriptx_default", job_id="j").cancel_on_kill is False
+
+
+# -- the last look at the deadline, on a worker -------------------------------------------------------
+def test_a_worker_wait_reads_once_more_at_the_deadline(emulator: VendorEmulator) -> None:
+    """A submit operator waiting on the worker sleeps to a deadline inside its interval, then reads the job again:
+    one that ended meanwhile is a success, not a timeout, and is not cancelled."""
+    emulator.set_next_scenario("olconnect", Scenario(steps=2, duration=1.0))
+    job_id = OLConnectHook().submit({"datamining": {"identifier": "a.csv", "config": "dm"}})
+    operator = OLConnectSubmitOperator(
+        task_id="submit",
+        configuration={},
+        wait_for_completion=True,
+        deferrable=False,
+        poll_policy=60,
+        cancel_on_timeout=True,
+    )
+    progress = operator._wait_here(job_id, timeout=2.0)
+    assert progress.state is JobState.SUCCEEDED
+    assert emulator.count("GET", f"/getProgress/{job_id}") == 2
+    assert emulator.count("POST", f"/cancel/{job_id}") == 0
+
+
+def test_a_poke_after_the_deadline_still_reads_the_job(emulator: VendorEmulator) -> None:
+    """Airflow sleeps a whole poke interval, so a poke can come after the sensor's deadline: it reads the job
+    before it calls the wait a timeout."""
+    emulator.set_next_scenario("olconnect", Scenario(steps=2, duration=1.0))
+    job_id = OLConnectHook().submit({"datamining": {"identifier": "a.csv", "config": "dm"}})
+    sensor = OLConnectOperationSensor(
+        task_id="wait",
+        job_id=job_id,
+        deferrable=False,
+        mode="poke",
+        poll_policy=1.5,
+        timeout=0.5,
+        cancel_on_timeout=True,
+    )
+    final = sensor.execute({})
+    assert final["state"] == "succeeded"
+    assert emulator.count("POST", f"/cancel/{job_id}") == 0
