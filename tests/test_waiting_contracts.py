@@ -24,7 +24,7 @@ from airflow_provider_jobprogress.sensors.job_progress import JobProgressSensor
 from airflow_provider_jobprogress.sensors.olconnect import OLConnectOperationSensor
 from airflow_provider_jobprogress.sensors.scriptx import ScriptXJobSensor
 from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
-from airflow_provider_jobprogress.triggers.job_progress import ON_KILL_BUDGET, JobProgressTrigger
+from airflow_provider_jobprogress.triggers.job_progress import LAST_LOOK_BUDGET, ON_KILL_BUDGET, JobProgressTrigger
 from tests.test_sensors_dag import run_dag, states
 from tests.test_trigger_contracts import silent_server
 
@@ -171,8 +171,8 @@ def test_airflows_deferral_timeout_is_a_backstop_after_the_trigger_deadline() ->
     assert trigger.deadline is not None
     assert before + 100 <= trigger.deadline <= time.time() + 100
     assert isinstance(deferred.timeout, timedelta)
-    # the trigger speaks first, cancels within its budget, and its event still arrives before Airflow's timeout
-    assert deferred.timeout.total_seconds() >= 100 + ON_KILL_BUDGET + 10
+    # the trigger speaks first: it reads once more, cancels within its budgets, reports before Airflow times out
+    assert deferred.timeout.total_seconds() >= 100 + LAST_LOOK_BUDGET + ON_KILL_BUDGET + 10
 
 
 def test_the_first_poll_waits_until_airflow_has_settled_the_deferral(monkeypatch: pytest.MonkeyPatch) -> None:

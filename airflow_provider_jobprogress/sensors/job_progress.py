@@ -145,7 +145,8 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
     def poke(self, context: Any) -> PokeReturnValue | bool:
         job_id, deadline = self._rendered_job_id(), self._poke_deadline(context)
         try:
-            progress = self._read(job_id, deadline=deadline)
+            # Airflow sleeps whole poke intervals, so this poke may come after the deadline: it still reads the job
+            progress = self._read(job_id, deadline=self._read_by(deadline))
         except DeadlineExceededError as exc:
             self._timed_out(str(exc), job_id)
         if progress.is_terminal:

@@ -28,6 +28,9 @@ CLASSPATH = "airflow_provider_jobprogress.triggers.job_progress.JobProgressTrigg
 #: the whole of an ``on_kill`` (connection, one progress read, the cancel) and of a cancel on timeout fits in
 #: this many seconds: below Airflow's ``[triggerer] on_kill_timeout`` (30 s), so ours ends first
 ON_KILL_BUDGET = 25.0
+#: the read at the deadline (a wait that slept to its deadline reads the job once more before calling it a
+#: timeout) is bounded by this many seconds of its own: the deadline itself has passed
+LAST_LOOK_BUDGET = 10.0
 #: waits wake on a grid of this many seconds (the loop's clock): polls due within one tick go out together.
 #: Measured at 500 waits polling every second (benchmarks/README.md): spread one by one, each poll woke the
 #: idle loop (and the vendor's server) on its own and cost ~0.48 ms CPU; on a 50 ms grid ~0.32 ms, with
@@ -80,8 +83,12 @@ class JobProgressTrigger(BaseTrigger):
     (one interval later, and never before Airflow has settled the deferral: see ``waiting.py``), else at a
     random moment within the first interval; then every interval of the poll policy, each stretched or
     shrunk by up to ``core.policies.POLL_JITTER`` so that waits started together do not poll together, and
-    rounded to the nearest point of a ``POLL_TICK`` grid, so the loop wakes once for the polls due then. A poll still in
-    its retries or pauses when the deadline passes is abandoned at the deadline.
+    rounded to the nearest point of a ``POLL_TICK`` grid, so the loop wakes once for the polls due then.
+
+    The deadline: a wait that sleeps to it (it fell inside the interval) reads the job once more there, bounded
+    by ``LAST_LOOK_BUDGET``; a job found finished then ends as what it is, so a job that ended since the last
+    poll is never a timeout, nor cancelled. A poll still in its retries or pauses when the deadline passes was
+    that look: it is abandoned at the deadline.
 
     :param hook_class_path: import path of a ``JobProgressHook`` subclass ("" = from the connection's type)
     :param conn_id: the Airflow connection to reach the vendor
@@ -192,6 +199,9 @@ class JobProgressTrigger(BaseTrigger):
         outage_since: float | None = None
         while True:
             if await self._sleep_or_deadline(delay):
+                last = await self._last_look(hook, job)
+                if last is not None and last.is_terminal:
+                    return self._terminal_event(last)
                 return await self._timeout_event(hook, vendor, job)
             try:
                 progress: JobProgress | None = await self._poll(hook, job)
@@ -242,6 +252,19 @@ class JobProgressTrigger(BaseTrigger):
             if timeout.expired():
                 raise _DeadlinePassed from None
             raise
+
+    async def _last_look(self, hook: Any, job: str) -> JobProgress | None:
+        """The job read once more at the deadline, within ``LAST_LOOK_BUDGET``; None when that read failed."""
+        try:
+            async with asyncio.timeout(LAST_LOOK_BUDGET):
+                progress: JobProgress = await hook.aget_progress(job)
+        except (JobProgressError, TimeoutError) as exc:
+            self.log.warning("%s job %s: no reading at the deadline: %s", hook.vendor(), job, exc or "timed out")
+            return None
+        if progress.changed_from(self._last):
+            self.log.info("%s", progress.describe())
+        self._last = progress
+        return progress
 
     async def _sleep_or_deadline(self, seconds: float) -> bool:
         """Sleep ``seconds`` but not past the deadline; True when the deadline has passed."""
