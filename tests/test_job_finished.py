@@ -374,7 +374,7 @@ def test_a_rotated_client_secret_reaches_the_watcher(
         async with watching(emulator, since=PAST) as watch:
             emulator.set_secrets({"itwin_client_secret": "rotated-itwin-secret-7"})
             emulator.expire_tokens()
-            monkeypatch.setenv("AIRFLOW_CONN_ITWIN_DEFAULT", emulator.connections()["itwin_default"])
+            itwin_hook(emulator, monkeypatch, "reality-analysis")  # the connection, with the new secret
             emulator.finish_jobs("itwin", [job])
             await _watch_until(watch, lambda: bool(watch.events))
             await watch.polls(2)
@@ -382,6 +382,28 @@ def test_a_rotated_client_secret_reaches_the_watcher(
 
     assert run(scenario) == [job]
     assert any(call.status == 401 for call in emulator.calls), "the old secret was refused on the way"
+
+
+def test_a_secret_rotated_before_the_connection_is_updated_is_waited_through(
+    emulator: VendorEmulator, submit: Callable[..., list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bentley has the new secret, the connection not yet: each listing is refused (and the connection read
+    again) until someone updates it; then the watch goes on from its watermark."""
+    (job,) = submit(1)
+
+    async def scenario() -> list[str]:
+        async with watching(emulator, since=PAST) as watch:
+            emulator.set_secrets({"itwin_client_secret": "rotated-itwin-secret-8"})
+            emulator.expire_tokens()
+            emulator.finish_jobs("itwin", [job])
+            refused = emulator.count("POST", "/connect/token")
+            await _watch_until(watch, lambda: emulator.count("POST", "/connect/token") >= refused + 3)
+            assert watch.events == []
+            itwin_hook(emulator, monkeypatch, "reality-analysis")  # the connection is updated at last
+            await _watch_until(watch, lambda: bool(watch.events))
+            return watch.job_ids()
+
+    assert run(scenario) == [job]
 
 
 def test_a_job_with_a_malformed_end_time_is_skipped_with_one_warning(
@@ -557,6 +579,9 @@ def asset_store(airflow_db: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
     store = AssetStateStoreAccessors(inlets=[Asset(name=name, uri=f"itwin://jobs/{name}")])
     store.comms = comms  # type: ignore[attr-defined]  # for the test to reach
+    # The in-process API starts on its first call (seconds on a loaded machine): not inside a watcher's wait.
+    assert asyncio.run(store.aget("warm-up")) is None
+    comms.calls.clear()
     return store
 
 
