@@ -462,9 +462,17 @@ def test_emulator_secrets_rotate_over_http(emulator: VendorEmulator) -> None:
     assert json.loads(emulator.connections()["scriptx_default"])["password"] == "new-license"
     assert requests.post(control, json={"no_such_secret": "x"}, timeout=10).status_code == 400
     assert requests.post(control, json={"scriptx_license": ""}, timeout=10).status_code == 400
-    stats = requests.get(f"{emulator.url}/_emulator/stats", timeout=10).json()
-    assert stats["calls"] >= 0
-    assert stats["open_connections"] >= 0
+
+
+def test_emulator_stats_over_http_count_calls_and_open_connections(emulator: VendorEmulator) -> None:
+    import requests
+
+    with requests.Session() as http:  # one kept-alive connection for every call below
+        for _ in range(3):
+            assert http.get(f"{emulator.url}/_emulator/jobs/scriptx/nope/done", timeout=10).status_code == 404
+        stats = http.get(f"{emulator.url}/_emulator/stats", timeout=10).json()
+    assert stats == {"calls": 3, "open_connections": 1}, "three logged calls, on the one connection still open"
+    assert len(emulator.calls) == 3, "the stats call itself is not logged"
 
 
 def test_emulator_stops_while_a_client_holds_a_half_read_download(emulator: VendorEmulator) -> None:
