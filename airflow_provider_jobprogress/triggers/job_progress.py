@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.providers.common.compat.connection import get_async_connection
+from airflow.providers.common.compat.sdk import conf
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airflow_provider_jobprogress.core.errors import (
@@ -26,7 +27,7 @@ from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hoo
 
 CLASSPATH = "airflow_provider_jobprogress.triggers.job_progress.JobProgressTrigger"
 #: the whole of an ``on_kill`` (connection, one progress read, the cancel) and of a cancel on timeout fits in
-#: this many seconds: below Airflow's ``[triggerer] on_kill_timeout`` (30 s), so ours ends first
+#: this many seconds; an ``on_kill`` also within the deployment's ``[triggerer] on_kill_timeout`` (``on_kill_budget``)
 ON_KILL_BUDGET = 25.0
 #: the read at the deadline (a wait that slept to its deadline reads the job once more before calling it a
 #: timeout) is bounded by this many seconds of its own: the deadline itself has passed
@@ -59,6 +60,13 @@ def _event(status: str, progress: JobProgress | None, message: str, error: str |
             "error": error,
         }
     )
+
+
+def on_kill_budget() -> float:
+    """Seconds an ``on_kill`` may take: Airflow 3.3 cuts it off after ``[triggerer] on_kill_timeout`` (30 s unless
+    the deployment sets it), so ours ends first, with room to log why; never more than ``ON_KILL_BUDGET``."""
+    airflows = float(conf.getfloat("triggerer", "on_kill_timeout", fallback=30.0))
+    return min(ON_KILL_BUDGET, max(airflows - 5.0, airflows / 2))
 
 
 class _DeadlinePassed(Exception):
@@ -323,27 +331,27 @@ class JobProgressTrigger(BaseTrigger):
         """A user killed the task (Airflow 3.3+): cancel the remote job if it is still running.
 
         Never called on a triggerer restart or shutdown, so a restart cancels nothing. The whole of it
-        (connection, a progress read, the cancel) is bounded by ``ON_KILL_BUDGET``.
+        (connection, a progress read, the cancel) is bounded by ``on_kill_budget()``.
         """
         if not self.cancel_on_kill or (self._last is not None and self._last.is_terminal):
             return
-        budget = asyncio.timeout(ON_KILL_BUDGET)
+        seconds = on_kill_budget()
         try:
-            async with budget:
-                await self._cancel_if_running()
+            async with asyncio.timeout(seconds):
+                await self._cancel_if_running(seconds)
         except TimeoutError:
-            self.log.warning("job %s: cancel on kill gave up after %.0f s", printable(str(self.job_id)), ON_KILL_BUDGET)
+            self.log.warning("job %s: cancel on kill gave up after %.0f s", printable(str(self.job_id)), seconds)
         except Exception as exc:  # on_kill must never raise into Airflow's cleanup
             job = printable(str(self.job_id))
             self.log.warning("job %s: cancel on kill failed: %s: %s", job, type(exc).__name__, exc)
         finally:
             await self._release_hooks()
 
-    async def _cancel_if_running(self) -> None:
+    async def _cancel_if_running(self, seconds: float) -> None:
         hook = await self._hook()
         job = check_job_id(self.job_id, hook.vendor())
         try:
-            current = await asyncio.wait_for(hook.aget_progress(job), timeout=ON_KILL_BUDGET / 3)
+            current = await asyncio.wait_for(hook.aget_progress(job), timeout=seconds / 3)
         except (JobProgressError, TimeoutError):
             current = None  # unknown: cancelling a job that ended is harmless, leaving one running is not
         if current is not None and current.is_terminal:
