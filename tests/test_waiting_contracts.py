@@ -297,3 +297,45 @@ def test_a_poke_after_the_deadline_still_reads_the_job(emulator: VendorEmulator)
     final = sensor.execute({})
     assert final["state"] == "succeeded"
     assert emulator.count("POST", f"/cancel/{job_id}") == 0
+
+
+# -- [operators] default_deferrable -------------------------------------------------------------------------
+def _waiting_tasks() -> list[Any]:
+    return [
+        JobProgressSensor(task_id="generic", conn_id="olconnect_default", job_id="j"),
+        OLConnectOperationSensor(task_id="ol_wait", job_id="j"),
+        ITwinJobSensor(task_id="it_wait", job_id="j"),
+        OLConnectSubmitOperator(task_id="ol_submit", configuration={}, wait_for_completion=True),
+        ScriptXPrintPdfOperator(task_id="sx_print", document="https://example.invalid/a.pdf"),
+    ]
+
+
+def test_a_deployment_that_says_nothing_defers() -> None:
+    """Our promise: waiting is what the triggerer is for. Airflow writes its own default (false) into every new
+    airflow.cfg, as it did into this test's: that is not the deployment's word."""
+    assert [task.deferrable for task in _waiting_tasks()] == [True] * 5
+
+
+@pytest.mark.parametrize("setting", ["false", "true"])
+def test_the_deployments_default_deferrable_is_obeyed(monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", setting)
+    assert [task.deferrable for task in _waiting_tasks()] == [setting == "true"] * 5
+
+
+def test_the_dags_own_deferrable_wins_over_the_deployments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "false")
+    assert OLConnectOperationSensor(task_id="w", job_id="j", deferrable=True).deferrable is True
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "true")
+    assert OLConnectOperationSensor(task_id="w", job_id="j", deferrable=False).deferrable is False
+
+
+def test_a_deployment_without_deferral_waits_on_the_worker(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """default_deferrable=false (a deployment with no triggerer): the sensor pokes instead of deferring."""
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "false")
+    emulator.set_next_scenario("olconnect", Scenario(steps=3))
+    job_id = OLConnectHook().submit({"datamining": {"identifier": "a.csv", "config": "dm"}})
+    sensor = OLConnectOperationSensor(task_id="wait", job_id=job_id, poll_policy=0.05, timeout=60)
+    final = sensor.execute({})  # deferring would raise TaskDeferred here
+    assert final["state"] == "succeeded"
