@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -40,6 +41,19 @@ DEFERRAL_BACKSTOP = LAST_LOOK_BUDGET + ON_KILL_BUDGET + 35.0
 #: what Airflow resumes a task with when its deferral timed out (``next_method``, ``next_kwargs["error"]``)
 TRIGGER_FAIL = "__fail__"
 TRIGGER_TIMEOUT = "Trigger timeout"
+
+
+def default_deferrable() -> bool:
+    """``deferrable`` where the DAG does not say: the deployment's ``[operators] default_deferrable`` (which
+    Airflow's own providers obey) where the deployment sets it, else True: waiting is what the triggerer is for.
+
+    Airflow writes its own default (false) into every airflow.cfg it creates, so a false there cannot be told
+    from "nothing said": the deployment's word is true set anywhere, or false set in the environment
+    (``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE``, as the official image and Helm chart configure Airflow).
+    """
+    if conf.getboolean("operators", "default_deferrable", fallback=False):
+        return True
+    return "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE" not in os.environ
 
 
 def deferral_settle_seconds() -> float:

@@ -11,7 +11,7 @@ from airflow.providers.common.compat.sdk import BaseOperator
 from airflow_provider_jobprogress.core.errors import DeadlineExceededError, JobNotFoundError, printable
 from airflow_provider_jobprogress.core.model import JobState
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
-from airflow_provider_jobprogress.waiting import JobWaitMixin
+from airflow_provider_jobprogress.waiting import JobWaitMixin, default_deferrable
 
 #: where the job id is kept across tries (Airflow 3.3 task_state_store) and pushed (XCom key)
 JOB_ID_KEY = "job_id"
@@ -27,7 +27,8 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
     (it clears the earlier try's XComs), so each try submits its own job there.
 
     :param wait_for_completion: wait until the job is finished (the task then fails if the job fails)
-    :param deferrable: wait in the triggerer (default) rather than on the worker
+    :param deferrable: wait in the triggerer rather than on the worker; default: the deployment's
+        ``[operators] default_deferrable`` where it sets one, else True (``waiting.default_deferrable``)
     :param timeout: seconds to wait for completion
     """
 
@@ -39,7 +40,7 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
         *,
         conn_id: str | None = None,
         wait_for_completion: bool = False,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         poll_policy: PollPolicy | Mapping[str, Any] | float | None = None,
         request_retry: RequestRetry | Mapping[str, Any] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
@@ -58,7 +59,7 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
         if not self.conn_id:
             raise ValueError(f"{type(self).__name__} {self.task_id!r} needs a conn_id")
         self.wait_for_completion = wait_for_completion
-        self.deferrable = deferrable
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.timeout = timeout
 
     # -- what each vendor operator provides ------------------------------------------------------

@@ -14,7 +14,7 @@ from airflow.triggers.base import StartTriggerArgs
 from airflow_provider_jobprogress.core.errors import DeadlineExceededError
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.triggers.job_progress import CLASSPATH
-from airflow_provider_jobprogress.waiting import JobWaitMixin
+from airflow_provider_jobprogress.waiting import JobWaitMixin, default_deferrable
 
 if TYPE_CHECKING:
     from airflow.sdk import XComArg
@@ -60,8 +60,9 @@ def _check_finish_in_triggerer(task_id: str, job_id: Any) -> bool:
 class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
     """Wait until a vendor job is finished; its final ``JobProgress`` (as a dict) is the XCom.
 
-    Deferrable by default: the wait runs in the triggerer and holds no worker slot. ``mode="poke"`` or
-    ``"reschedule"`` with ``deferrable=False`` give the same outcome with the same poll policy.
+    Deferrable by default: the wait runs in the triggerer and holds no worker slot (a deployment that sets
+    ``[operators] default_deferrable`` decides the default; see ``waiting.default_deferrable``). ``mode="poke"``
+    or ``"reschedule"`` with ``deferrable=False`` give the same outcome with the same poll policy.
 
     Outcomes: succeeded → success, XCom = final progress dict; failed or cancelled → the task fails
     without retry (the vendor's message in the log); ``timeout`` passed → ``AirflowSensorTimeout``,
@@ -95,7 +96,7 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
         *,
         job_id: str | XComArg,
         conn_id: str | None = None,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         poll_policy: PollPolicy | Mapping[str, Any] | float | None = None,
         request_retry: RequestRetry | Mapping[str, Any] | None = None,
         cancel_on_timeout: bool = False,
@@ -119,8 +120,8 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
         self._check_job_id_at_parse(job_id)
         self.job_id = job_id
         self.conn_id = conn_id
-        self.deferrable = deferrable
-        if deferrable and finish_in_triggerer and _check_finish_in_triggerer(self.task_id, job_id):
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
+        if self.deferrable and finish_in_triggerer and _check_finish_in_triggerer(self.task_id, job_id):
             self.start_from_trigger = True
             self.start_trigger_args = StartTriggerArgs(
                 trigger_cls=CLASSPATH,
