@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 from airflow.triggers.base import StartTriggerArgs
 
 from airflow_provider_jobprogress.core.errors import DeadlineExceededError
@@ -20,13 +21,6 @@ if TYPE_CHECKING:
     from airflow.sdk import XComArg
 
 
-def _airflow_version() -> tuple[int, int]:
-    from airflow import __version__
-
-    major, minor = __version__.split(".")[:2]
-    return int(major), int(minor)
-
-
 def _check_finish_in_triggerer(task_id: str, job_id: Any) -> bool:
     """Whether the wait can start in the triggerer; raises for a job_id the triggerer cannot render.
 
@@ -35,7 +29,7 @@ def _check_finish_in_triggerer(task_id: str, job_id: Any) -> bool:
     ``map_indexes=-1``: without it Airflow asks for an XCom sequence, a message the triggerer's
     supervisor cannot decode, and the wait hangs until its timeout (seen on 3.3.2).
     """
-    if _airflow_version() < (3, 3):
+    if not AIRFLOW_V_3_3_PLUS:
         warnings.warn(
             f"{task_id}: finish_in_triggerer needs Airflow 3.3 (templates rendered in the triggerer); "
             "this task waits in the triggerer and finishes on a worker instead",
