@@ -228,3 +228,30 @@ async def test_a_sleep_on_the_tick_never_wakes_at_once() -> None:
     when = await sleep_on_tick(0)
     assert when > before
     assert loop.time() >= when
+
+
+async def test_a_killed_wait_cancels_on_the_connection_it_held_and_cleanup_gives_it_back(
+    emulator: VendorEmulator,
+) -> None:
+    """As the triggerer does it on a user's kill: cancel the wait, call on_kill, then cleanup(). The cancel goes
+    out on the session (pool and token) the wait held; cleanup(), which Airflow calls on every exit, gives it
+    back."""
+    emulator.set_next_scenario("itwin", Scenario(steps=100))
+    job_id = submit("itwin")
+    trig = trigger("itwin", job_id, poll_policy=PollPolicy.fixed(0.05).to_dict())
+    task = asyncio.create_task(events(trig))
+    for _ in range(500):  # until the trigger is polling (bounded: 10 s)
+        await asyncio.sleep(0.02)
+        if emulator.count("GET", f"/jobs/{job_id}/progress") >= 2:
+            break
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    polls = {c.peer for c in emulator.calls if c.path.endswith(f"/jobs/{job_id}/progress")}
+    await trig.on_kill()
+    after_kill = [c for c in emulator.calls if c.path.endswith(job_id) or c.path.endswith(f"{job_id}/progress")]
+    cancels = [c for c in after_kill if c.method == "PATCH"]
+    assert len(cancels) == 2, "the submit, then the cancel"
+    assert {c.peer for c in after_kill[-2:]} <= polls, "on_kill's read and cancel opened a connection of their own"
+    await trig.cleanup()
+    assert ASYNC_SESSIONS.sessions() == []
