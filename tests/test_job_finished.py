@@ -71,10 +71,11 @@ async def watching(emulator: VendorEmulator, **kwargs: Any) -> AsyncIterator[Wat
         await watch.polls(1)
         yield watch
     finally:
-        task.cancel()
+        task.cancel()  # as the triggerer stops a watcher: cancel it, then cleanup()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await ASYNC_SESSIONS.aclose_all()
+        await watch.trigger.cleanup()
+        assert ASYNC_SESSIONS.sessions() == [], "cleanup() gave the connection's session back"
 
 
 def run(coro: Callable[[], Any]) -> Any:
@@ -254,7 +255,7 @@ def test_a_restarted_trigger_resumes_from_the_saved_watermark(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await ASYNC_SESSIONS.aclose_all()
+        await watch.trigger.cleanup()
         return watch.job_ids()
 
     assert asyncio.run(once([first])) == [first]
@@ -605,7 +606,7 @@ async def _watch_with_store(
         watch.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch.task
-        await ASYNC_SESSIONS.aclose_all()
+        await watch.trigger.cleanup()
     return watch.job_ids()
 
 
@@ -696,7 +697,7 @@ def test_a_store_that_fails_for_a_while_never_ends_the_watcher(
             watch.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch.task
-            await ASYNC_SESSIONS.aclose_all()
+            await watch.trigger.cleanup()
         return watch.job_ids()
 
     assert asyncio.run(save_fails_then_heals()) == [second]

@@ -211,6 +211,8 @@ class JobFinishedTrigger(BaseEventTrigger):
         self.completed_polls = 0
         #: jobs whose end time could not be read, said once each
         self._unplaced: set[str] = set()
+        #: the hook listing jobs while the watcher runs; cleanup() gives its session back
+        self._hook: ITwinHook | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -329,31 +331,35 @@ class JobFinishedTrigger(BaseEventTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         await self._check_connection()
-        hook = ITwinHook(self.conn_id, request_retry=RequestRetry.from_value(self.request_retry))
-        try:
-            key = self.state_key(await self._api(hook))
-            mark = self.watermark = await self._load_watermark(key)
-            log.info("Watching iTwin jobs on %r that end in %s after %s", self.conn_id, self.states, mark.ended)
-            while True:
-                try:
-                    finished = await self._finished_jobs(hook, mark)
-                except WAITED_THROUGH as exc:
-                    # A watcher lives as long as its DAG: an outage that outlasts one listing's retries, a
-                    # listing it cannot read or a secret rotated before the connection was updated is waited
-                    # through (the watermark is unchanged, so nothing is missed), never its end.
-                    pause = getattr(exc, "retry_after", None) or self.poll_interval
-                    # refused credentials need someone to update the connection: an error, not a warning
-                    level = logging.ERROR if isinstance(exc, AuthenticationError) else logging.WARNING
-                    log.log(level, "%s; listing again in %.0f s", exc, pause)
-                    await asyncio.sleep(pause)
-                    continue
-                for ended, job in finished:
-                    mark = self.watermark = mark.advanced(ended, str(job["id"]))
-                    log.info("iTwin job %s ended %s at %s: firing", job["id"], job.get("state"), ended.isoformat())
-                    yield TriggerEvent(self._payload(ended, job))
-                    await self._save_watermark(key, mark)
-                await asyncio.sleep(self.poll_interval)
-        finally:
+        hook = self._hook = ITwinHook(self.conn_id, request_retry=RequestRetry.from_value(self.request_retry))
+        key = self.state_key(await self._api(hook))
+        mark = self.watermark = await self._load_watermark(key)
+        log.info("Watching iTwin jobs on %r that end in %s after %s", self.conn_id, self.states, mark.ended)
+        while True:
+            try:
+                finished = await self._finished_jobs(hook, mark)
+            except WAITED_THROUGH as exc:
+                # A watcher lives as long as its DAG: an outage that outlasts one listing's retries, a listing
+                # it cannot read or a secret rotated before the connection was updated is waited through (the
+                # watermark is unchanged, so nothing is missed), never its end.
+                pause = getattr(exc, "retry_after", None) or self.poll_interval
+                # refused credentials need someone to update the connection: an error, not a warning
+                level = logging.ERROR if isinstance(exc, AuthenticationError) else logging.WARNING
+                log.log(level, "%s; listing again in %.0f s", exc, pause)
+                await asyncio.sleep(pause)
+                continue
+            for ended, job in finished:
+                mark = self.watermark = mark.advanced(ended, str(job["id"]))
+                log.info("iTwin job %s ended %s at %s: firing", job["id"], job.get("state"), ended.isoformat())
+                yield TriggerEvent(self._payload(ended, job))
+                await self._save_watermark(key, mark)
+            await asyncio.sleep(self.poll_interval)
+
+    async def cleanup(self) -> None:
+        """Airflow calls this whenever the watcher stops (its DAG or asset gone, a triggerer shutdown): the
+        connection's shared session goes back (closed when no other trigger uses it)."""
+        hook, self._hook = self._hook, None
+        if hook is not None:
             await hook.aclose()
 
     @staticmethod

@@ -186,15 +186,21 @@ class JobProgressTrigger(BaseTrigger):
             with contextlib.suppress(Exception):  # giving a session back must never cost the event
                 await hook.aclose()
 
+    async def cleanup(self) -> None:
+        """Airflow calls this on every exit: after the event, on a triggerer shutdown, and after ``on_kill``
+        when a user kills the task. What the wait (or ``on_kill``) holds goes back here, so a killed wait's
+        cancel still goes out on the session, pool and token the wait held."""
+        await self._release_hooks()
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # Exactly one event, whatever happens: Airflow only says "exited without sending an event" otherwise.
         try:
-            try:
-                event = await self._wait()
-            except Exception as exc:  # the one place where anything unplanned becomes an event
-                event = self._error_event(exc)
-        finally:
-            await self._release_hooks()  # before the event: a trigger returns right after its last yield
+            event = await self._wait()
+        except Exception as exc:  # the one place where anything unplanned becomes an event
+            event = self._error_event(exc)
+        # The wait is over: give back what it held before the event too, since dag.test() runs a trigger only
+        # to its first event and calls no cleanup() (cancelled, it is cleanup() that gives it back).
+        await self._release_hooks()
         yield event
 
     async def _wait(self) -> TriggerEvent:
@@ -344,8 +350,6 @@ class JobProgressTrigger(BaseTrigger):
         except Exception as exc:  # on_kill must never raise into Airflow's cleanup
             job = printable(str(self.job_id))
             self.log.warning("job %s: cancel on kill failed: %s: %s", job, type(exc).__name__, exc)
-        finally:
-            await self._release_hooks()
 
     async def _cancel_if_running(self, seconds: float) -> None:
         hook = await self._hook()
