@@ -170,7 +170,7 @@ async def test_a_job_that_ended_before_the_deadline_is_no_timeout(
 ) -> None:
     """The deadline falls inside the poll interval (iTwin's is 120 s): the wait reads the job once more at the
     deadline, and a job that ended meanwhile ends as what it is, never as a timeout or with a cancel."""
-    emulator.set_next_scenario("olconnect", Scenario(steps=2, duration=1.0))
+    emulator.set_next_scenario("olconnect", Scenario(steps=10_000))  # ends only when told to
     job_id = submit("olconnect")
     now = time.time()
     trig = trigger(
@@ -178,10 +178,16 @@ async def test_a_job_that_ended_before_the_deadline_is_no_timeout(
         job_id,
         poll_policy=PollPolicy.fixed(60).to_dict(),
         first_poll_at=now + 0.2,  # one read while it runs, the next one due long after the deadline
-        deadline=now + 2.0,
+        deadline=now + 3.0,
         cancel_on_timeout=cancel_on_timeout,
     )
-    got = await events(trig)
+    waiting = asyncio.create_task(events(trig))
+    for _ in range(250):  # until the first read saw it running (bounded: 5 s)
+        if emulator.count("GET", f"/getProgress/{job_id}") >= 1:
+            break
+        await asyncio.sleep(0.02)
+    emulator.finish_jobs("olconnect", [job_id])  # it ends between the reads
+    got = await waiting
     assert [e.payload["status"] for e in got] == ["success"]
     assert emulator.count("GET", f"/getProgress/{job_id}") == 2, "one read while running, one at the deadline"
     assert emulator.count("POST", f"/cancel/{job_id}") == 0

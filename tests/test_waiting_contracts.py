@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -261,11 +262,26 @@ def test_fetch_operator_never_cancels() -> None:
 
 
 # -- the last look at the deadline, on a worker -------------------------------------------------------
+def finish_after_its_first_read(emulator: VendorEmulator, job_id: str) -> threading.Thread:
+    """End an OL Connect job as soon as the wait has read it once (running), from another thread."""
+
+    def finish() -> None:
+        deadline = time.monotonic() + 10
+        while emulator.job("olconnect", job_id).status_calls < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        emulator.finish_jobs("olconnect", [job_id])
+
+    thread = threading.Thread(target=finish, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_a_worker_wait_reads_once_more_at_the_deadline(emulator: VendorEmulator) -> None:
     """A submit operator waiting on the worker sleeps to a deadline inside its interval, then reads the job again:
     one that ended meanwhile is a success, not a timeout, and is not cancelled."""
-    emulator.set_next_scenario("olconnect", Scenario(steps=2, duration=1.0))
+    emulator.set_next_scenario("olconnect", Scenario(steps=10_000))  # ends only when told to
     job_id = OLConnectHook().submit({"datamining": {"identifier": "a.csv", "config": "dm"}})
+    finish_after_its_first_read(emulator, job_id)
     operator = OLConnectSubmitOperator(
         task_id="submit",
         configuration={},
@@ -274,17 +290,18 @@ def test_a_worker_wait_reads_once_more_at_the_deadline(emulator: VendorEmulator)
         poll_policy=60,
         cancel_on_timeout=True,
     )
-    progress = operator._wait_here(job_id, timeout=2.0)
+    progress = operator._wait_here(job_id, timeout=3.0)
     assert progress.state is JobState.SUCCEEDED
-    assert emulator.count("GET", f"/getProgress/{job_id}") == 2
+    assert emulator.count("GET", f"/getProgress/{job_id}") == 2, "one read while running, one at the deadline"
     assert emulator.count("POST", f"/cancel/{job_id}") == 0
 
 
 def test_a_poke_after_the_deadline_still_reads_the_job(emulator: VendorEmulator) -> None:
     """Airflow sleeps a whole poke interval, so a poke can come after the sensor's deadline: it reads the job
     before it calls the wait a timeout."""
-    emulator.set_next_scenario("olconnect", Scenario(steps=2, duration=1.0))
+    emulator.set_next_scenario("olconnect", Scenario(steps=10_000))  # ends only when told to
     job_id = OLConnectHook().submit({"datamining": {"identifier": "a.csv", "config": "dm"}})
+    finish_after_its_first_read(emulator, job_id)
     sensor = OLConnectOperationSensor(
         task_id="wait",
         job_id=job_id,
