@@ -115,10 +115,9 @@ def test_interrupted_download_leaves_nothing_and_the_retry_succeeds(
 def test_retry_after_submit_reattaches_instead_of_submitting_again(
     airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, capsys
 ) -> None:
-    from airflow import __version__ as airflow_version
-    from packaging.version import Version
+    from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 
-    if Version(airflow_version) < Version("3.3"):
+    if not AIRFLOW_V_3_3_PLUS:
         # Seen on 3.1.8: the new try starts with the earlier try's XComs cleared and there is no
         # task_state_store, so nothing remembers the job (common-compat's ResumableJobMixin says the same).
         pytest.skip("re-attaching on retry needs Airflow 3.3's task_state_store")

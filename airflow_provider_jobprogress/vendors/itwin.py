@@ -296,10 +296,12 @@ class ITwinApi(VendorApi):
         """Every job the filter selects, page after page."""
         jobs: list[dict[str, Any]] = []
         token: str | None = None
+        seen: set[str] = set()
         while True:
             page, token = yield from self.list_jobs_page(filter, top=top, continuation_token=token)
             jobs.extend(page)
-            if not token:
+            token = next_page_token(token, seen, None, what="list jobs")
+            if token is None:
                 return jobs
 
     def _job_filter(self, filter: str | None) -> str:
@@ -407,7 +409,8 @@ class ITwinApi(VendorApi):
 
     def _list_blobs(self, job_id: str, container: str, *, prefix: str = "") -> Flow[list[str]]:
         names: list[str] = []
-        marker = ""
+        marker: str | None = ""
+        seen: set[str] = set()
         while True:
             query = "restype=container&comp=list"
             if prefix:
@@ -418,6 +421,7 @@ class ITwinApi(VendorApi):
             response = yield from self.send(request, job_id, what="list output files")
             page, marker = parse_blob_list(response, job_id)
             names.extend(page)
+            marker = next_page_token(marker, seen, job_id, what="list output files")
             if not marker:
                 return names
 
@@ -533,6 +537,26 @@ def job_ended_at(job: Mapping[str, Any]) -> str | None:
 def job_state(job: Mapping[str, Any]) -> JobState | None:
     """A listed job's state in our words; None for a state this module does not know."""
     return STATES.get(str(job.get("state", "")).lower())
+
+
+def next_page_token(token: str | None, seen: set[str], job_id: str | None, *, what: str) -> str | None:
+    """The token of the next page to ask for (a continuation token, a blob marker), or None at the end.
+
+    A token handed out before would send the listing round for ever (holding every page it reads): that is a
+    ``VendorResponseError``, never a short listing passed off as whole, which would lose what the unread pages
+    hold. ``seen`` collects the tokens of one listing.
+    """
+    if not token:
+        return None
+    if token in seen:
+        raise VendorResponseError(
+            ITwinApi.vendor,
+            job_id,
+            f"{what}: the API handed out the same continuation token again after {len(seen) + 1} pages; "
+            "following it would never reach the end",
+        )
+    seen.add(token)
+    return token
 
 
 def _continuation_token(data: dict[str, Any]) -> str | None:
