@@ -170,7 +170,8 @@ async def test_a_later_wait_reuses_the_token_of_a_closed_session(emulator: Vendo
     assert emulator.count("POST", "/connect/token") - tokens_before == 1
 
 
-async def test_on_kill_gives_its_session_back(emulator: VendorEmulator) -> None:
+async def test_a_killed_wait_gives_its_session_back_in_cleanup(emulator: VendorEmulator) -> None:
+    """The triggerer on a user's kill: the wait is cancelled, on_kill cancels the job, cleanup() follows."""
     emulator.set_next_scenario("olconnect", Scenario(steps=100))
     [job_id] = submit("olconnect")
     trig = trigger("olconnect", job_id)
@@ -179,9 +180,26 @@ async def test_on_kill_gives_its_session_back(emulator: VendorEmulator) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert ASYNC_SESSIONS.sessions() == []
     await trig.on_kill()
     assert emulator.count("POST", f"/cancel/{job_id}") == 1
+    await trig.cleanup()
+    assert ASYNC_SESSIONS.sessions() == []
+    assert open_client_sessions() == []
+
+
+async def test_a_wait_stopped_by_a_triggerer_shutdown_gives_its_session_back_in_cleanup(
+    emulator: VendorEmulator,
+) -> None:
+    emulator.set_next_scenario("olconnect", Scenario(steps=100))
+    [job_id] = submit("olconnect")
+    trig = trigger("olconnect", job_id)
+    task = asyncio.create_task(statuses(trig))
+    assert await until(lambda: emulator.count("GET", f"/getProgress/{job_id}") >= 1)
+    task.cancel()  # a shutdown: no on_kill, and nothing is cancelled at the vendor
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await trig.cleanup()
+    assert emulator.count("POST", f"/cancel/{job_id}") == 0
     assert ASYNC_SESSIONS.sessions() == []
     assert open_client_sessions() == []
 
@@ -462,9 +480,17 @@ def test_emulator_secrets_rotate_over_http(emulator: VendorEmulator) -> None:
     assert json.loads(emulator.connections()["scriptx_default"])["password"] == "new-license"
     assert requests.post(control, json={"no_such_secret": "x"}, timeout=10).status_code == 400
     assert requests.post(control, json={"scriptx_license": ""}, timeout=10).status_code == 400
-    stats = requests.get(f"{emulator.url}/_emulator/stats", timeout=10).json()
-    assert stats["calls"] >= 0
-    assert stats["open_connections"] >= 0
+
+
+def test_emulator_stats_over_http_count_calls_and_open_connections(emulator: VendorEmulator) -> None:
+    import requests
+
+    with requests.Session() as http:  # one kept-alive connection for every call below
+        for _ in range(3):
+            assert http.get(f"{emulator.url}/_emulator/jobs/scriptx/nope/done", timeout=10).status_code == 404
+        stats = http.get(f"{emulator.url}/_emulator/stats", timeout=10).json()
+    assert stats == {"calls": 3, "open_connections": 1}, "three logged calls, on the one connection still open"
+    assert len(emulator.calls) == 3, "the stats call itself is not logged"
 
 
 def test_emulator_stops_while_a_client_holds_a_half_read_download(emulator: VendorEmulator) -> None:

@@ -11,19 +11,12 @@ import time
 from typing import Any
 
 import pytest
+from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 
 from airflow_provider_jobprogress.testing.emulators import Call, Scenario, VendorEmulator
 
 from . import deployment as harness
 from .deployment import Deployment, wait_for
-
-
-def harness_airflow_version() -> tuple[int, int]:
-    from airflow import __version__
-
-    major, minor = __version__.split(".")[:2]
-    return int(major), int(minor)
-
 
 # the harness's module-scoped fixtures, used by name below
 deployment = harness.deployment
@@ -110,7 +103,7 @@ def test_sensor_waits_in_the_triggerer_and_succeeds(deployment: Deployment, vend
 
 
 needs_3_3 = pytest.mark.skipif(
-    harness_airflow_version() < (3, 3), reason="templates rendered in the triggerer and trigger on_kill are Airflow 3.3"
+    not AIRFLOW_V_3_3_PLUS, reason="templates rendered in the triggerer and trigger on_kill are Airflow 3.3"
 )
 
 

@@ -956,3 +956,14 @@ def test_olconnect_xcom_result_of_several_spool_files_is_their_paths() -> None:
     parts, requests, _ = drive(olconnect().xcom_results("op1"), [text(200, "/out/a.pdf\n/out/b.pdf")])
     assert len(requests) == 1
     assert olconnect().result_value(parts[0].value or "") == ["/out/a.pdf", "/out/b.pdf"]
+
+
+def test_itwin_a_blob_listing_that_repeats_its_marker_is_refused() -> None:
+    """An output container whose listing hands out the same marker again would be listed for ever."""
+    details = {"job": {"id": "j1", "state": "success", "outputs": [{"type": "objects2D", "id": "rd-1"}]}}
+    read_access = {"type": "AzureBlobSasUrl", "_links": {"containerUrl": {"href": CONTAINER}}}
+    with pytest.raises(VendorResponseError, match=r"j1.*same continuation token"):
+        drive(
+            itwin().results("j1"),
+            [jresp(200, details), jresp(200, read_access), blob_list(["a"], "m2"), blob_list(["b"], "m2")],
+        )

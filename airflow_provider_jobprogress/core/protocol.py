@@ -2,7 +2,7 @@
 
 A *flow* is a generator that yields instructions (send this ``Request``, ``Sleep`` this long, give me
 a ``GetToken``) and receives their results; it returns a typed value. Vendor adapters write their
-endpoints as flows once; ``core.session`` runs the same flow with requests on workers and with httpx
+endpoints as flows once; ``core.session`` runs the same flow with requests on workers and with aiohttp
 in the triggerer. Nothing in this module touches a socket or a clock.
 """
 
@@ -253,7 +253,8 @@ class ConnectionFields:
         return value
 
     def tls_verify(self) -> bool | str:
-        """The TLS check as requests and httpx take it: True, False, or the path of a CA bundle.
+        """The TLS check as requests takes it (``core.session`` turns a bundle path into aiohttp's SSL context):
+        True, False, or the path of a CA bundle.
 
         The form saves ``verify`` as a switch (a JSON boolean) and the bundle in its own field, ``ca_bundle``;
         connections saved before keep ``verify`` as text, a bundle path included, and are read as they were.

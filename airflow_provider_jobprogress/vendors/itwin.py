@@ -336,18 +336,16 @@ class ITwinApi(VendorApi):
 
     def _listed(self, filter: str) -> Flow[tuple[dict[str, dict[str, Any]], bool]]:
         """The jobs a filter selects by id, at most ``LIST_PAGES`` pages of ``LIST_PAGE``; and whether that
-        was all of them (a continuation token seen twice ends the listing as incomplete)."""
+        was all of them (a continuation token handed out twice is a ``VendorResponseError``)."""
         jobs: dict[str, dict[str, Any]] = {}
         token: str | None = None
-        tokens: set[str] = set()
+        seen: set[str] = set()
         for _ in range(LIST_PAGES):
             page, token = yield from self.list_jobs_page(filter, top=LIST_PAGE, continuation_token=token)
             jobs.update({str(job["id"]): job for job in page if isinstance(job.get("id"), str) and job["id"]})
-            if not token:
+            token = next_page_token(token, seen, None, what="list jobs")
+            if token is None:
                 return jobs, True
-            if token in tokens:
-                return jobs, False
-            tokens.add(token)
         return jobs, False
 
     # -- listing -------------------------------------------------------------------------------
@@ -375,10 +373,12 @@ class ITwinApi(VendorApi):
         """Every job the filter selects, page after page."""
         jobs: list[dict[str, Any]] = []
         token: str | None = None
+        seen: set[str] = set()
         while True:
             page, token = yield from self.list_jobs_page(filter, top=top, continuation_token=token)
             jobs.extend(page)
-            if not token:
+            token = next_page_token(token, seen, None, what="list jobs")
+            if token is None:
                 return jobs
 
     def _job_filter(self, filter: str | None) -> str:
@@ -485,7 +485,8 @@ class ITwinApi(VendorApi):
 
     def _list_blobs(self, job_id: str, container: str, *, prefix: str = "") -> Flow[list[str]]:
         names: list[str] = []
-        marker = ""
+        marker: str | None = ""
+        seen: set[str] = set()
         while True:
             query = "restype=container&comp=list"
             if prefix:
@@ -496,6 +497,7 @@ class ITwinApi(VendorApi):
             response = yield from self.send(request, job_id, what="list output files")
             page, marker = parse_blob_list(response, job_id)
             names.extend(page)
+            marker = next_page_token(marker, seen, job_id, what="list output files")
             if not marker:
                 return names
 
@@ -621,6 +623,26 @@ def _quoted(value: str) -> str:
 def _literal(job_id: str) -> str:
     """A job id in ``$filter``: bare when it is a GUID, as Bentley's examples write ``id eq <guid>``."""
     return job_id if _GUID.fullmatch(job_id) else _quoted(job_id)
+
+
+def next_page_token(token: str | None, seen: set[str], job_id: str | None, *, what: str) -> str | None:
+    """The token of the next page to ask for (a continuation token, a blob marker), or None at the end.
+
+    A token handed out before would send the listing round for ever (holding every page it reads): that is a
+    ``VendorResponseError``, never a short listing passed off as whole, which would lose what the unread pages
+    hold. ``seen`` collects the tokens of one listing.
+    """
+    if not token:
+        return None
+    if token in seen:
+        raise VendorResponseError(
+            ITwinApi.vendor,
+            job_id,
+            f"{what}: the API handed out the same continuation token again after {len(seen) + 1} pages; "
+            "following it would never reach the end",
+        )
+    seen.add(token)
+    return token
 
 
 def _continuation_token(data: dict[str, Any]) -> str | None:

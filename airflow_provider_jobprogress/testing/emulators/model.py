@@ -74,6 +74,8 @@ class Scenario:
     job_id: str | None = None
     #: each result file can be downloaded whole once, then answers 404 (ScriptX always behaves so)
     download_once: bool = False
+    #: iTwin: what the job's ``endedDateTime`` says once it ended, instead of the time (a hostile answer)
+    ended_text: str | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -106,6 +108,8 @@ class Scenario:
             raise ScenarioError(f"scenario job_id must be a non-empty string or null, got {self.job_id!r}")
         if not isinstance(self.download_once, bool):
             raise ScenarioError(f"scenario download_once must be true or false, got {self.download_once!r}")
+        if self.ended_text is not None and not isinstance(self.ended_text, str):
+            raise ScenarioError(f"scenario ended_text must be a string or null, got {self.ended_text!r}")
 
     def name(self, index: int, default: str) -> str:
         """The vendor's name for result file ``index``: the scenario's, else ``default``."""
@@ -145,7 +149,9 @@ class Faults:
     - ``burst_every`` / ``burst_seconds``: a burst of 429s with ``Retry-After: retry_after`` starts every
       ``burst_every`` seconds and lasts ``burst_seconds``; every call in it is refused;
     - ``outage_at`` / ``outage_seconds``: a total outage from ``outage_at`` seconds on, for ``outage_seconds``:
-      every connection is reset, the token endpoints' included.
+      every connection is reset, the token endpoints' included;
+    - ``repeat_page_token``: iTwin's job listing answers a page asked for with a continuation token with that
+      same token as the next one (a paging bug: a client that follows it never reaches the end).
     """
 
     error_rate: float = 0.0
@@ -156,8 +162,11 @@ class Faults:
     outage_at: float | None = None
     outage_seconds: float = 0.0
     seed: int | None = None
+    repeat_page_token: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.repeat_page_token, bool):
+            raise ScenarioError(f"fault 'repeat_page_token' must be true or false, got {self.repeat_page_token!r}")
         for name in ("error_rate", "reset_rate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
