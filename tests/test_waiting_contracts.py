@@ -307,8 +307,8 @@ def test_a_poke_after_the_deadline_still_reads_the_job(emulator: VendorEmulator)
         job_id=job_id,
         deferrable=False,
         mode="poke",
-        poll_policy=1.5,
-        timeout=0.5,
+        poll_policy=4.0,
+        timeout=2.0,  # the first poke's read (a login, then the progress) ends before it on a loaded machine
         cancel_on_timeout=True,
     )
     final = sensor.execute({})

@@ -24,7 +24,12 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from airflow_provider_jobprogress.core.budget import BudgetShort, RequestBudget
-from airflow_provider_jobprogress.core.errors import DeadlineExceededError, JobProgressError, VendorUnavailableError
+from airflow_provider_jobprogress.core.errors import (
+    DeadlineExceededError,
+    JobProgressError,
+    RateLimitedError,
+    VendorUnavailableError,
+)
 from airflow_provider_jobprogress.core.policies import parse_retry_after
 from airflow_provider_jobprogress.core.protocol import (
     Flow,
@@ -101,6 +106,12 @@ class SyncSession:
             elif isinstance(step, GetToken):
                 reply = self._get_token(step.stale)
             else:
+                if self.budget is not None and step.authenticated:
+                    paused = self.budget.paused_for()
+                    if deadline is not None and now() + paused > deadline:
+                        flow.close()
+                        raise self._deadline_error(job_id, f"the connection is paused {paused:.0f} s after a 429")
+                    long_pause(self.budget, self.api, paused, job_id)
                 try:
                     reply = self._send(step, self._timeout_until(deadline, job_id))
                 except TransportError as exc:
@@ -239,6 +250,18 @@ class StreamedResponse:
 
 #: the longest pause one 429 puts on a connection, whatever its Retry-After says
 MAX_RATE_LIMIT_PAUSE = 900.0
+
+
+def long_pause(budget: RequestBudget, api: VendorApi, paused: float, job_id: str | None) -> None:
+    """A call meeting a pause longer than one call holds on (``max_retry_after``) is not made to wait in it: a
+    ``RateLimitedError`` hands the wait back to the caller (a trigger sleeps it without holding a request)."""
+    if paused > api.request_retry.max_retry_after:
+        raise RateLimitedError(
+            api.vendor,
+            job_id,
+            f"connection {budget.name!r} is paused {paused:.0f} s more after the vendor answered 429",
+            retry_after=paused,
+        )
 
 
 def spend(budget: RequestBudget, api: VendorApi, status: int, headers: Any) -> None:
@@ -407,7 +430,7 @@ class AsyncSession:
                     reply = await self._send(step, optional=optional)
                 except TransportError as exc:
                     error = exc
-                except BudgetShort:
+                except (BudgetShort, RateLimitedError):
                     flow.close()
                     raise
 
@@ -453,6 +476,7 @@ class AsyncSession:
     async def _send(self, request: Request, *, optional: bool = False) -> Response:
         budget = self.budget if request.authenticated else None  # logins and pre-signed URLs are not API calls
         if budget is not None:
+            long_pause(budget, self.api, budget.paused_for(), None)
             if not optional:
                 await budget.aacquire()
             elif not budget.try_take():
