@@ -15,7 +15,7 @@ CONSTRAINTS ?= constraints/airflow-$(AIRFLOW_VERSION)-py$(PYTHON_MINOR).txt
 UV_VERSION ?= 0.13.9
 UV := $(PYTHON) -m uv
 # The extras the test virtualenvs (and so the constraints files) hold.
-export EXTRAS := test,s3
+export EXTRAS := test,s3,topology
 # Azurite (Azure Storage's API server, npm) serves iTwin outputs in the tests, installed from
 # constraints/azurite/package-lock.json (3.35, the last on Node.js < 21).
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
