@@ -89,6 +89,8 @@ class Outcome:
     moved: dict[tuple[str, str, str, int], int] = field(default_factory=dict)
     worker_kills: list[tuple[str, str, float]] = field(default_factory=list)  # (what, worker, when)
     submit_cut_job: str | None = None
+    #: every submit task's XCom job_id at the end
+    job_ids: dict[tuple[str, str, str, int], Any] = field(default_factory=dict)
     fetch_cut_job: str | None = None
     user_killed: dict[tuple[str, str, str, int], str] = field(default_factory=dict)  # TI -> job id
     cleared: dict[tuple[str, str], str] = field(default_factory=dict)  # (dag, run) -> job id before the Clear
@@ -188,6 +190,16 @@ def trigger_everything(topo: Topology, out: Outcome, rng: random.Random) -> tupl
     emu.set_default_scenario("scriptx", Scenario(duration=sum(plan.job_seconds) / 2, result_size=64 * 1024))
     s3_results = f"s3://{S3_CONN}@{topo.bucket}/results"
     local_results = f"file://{topo.local_results}"
+    # The waits a user kills, first so that they are deferred early: long jobs (surely running when killed), split
+    # between the vendors that can cancel.
+    long_job = Scenario(duration=1800.0).to_dict()
+    kills = {
+        "olconnect": [long_job] * ((plan.user_kills + 1) // 2),
+        "scriptx": [],
+        "itwin": [long_job] * (plan.user_kills // 2),
+    }
+    kill_run = dep.trigger_run(MAPPED, {"results": local_results, "jobs": kills})
+    out.runs[(MAPPED, kill_run)] = "failed"
     # the examples' jobs take the emulators' default scenario (their submit bodies are the examples' own)
     for vendor in ("olconnect", "itwin"):
         emu.set_default_scenario(vendor, Scenario(duration=sum(plan.job_seconds) / 2, result_size=64 * 1024))
@@ -218,15 +230,6 @@ def trigger_everything(topo: Topology, out: Outcome, rng: random.Random) -> tupl
         out.runs[(MAPPED, run)] = "success"
         if n == 0:
             cut_run = run
-    # The waits a user kills: long jobs (they are surely running then), split between the cancellable vendors.
-    long_job = Scenario(duration=1800.0).to_dict()
-    kills = {
-        "olconnect": [long_job] * ((plan.user_kills + 1) // 2),
-        "scriptx": [],
-        "itwin": [long_job] * (plan.user_kills // 2),
-    }
-    kill_run = dep.trigger_run(MAPPED, {"results": local_results, "jobs": kills})
-    out.runs[(MAPPED, kill_run)] = "failed"
     out.note(f"triggered {len(out.runs)} runs, {plan.jobs} jobs")
     return cut_run, kill_run
 
@@ -266,8 +269,10 @@ def run(topo: Topology, plan: Plan) -> Outcome:
                 out.submit_cut_job = held[0].job_id
                 done.add("submit")
         # 2. a triggerer dies while it holds waits (the user-kill run's among them)
-        kill_tis = [k for k in tis if k[:2] == (MAPPED, kill_run) and k[2].endswith("_submit")]
-        if "triggerer" not in done and len(deferred) >= 10 and kill_tis and all(k in deferred for k in kill_tis):
+        kill_tis = [k for k in tis if k[:2] == (MAPPED, kill_run) and k[2].endswith("_submit") and k[3] >= 0]
+        # (the user-kill run's waits among them, so that their on_kill runs on the surviving one)
+        enough = len(deferred) >= len(kill_tis) + 3
+        if "triggerer" not in done and enough and kill_tis and all(k in deferred for k in kill_tis):
             assignment = dict(query(topo, "SELECT id, triggerer_id FROM trigger"))
             victim = topo.triggerers[0]
             topo.kill(victim)
@@ -308,11 +313,9 @@ def run(topo: Topology, plan: Plan) -> Outcome:
         # 6. a user Clears finished submit tasks: each must submit a new job
         if "clear" not in done:
             states = run_states(topo)
-            finished = [
-                key
-                for key in out.runs
-                if key[0] in EXAMPLES and states.get(key) == "success" and key not in out.cleared
-            ]
+            # OL Connect runs: a Clear that re-attached (today's code) would still end well there, so only the Clear
+            # check tells; a ScriptX PDF is served once, and the re-attached fetch would fail for want of it
+            finished = [key for key in out.runs if key[0] == "example_olconnect_print" and states.get(key) == "success"]
             if len(finished) >= plan.clears:
                 returned = xcoms(topo)
                 for dag_id, run_id in finished[: plan.clears]:
@@ -390,6 +393,7 @@ def settle_watcher(topo: Topology, out: Outcome) -> None:
 def check_all(topo: Topology, out: Outcome) -> None:
     tis, returned, states = task_instances(topo), xcoms(topo), run_states(topo)
     jobs, calls = emulator_jobs(topo), topo.emulator.calls
+    out.job_ids = xcoms(topo, "job_id")
     now = time.monotonic()
     for check in (
         check_runs(out, states, tis, returned, jobs, now),
@@ -409,10 +413,10 @@ def waiting_tasks(tis: dict[TI, dict[str, Any]]) -> dict[TI, str]:
     """Every task that waited on a job, and the task whose XCom names that job."""
     waits = {}
     for ti in tis:
-        dag, _, task, _ = ti
+        dag, _, task, index = ti
         if dag in EXAMPLES and task == EXAMPLES[dag][2]:
             waits[ti] = EXAMPLES[dag][1]
-        elif dag == MAPPED and task.endswith("_submit"):
+        elif dag == MAPPED and task.endswith("_submit") and index >= 0:  # -1: an empty expansion, skipped
             waits[ti] = task
     return waits
 
@@ -447,7 +451,8 @@ def check_submits(out: Outcome, returned: dict[TI, Any], jobs: dict[str, Any], c
         for (dag, _, task, _), v in returned.items()
         if (dag in EXAMPLES and task == EXAMPLES[dag][1]) or (dag == MAPPED and task.endswith("_submit"))
     }
-    owned |= set(out.cleared.values())
+    # a submit pushes its job id (XCom job_id) before it waits: a wait still running owns its job too
+    owned |= {str(v) for v in out.job_ids.values()} | set(out.cleared.values())
     orphans = set(submitted) - owned
     twice = [j for j, n in submitted.items() if n > 1]
     expected_orphans = {out.submit_cut_job} if out.submit_cut_job else set()
