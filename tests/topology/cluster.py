@@ -194,6 +194,8 @@ class Topology:
         self.aws_secret = f"aws-secret-{secrets.token_hex(8)}"
         self.emulator = VendorEmulator(secrets=self.secrets, retention=7200.0)
         self.deployment: Deployment | None = None
+        #: triggerer name -> its TriggererJob id (the trigger table's triggerer_id)
+        self.triggerer_jobs: dict[str, int] = {}
         self.pg_port = self.redis_port = self.s3_port = 0
         self.bucket = "jobprogress-results"
         self.local_results = self.home / "results"
@@ -252,13 +254,30 @@ class Topology:
         for component in ("api-server", "scheduler", "dag-processor"):
             dep.start(component)
         for name in self.triggerers:
+            # one after the other: each one's TriggererJob row tells which process holds which triggers
+            known = self._triggerer_job_ids()
             dep.start("triggerer", name=name)
+
+            def registered(known: set[int] = known) -> int | None:
+                new = self._triggerer_job_ids() - known
+                return new.pop() if new else None
+
+            self.triggerer_jobs[name] = int(wait_for(f"{name} to register", registered, 180))
         for name in self.workers:
             self.start_worker(name)
         dep.wait_ready([], timeout=240)
         for name in self.workers:
             self.wait_worker_ready(name)
         return self
+
+    def _triggerer_job_ids(self) -> set[int]:
+        conn = self.db()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT id FROM job WHERE job_type = 'TriggererJob'")
+                return {row[0] for row in cur.fetchall()}
+        finally:
+            conn.close()
 
     def start_worker(self, name: str) -> None:
         self.dep.start(
@@ -417,7 +436,16 @@ class Topology:
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.concurrency),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(TOPOLOGY_DAGS),
                 "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": BUNDLES,
-                "AIRFLOW__CORE__PARALLELISM": str(2 * self.concurrency * len(self.workers)),
+                # no more task instances queued than the workers have slots: what waits in the broker is then only
+                # what a worker reserved, and a reserved message of a SIGKILLed worker comes back only after the
+                # broker's visibility timeout (a day): [scheduler] task_queued_timeout retries its task instead
+                "AIRFLOW__CORE__PARALLELISM": str(self.concurrency * len(self.workers)),
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
+                # Airflow's default, not the deployment tests' 10 s: a triggerer late by more than this loses its
+                # triggers while it runs, and Airflow 3.3.2 then runs their on_kill (apache/airflow#73454), which
+                # cancels the jobs of waits that own them; a loaded 2-core machine is late by 10 s at times
+                "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "30",
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "15",
                 "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "256",
                 "AIRFLOW__CORE__MAX_ACTIVE_RUNS_PER_DAG": "256",
                 # a task whose worker died is failed after this long without a heartbeat, then retried

@@ -268,25 +268,23 @@ def run(topo: Topology, plan: Plan) -> Outcome:
             if held and kill_worker_running(topo, out, (MAPPED, cut_run, "olconnect_submit", 0), "mid-submit"):
                 out.submit_cut_job = held[0].job_id
                 done.add("submit")
-        # 2. a triggerer dies while it holds waits (the user-kill run's among them)
         kill_tis = [k for k in tis if k[:2] == (MAPPED, kill_run) and k[2].endswith("_submit") and k[3] >= 0]
-        # (the user-kill run's waits among them, so that their on_kill runs on the surviving one)
-        enough = len(deferred) >= len(kill_tis) + 3
-        if "triggerer" not in done and enough and kill_tis and all(k in deferred for k in kill_tis):
-            assignment = dict(query(topo, "SELECT id, triggerer_id FROM trigger"))
-            victim = topo.triggerers[0]
-            topo.kill(victim)
-            out.note(f"SIGKILL {victim} with {len(deferred)} waits deferred")
-            time.sleep(8)
-            sql = (
-                "SELECT id FROM job WHERE job_type = 'TriggererJob' AND state = 'running' "
-                "AND latest_heartbeat < now() - interval '6 seconds'"
-            )
-            dead = [r[0] for r in query(topo, sql)]
-            held_ids = {t for t, owner in assignment.items() if owner in dead}
-            out.moved = {ti: info["try_number"] for ti, info in tis.items() if info["trigger_id"] in held_ids}
-            out.note(f"{len(out.moved)} waits were on {victim} (triggerer job {dead})")
-            done.add("triggerer")
+        # 2. a triggerer dies while it holds waits, the user-kill run's among them (their on_kill must then run on
+        #    the surviving one)
+        if "triggerer" not in done and kill_tis and all(k in deferred for k in kill_tis):
+            assignment: dict[int, int | None] = dict(query(topo, "SELECT id, triggerer_id FROM trigger"))
+            owners = Counter(assignment.get(tis[k]["trigger_id"]) for k in kill_tis)
+            owner, _ = owners.most_common(1)[0]
+            names = {job: name for name, job in topo.triggerer_jobs.items()}
+            on_owner = {t for t, o in assignment.items() if o == owner}
+            if owner in names and len(on_owner) >= len(kill_tis) + 3:
+                victim = names[owner]
+                topo.kill(victim)
+                out.moved = {ti: info["try_number"] for ti, info in tis.items() if info["trigger_id"] in held}
+                out.note(
+                    f"SIGKILL {victim} holding {len(held)} triggers ({len(out.moved)} waits, {len(deferred)} deferred)"
+                )
+                done.add("triggerer")
         # 3. the fetch that dies halfway through its download
         if "fetch" not in done:
             stalled = [j for j in jobs.values() if j.scenario.download_stall > 0 and j.downloads_started > 0]
