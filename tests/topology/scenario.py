@@ -429,7 +429,7 @@ def check_runs(out: Outcome, states: dict[Any, str], tis: Any, returned: Any, jo
     for ti, submit in waiting_tasks(tis).items():
         if ti[:2] not in {k for k in out.runs}:
             continue
-        job_id = returned.get((*ti[:2], submit, ti[3]))
+        job_id = returned.get((*ti[:2], submit, ti[3])) or out.job_ids.get((*ti[:2], submit, ti[3]))
         job = jobs.get(str(job_id)) if job_id else None
         truth = job.state(now) if job is not None else "no job"
         want = {"succeeded": "success", "cancelled": "failed", "failed": "failed"}.get(truth, "?")
