@@ -89,6 +89,8 @@ class Outcome:
     moved: dict[tuple[str, str, str, int], int] = field(default_factory=dict)
     worker_kills: list[tuple[str, str, float]] = field(default_factory=list)  # (what, worker, when)
     submit_cut_job: str | None = None
+    #: the TriggererJob id of the triggerer killed
+    dead_triggerer: int | None = None
     #: every submit task's XCom job_id at the end
     job_ids: dict[tuple[str, str, str, int], Any] = field(default_factory=dict)
     fetch_cut_job: str | None = None
@@ -248,6 +250,14 @@ def kill_worker_running(topo: Topology, out: Outcome, ti: TI, what: str) -> bool
     return True
 
 
+def moved_over(topo: Topology, out: Outcome, tis: dict[TI, dict[str, Any]], waits: list[TI]) -> bool:
+    """Whether every one of ``waits`` has its trigger on a live triggerer (the killed one's are taken over once its
+    heartbeat is older than [triggerer] triggerer_health_check_threshold)."""
+    assignment = dict(query(topo, "SELECT id, triggerer_id FROM trigger"))
+    owners = {assignment.get(tis[ti]["trigger_id"]) for ti in waits}
+    return None not in owners and out.dead_triggerer not in owners
+
+
 def run(topo: Topology, plan: Plan) -> Outcome:
     out = Outcome(plan)
     dep = topo.dep
@@ -280,10 +290,10 @@ def run(topo: Topology, plan: Plan) -> Outcome:
             if owner in names and len(on_owner) >= len(kill_tis) + 3:
                 victim = names[owner]
                 topo.kill(victim)
-                out.moved = {ti: info["try_number"] for ti, info in tis.items() if info["trigger_id"] in held}
-                out.note(
-                    f"SIGKILL {victim} holding {len(held)} triggers ({len(out.moved)} waits, {len(deferred)} deferred)"
-                )
+                out.moved = {ti: info["try_number"] for ti, info in tis.items() if info["trigger_id"] in on_owner}
+                waits = f"{len(out.moved)} waits, {len(deferred)} deferred"
+                out.note(f"SIGKILL {victim} holding {len(on_owner)} triggers ({waits})")
+                out.dead_triggerer = owner
                 done.add("triggerer")
         # 3. the fetch that dies halfway through its download
         if "fetch" not in done:
@@ -297,7 +307,13 @@ def run(topo: Topology, plan: Plan) -> Outcome:
             out.note("scheduler restarted")
             done.add("scheduler")
         # 5. a user kills the waits of the long jobs, once they are on the surviving triggerer
-        if "kill" not in done and "triggerer" in done and all(k in deferred for k in kill_tis):
+        # (a kill while the dead triggerer still holds the trigger would reach no on_kill at all: see the README)
+        if (
+            "kill" not in done
+            and "triggerer" in done
+            and all(k in deferred for k in kill_tis)
+            and moved_over(topo, out, tis, kill_tis)
+        ):
             time.sleep(3)  # the surviving triggerer has them running
             job_ids = xcoms(topo, "job_id")
             for ti in kill_tis:
