@@ -37,7 +37,7 @@ VENDORS = ("olconnect", "scriptx", "itwin")
 TERMINAL = {"success", "failed"}
 #: the triggerer running an asset watcher (its trigger is linked to an asset, not to a task instance)
 WATCHER_TRIGGERER_SQL = (
-    "SELECT t.triggerer_id FROM trigger t JOIN asset_trigger a ON a.trigger_id = t.id WHERE t.triggerer_id IS NOT NULL"
+    "SELECT t.triggerer_id FROM trigger t JOIN asset_watcher a ON a.trigger_id = t.id WHERE t.triggerer_id IS NOT NULL"
 )
 
 
