@@ -445,6 +445,9 @@ class Topology:
                 # triggers while it runs, and Airflow 3.3.2 then runs their on_kill (apache/airflow#73454), which
                 # cancels the jobs of waits that own them; a loaded 2-core machine is late by 10 s at times
                 "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "30",
+                # Airflow's advice for HA: well below capacity, so that both triggerers hold waits (with the default
+                # 50 the first to look takes every wait of a small burst)
+                "AIRFLOW__TRIGGERER__MAX_TRIGGER_TO_SELECT_PER_LOOP": "4",
                 "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "15",
                 "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "256",
                 "AIRFLOW__CORE__MAX_ACTIVE_RUNS_PER_DAG": "256",

@@ -272,6 +272,23 @@ def kill_worker_running(topo: Topology, out: Outcome, ti: TI, what: str) -> bool
     return True
 
 
+def pick_triggerer(topo: Topology, plan: Plan, least: int = 2) -> int | None:
+    """The TriggererJob to kill: the one holding the most waits (at least ``least``), or, when the plan spares the
+    asset watcher, the one not running it."""
+    waits = dict(
+        query(
+            topo,
+            "SELECT t.triggerer_id, count(*) FROM trigger t JOIN task_instance ti ON ti.trigger_id = t.id "
+            "WHERE t.triggerer_id IS NOT NULL GROUP BY t.triggerer_id",
+        )
+    )
+    candidates = set(topo.triggerer_jobs.values())
+    if not plan.kill_watcher_triggerer:
+        candidates -= {o for (o,) in query(topo, WATCHER_TRIGGERER_SQL)}
+    ranked = sorted(candidates, key=lambda job: waits.get(job, 0), reverse=True)
+    return ranked[0] if ranked and waits.get(ranked[0], 0) >= least else None
+
+
 def moved_over(topo: Topology, out: Outcome, tis: dict[TI, dict[str, Any]], waits: list[TI]) -> bool:
     """Whether every one of ``waits`` has its trigger on a live triggerer (the killed one's are taken over once its
     heartbeat is older than [triggerer] triggerer_health_check_threshold)."""
@@ -301,24 +318,19 @@ def run(topo: Topology, plan: Plan) -> Outcome:
                 out.submit_cut_job = held[0].job_id
                 done.add("submit")
         kill_tis = [k for k in tis if k[:2] == (MAPPED, kill_run) and k[2].endswith("_submit") and k[3] >= 0]
-        # 2. a triggerer dies while it holds waits, the user-kill run's among them (their on_kill must then run on
-        #    the surviving one)
+        # 2. a triggerer dies while it holds waits (the user-kill run's are deferred by then, so that their kill comes
+        #    after it; a kill while the dead triggerer still holds them would reach no on_kill at all)
         if "triggerer" not in done and kill_tis and all(k in deferred for k in kill_tis):
-            assignment: dict[int, int | None] = dict(query(topo, "SELECT id, triggerer_id FROM trigger"))
-            owners = Counter(assignment.get(tis[k]["trigger_id"]) for k in kill_tis)
-            owner, _ = owners.most_common(1)[0]
-            if not plan.kill_watcher_triggerer:
-                watcher_on = {o for (o,) in query(topo, WATCHER_TRIGGERER_SQL)}
-                owner = None if owner in watcher_on else owner
-            names = {job: name for name, job in topo.triggerer_jobs.items()}
-            on_owner = {t for t, o in assignment.items() if o == owner}
-            if owner in names and len(on_owner) >= len(kill_tis) + 3:
-                victim = names[owner]
+            # two waits at least to move; later one will do (the short form's waits may all have ended by then)
+            victim_job = pick_triggerer(topo, plan, least=2 if time.monotonic() - out.started < 240 else 1)
+            if victim_job is not None:
+                victim = {job: name for name, job in topo.triggerer_jobs.items()}[victim_job]
+                on_victim = {t for (t,) in query(topo, "SELECT id FROM trigger WHERE triggerer_id = %s", victim_job)}
                 topo.kill(victim)
-                out.moved = {ti: info["try_number"] for ti, info in tis.items() if info["trigger_id"] in on_owner}
+                out.dead_triggerer = victim_job
+                out.moved = {ti: info["try_number"] for ti, info in tis.items() if info["trigger_id"] in on_victim}
                 waits = f"{len(out.moved)} waits, {len(deferred)} deferred"
-                out.note(f"SIGKILL {victim} holding {len(on_owner)} triggers ({waits})")
-                out.dead_triggerer = owner
+                out.note(f"SIGKILL {victim} holding {len(on_victim)} triggers ({waits})")
                 done.add("triggerer")
         # 3. the fetch that dies halfway through its download
         if "fetch" not in done:
