@@ -8,6 +8,7 @@ per check). The full 300-job scenario is ``make topology``; the harness is in ``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -50,13 +51,18 @@ CLEAR_PENDING = pytest.mark.xfail(
 @pytest.fixture(scope="module")
 def outcome() -> Iterator[Outcome]:
     topo = Topology()
+    keep = False
     try:
         with topo:
             result = run(topo, Plan.short())
         print(report(result))
+        keep = not result.passed or bool(os.environ.get("JOBPROGRESS_KEEP_TOPOLOGY"))
         yield result
     finally:
-        topo.remove()
+        if keep:  # a failed check's evidence: every component's log, the task and trigger logs, the database
+            print(f"topology home kept for a look: {topo.home}")
+        else:
+            topo.remove()
 
 
 def check(outcome: Outcome, name: str) -> Check:
