@@ -49,17 +49,18 @@ CLEAR_PENDING = pytest.mark.xfail(
 
 
 @pytest.fixture(scope="module")
-def outcome() -> Iterator[Outcome]:
+def outcome(request: pytest.FixtureRequest) -> Iterator[Outcome]:
     topo = Topology()
-    keep = False
+    failed_before = request.session.testsfailed
     try:
         with topo:
             result = run(topo, Plan.short())
         print(report(result))
-        keep = not result.passed or bool(os.environ.get("JOBPROGRESS_KEEP_TOPOLOGY"))
         yield result
     finally:
-        if keep:  # a failed check's evidence: every component's log, the task and trigger logs, the database
+        # a failed check's evidence (every component's log, the task and trigger logs, the database) stays
+        keep = request.session.testsfailed > failed_before or bool(os.environ.get("JOBPROGRESS_KEEP_TOPOLOGY"))
+        if keep:
             print(f"topology home kept for a look: {topo.home}")
         else:
             topo.remove()
