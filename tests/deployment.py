@@ -98,9 +98,7 @@ class Deployment:
         self.client = httpx.Client(base_url=f"{self.base_url}/api/v2", timeout=30)
 
     # -- processes ---------------------------------------------------------------------------------
-    def start(
-        self, component: str, name: str | None = None, extra_args: Sequence[str] = ()
-    ) -> subprocess.Popen[bytes]:
+    def start(self, component: str, name: str | None = None, extra_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         """Start ``airflow <component>`` (``"celery worker"`` too); ``name`` (default: the component) tells two of
         a kind apart, and a later ``start(name)`` starts that one again with the same arguments."""
         if name is None and component in self._argv:
