@@ -1120,6 +1120,8 @@ def test_quota_values_are_checked() -> None:
             Quota.parse(bad)
     with pytest.raises(ValueError, match="vendor"):
         VendorEmulator(quotas={"bentley": Quota(1, 1)})
+
+
 # -- windows for a crash: a held submit answer, a download that stops halfway ---------------------------
 
 
