@@ -12,23 +12,16 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 
 from tests.topology.cluster import Topology
 from tests.topology.scenario import Check, Outcome, Plan, report, run
-
-
-def airflow_version() -> tuple[int, int]:
-    from airflow import __version__
-
-    major, minor = __version__.split(".")[:2]
-    return int(major), int(minor)
-
 
 pytestmark = [
     pytest.mark.topology,
     # a user's kill reaches the remote job through trigger on_kill (3.3), retries re-attach through 3.3's
     # task_state_store: below 3.3 the promises checked here do not exist, so the topology runs on 3.3 only
-    pytest.mark.skipif(airflow_version() < (3, 3), reason="the topology checks Airflow 3.3's promises"),
+    pytest.mark.skipif(not AIRFLOW_V_3_3_PLUS, reason="the topology checks Airflow 3.3's promises"),
 ]
 
 CHECKS = (
@@ -40,11 +33,6 @@ CHECKS = (
     "the asset watcher fires once per finished job",
     "no partial or duplicate result object",
     "no secret in any component's log",
-)
-CLEAR_PENDING = pytest.mark.xfail(
-    strict=True,
-    reason="Clear semantics are being changed: today a Clear of a submit task re-attaches to the job its first try "
-    "kept in task_state_store instead of submitting anew (remove this mark when that change lands)",
 )
 
 
@@ -71,11 +59,7 @@ def check(outcome: Outcome, name: str) -> Check:
     return found
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=CLEAR_PENDING) if "Clear" in n else n for n in CHECKS],
-    ids=lambda n: n.replace(" ", "_"),
-)
+@pytest.mark.parametrize("name", CHECKS, ids=lambda n: n.replace(" ", "_"))
 def test_topology(outcome: Outcome, name: str) -> None:
     result = check(outcome, name)
     assert result.ok, result.detail
