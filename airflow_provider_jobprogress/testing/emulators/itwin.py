@@ -543,7 +543,7 @@ def _v2_create(request: Request, state: EmulatorState, api: str) -> Reply:
     now = time.monotonic()
     job.submit(now)
     state.add_job(job)
-    return Reply.json(201, {"job": _v2_view(job, now)}).for_job(job.job_id)
+    return Reply.json(201, {"job": _v2_view(job, now)}).for_job(job.job_id).submitted(scenario)
 
 
 def _v2_poll(state: EmulatorState, api: str, job_id: str, details: bool) -> Reply:

@@ -76,6 +76,12 @@ class Scenario:
     download_once: bool = False
     #: iTwin: what the job's ``endedDateTime`` says once it ended, instead of the time (a hostile answer)
     ended_text: str | None = None
+    #: seconds the submit's answer is held after the job was created (and the call logged): a slow vendor, and
+    #: the window in which a worker dies with the job started but its id not yet known
+    submit_delay: float = 0.0
+    #: seconds a download stops halfway through the file (after the first half was sent): the window in which a
+    #: worker dies in the middle of a fetch
+    download_stall: float = 0.0
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -110,6 +116,11 @@ class Scenario:
             raise ScenarioError(f"scenario download_once must be true or false, got {self.download_once!r}")
         if self.ended_text is not None and not isinstance(self.ended_text, str):
             raise ScenarioError(f"scenario ended_text must be a string or null, got {self.ended_text!r}")
+        for name in ("submit_delay", "download_stall"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ScenarioError(f"scenario {name} must be a number of seconds >= 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
 
     def name(self, index: int, default: str) -> str:
         """The vendor's name for result file ``index``: the scenario's, else ``default``."""
@@ -551,6 +562,10 @@ class Reply:
     drop_after: int | None = None
     job_id: str | None = None
     on_sent: SentCallback | None = None
+    #: seconds to hold the answer back (after the call was logged): a scenario's submit_delay
+    delay: float = 0.0
+    #: seconds a stream stops halfway (after half of ``length`` was written): a scenario's download_stall
+    stall: float = 0.0
 
     @classmethod
     def text(cls, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Reply:
@@ -566,6 +581,11 @@ class Reply:
 
     def for_job(self, job_id: str | None) -> Reply:
         self.job_id = job_id
+        return self
+
+    def submitted(self, scenario: Scenario) -> Reply:
+        """The answer to a call that started a job: held back by the scenario's ``submit_delay``."""
+        self.delay = scenario.submit_delay
         return self
 
 
@@ -831,6 +851,7 @@ class EmulatorState:
             drop_after=scenario.drop_download_at if first else None,
             job_id=job.job_id,
             on_sent=sent if whole else None,
+            stall=scenario.download_stall,
         )
 
     # -- tokens ----------------------------------------------------------------------------------
