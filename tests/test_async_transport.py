@@ -29,6 +29,10 @@ from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
 from airflow_provider_jobprogress.hooks.scriptx import ScriptXHook
 from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
 from airflow_provider_jobprogress.triggers.job_progress import JobProgressTrigger
+from tests import triggerer_comms
+from tests.triggerer_comms import Triggerer
+
+triggerer = triggerer_comms.triggerer  # the fixture, used by name below
 
 FAST_POLL = PollPolicy.fixed(0.05).to_dict()
 FAST_RETRY = RequestRetry(initial_delay=0.01, max_delay=0.02, jitter=0, attempts=2, outage_tolerance=30).to_dict()
@@ -170,7 +174,7 @@ async def test_a_later_wait_reuses_the_token_of_a_closed_session(emulator: Vendo
     assert emulator.count("POST", "/connect/token") - tokens_before == 1
 
 
-async def test_a_killed_wait_gives_its_session_back_in_cleanup(emulator: VendorEmulator) -> None:
+async def test_a_killed_wait_gives_its_session_back_in_cleanup(emulator: VendorEmulator, triggerer: Triggerer) -> None:
     """The triggerer on a user's kill: the wait is cancelled, on_kill cancels the job, cleanup() follows."""
     emulator.set_next_scenario("olconnect", Scenario(steps=100))
     [job_id] = submit("olconnect")
@@ -180,6 +184,7 @@ async def test_a_killed_wait_gives_its_session_back_in_cleanup(emulator: VendorE
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    trig.task_instance = triggerer.task_instance("failed")  # a user marked it failed
     await trig.on_kill()
     assert emulator.count("POST", f"/cancel/{job_id}") == 1
     await trig.cleanup()

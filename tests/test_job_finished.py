@@ -82,6 +82,13 @@ def run(coro: Callable[[], Any]) -> Any:
     return asyncio.run(coro())
 
 
+@pytest.fixture(autouse=True)
+def events_stored_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watermark past an event is saved at the watcher's first pause after it (production waits the
+    triggerer health threshold, 30 s, before taking the event as stored; see events_stored_after)."""
+    monkeypatch.setenv("AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD", "0")
+
+
 @pytest.fixture
 def submit(emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[str]]:
     hook = itwin_hook(emulator, monkeypatch, "reality-analysis")
@@ -703,3 +710,50 @@ def test_a_store_that_fails_for_a_while_never_ends_the_watcher(
     assert asyncio.run(save_fails_then_heals()) == [second]
     # the watermark was saved in the end: a restart fires neither job again
     assert asyncio.run(_watch_with_store(emulator, asset_store, lambda w: True, since=PAST)) == []
+
+
+def test_a_watcher_killed_right_after_firing_fires_the_job_again(
+    emulator: VendorEmulator, submit: Callable[..., list[str]], asset_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow stores a watcher's event a moment after the trigger yields it (the triggerer's runner hands it to
+    its supervisor on its next loop, which then writes it). A triggerer killed in between loses the event, and
+    had the watermark been saved at the yield the job would never fire again (the production topology saw 18
+    watched jobs succeed and 15 asset events). Killed right after firing, before its next poll, the watcher
+    re-created from its kwargs fires the job again: at least once. Once the event can be taken as stored the
+    watermark is saved, and a restart then fires the job no more."""
+    monkeypatch.setenv("AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD", "1")
+    (first,) = submit(1)
+    emulator.finish_jobs("itwin", [first])
+    kwargs = json.loads(json.dumps(JobFinishedTrigger(since=PAST, poll_interval=0.5).serialize()[1]))
+
+    async def one_life(until: Callable[[Watch], bool], seconds: float = 20) -> list[str]:
+        """A watcher re-created from its kwargs, as the triggerer re-creates it, run until ``until`` (or for
+        ``seconds``), then killed; the jobs it fired."""
+        watch = Watch(emulator, JobFinishedTrigger(**kwargs))
+        watch.trigger.asset_state_store = asset_store  # type: ignore[attr-defined]  # as the 3.3 triggerer does
+
+        async def consume() -> None:  # as the triggerer's runner takes a trigger's events
+            async for event in watch.trigger.run():
+                watch.events.append(event.payload)
+
+        watch.task = asyncio.create_task(consume())
+        deadline = time.monotonic() + seconds
+        try:
+            while not (watch.trigger.completed_polls > 0 and until(watch)) and time.monotonic() < deadline:
+                assert not watch.task_done(), f"the watcher ended: {watch.task.exception()!r}"
+                await asyncio.sleep(0.01)
+            polls = watch.trigger.completed_polls
+        finally:
+            watch.task.cancel()  # killed: what it yielded but Airflow had not stored is gone with it
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch.task
+            await watch.trigger.cleanup()
+        assert watch.trigger.completed_polls == polls
+        return watch.job_ids()
+
+    assert asyncio.run(one_life(lambda w: len(w.events) == 1)) == [first]
+    # killed right after the event, before its next poll: the job fires again, rather than never
+    again = asyncio.run(one_life(lambda w: len(w.events) == 1 and w.trigger.saved == w.trigger.watermark, 5))
+    assert again == [first], "the job fired once, was lost with the triggerer, and never fired again"
+    # this time the watcher lived until the event could be taken as stored, and saved its watermark
+    assert asyncio.run(one_life(lambda w: w.trigger.completed_polls >= 3)) == []

@@ -18,7 +18,11 @@ from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
 from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
 from airflow_provider_jobprogress.triggers import job_progress
 from airflow_provider_jobprogress.triggers.job_progress import JobProgressTrigger
+from tests import triggerer_comms
 from tests.test_trigger import close_shared_sessions, events, submit, trigger
+from tests.triggerer_comms import Triggerer
+
+triggerer = triggerer_comms.triggerer  # the fixture, used by name below
 
 __all__ = ["close_shared_sessions"]  # the autouse fixture, shared with test_trigger
 
@@ -121,7 +125,7 @@ async def test_generic_trigger_with_a_missing_connection_gives_one_error_event(e
 
 
 async def test_on_kill_is_bounded_when_the_vendor_hangs(
-    emulator: VendorEmulator, silent_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+    emulator: VendorEmulator, silent_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch, triggerer: Triggerer
 ) -> None:
     """on_kill has Airflow's [triggerer] on_kill_timeout (30 s); ours ends first, whatever the vendor does."""
     host, port = silent_server
@@ -131,13 +135,34 @@ async def test_on_kill_is_bounded_when_the_vendor_hangs(
     )
     monkeypatch.setattr(job_progress, "ON_KILL_BUDGET", 1.5)
     trig = trigger("olconnect", "op-1", conn_id="hanging")
+    trig.task_instance = triggerer.task_instance("failed")  # a user's kill: the cancel is tried
     started = time.monotonic()
     await trig.on_kill()
     assert time.monotonic() - started < 3.0
 
 
+async def test_on_kill_is_bounded_when_airflow_does_not_answer(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch, triggerer: Triggerer
+) -> None:
+    """Whether the task was killed is asked of Airflow first: an answer that does not come ends on_kill within
+    its budget too, the job left running (it could be one another triggerer waits on)."""
+    monkeypatch.setattr(job_progress, "ON_KILL_BUDGET", 1.5)
+    emulator.set_next_scenario("olconnect", Scenario(steps=100))
+    job_id = submit("olconnect")
+    trig = trigger("olconnect", job_id)
+    trig.task_instance = triggerer.task_instance("failed")
+    triggerer.comms.hang.set()
+    started = time.monotonic()
+    try:
+        await trig.on_kill()
+    finally:
+        triggerer.comms.released.set()
+    assert time.monotonic() - started < 3.0
+    assert emulator.count("POST", f"/cancel/{job_id}") == 0
+
+
 async def test_on_kill_ends_within_the_deployments_on_kill_timeout(
-    emulator: VendorEmulator, silent_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+    emulator: VendorEmulator, silent_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch, triggerer: Triggerer
 ) -> None:
     """Airflow 3.3 cuts on_kill off after ``[triggerer] on_kill_timeout``, which a deployment may set below the
     30 s default: the cancel must end first, or it is cut off mid-request and nobody hears why."""
@@ -148,6 +173,7 @@ async def test_on_kill_ends_within_the_deployments_on_kill_timeout(
     )
     monkeypatch.setenv("AIRFLOW__TRIGGERER__ON_KILL_TIMEOUT", "4")
     trig = trigger("olconnect", "op-1", conn_id="hanging")
+    trig.task_instance = triggerer.task_instance("failed")  # a user's kill: the cancel is tried
     started = time.monotonic()
     await asyncio.wait_for(trig.on_kill(), timeout=15)  # what Airflow does, with room to see how long it took
     assert time.monotonic() - started < 4.0

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from airflow.providers.common.compat.connection import get_async_connection
+from airflow.providers.common.compat.sdk import conf
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from airflow_provider_jobprogress.core.errors import (
@@ -79,6 +80,20 @@ LEGACY_KEY_KWARGS = (
 #: what a listing failure that is the vendor's or the network's, not the DAG's, looks like: waited through
 WAITED_THROUGH = (VendorUnavailableError, RateLimitedError, VendorResponseError, AuthenticationError)
 T = TypeVar("T")
+
+
+def events_stored_after() -> float:
+    """Seconds after which an event this watcher yielded can be taken as stored by Airflow, and the watermark past
+    it saved: ``[triggerer] triggerer_health_check_threshold`` (30 s unless the deployment sets it).
+
+    Airflow stores an event a moment after the yield, not at it: the triggerer's runner hands its events to its
+    supervisor on its next loop (every second), which writes them after the requests of that round. A triggerer
+    killed in between loses them, so a watermark saved at the yield would make such a job never fire. The save
+    itself reaches the database through the same supervisor, after the events handed over before it. Waiting
+    the time after which Airflow takes a silent triggerer for dead covers a runner or supervisor that stalls (a
+    loaded host) for as long as Airflow lets one stall without moving its triggers elsewhere.
+    """
+    return max(0.0, float(conf.getfloat("triggerer", "triggerer_health_check_threshold", fallback=30.0)))
 
 
 @dataclass(frozen=True)
@@ -213,6 +228,10 @@ class JobFinishedTrigger(BaseEventTrigger):
         self._unplaced: set[str] = set()
         #: the hook listing jobs while the watcher runs; cleanup() gives its session back
         self._hook: ITwinHook | None = None
+        #: the watermark last written to Airflow's asset state store (None: none written by this instance)
+        self.saved: Watermark | None = None
+        #: watermarks past events not yet taken as stored, each with when (``loop.time()``) its event was yielded
+        self._unsaved: list[tuple[float, Watermark]] = []
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -291,6 +310,25 @@ class JobFinishedTrigger(BaseEventTrigger):
             return
         with contextlib.suppress(ValueError):  # several assets: logged at load
             await self._store_call(f"write {key}", lambda: store.aset(key, mark.to_json()))
+            self.saved = mark
+
+    async def _pause(self, key: str, seconds: float) -> None:
+        """Wait ``seconds`` before listing again, saving on the way each watermark whose events can by then be
+        taken as stored (``events_stored_after()`` after their yield), the latest of them only.
+
+        Until then a restart reads the watermark before them and fires them again: at least once, never lost.
+        A duplicate needs the triggerer to stop, or the watcher to move to another triggerer, within that time
+        of an event, after Airflow stored it."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while self._unsaved and (due := self._unsaved[0][0] + events_stored_after()) <= end:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            settled_by = loop.time() - events_stored_after()
+            settled = [mark for yielded, mark in self._unsaved if yielded <= settled_by]
+            self._unsaved = self._unsaved[len(settled) :]
+            if settled:
+                await self._save_watermark(key, settled[-1])
+        await asyncio.sleep(max(0.0, end - loop.time()))
 
     async def _store_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """One asset state store call, tried until it answers.
@@ -346,14 +384,16 @@ class JobFinishedTrigger(BaseEventTrigger):
                 # refused credentials need someone to update the connection: an error, not a warning
                 level = logging.ERROR if isinstance(exc, AuthenticationError) else logging.WARNING
                 log.log(level, "%s; listing again in %.0f s", exc, pause)
-                await asyncio.sleep(pause)
+                await self._pause(key, pause)
                 continue
             for ended, job in finished:
                 mark = self.watermark = mark.advanced(ended, str(job["id"]))
                 log.info("iTwin job %s ended %s at %s: firing", job["id"], job.get("state"), ended.isoformat())
                 yield TriggerEvent(self._payload(ended, job))
-                await self._save_watermark(key, mark)
-            await asyncio.sleep(self.poll_interval)
+                # Not saved here: Airflow has the event but has not stored it yet (see events_stored_after).
+                if self._store() is not None:
+                    self._unsaved.append((asyncio.get_running_loop().time(), mark))
+            await self._pause(key, self.poll_interval)
 
     async def cleanup(self) -> None:
         """Airflow calls this whenever the watcher stops (its DAG or asset gone, a triggerer shutdown): the

@@ -344,33 +344,96 @@ class JobProgressTrigger(BaseTrigger):
         return "remote job cancelled"
 
     async def on_kill(self) -> None:
-        """A user killed the task (Airflow 3.3+): cancel the remote job if it is still running.
+        """Airflow 3.3+ stopped the wait through its user-kill path: cancel the remote job if a user really killed
+        the task and the job is still running.
 
-        Never called on a triggerer restart or shutdown, so a restart cancels nothing. The whole of it
-        (connection, a progress read, the cancel) is bounded by ``on_kill_budget()``.
+        Airflow 3.3.2 takes that path for two things a trigger cannot tell apart by the cancel itself: a user
+        marked the task failed or success, or cleared it; or this triggerer's heartbeat was late by more than
+        ``[triggerer] triggerer_health_check_threshold`` (a loaded host, a runner that did not answer), another
+        triggerer took its triggers over, and this one now drops its copy (apache/airflow#73454, open). So the
+        task instance's state is asked first (``task_instance_state``): only a task a user's action has taken out
+        of the wait has its job cancelled. Never called on a triggerer restart or shutdown. The whole of it (the
+        state, connection, a progress read, the cancel) is bounded by ``on_kill_budget()``.
         """
         if not self.cancel_on_kill or (self._last is not None and self._last.is_terminal):
             return
         seconds = on_kill_budget()
         try:
             async with asyncio.timeout(seconds):
-                await self._cancel_if_running(seconds)
+                await self._cancel_if_killed(seconds)
         except TimeoutError:
             self.log.warning("job %s: cancel on kill gave up after %.0f s", printable(str(self.job_id)), seconds)
         except Exception as exc:  # on_kill must never raise into Airflow's cleanup
             job = printable(str(self.job_id))
             self.log.warning("job %s: cancel on kill failed: %s: %s", job, type(exc).__name__, exc)
 
-    async def _cancel_if_running(self, seconds: float) -> None:
+    async def _cancel_if_killed(self, seconds: float) -> None:
         hook = await self._hook()
-        job = check_job_id(self.job_id, hook.vendor())
+        vendor, job = hook.vendor(), check_job_id(self.job_id, hook.vendor())
+        try:
+            async with asyncio.timeout(seconds / 3):
+                state = await task_instance_state(self.task_instance)
+        except Exception as exc:  # the comms' errors, a timeout, no task instance to ask about
+            # Cancelling a job that another triggerer still waits on destroys its work and fails the task, past
+            # undoing; leaving a job running that a user no longer wants costs its run, and it can still be
+            # cancelled at the vendor. Unknown, the job is left, and said so.
+            self.log.warning(
+                "%s job %s: not cancelled: Airflow could not say whether the task was killed or its wait moved to "
+                "another triggerer (%s: %s); if the task was killed, cancel it at the vendor",
+                vendor,
+                job,
+                type(exc).__name__,
+                str(exc) or "no answer in time",
+            )
+            return
+        if state not in KILLED_STATES:
+            # A warning: this triggerer was late enough to be taken for dead (see the README, Running in production).
+            self.log.warning(
+                "%s job %s: not cancelled: the task is %s, not killed; another triggerer took its wait over (Airflow "
+                "stops the copy left here as if the task were killed)",
+                vendor,
+                job,
+                state,
+            )
+            return
         try:
             current = await asyncio.wait_for(hook.aget_progress(job), timeout=seconds / 3)
         except (JobProgressError, TimeoutError):
             current = None  # unknown: cancelling a job that ended is harmless, leaving one running is not
         if current is not None and current.is_terminal:
             return
-        await self._cancel(hook, hook.vendor(), job, reason="the task was killed")
+        await self._cancel(hook, vendor, job, reason="the task was killed")
+
+
+#: what a deferred task instance is once a user killed it: marked failed, success or skipped, cleared (no state),
+#: a state its DAG run's "mark failed" also gives, or gone with its deleted DAG run (``TASK_INSTANCE_GONE``).
+#: Any other state means the wait went on elsewhere: still deferred (another triggerer took it over) or resumed
+#: on a worker (the wait ended there; the task reads the job again, a retry re-attaches to it).
+TASK_INSTANCE_GONE = "gone"
+KILLED_STATES = frozenset({"failed", "success", "skipped", "upstream_failed", "removed", None, TASK_INSTANCE_GONE})
+
+
+async def task_instance_state(ti: Any) -> str | None:
+    """The state of the trigger's task instance in Airflow's database now (``TASK_INSTANCE_GONE``: no such row).
+
+    Asked as a trigger may ask in Airflow 3: ``RuntimeTaskInstance.get_task_states``, which the triggerer
+    answers through its supervisor (``GetTaskStates``), in an asgiref thread as Airflow's own triggers call it
+    (see ``hooks.base._amask``). Raises when there is no task instance to ask about or Airflow cannot answer.
+    """
+    if ti is None:
+        raise LookupError("the trigger has no task instance")
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+    from asgiref.sync import sync_to_async
+
+    states = await sync_to_async(RuntimeTaskInstance.get_task_states)(
+        dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=ti.map_index
+    )
+    # one task instance at most: keyed by its task id, or "<task id>_<map index>" when mapped
+    found = list((states.get(ti.run_id) or {}).values())
+    if not found:
+        return TASK_INSTANCE_GONE
+    state = found[0]
+    return None if state is None else str(getattr(state, "value", state))  # the enum's value, in case one comes
 
 
 def _poller_key(hook: Any) -> str:
