@@ -13,10 +13,9 @@ import os
 import ssl
 import threading
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import requests
@@ -324,6 +323,8 @@ class AsyncSession:
         pool_size: int = POOL_SIZE,
     ) -> None:
         self.api = api
+        #: the event loop this session's connections belong to; it can serve no other
+        self.loop = asyncio.get_running_loop()
         connect, read = timeout
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=pool_size, ssl=_ssl_option(api)),
@@ -351,6 +352,14 @@ class AsyncSession:
         await self.http.close()
 
     async def run(self, flow: Flow[T]) -> T:
+        if asyncio.get_running_loop() is not self.loop:
+            flow.close()
+            raise JobProgressError(
+                self.api.vendor,
+                None,
+                "this HTTP session belongs to another event loop, whose connections cannot serve this one",
+                hint="Get it in the loop that uses it (await hook.asession()), or call the hook's async methods",
+            )
         reply: Any = None
         error: BaseException | None = None
         while True:
@@ -433,6 +442,75 @@ class AsyncSession:
             raise TransportError("InvalidURL", sent=False) from None
 
 
+V = TypeVar("V")
+
+
+class PerLoop(Generic[V]):
+    """Process-wide state kept for each event loop, closed and dropped when that loop shuts down.
+
+    A ``WeakKeyDictionary`` keyed by the loop never lets a loop go: what it holds (an aiohttp session, a
+    future) holds the loop. Here each loop's value is closed (``close``, awaited in that loop) and dropped
+    when the loop finalizes its async generators, which ``asyncio.run`` and ``asyncio.Runner`` do before
+    closing it: Airflow's triggerer, and ``dag.test()`` once per deferral. Values of loops closed without
+    that are dropped when the next loop makes one.
+    """
+
+    def __init__(self, make: Callable[[], V], close: Callable[[V], Awaitable[None]] | None = None) -> None:
+        self._make = make
+        self._close = close
+        self._by_loop: dict[asyncio.AbstractEventLoop, tuple[V, AsyncGenerator[None]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_loop)
+
+    def here(self) -> V:
+        """The running loop's value, made on first use."""
+        loop = asyncio.get_running_loop()
+        entry = self._by_loop.get(loop)
+        if entry is None:
+            for gone in [other for other in self._by_loop if other.is_closed()]:
+                del self._by_loop[gone]
+            value = self._make()
+            ending = self._at_shutdown(loop, value)
+            _start(ending)
+            entry = self._by_loop[loop] = (value, ending)
+        return entry[0]
+
+    def peek(self) -> V | None:
+        """The running loop's value if it has one (None outside a loop)."""
+        with contextlib.suppress(RuntimeError):
+            entry = self._by_loop.get(asyncio.get_running_loop())
+            return None if entry is None else entry[0]
+        return None
+
+    async def aclose_here(self) -> None:
+        """Close and drop the running loop's value now."""
+        entry = self._by_loop.get(asyncio.get_running_loop())
+        if entry is not None:
+            await entry[1].aclose()
+
+    async def _at_shutdown(self, loop: asyncio.AbstractEventLoop, value: V) -> AsyncGenerator[None]:
+        try:
+            yield
+        finally:
+            entry = self._by_loop.get(loop)
+            if entry is not None and entry[0] is value:
+                del self._by_loop[loop]
+            if self._close is not None:
+                await self._close(value)
+
+
+def _start(ending: AsyncGenerator[None]) -> None:
+    """Run ``ending`` to its first ``yield``, now: from then on the running loop finalizes it when it shuts down
+    (its ``finally`` runs, in the loop, from ``loop.shutdown_asyncgens``). It awaits nothing before that yield,
+    so one step gets there."""
+    try:
+        ending.asend(None).send(None)
+    except StopIteration:
+        return
+    raise AssertionError("a shutdown hook awaited before its first yield")  # pragma: no cover
+
+
 @dataclass
 class _Shared:
     session: AsyncSession
@@ -446,31 +524,35 @@ class _LoopSessions:
     parked: dict[str, Token] = field(default_factory=dict)
 
 
+async def _close_sessions(here: _LoopSessions) -> None:
+    shared, here.shared = list(here.shared.values()), {}
+    for item in shared:
+        await item.session.aclose()
+
+
 class SessionRegistry:
     """Per event loop, one ``AsyncSession`` per connection, shared by every hook using it, closed after the last.
 
     Hooks ``acquire`` a session and ``release`` it when their wait ends: the number of open sessions (and
     their sockets) is the number of connections in use, however many connections, policies and triggers
     come and go. The token of a closed session is kept (``PARKED_TOKENS`` at most, dropped when no longer
-    usable) so that a wait starting later on the same connection logs in only when the token expires.
+    usable) so that a wait starting later on the same connection logs in only when the token expires. When
+    the loop shuts down, its sessions still open are closed and its tokens forgotten (``PerLoop``).
 
     Keys are opaque digests built by the hook (connection fields, secrets included, so an edited
     connection gets a new session); the secrets themselves are not kept here.
     """
 
     def __init__(self) -> None:
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSessions] = weakref.WeakKeyDictionary()
+        self._loops: PerLoop[_LoopSessions] = PerLoop(_LoopSessions, _close_sessions)
 
-    def _here(self) -> _LoopSessions:
-        loop = asyncio.get_running_loop()
-        here = self._by_loop.get(loop)
-        if here is None:
-            here = self._by_loop[loop] = _LoopSessions()
-        return here
+    def __len__(self) -> int:
+        """The number of event loops with sessions or parked tokens here."""
+        return len(self._loops)
 
     def acquire(self, key: str, factory: Callable[[Token | None], AsyncSession]) -> AsyncSession:
         """The shared session for ``key`` (made with ``factory(parked token)`` if none is open), one more user."""
-        here = self._here()
+        here = self._loops.here()
         shared = here.shared.get(key)
         if shared is None:
             token = here.parked.pop(key, None)
@@ -480,7 +562,7 @@ class SessionRegistry:
 
     async def release(self, session: AsyncSession) -> None:
         """One user less; the last one closes the session (its token is parked for the next)."""
-        here = self._here()
+        here = self._loops.here()
         for key, shared in here.shared.items():
             if shared.session is session:
                 shared.users -= 1
@@ -502,17 +584,12 @@ class SessionRegistry:
 
     def sessions(self) -> list[AsyncSession]:
         """The sessions open in the running loop (none outside a loop)."""
-        with contextlib.suppress(RuntimeError):
-            here = self._by_loop.get(asyncio.get_running_loop())
-            return [] if here is None else [shared.session for shared in here.shared.values()]
-        return []
+        here = self._loops.peek()
+        return [] if here is None else [shared.session for shared in here.shared.values()]
 
     async def aclose_all(self) -> None:
         """Close every session of the running loop and forget parked tokens (tests, benchmarks, shutdown)."""
-        here = self._by_loop.pop(asyncio.get_running_loop(), None)
-        if here is not None:
-            for shared in here.shared.values():
-                await shared.session.aclose()
+        await self._loops.aclose_here()
 
 
 ASYNC_SESSIONS = SessionRegistry()

@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import json
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from functools import cached_property
 from types import TracebackType
@@ -25,6 +24,7 @@ from airflow_provider_jobprogress.core.session import (
     ASYNC_SESSIONS,
     DEFAULT_TIMEOUT,
     AsyncSession,
+    PerLoop,
     StreamedResponse,
     SyncSession,
 )
@@ -45,17 +45,16 @@ class _AsyncConnections:
     """
 
     def __init__(self) -> None:
-        self._by_loop: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Future[ConnectionFields]]]
-        ] = weakref.WeakKeyDictionary()
+        self._loops: PerLoop[dict[str, tuple[float, asyncio.Future[ConnectionFields]]]] = PerLoop(dict)
+
+    def __len__(self) -> int:
+        """The number of event loops with reads kept here."""
+        return len(self._loops)
 
     async def get(
         self, conn_id: str, read: Callable[[], Awaitable[ConnectionFields]], not_before: float
     ) -> tuple[float, ConnectionFields]:
-        loop = asyncio.get_running_loop()
-        here = self._by_loop.get(loop)
-        if here is None:
-            here = self._by_loop[loop] = {}
+        here = self._loops.here()
         entry = here.get(conn_id)
         if entry is None or entry[0] < not_before or (entry[1].done() and entry[1].exception() is not None):
             entry = here[conn_id] = (time.monotonic(), asyncio.ensure_future(read()))
@@ -181,6 +180,9 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     async def asession(self) -> AsyncSession:
         """The event loop's shared session for this connection (one pool, one token), held until ``aclose``."""
+        if self._lease is not None and self._lease.loop is not asyncio.get_running_loop():
+            # Kept from an earlier event loop (asyncio.run called again): that loop closed it when it ended.
+            self._lease = None
         if self._lease is None:
             api = self._async_api or await self._read_async_connection()
             timeout = self.timeout
@@ -194,7 +196,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     async def aclose(self) -> None:
         """Give back this hook's share of the shared session; the last hook to do so closes it."""
         lease, self._lease = self._lease, None
-        if lease is not None:
+        if lease is not None and lease.loop is asyncio.get_running_loop():
             await ASYNC_SESSIONS.release(lease)
 
     async def __aenter__(self) -> JobProgressHook[ApiT]:
