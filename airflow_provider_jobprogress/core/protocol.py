@@ -23,6 +23,7 @@ from airflow_provider_jobprogress.core.errors import (
     JobNotFoundError,
     JobProgressError,
     RateLimitedError,
+    ResponseTooLargeError,
     VendorResponseError,
     VendorUnavailableError,
 )
@@ -32,6 +33,18 @@ from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry,
 T = TypeVar("T")
 
 TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
+#: the most a per-job answer (progress, status, a job's details, a login, a submit) may hold; real ones are
+#: under 10 KiB. It bounds what is read and what is parsed on the triggerer's loop: json.loads holds the GIL
+#: even in a thread, and 1 MiB of JSON numbers took ~50 ms of CPU here, 64 KiB ~3 ms.
+MAX_ANSWER = 64 * 1024
+#: what one entry of a list answer may add to that bound (``answer_limit``)
+LIST_ITEM_BYTES = 16 * 1024
+
+
+def answer_limit(items: int, per_item: int = LIST_ITEM_BYTES) -> int:
+    """The bound for a list answer of up to ``items`` entries (the page size it asked for), ``per_item`` each,
+    plus what any answer may hold: a list is bounded in proportion to the page it asked for, not to the job."""
+    return MAX_ANSWER + max(items, 0) * per_item
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,9 @@ class Request:
     authenticated: bool = True
     #: safe to send twice; a submit is not, so it is only retried when it surely never left
     idempotent: bool = True
+    #: the longest answer read, in bytes (decoded): a longer 2xx answer is a ``ResponseTooLargeError``, read no
+    #: further; of a longer error answer only this much is read, for its message
+    max_answer: int = MAX_ANSWER
 
     @property
     def path(self) -> str:
@@ -71,6 +87,7 @@ class Request:
             form=self.form,
             authenticated=self.authenticated,
             idempotent=self.idempotent,
+            max_answer=self.max_answer,
         )
 
 
@@ -143,6 +160,20 @@ class TransportError(Exception):
         #: the server answered an https request in plain HTTP: the URL's scheme is wrong, not the network
         self.plain_http = plain_http
         super().__init__(kind)
+
+
+class OversizedAnswer(Exception):
+    """Raised by a transport into a flow: a 2xx answer is longer than the request's ``max_answer``.
+
+    ``length`` is what the answer announced (Content-Length), None when it came chunked or compressed: then
+    the transport stopped reading one byte past the bound.
+    """
+
+    def __init__(self, status: int, limit: int, length: int | None) -> None:
+        self.status = status
+        self.limit = limit
+        self.length = length
+        super().__init__(f"HTTP {status} answer over {limit} bytes")
 
 
 Instruction = Request | Sleep | GetToken
@@ -366,6 +397,14 @@ class VendorApi:
                     raise self.transport_failure(exc, request, job_id, what=f"{what} ({failures} tries)") from None
                 yield Sleep(policy.backoff(failures))
                 continue
+            except OversizedAnswer as exc:
+                size = f"{exc.length} bytes" if exc.length is not None else "more than that (it came chunked)"
+                raise ResponseTooLargeError(
+                    self.vendor,
+                    job_id,
+                    f"{what}: the answer from {request.path} (HTTP {exc.status}) is larger than the {exc.limit} "
+                    f"bytes such an answer may hold: {size}; read no further",
+                ) from None
             if request.authenticated and self.uses_token and not relogged and self.token_rejected(response):
                 relogged = True
                 yield GetToken(stale=token)

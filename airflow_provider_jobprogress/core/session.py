@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 import requests
+import urllib3
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
@@ -26,6 +27,7 @@ from airflow_provider_jobprogress.core.errors import DeadlineExceededError, JobP
 from airflow_provider_jobprogress.core.protocol import (
     Flow,
     GetToken,
+    OversizedAnswer,
     Request,
     Response,
     Sleep,
@@ -97,7 +99,7 @@ class SyncSession:
             else:
                 try:
                     reply = self._send(step, self._timeout_until(deadline, job_id))
-                except TransportError as exc:
+                except (TransportError, OversizedAnswer) as exc:
                     error = exc
 
     def _timeout_until(self, deadline: float | None, job_id: str | None) -> tuple[float, float]:
@@ -140,8 +142,16 @@ class SyncSession:
             raise _transport_error(exc) from None
 
     def _send(self, request: Request, timeout: tuple[float, float] | None = None) -> Response:
-        answer = self._request(request, stream=False, timeout=timeout)
-        return Response.build(answer.status_code, answer.headers, answer.content)
+        answer = self._request(request, stream=True, timeout=timeout)
+        whole = False
+        try:
+            body, whole = _read_answer(answer, request.max_answer)
+        finally:
+            if whole:  # read to its end: the connection goes back to the pool, kept alive
+                answer.raw.release_conn()
+            else:  # the rest is unread (too long, or the read failed): the connection is closed
+                answer.close()
+        return Response.build(answer.status_code, answer.headers, body)
 
     @contextlib.contextmanager
     def stream(self, request: Request, job_id: str | None, *, what: str) -> Iterator[StreamedResponse]:
@@ -224,6 +234,71 @@ class StreamedResponse:
                 self._job_id,
                 f"{self._what}: download cut short: received {received} of {expected} announced bytes{encoding}",
             )
+
+
+#: bytes asked of the socket at once while reading an answer
+READ_CHUNK = 64 * 1024
+
+
+def _refused_unread(status: int, headers: Any, limit: int) -> int | None:
+    """The announced length of a 2xx answer that is over ``limit`` before a byte of it is read; None otherwise.
+
+    Only an identity body's Content-Length says how long it is: a compressed one decodes to more."""
+    length = headers.get("Content-Length", "")
+    encoded = headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+    if status < 300 and length.isdigit() and int(length) > limit and not encoded:
+        return int(length)
+    return None
+
+
+def _read_answer(answer: requests.Response, limit: int) -> tuple[bytes, bool]:
+    """Read a streamed ``requests`` answer, at most ``limit`` bytes decoded; (body, whether it was read to its end).
+
+    A 2xx answer past the bound raises ``OversizedAnswer``; of an error answer only its first ``limit`` bytes
+    are kept (its message is all that is read of it).
+    """
+    length = _refused_unread(answer.status_code, answer.headers, limit)
+    if length is not None:
+        raise OversizedAnswer(answer.status_code, limit, length)
+    raw = answer.raw
+    read = getattr(raw, "read1", raw.read)  # urllib3 2: read1 answers with what has arrived
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= limit:
+            chunk = read(min(READ_CHUNK, limit + 1 - size), decode_content=True)
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+            size += len(chunk)
+    except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+        raise TransportError(type(exc).__name__, sent=True) from None
+    if answer.status_code < 300:
+        raise OversizedAnswer(answer.status_code, limit, None)
+    return b"".join(chunks)[:limit], False
+
+
+async def _aread_answer(answer: aiohttp.ClientResponse, limit: int) -> bytes:
+    """``_read_answer`` for aiohttp: at most ``limit`` bytes decoded, the connection closed if any is left unread."""
+    announced = answer.content_length
+    if announced is not None and announced <= limit and "Content-Encoding" not in answer.headers:
+        return await answer.read()  # the common case: small, and it said so
+    length = _refused_unread(answer.status, answer.headers, limit)
+    if length is not None:
+        answer.close()
+        raise OversizedAnswer(answer.status, limit, length)
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await answer.content.read(min(READ_CHUNK, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    answer.close()
+    if answer.status < 300:
+        raise OversizedAnswer(answer.status, limit, None)
+    return b"".join(chunks)[:limit]
 
 
 #: what OpenSSL says when the server answers a TLS hello in plain HTTP (https against an http port)
@@ -375,7 +450,7 @@ class AsyncSession:
             else:
                 try:
                     reply = await self._send(step)
-                except TransportError as exc:
+                except (TransportError, OversizedAnswer) as exc:
                     error = exc
 
     async def _get_token(self, stale: Token | None) -> Token:
@@ -433,7 +508,7 @@ class AsyncSession:
                 proxy=proxy,
                 proxy_auth=proxy_auth,
             ) as answer:
-                body = await answer.read()
+                body = await _aread_answer(answer, request.max_answer)
                 return Response.build(answer.status, answer.headers, body)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _async_transport_error(exc) from None

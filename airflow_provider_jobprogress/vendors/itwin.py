@@ -32,6 +32,7 @@ from airflow_provider_jobprogress.core.protocol import (
     ResultPart,
     Token,
     VendorApi,
+    answer_limit,
     brief,
     describe_body,
     load_json,
@@ -75,6 +76,12 @@ STATES: dict[str, JobState] = {
     "cancelled": JobState.CANCELLED,
 }
 PROGRESS_GONE = ("ProgressNotFound", "JobProgressNotFound")
+#: the largest page of jobs the API serves (``$top`` 2..1000): the bound of a listing that names no page size
+MAX_PAGE = 1000
+#: a failed v2 job's messages: up to a hundred entries of 2 KiB
+MESSAGES_ANSWER = answer_limit(100, per_item=2048)
+#: one page of Azure's List Blobs (5,000 names at most, each ``<Blob>`` with its properties under 4 KiB)
+BLOB_LIST_ANSWER = answer_limit(5000, per_item=4096)
 
 
 class ITwinApi(VendorApi):
@@ -255,7 +262,7 @@ class ITwinApi(VendorApi):
         info = job.get("executionInformation")
         errors = _list(info.get("errors") if isinstance(info, dict) else None)
         if not errors and self.family.version == 2:
-            request = self._call("GET", self._job_path(job_id) + "/messages")
+            request = self._call("GET", self._job_path(job_id) + "/messages", max_answer=MESSAGES_ANSWER)
             response = yield from self.send(request, job_id, what="read job messages")
             data = self.parse_json(response, job_id, what="read job messages")
             messages = data.get("messages") if isinstance(data, dict) else None
@@ -285,7 +292,8 @@ class ITwinApi(VendorApi):
         if continuation_token:
             params["continuationToken"] = continuation_token
         what = "list jobs"
-        response = yield from self.send(self._call("GET", self._job_path(), params=params), None, what=what)
+        request = self._call("GET", self._job_path(), params=params, max_answer=answer_limit(top or MAX_PAGE))
+        response = yield from self.send(request, None, what=what)
         data = self.parse_json(response, None, what=what)
         jobs = self.require(data, "jobs", None, what=what)
         if not isinstance(jobs, list):
@@ -414,7 +422,7 @@ class ITwinApi(VendorApi):
                 query += f"&prefix={quote(prefix, safe='')}"
             if marker:
                 query += f"&marker={quote(marker, safe='')}"
-            request = Request("GET", _with_query(container, query), authenticated=False)
+            request = Request("GET", _with_query(container, query), authenticated=False, max_answer=BLOB_LIST_ANSWER)
             response = yield from self.send(request, job_id, what="list output files")
             page, marker = parse_blob_list(response, job_id)
             names.extend(page)

@@ -33,6 +33,7 @@ from airflow_provider_jobprogress.core.protocol import (
     ResultPart,
     Token,
     VendorApi,
+    answer_limit,
     brief,
     describe_body,
     load_json,
@@ -44,6 +45,8 @@ ROOT = "/rest/serverengine"
 PRINT = f"{ROOT}/workflow/print"
 AUTH_MODES = ("token", "basic")
 _PERCENT = re.compile(r"[0-9]{1,3}(\.[0-9]+)?", re.ASCII)
+#: getResultTxt and getManagedResult list one line (a path, a File Store id) per output file: 10,000 of 1 KiB
+RESULT_LIST_ANSWER = answer_limit(10_000, per_item=1024)
 
 
 class OLConnectApi(VendorApi):
@@ -174,7 +177,7 @@ class OLConnectApi(VendorApi):
         return parse_progress(response, job_id)
 
     def _progress_after_drop(self, job_id: str) -> Flow[JobProgress]:
-        request = self._call("POST", f"{PRINT}/getResultTxt/{_q(job_id)}")
+        request = self._call("POST", f"{PRINT}/getResultTxt/{_q(job_id)}", max_answer=RESULT_LIST_ANSWER)
         response = yield from self.exchange(request, job_id, what="read the result of a dropped operation")
         if response.status == 200:
             return JobProgress(
@@ -197,7 +200,7 @@ class OLConnectApi(VendorApi):
         return response.text
 
     def _result_txt(self, job_id: str) -> Flow[Response]:
-        request = self._call("POST", f"{PRINT}/getResultTxt/{_q(job_id)}")
+        request = self._call("POST", f"{PRINT}/getResultTxt/{_q(job_id)}", max_answer=RESULT_LIST_ANSWER)
         return (yield from self.send(request, job_id, what="read the result as text"))
 
     def result_value(self, text: str) -> Any:
@@ -226,7 +229,7 @@ class OLConnectApi(VendorApi):
         paths = [line.strip() for line in text.splitlines() if line.strip()]
         if len(paths) < 2:
             return [ResultPart(request=self._call("POST", f"{PRINT}/getResult/{_q(job_id)}"), metadata=sets)]
-        request = self._call("POST", f"{PRINT}/getManagedResult/{_q(job_id)}")
+        request = self._call("POST", f"{PRINT}/getManagedResult/{_q(job_id)}", max_answer=RESULT_LIST_ANSWER)
         response = yield from self.exchange(request, job_id, what="read the managed result")
         files = managed_files(response, paths) if response.status == 200 else None
         if files is None:

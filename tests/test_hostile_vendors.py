@@ -1,0 +1,326 @@
+"""Hostile or broken vendor answers, from real servers on 127.0.0.1: one typed event each, bounded memory, no stall.
+
+Each server below is a small aiohttp app in its own thread and loop, standing in for one vendor: its logins
+answer normally, its progress answers are hostile (an endless body, 50 MB, a body trickled byte by byte,
+Retry-After values no one should obey to the letter). One ``JobProgressTrigger`` waits on it with a fast poll
+policy while a ticker task on the trigger's loop measures how long the loop was busy between two ticks (the
+loop thread's CPU time, so a loaded machine's scheduling is not counted as our stall) and how far the
+process's memory grew. The servers count what they sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from airflow_provider_jobprogress.core import PollPolicy, RequestRetry, ResponseTooLargeError
+from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
+from airflow_provider_jobprogress.hooks.itwin import ITwinHook
+from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
+from airflow_provider_jobprogress.hooks.scriptx import ScriptXHook
+from airflow_provider_jobprogress.triggers.job_progress import JobProgressTrigger
+
+VENDORS = ("olconnect", "scriptx", "itwin")
+VENDOR_NAMES = {"olconnect": "OL Connect", "scriptx": "ScriptX.Services", "itwin": "iTwin"}
+HOOK_PATHS = {
+    vendor: f"{hook.__module__}.{hook.__qualname__}"
+    for vendor, hook in (("olconnect", OLConnectHook), ("scriptx", ScriptXHook), ("itwin", ITwinHook))
+}
+CONTENT_TYPES = {"olconnect": "text/plain", "scriptx": "application/json", "itwin": "application/json"}
+#: the test server's own token, checked to appear nowhere
+TOKEN = "hostile-vendor-token-5f0c9e"
+JOB = "job-1"
+FAST_POLL = PollPolicy.fixed(0.05).to_dict()
+#: a fast policy: two tries per call, short pauses, a short outage tolerance
+RETRY = RequestRetry(attempts=2, initial_delay=0.2, max_delay=0.5, jitter=0, outage_tolerance=0.5).to_dict()
+#: the loop may be busy this long at once, at most (CPU time of the loop's thread between two ticks)
+MAX_STALL = 0.1
+TICK = 0.01
+#: the process may grow this much while a wait reads hostile answers (a 50 MB answer read whole grew it ~1 GB)
+MAX_GROWTH = 100 << 20
+#: past this the wait is stopped: today's code reads an endless answer until the machine runs out of memory
+RSS_GUARD = 512 << 20
+FIFTY_MB = 50_000_000
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+Answer = Callable[["HostileVendor", web.Request], Awaitable[web.StreamResponse]]
+
+
+class HostileVendor:
+    """One vendor's API on 127.0.0.1: a login answers with ``TOKEN``, every other call gets ``answer``."""
+
+    def __init__(self, vendor: str, answer: Answer) -> None:
+        self.vendor = vendor
+        self.answer = answer
+        #: calls answered by ``answer`` (logins not counted), and the body bytes written to them
+        self.calls = 0
+        self.sent = 0
+        #: the client ports calls came from: one per TCP connection
+        self.peers: set[int] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._runner: web.AppRunner | None = None
+
+    def __enter__(self) -> HostileVendor:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.SockSite(self._runner, self._sock).start()
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/connect/token"):
+            return web.json_response({"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600})
+        self.calls += 1
+        self.peers.add(request.transport.get_extra_info("peername")[1] if request.transport else 0)
+        try:
+            return await self.answer(self, request)
+        except (ConnectionError, asyncio.CancelledError):  # the client hung up, as it should
+            return web.Response(status=499)
+
+    def connection(self) -> str:
+        """The Airflow connection (JSON) that points the vendor's hook here."""
+        conn: dict[str, Any] = {"conn_type": self.vendor, "host": "127.0.0.1", "port": self.port, "schema": "http"}
+        if self.vendor == "scriptx":
+            conn["extra"] = {"variant": "on_premise"}
+        if self.vendor == "itwin":
+            base = f"http://127.0.0.1:{self.port}"
+            conn = {
+                "conn_type": "itwin",
+                "login": "hostile-client",
+                "password": "hostile-client-secret",
+                "extra": {"base_url": base, "auth_url": f"{base}/connect/token"},
+            }
+        return json.dumps(conn)
+
+    async def write(self, response: web.StreamResponse, data: bytes) -> None:
+        await response.write(data)
+        self.sent += len(data)
+
+
+def huge_body(vendor: str, size: int) -> bytes:
+    """A well-formed answer of ``size`` bytes: as costly to parse as a body of that size can be."""
+    if vendor == "olconnect":
+        return (b"50 " * (size // 3 + 1))[:size]  # text: words to split
+    head = {
+        "scriptx": b'{"status": 2, "message": "printing", "pad": [',
+        "itwin": b'{"progress": {"state": "Active", "percentage": 50}, "pad": [',
+    }[vendor]
+    count = (size - len(head) - 2) // 4
+    return head + b"0.5," * count + b"0]}"
+
+
+def endless() -> Answer:
+    async def answer(server: HostileVendor, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPES[server.vendor]})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        chunk = b"5" * 65536
+        while True:
+            await server.write(response, chunk)
+
+    return answer
+
+
+def whole(body: bytes, status: int = 200, content_type: str | None = None) -> Answer:
+    async def answer(server: HostileVendor, request: web.Request) -> web.StreamResponse:
+        kind = content_type or CONTENT_TYPES[server.vendor]
+        response = web.StreamResponse(status=status, headers={"Content-Type": kind})
+        response.content_length = len(body)
+        await response.prepare(request)
+        view = memoryview(body)
+        for start in range(0, len(body), 1 << 20):
+            await server.write(response, bytes(view[start : start + (1 << 20)]))
+        await response.write_eof()
+        return response
+
+    return answer
+
+
+@dataclass
+class Watched:
+    events: list[dict[str, Any]]
+    #: the longest the loop was busy between two ticks (CPU seconds of its thread), and the same in wall time
+    stall: float
+    lag: float
+    growth: int
+
+
+async def watch(trigger: JobProgressTrigger, *, limit: float = 60.0) -> Watched:
+    """Run ``trigger`` to its end while ticking on its loop; stop it if memory runs away or it takes ``limit``."""
+    loop = asyncio.get_running_loop()
+    base = rss()
+    stall = lag = 0.0
+    growth = 0
+    run = asyncio.create_task(_events(trigger))
+    started = loop.time()
+    while not run.done():
+        wall, cpu = loop.time(), time.thread_time()
+        await asyncio.sleep(TICK)
+        stall = max(stall, time.thread_time() - cpu)
+        lag = max(lag, loop.time() - wall - TICK)
+        growth = max(growth, rss() - base)
+        if growth > RSS_GUARD or loop.time() - started > limit:
+            run.cancel()
+            await ASYNC_SESSIONS.aclose_all()
+            pytest.fail(f"stopped after {loop.time() - started:.1f} s, the process {growth >> 20} MiB larger")
+    return Watched(await run, stall, lag, growth)
+
+
+async def _events(trigger: JobProgressTrigger) -> list[dict[str, Any]]:
+    return [dict(event.payload) async for event in trigger.run()]
+
+
+@pytest.fixture
+def hostile(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, Answer], HostileVendor]]:
+    servers: list[HostileVendor] = []
+
+    def start(vendor: str, answer: Answer) -> HostileVendor:
+        server = HostileVendor(vendor, answer).__enter__()
+        servers.append(server)
+        monkeypatch.setenv(f"AIRFLOW_CONN_HOSTILE_{vendor.upper()}", server.connection())
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__()
+
+
+def trigger(vendor: str, **kwargs: Any) -> JobProgressTrigger:
+    params: dict[str, Any] = {
+        "hook_class_path": HOOK_PATHS[vendor],
+        "conn_id": f"hostile_{vendor}",
+        "job_id": JOB,
+        "poll_policy": FAST_POLL,
+        "request_retry": RETRY,
+        "deadline": time.time() + 60,
+    }
+    params.update(kwargs)
+    return JobProgressTrigger(**params)
+
+
+def assert_one_typed_event(got: Watched, vendor: str, status: str, error: str | None) -> dict[str, Any]:
+    assert len(got.events) == 1, got.events
+    [event] = got.events
+    assert (event["status"], event["error"]) == (status, error), event["message"]
+    assert event["message"].startswith(f"{VENDOR_NAMES[vendor]} job {JOB}"), event["message"]
+    assert TOKEN not in json.dumps(event)
+    assert got.stall < MAX_STALL, f"the loop was busy {got.stall * 1000:.0f} ms at once"
+    assert got.growth < MAX_GROWTH, f"the process grew {got.growth >> 20} MiB"
+    return event
+
+
+#: each vendor's answer for a finished job
+DONE = {
+    "olconnect": b"done",
+    "scriptx": json.dumps({"status": 6, "message": "done", "jobIdentifier": JOB}).encode(),
+    "itwin": json.dumps({"progress": {"state": "Success", "percentage": 100}}).encode(),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def imports_done() -> None:
+    """The first wait in a process imports Airflow's connection machinery on the loop (~60 ms, once, Airflow's
+    own import): done here, before anything is measured."""
+    for vendor in VENDORS:
+        with HostileVendor(vendor, whole(DONE[vendor])) as server, pytest.MonkeyPatch.context() as env:
+            env.setenv(f"AIRFLOW_CONN_HOSTILE_{vendor.upper()}", server.connection())
+            assert [e["status"] for e in asyncio.run(_events(trigger(vendor)))] == ["success"]
+
+
+@pytest.fixture(autouse=True)
+async def close_shared_sessions() -> Any:
+    yield
+    await ASYNC_SESSIONS.aclose_all()
+
+
+# -- answers too large: read no further than the bound ------------------------------------------------
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_an_endless_answer_is_refused_at_its_bound(hostile: Any, vendor: str, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = hostile(vendor, endless())
+    got = await watch(trigger(vendor))
+    assert_one_typed_event(got, vendor, "error", "ResponseTooLargeError")
+    assert server.sent < 32 << 20, f"{server.sent >> 20} MiB sent to a client that reads 64 KiB per try"
+    assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_50_mb_answer_is_refused_unread(hostile: Any, vendor: str) -> None:
+    body = huge_body(vendor, FIFTY_MB)
+    server = hostile(vendor, whole(body))
+    got = await watch(trigger(vendor))
+    event = assert_one_typed_event(got, vendor, "error", "ResponseTooLargeError")
+    assert "50000000" in event["message"] or "larger than" in event["message"]
+    assert server.sent < 32 << 20, f"{server.sent >> 20} MiB of 50 MB sent"
+
+
+async def test_an_error_page_past_the_bound_is_cut_for_its_message_not_refused(hostile: Any) -> None:
+    """A proxy's long 503 page says the vendor is unavailable, as a short one does: the wait rides it out."""
+    page = b"<html><body>" + b"<p>Service Unavailable</p>" * 80_000 + b"</body></html>"
+    server = hostile("scriptx", whole(page, status=503, content_type="text/html"))
+    got = await watch(trigger("scriptx"))
+    event = assert_one_typed_event(got, "scriptx", "error", "VendorUnavailableError")
+    assert "HTTP 503" in event["message"]
+    assert server.calls >= 4, "polled through the outage, each call tried twice"
+
+
+@pytest.mark.parametrize("answer", ["endless", "50 MB"])
+def test_a_worker_refuses_an_answer_past_its_bound_too(hostile: Any, answer: str) -> None:
+    server = hostile("scriptx", endless() if answer == "endless" else whole(huge_body("scriptx", FIFTY_MB)))
+    hook = ScriptXHook("hostile_scriptx", request_retry=RETRY)
+    base = rss()
+    try:
+        with pytest.raises(ResponseTooLargeError, match="read no further"):
+            hook.get_progress(JOB)
+    finally:
+        hook.session.close()
+    assert rss() - base < MAX_GROWTH
+    assert server.sent < 32 << 20, f"{server.sent >> 20} MiB sent"
+
+
+def test_a_worker_keeps_its_connection_alive_across_bounded_reads(hostile: Any) -> None:
+    status = json.dumps({"status": 5, "message": "printing", "jobIdentifier": JOB}).encode()
+    server = hostile("scriptx", whole(status))
+    hook = ScriptXHook("hostile_scriptx", request_retry=RETRY)
+    try:
+        readings = [hook.get_progress(JOB).step for _ in range(5)]
+    finally:
+        hook.session.close()
+    assert readings == ["Printing"] * 5
+    assert len(server.peers) == 1, f"{len(server.peers)} connections for 5 calls"
