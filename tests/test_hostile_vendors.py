@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 
 from airflow_provider_jobprogress.core import PollPolicy, RequestRetry, ResponseTooLargeError
+from airflow_provider_jobprogress.core.protocol import MAX_ANSWER
 from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
 from airflow_provider_jobprogress.hooks.itwin import ITwinHook
 from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
@@ -324,3 +325,13 @@ def test_a_worker_keeps_its_connection_alive_across_bounded_reads(hostile: Any) 
         hook.session.close()
     assert readings == ["Printing"] * 5
     assert len(server.peers) == 1, f"{len(server.peers)} connections for 5 calls"
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_answers_just_under_the_bound_are_read_without_stalling_the_loop(hostile: Any, vendor: str) -> None:
+    """The costliest answers that may be read: JSON numbers (ScriptX, iTwin, still running) and words (OL Connect,
+    nonsense, so described in the error), each poll parsed on the loop within a few ms."""
+    hostile(vendor, whole(huge_body(vendor, MAX_ANSWER - 1)))
+    got = await watch(trigger(vendor, deadline=time.time() + 2))
+    status, error = ("error", "VendorResponseError") if vendor == "olconnect" else ("timeout", None)
+    assert_one_typed_event(got, vendor, status, error)

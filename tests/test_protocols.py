@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import pickle
+import tracemalloc
 from typing import Any
 
 import pendulum
@@ -24,7 +26,7 @@ from airflow_provider_jobprogress.core.errors import (
     VendorResponseError,
     VendorUnavailableError,
 )
-from airflow_provider_jobprogress.core.model import JobProgress, JobState
+from airflow_provider_jobprogress.core.model import JobProgress, JobState, short
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, parse_retry_after
 from airflow_provider_jobprogress.core.protocol import (
     ConnectionFields,
@@ -956,3 +958,50 @@ def test_olconnect_xcom_result_of_several_spool_files_is_their_paths() -> None:
     parts, requests, _ = drive(olconnect().xcom_results("op1"), [text(200, "/out/a.pdf\n/out/b.pdf")])
     assert len(requests) == 1
     assert olconnect().result_value(parts[0].value or "") == ["/out/a.pdf", "/out/b.pdf"]
+
+
+# -- the work an answer costs on the triggerer's loop ----------------------------------------------------
+
+
+def loads_counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count json.loads calls (each one a parse of a whole body)."""
+    calls: list[int] = []
+    real = json.loads
+
+    def counted(data: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(data))
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("name", "flow", "answers"),
+    [
+        ("itwin progress", lambda: itwin().progress("j1"), [itwin_progress("Active", 40)]),
+        ("itwin error", lambda: itwin().progress("j1"), [itwin_error(409, "Conflict", "busy")]),
+        ("olconnect verdict", lambda: olconnect().progress("op1"), [jresp(500, {"error": {"message": "no printer"}})]),
+        ("scriptx status", lambda: scriptx().progress("t1"), [sx_status(5)]),
+    ],
+)
+def test_each_answer_is_parsed_once_however_many_readers_ask(
+    monkeypatch: pytest.MonkeyPatch, name: str, flow: Any, answers: list[Response]
+) -> None:
+    calls = loads_counted(monkeypatch)
+    with contextlib.suppress(JobProgressError):
+        drive(flow(), answers, token_asks=[])
+    assert len(calls) == len(answers), f"{name}: {len(calls)} parses of {len(answers)} answers"
+
+
+def test_a_message_is_made_from_the_start_of_a_long_text_only() -> None:
+    """``short`` runs on the loop for any answer it describes: it reads what it shows, not the whole body."""
+    body = "50 " * 2_000_000
+    tracemalloc.start()
+    try:
+        described = short(body, 80)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert described == ("50 " * 27)[:79] + "…"
+    assert peak < 64 * 1024, f"{peak >> 10} KiB to shorten a 6 MB text"

@@ -91,6 +91,14 @@ class Request:
         )
 
 
+_UNPARSED = object()
+
+
+@dataclass(frozen=True)
+class _NotJson:
+    reason: str
+
+
 @dataclass(frozen=True)
 class Response:
     """A whole (small) HTTP answer. Header names are lower-cased."""
@@ -106,6 +114,20 @@ class Response:
     @property
     def text(self) -> str:
         return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body as JSON, parsed once however many readers ask (an error check, then the parser); a
+        ``ValueError`` when it is not JSON."""
+        parsed = self.__dict__.get("_json", _UNPARSED)
+        if parsed is _UNPARSED:
+            try:
+                parsed = load_json(self.body)
+            except ValueError as exc:
+                parsed = _NotJson(str(exc))
+            object.__setattr__(self, "_json", parsed)  # a cache beside the fields, not one of them
+        if isinstance(parsed, _NotJson):
+            raise ValueError(parsed.reason)
+        return parsed
 
     @property
     def content_type(self) -> str:
@@ -465,7 +487,7 @@ class VendorApi:
     def parse_json(self, response: Response, job_id: str | None, *, what: str) -> Any:
         """Decode a JSON answer or raise ``VendorResponseError`` saying what came instead."""
         try:
-            return load_json(response.body)
+            return response.json()
         except ValueError:
             raise VendorResponseError(
                 self.vendor, job_id, f"{what}: expected JSON, got {describe_body(response)}"

@@ -35,7 +35,6 @@ from airflow_provider_jobprogress.core.protocol import (
     answer_limit,
     brief,
     describe_body,
-    load_json,
     now,
     percentage,
 )
@@ -572,7 +571,7 @@ def _list(value: Any) -> list[Any]:
 
 def _error(response: Response) -> dict[str, Any] | None:
     try:
-        data = load_json(response.body)
+        data = response.json()
     except ValueError:
         return None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
@@ -582,7 +581,7 @@ def _error(response: Response) -> dict[str, Any] | None:
 
 def _oauth_error(response: Response) -> str:
     try:
-        data = load_json(response.body)
+        data = response.json()
     except ValueError:
         return f"HTTP {response.status}"
     if isinstance(data, dict) and isinstance(data.get("error"), str):

@@ -36,7 +36,6 @@ from airflow_provider_jobprogress.core.protocol import (
     answer_limit,
     brief,
     describe_body,
-    load_json,
     now,
 )
 
@@ -266,7 +265,7 @@ def managed_files(response: Response, paths: list[str]) -> list[tuple[str, str, 
     ``/filestore/file/{folder id}/{name}``. Both are read; anything else leaves the paths as the result.
     """
     try:
-        data = load_json(response.body)
+        data = response.json()
     except ValueError:
         data = None
     if isinstance(data, dict):
@@ -307,7 +306,7 @@ def parse_progress(response: Response, job_id: str) -> JobProgress:
 def _json_error(response: Response) -> dict[str, Any] | None:
     """The ``{"error": {status, message, parameter}}`` body of newer servers, if that is what came."""
     try:
-        data = load_json(response.body)
+        data = response.json()
     except ValueError:
         return None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
