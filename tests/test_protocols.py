@@ -229,12 +229,14 @@ def test_poll_policy_round_trips_through_its_json_dict(policy: PollPolicy) -> No
 
 
 def test_request_retry_round_trips_through_its_json_dict() -> None:
-    policy = RequestRetry(attempts=3, initial_delay=0.5, max_retry_after=10, rate_limit_waits=2)
+    policy = RequestRetry(attempts=3, initial_delay=0.5, max_retry_after=10, rate_limit_waits=2, request_timeout=9)
     assert RequestRetry.from_value(json.loads(json.dumps(policy.to_dict()))) == policy
     assert RequestRetry.from_value(None) == RequestRetry()
 
 
-@pytest.mark.parametrize("kwargs", [{"attempts": 0}, {"initial_delay": -1}, {"factor": 0.9}, {"jitter": -0.1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"attempts": 0}, {"initial_delay": -1}, {"factor": 0.9}, {"jitter": -0.1}, {"request_timeout": 0}]
+)
 def test_invalid_request_retry_raises_value_error(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011
         RequestRetry(**kwargs)

@@ -108,6 +108,11 @@ class RequestRetry:
     exponential backoff and jitter. A 429 waits what the vendor's ``Retry-After`` says, up to
     ``max_retry_after`` seconds in one call; a longer wait is handed back to the caller as
     ``RateLimitedError`` so a trigger can sleep it without holding the request open.
+
+    ``request_timeout`` bounds one try as a whole, from the moment it has a connection to the last byte of
+    its answer: the hook's per-read timeout restarts with every byte, so a server trickling its answer
+    would hold a poll until the wait's deadline (and for ever without one). A try that runs out of time
+    is a transient failure, retried like a dropped connection.
     """
 
     attempts: int = 5
@@ -119,6 +124,8 @@ class RequestRetry:
     rate_limit_waits: int = 10
     #: how long a wait keeps polling through an unreachable vendor (after each call's own retries)
     outage_tolerance: float = 3600.0
+    #: seconds one try may take once it has a connection, its whole answer read
+    request_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.rate_limit_waits < 0:
@@ -128,6 +135,8 @@ class RequestRetry:
             or self.factor < 1
         ):
             raise ValueError("retry delays must not be negative and the factor at least 1")
+        if not self.request_timeout > 0:
+            raise ValueError("request_timeout must be a positive number of seconds")
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait after the ``failures``-th consecutive transient failure (1-based)."""
@@ -144,6 +153,7 @@ class RequestRetry:
             "max_retry_after": self.max_retry_after,
             "rate_limit_waits": self.rate_limit_waits,
             "outage_tolerance": self.outage_tolerance,
+            "request_timeout": self.request_timeout,
         }
 
     @classmethod

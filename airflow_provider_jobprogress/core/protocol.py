@@ -64,6 +64,9 @@ class Request:
     #: the longest answer read, in bytes (decoded): a longer 2xx answer is a ``ResponseTooLargeError``, read no
     #: further; of a longer error answer only this much is read, for its message
     max_answer: int = MAX_ANSWER
+    #: seconds the request may take once it has a connection, its answer read to the end (None: no limit);
+    #: ``VendorApi.exchange`` sets its policy's ``request_timeout``
+    time_limit: float | None = None
 
     @property
     def path(self) -> str:
@@ -88,6 +91,22 @@ class Request:
             authenticated=self.authenticated,
             idempotent=self.idempotent,
             max_answer=self.max_answer,
+            time_limit=self.time_limit,
+        )
+
+    def within(self, seconds: float) -> Request:
+        """This request with a time limit (``with_headers``'s direct build, for the same reason)."""
+        return Request(
+            method=self.method,
+            url=self.url,
+            headers=self.headers,
+            params=self.params,
+            json=self.json,
+            form=self.form,
+            authenticated=self.authenticated,
+            idempotent=self.idempotent,
+            max_answer=self.max_answer,
+            time_limit=seconds,
         )
 
 
@@ -398,6 +417,8 @@ class VendorApi:
         failures = rate_waits = 0
         token: Token | None = None
         relogged = False
+        if request.time_limit is None:
+            request = request.within(policy.request_timeout)
         while True:
             if request.authenticated and self.uses_token:
                 token = yield GetToken(stale=None)

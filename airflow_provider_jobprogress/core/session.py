@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import ssl
@@ -142,10 +143,11 @@ class SyncSession:
             raise _transport_error(exc) from None
 
     def _send(self, request: Request, timeout: tuple[float, float] | None = None) -> Response:
+        started = time.monotonic()
         answer = self._request(request, stream=True, timeout=timeout)
         whole = False
         try:
-            body, whole = _read_answer(answer, request.max_answer)
+            body, whole = _read_answer(answer, request.max_answer, request.time_limit, started)
         finally:
             if whole:  # read to its end: the connection goes back to the pool, kept alive
                 answer.raw.release_conn()
@@ -251,11 +253,13 @@ def _refused_unread(status: int, headers: Any, limit: int) -> int | None:
     return None
 
 
-def _read_answer(answer: requests.Response, limit: int) -> tuple[bytes, bool]:
+def _read_answer(answer: requests.Response, limit: int, time_limit: float | None, started: float) -> tuple[bytes, bool]:
     """Read a streamed ``requests`` answer, at most ``limit`` bytes decoded; (body, whether it was read to its end).
 
     A 2xx answer past the bound raises ``OversizedAnswer``; of an error answer only its first ``limit`` bytes
-    are kept (its message is all that is read of it).
+    are kept (its message is all that is read of it). Past ``time_limit`` seconds after ``started``
+    (monotonic) the read stops with a ``TransportError``: checked whenever bytes arrive, so a trickled body
+    overruns it by one socket read at most.
     """
     length = _refused_unread(answer.status_code, answer.headers, limit)
     if length is not None:
@@ -271,11 +275,42 @@ def _read_answer(answer: requests.Response, limit: int) -> tuple[bytes, bool]:
                 return b"".join(chunks), True
             chunks.append(chunk)
             size += len(chunk)
+            if time_limit is not None and time.monotonic() - started > time_limit:
+                raise TransportError(_out_of_time(time_limit), sent=True)
     except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
         raise TransportError(type(exc).__name__, sent=True) from None
     if answer.status_code < 300:
         raise OversizedAnswer(answer.status_code, limit, None)
     return b"".join(chunks)[:limit], False
+
+
+def _out_of_time(seconds: float) -> str:
+    return f"AnswerTimeout (no whole answer within {seconds:g} s)"
+
+
+#: the time limit of the request the running task is sending (its ``asyncio.Timeout``, and seconds), started by
+#: the connector when the request has its connection
+_REQUEST_CLOCK: contextvars.ContextVar[tuple[asyncio.Timeout, float] | None] = contextvars.ContextVar(
+    "jobprogress_request_clock", default=None
+)
+
+
+class _ClockedConnector(aiohttp.TCPConnector):
+    """Starts the running request's time limit once it has a connection: a wait for a free pooled connection
+    under load is the pool's, not the vendor's, and is bounded by nothing here (as before)."""
+
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Any],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> aiohttp.connector.Connection:
+        connection = await super().connect(req, traces, timeout)
+        clock = _REQUEST_CLOCK.get()
+        if clock is not None:
+            limit, seconds = clock
+            limit.reschedule(asyncio.get_running_loop().time() + seconds)
+        return connection
 
 
 async def _aread_answer(answer: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -402,7 +437,7 @@ class AsyncSession:
         self.loop = asyncio.get_running_loop()
         connect, read = timeout
         self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=pool_size, ssl=_ssl_option(api)),
+            connector=_ClockedConnector(limit=pool_size, ssl=_ssl_option(api)),
             # Per socket operation, as requests' (connect, read): no total, so waiting for a free pooled
             # connection under load is not mistaken for a dead vendor.
             timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect, sock_read=read),
@@ -493,28 +528,38 @@ class AsyncSession:
         return found
 
     async def _send(self, request: Request) -> Response:
+        limit = asyncio.timeout(None)  # set going by the connector (_ClockedConnector)
+        clock = _REQUEST_CLOCK.set((limit, request.time_limit)) if request.time_limit is not None else None
         try:
             url = self._url(request.url)
             found = self._proxies.get((url.scheme, url.host, url.port))
             proxy, proxy_auth = found if found is not None else await self._env_proxy(url)
-            async with self.http.request(
-                request.method,
-                url,
-                headers=request.headers,
-                params=request.params,
-                json=request.json,
-                data=dict(request.form) if request.form else None,
-                allow_redirects=False,
-                proxy=proxy,
-                proxy_auth=proxy_auth,
-            ) as answer:
+            async with (
+                limit,
+                self.http.request(
+                    request.method,
+                    url,
+                    headers=request.headers,
+                    params=request.params,
+                    json=request.json,
+                    data=dict(request.form) if request.form else None,
+                    allow_redirects=False,
+                    proxy=proxy,
+                    proxy_auth=proxy_auth,
+                ) as answer,
+            ):
                 body = await _aread_answer(answer, request.max_answer)
                 return Response.build(answer.status, answer.headers, body)
         except (TimeoutError, aiohttp.ClientError) as exc:
+            if limit.expired() and request.time_limit is not None:
+                raise TransportError(_out_of_time(request.time_limit), sent=True) from None
             raise _async_transport_error(exc) from None
         except ValueError:
             # yarl and aiohttp raise ValueError on URLs they cannot use; its text would carry the URL.
             raise TransportError("InvalidURL", sent=False) from None
+        finally:
+            if clock is not None:
+                _REQUEST_CLOCK.reset(clock)
 
 
 V = TypeVar("V")
