@@ -14,6 +14,7 @@ import asyncio
 import gc
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -29,6 +30,7 @@ from airflow_provider_jobprogress.core import (
     RequestRetry,
     ResponseTooLargeError,
     VendorUnavailableError,
+    parse_retry_after,
 )
 from airflow_provider_jobprogress.core.protocol import MAX_ANSWER
 from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS, AsyncSession
@@ -48,7 +50,7 @@ CONTENT_TYPES = {"olconnect": "text/plain", "scriptx": "application/json", "itwi
 TOKEN = "hostile-vendor-token-5f0c9e"
 JOB = "job-1"
 FAST_POLL = PollPolicy.fixed(0.05).to_dict()
-#: a fast policy: two tries per call of 1 s at most each, short pauses, a short outage tolerance
+#: a fast policy: two tries per call of 1 s at most each, pauses of 0.5 s at most, a short outage tolerance
 RETRY = RequestRetry(
     attempts=2,
     initial_delay=0.2,
@@ -56,6 +58,7 @@ RETRY = RequestRetry(
     jitter=0,
     outage_tolerance=0.5,
     request_timeout=1.0,
+    retry_after_limit=0.5,
 ).to_dict()
 #: the loop may be busy this long at once, at most (CPU time of the loop's thread between two ticks)
 MAX_STALL = 0.1
@@ -193,6 +196,13 @@ def trickle(every: float = 0.2) -> Answer:
         while True:
             await server.write(response, b"5")
             await asyncio.sleep(every)
+
+    return answer
+
+
+def rate_limited(retry_after: str) -> Answer:
+    async def answer(server: HostileVendor, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=429, text="slow down", headers={"Retry-After": retry_after})
 
     return answer
 
@@ -424,3 +434,38 @@ async def test_the_time_limit_starts_when_the_request_has_a_connection(hostile: 
     finally:
         await session.aclose()
     assert [p.state.value for p in two] == ["succeeded", "succeeded"], "the second waited 0.6 s for the connection"
+
+
+# -- Retry-After: never obeyed past a limit, never shorter than our own backoff -------------------------
+
+#: a Retry-After date nobody should wait for
+YEAR_9999 = "Fri, 31 Dec 9999 23:59:59 GMT"
+
+
+@pytest.mark.parametrize("retry_after", ["86400", YEAR_9999])
+async def test_a_pause_of_a_day_or_of_millennia_is_cut_to_the_limit_and_logged(
+    hostile: Any, retry_after: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the limit at 0.5 s the wait asks again every half second (before: once, then slept as asked)."""
+    server = hostile("itwin", rate_limited(retry_after))
+    got = await watch(trigger("itwin", deadline=time.time() + 3))
+    assert_one_typed_event(got, "itwin", "timeout", None)
+    assert server.calls >= 3
+    assert server.calls <= 8, f"{server.calls} calls in 3 s"
+    asked = parse_retry_after(retry_after)
+    logged = capsys.readouterr().out
+    said = re.findall(r"asked for a pause of (\d+) s", logged)
+    assert said, logged
+    assert asked is not None
+    assert abs(int(said[0]) - asked) < 60, "what the vendor asked for (an HTTP date counts from now)"
+    assert TOKEN not in logged
+
+
+@pytest.mark.parametrize("retry_after", ["0", "-5"])
+async def test_a_pause_of_nothing_waits_the_policy_backoff(hostile: Any, retry_after: str) -> None:
+    """Before: ten requests at once per poll, a poll every 50 ms (1,298 requests in 60 s in the issue's probe)."""
+    server = hostile("olconnect", rate_limited(retry_after))
+    got = await watch(trigger("olconnect", deadline=time.time() + 3))
+    assert_one_typed_event(got, "olconnect", "timeout", None)
+    # pauses of 0.2, 0.4, then 0.5 s (the policy's backoff): about eight calls in 3 s
+    assert 3 <= server.calls <= 10, f"{server.calls} calls in 3 s"

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import pickle
+import re
 import tracemalloc
 from typing import Any
 
@@ -405,6 +406,36 @@ def test_429_more_often_than_rate_limit_waits_raises_rate_limited() -> None:
     api = scriptx(request_retry=RequestRetry(rate_limit_waits=2))
     with pytest.raises(RateLimitedError):
         drive(api.progress("t1"), [text(429, "", {"Retry-After": "1"})] * 3)
+
+
+@pytest.mark.parametrize("header", ["0", "-5", "Wed, 21 Oct 2015 07:28:00 GMT", "soon"])
+def test_429_asking_for_no_pause_waits_the_policy_backoff(header: str) -> None:
+    """Retry-After 0, negative or past is no reason to ask again at once (ten times per poll, before)."""
+    policy = RequestRetry(initial_delay=1, factor=2, jitter=0)
+    replies = [text(429, "", {"Retry-After": header})] * 3 + [sx_status(5)]
+    _, _, sleeps = drive(scriptx(request_retry=policy).progress("t1"), replies)
+    assert sleeps == [Sleep(1.0), Sleep(2.0), Sleep(4.0)]
+
+
+@pytest.mark.parametrize("header", ["86400", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_429_asking_for_more_than_the_retry_after_limit_pauses_that_long_and_says_what_was_asked(header: str) -> None:
+    api = scriptx(request_retry=RequestRetry(retry_after_limit=900))
+    with pytest.raises(RateLimitedError) as info:
+        drive(api.progress("t1"), [text(429, "quota", {"Retry-After": header})])
+    assert info.value.retry_after == 900.0
+    asked = parse_retry_after(header)
+    said = re.search(r"asked for a pause of (\d+) s", str(info.value))
+    assert asked is not None
+    assert said is not None
+    assert abs(int(said[1]) - asked) < 60, "what the vendor asked for (an HTTP date counts from now)"
+    assert "retry_after_limit" in str(info.value)
+
+
+def test_rate_limited_after_its_waits_pauses_at_least_the_policy_backoff() -> None:
+    api = scriptx(request_retry=RequestRetry(rate_limit_waits=2, initial_delay=1, jitter=0))
+    with pytest.raises(RateLimitedError) as info:
+        drive(api.progress("t1"), [text(429, "", {"Retry-After": "0"})] * 3)
+    assert info.value.retry_after == 4.0
 
 
 def test_401_asks_for_a_fresh_token_once_and_replays() -> None:

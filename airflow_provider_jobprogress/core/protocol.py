@@ -453,10 +453,17 @@ class VendorApi:
                 yield GetToken(stale=token)
                 continue
             if response.status == 429:
-                wait = parse_retry_after(response.header("retry-after"))
+                asked = parse_retry_after(response.header("retry-after"))
                 rate_waits += 1
-                if wait is None:
-                    wait = policy.backoff(rate_waits)
+                wait = policy.rate_limit_pause(asked, rate_waits)
+                if asked is not None and asked > policy.retry_after_limit:
+                    raise RateLimitedError(
+                        self.vendor,
+                        job_id,
+                        f"{what}: rate limited ({self.error_message(response)}); the vendor asked for a pause of "
+                        f"{asked:.0f} s, longer than request_retry.retry_after_limit ({wait:g} s)",
+                        retry_after=wait,
+                    )
                 if wait > policy.max_retry_after or rate_waits > policy.rate_limit_waits:
                     raise RateLimitedError(
                         self.vendor, job_id, f"{what}: rate limited ({self.error_message(response)})", retry_after=wait
