@@ -383,6 +383,22 @@ async def test_answers_just_under_the_bound_are_read_without_stalling_the_loop(h
     assert_one_typed_event(got, vendor, status, error)
 
 
+# -- small flaws in an answer that says clearly how the job stands -------------------------------------
+
+FLAWED_DONE = {
+    "olconnect": "\ufeffdone".encode(),  # a byte order mark before the verdict
+    "scriptx": b'{"status": 6, "message": "printed on Dru\xffcker 3", "jobIdentifier": "job-1"}',  # not UTF-8
+    "itwin": json.dumps({"progress": {"state": "Success", "percentage": "n/a"}}).encode(),  # an unreadable number
+}
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_finished_job_with_a_flaw_in_its_answer_is_finished(hostile: Any, vendor: str) -> None:
+    hostile(vendor, whole(FLAWED_DONE[vendor]))
+    got = await watch(trigger(vendor))
+    assert_one_typed_event(got, vendor, "success", None)
+
+
 # -- a body trickled byte by byte: each request has a time limit ------------------------------------------
 
 

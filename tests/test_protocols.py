@@ -1038,3 +1038,40 @@ def test_a_message_is_made_from_the_start_of_a_long_text_only() -> None:
         tracemalloc.stop()
     assert described == ("50 " * 27)[:79] + "…"
     assert peak < 64 * 1024, f"{peak >> 10} KiB to shorten a 6 MB text"
+
+
+# -- small flaws in an answer that says clearly how the job stands ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "state", "percent"), [("\ufeffdone", JobState.SUCCEEDED, 100.0), ("\ufeff40", JobState.RUNNING, 40.0)]
+)
+def test_olconnect_progress_after_a_byte_order_mark_is_read(body: str, state: JobState, percent: float) -> None:
+    progress, _, _ = drive(olconnect().progress("op1"), [text(200, body)], token_asks=[])
+    assert (progress.state, progress.percent) == (state, percent)
+
+
+def test_scriptx_finished_job_whose_message_is_not_utf8_is_finished() -> None:
+    body = b'{"status": 6, "message": "printed on Dru\xffcker 3", "jobIdentifier": "t1"}'
+    answer = Response.build(200, {"Content-Type": "application/json"}, body)
+    progress, _, _ = drive(scriptx().progress("t1"), [answer])
+    assert progress.state is JobState.SUCCEEDED
+    assert progress.message == "printed on Dru\ufffdcker 3"
+
+
+def test_scriptx_status_code_is_not_read_leniently() -> None:
+    """Only messages are decoded leniently: a bad byte where the answer's facts are is still an error."""
+    answer = Response.build(200, {"Content-Type": "application/json"}, b'{"st\xffatus": 6, "message": "done"}')
+    with pytest.raises(VendorResponseError, match="status"):
+        drive(scriptx().progress("t1"), [answer])
+
+
+@pytest.mark.parametrize("percentage", ["n/a", float("nan"), 250, -1, True])
+def test_itwin_success_with_an_unreadable_percentage_is_a_success(percentage: Any) -> None:
+    progress, _, _ = drive(itwin("reality-modeling").progress("j1"), [itwin_progress("Success", percentage)])
+    assert (progress.state, progress.percent) == (JobState.SUCCEEDED, None)
+
+
+def test_itwin_running_job_with_an_unreadable_percentage_is_still_an_error() -> None:
+    with pytest.raises(VendorResponseError, match="percentage"):
+        drive(itwin("reality-modeling").progress("j1"), [itwin_progress("Active", "n/a")])

@@ -116,6 +116,8 @@ _UNPARSED = object()
 @dataclass(frozen=True)
 class _NotJson:
     reason: str
+    #: the body is JSON but for bytes that are not UTF-8
+    undecodable: bool
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,8 @@ class Response:
 
     @property
     def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
+        """The body as text: UTF-8, a leading byte order mark dropped, a byte that is not UTF-8 read as U+FFFD."""
+        return self.body.decode("utf-8-sig", errors="replace")
 
     def json(self) -> Any:
         """The body as JSON, parsed once however many readers ask (an error check, then the parser); a
@@ -142,10 +145,25 @@ class Response:
             try:
                 parsed = load_json(self.body)
             except ValueError as exc:
-                parsed = _NotJson(str(exc))
+                parsed = _NotJson(str(exc), isinstance(exc, UnicodeDecodeError))
             object.__setattr__(self, "_json", parsed)  # a cache beside the fields, not one of them
         if isinstance(parsed, _NotJson):
             raise ValueError(parsed.reason)
+        return parsed
+
+    def lenient_json(self) -> Any:
+        """``json()``, but a byte that is not UTF-8 reads as U+FFFD instead of refusing the whole answer: for
+        answers whose strings are messages and names (a job's status), where one bad byte in a vendor's message
+        must not turn a finished job into an error. Facts stay checked: a mangled key or state is still wrong."""
+        try:
+            return self.json()
+        except ValueError:
+            if not self.__dict__["_json"].undecodable:
+                raise
+        parsed = self.__dict__.get("_lenient_json", _UNPARSED)
+        if parsed is _UNPARSED:
+            parsed = load_json(self.body.decode("utf-8", errors="replace"))
+            object.__setattr__(self, "_lenient_json", parsed)
         return parsed
 
     @property
@@ -521,6 +539,16 @@ class VendorApi:
                 self.vendor, job_id, f"{what}: expected JSON, got {describe_body(response)}"
             ) from None
 
+    def parse_status_json(self, response: Response, job_id: str | None, *, what: str) -> Any:
+        """``parse_json`` for a job's status or progress answer, whose strings are messages and names: read with
+        ``Response.lenient_json``."""
+        try:
+            return response.lenient_json()
+        except ValueError:
+            raise VendorResponseError(
+                self.vendor, job_id, f"{what}: expected JSON, got {describe_body(response)}"
+            ) from None
+
     def require(self, data: Any, key: str, job_id: str | None, *, what: str) -> Any:
         """``data[key]`` from a JSON object, or a ``VendorResponseError`` naming the missing key."""
         if not isinstance(data, dict) or key not in data:
@@ -624,7 +652,7 @@ def short_text(response: Response, limit: int = 200) -> str:
     return short(response.text, limit) or "(empty body)"
 
 
-def load_json(body: bytes) -> Any:
+def load_json(body: bytes | str) -> Any:
     """``json.loads`` that fails only with ValueError: a vendor's body nested deeper than Python's recursion
     limit (a 2 KB body can be 1,000 levels deep) is unreadable JSON like any other, not a RecursionError."""
     try:

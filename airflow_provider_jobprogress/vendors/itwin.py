@@ -238,7 +238,7 @@ class ITwinApi(VendorApi):
             return (yield from self.progress_from_details(job_id))
         if response.status >= 300:
             raise self.status_error(response, job_id, what=what)
-        data = self.parse_json(response, job_id, what=what)
+        data = self.parse_status_json(response, job_id, what=what)
         reading = self.require(data, "progress", job_id, what=what)
         progress = parse_progress(reading, job_id)
         if progress.state is JobState.FAILED:
@@ -434,7 +434,12 @@ def parse_progress(reading: Any, job_id: str) -> JobProgress:
     if not isinstance(reading, dict):
         raise VendorResponseError(ITwinApi.vendor, job_id, "progress: 'progress' is not an object")
     state = _state(reading.get("state"), job_id)
-    percent = percentage(reading.get("percentage"), ITwinApi.vendor, job_id, what="progress")
+    try:
+        percent = percentage(reading.get("percentage"), ITwinApi.vendor, job_id, what="progress")
+    except VendorResponseError:
+        if not state.is_terminal:
+            raise
+        percent = None  # a clear final state wins over a number that cannot be read
     step = reading.get("step")
     message = "the job was created but never submitted" if str(reading.get("state")).lower() == "unsubmitted" else None
     return JobProgress(
@@ -571,7 +576,7 @@ def _list(value: Any) -> list[Any]:
 
 def _error(response: Response) -> dict[str, Any] | None:
     try:
-        data = response.json()
+        data = response.lenient_json()
     except ValueError:
         return None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):

@@ -306,7 +306,7 @@ def parse_progress(response: Response, job_id: str) -> JobProgress:
 def _json_error(response: Response) -> dict[str, Any] | None:
     """The ``{"error": {status, message, parameter}}`` body of newer servers, if that is what came."""
     try:
-        data = response.json()
+        data = response.lenient_json()
     except ValueError:
         return None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):

@@ -157,7 +157,7 @@ class ScriptXApi(VendorApi):
             return JobProgress(self.vendor, job_id, JobState.SUCCEEDED, 100.0, step="Ok", message=message)
         what = "read job status"
         response = yield from self.send(self._call("GET", f"{PDF}/status/{quote(job_id, safe='')}"), job_id, what=what)
-        data = self.parse_json(response, job_id, what=what)
+        data = self.parse_status_json(response, job_id, what=what)
         return parse_status(data, job_id)
 
     def cancel(self, job_id: str) -> Flow[None]:
