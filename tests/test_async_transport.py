@@ -472,14 +472,63 @@ async def test_tls_unknown_ca_is_refused_before_anything_is_sent(tls_server: tup
         await session.aclose()
     assert raised.value.sent is False
     assert "Certificate" in raised.value.kind
+    # OpenSSL's reason, not os.strerror() of its error code ("Operation not permitted")
+    assert "certificate verify failed" in raised.value.kind, raised.value.kind
+    assert "Operation not permitted" not in raised.value.kind
+
+
+async def test_a_name_that_does_not_resolve_says_so() -> None:
+    try:
+        socket.getaddrinfo("no-such-host.invalid", 80)
+    except socket.gaierror as exc:
+        reason = exc.strerror
+    else:  # pragma: no cover - a resolver that answers for .invalid
+        pytest.skip("this resolver answers for .invalid")
+    session = AsyncSession(api())
+    try:
+        with pytest.raises(TransportError) as raised:
+            await session._send(Request("GET", "http://no-such-host.invalid/x"))
+    finally:
+        await session.aclose()
+    assert raised.value.sent is False
+    assert reason in raised.value.kind, raised.value.kind
+    assert "Unknown error" not in raised.value.kind
 
 
 async def test_a_missing_ca_bundle_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-ca.pem"
-    with pytest.raises(JobProgressError) as raised:
-        AsyncSession(api(verify=str(missing)))
+    session = AsyncSession(api(verify=str(missing)))
+    try:
+        with pytest.raises(JobProgressError) as raised:
+            await session.run(session.api.send(Request("GET", "https://127.0.0.1:9/x"), None, what="read"))
+    finally:
+        await session.aclose()
     assert str(missing) in str(raised.value)
     assert "verify" in str(raised.value)
+
+
+async def test_a_ca_bundle_is_read_off_the_event_loop(
+    tls_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a file (a CA bundle on a slow or network disk) would stall every wait of the triggerer."""
+    url, ca_path = tls_server
+    loop_thread = threading.get_ident()
+    readers: list[int] = []
+    real = ssl.create_default_context
+
+    def watched(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        readers.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", watched)
+    session = AsyncSession(api(verify=str(ca_path)))
+    try:
+        answers = await asyncio.gather(*(session._send(Request("GET", f"{url}/x")) for _ in range(3)))
+    finally:
+        await session.aclose()
+    assert [a.status for a in answers] == [200] * 3
+    assert len(readers) == 1, "read once per session"
+    assert loop_thread not in readers, "read on the event loop's thread"
 
 
 def test_emulator_done_endpoint_is_404_while_running_then_200(emulator: VendorEmulator) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -390,14 +391,28 @@ def _async_transport_error(exc: BaseException) -> TransportError:
         | aiohttp.NonHttpUrlClientError,
     )
     kind = type(exc).__name__
-    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
-        kind = f"{kind} ({os.strerror(exc.os_error.errno)})"
+    cause = _cause(exc.os_error) if isinstance(exc, aiohttp.ClientConnectorError) else None
+    if cause:
+        kind = f"{kind} ({cause})"
     plain = isinstance(exc, aiohttp.ClientSSLError) and _plain_http(exc)
     return TransportError(kind, sent=not never_sent, plain_http=plain)
 
 
+def _cause(error: OSError) -> str | None:
+    """What went wrong, in the words of whoever said it. OpenSSL's and the resolver's codes are not errno
+    values: ``os.strerror`` made "Operation not permitted" of a certificate refused and "Unknown error -2" of a
+    name that does not resolve."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {error.verify_message}"
+    if isinstance(error, ssl.SSLError):
+        return error.reason
+    if isinstance(error, socket.gaierror):
+        return error.strerror
+    return os.strerror(error.errno) if error.errno else None
+
+
 def _ssl_option(api: VendorApi) -> bool | ssl.SSLContext:
-    """The connection's ``verify``: True (system CAs), False, or a CA bundle path read once per session."""
+    """The connection's ``verify``: True (system CAs), False, or a CA bundle read once per session, in a thread."""
     if isinstance(api.verify, bool):
         return api.verify
     try:
@@ -435,11 +450,29 @@ class AsyncSession:
         self.api = api
         #: the event loop this session's connections belong to; it can serve no other
         self.loop = asyncio.get_running_loop()
-        connect, read = timeout
-        self.http = aiohttp.ClientSession(
-            connector=_ClockedConnector(limit=pool_size, ssl=_ssl_option(api)),
-            # Per socket operation, as requests' (connect, read): no total, so waiting for a free pooled
-            # connection under load is not mistaken for a dead vendor.
+        self._timeout = timeout
+        self._pool_size = pool_size
+        self._closed = False
+        # The aiohttp client; with a CA bundle, made once the file was read in a thread (off the loop).
+        self._client: asyncio.Future[aiohttp.ClientSession]
+        if isinstance(api.verify, bool):
+            self._client = self.loop.create_future()
+            self._client.set_result(self._make_client(api.verify))
+        else:
+            self._client = asyncio.ensure_future(self._open_with_bundle())
+        self._token = token
+        self._lock = asyncio.Lock()
+        self._urls: dict[str, URL] = {}
+        self._proxies: dict[tuple[str, str | None, int | None], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
+        self.on_secret = on_secret
+
+    def _make_client(self, tls: bool | ssl.SSLContext) -> aiohttp.ClientSession:
+        connect, read = self._timeout
+        return aiohttp.ClientSession(
+            connector=_ClockedConnector(limit=self._pool_size, ssl=tls),
+            # Per socket operation, as requests' (connect, read), and a time limit per request once it has
+            # its connection (_ClockedConnector): no total, so waiting for a free pooled connection under
+            # load is not mistaken for a dead vendor.
             timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect, sock_read=read),
             # No vendor API here uses cookies; a real jar would cost CPU on every request and carry one
             # trigger's cookies into another's requests.
@@ -448,18 +481,28 @@ class AsyncSession:
             # in a worker thread as trust_env=True does.
             trust_env=False,
         )
-        self._token = token
-        self._lock = asyncio.Lock()
-        self._urls: dict[str, URL] = {}
-        self._proxies: dict[tuple[str, str | None, int | None], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
-        self.on_secret = on_secret
+
+    async def _open_with_bundle(self) -> aiohttp.ClientSession:
+        return self._make_client(await asyncio.to_thread(_ssl_option, self.api))
+
+    async def _http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise JobProgressError(self.api.vendor, None, "this HTTP session is closed")
+        if self._client.done():
+            return self._client.result()  # raises the CA bundle's error, for every call, as it should
+        # shield: one caller cancelled (its trigger killed) must not cancel the reading the others wait for
+        return await asyncio.shield(self._client)
 
     @property
     def closed(self) -> bool:
-        return self.http.closed
+        return self._closed
 
     async def aclose(self) -> None:
-        await self.http.close()
+        self._closed = True
+        if not self._client.done():
+            self._client.cancel()  # the CA bundle is still being read: no client was made
+        elif not self._client.cancelled() and self._client.exception() is None:
+            await self._client.result().close()
 
     async def run(self, flow: Flow[T]) -> T:
         if asyncio.get_running_loop() is not self.loop:
@@ -534,9 +577,10 @@ class AsyncSession:
             url = self._url(request.url)
             found = self._proxies.get((url.scheme, url.host, url.port))
             proxy, proxy_auth = found if found is not None else await self._env_proxy(url)
+            http = await self._http()
             async with (
                 limit,
-                self.http.request(
+                http.request(
                     request.method,
                     url,
                     headers=request.headers,
