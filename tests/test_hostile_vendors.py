@@ -89,6 +89,7 @@ class HostileVendor:
         self.sent = 0
         #: the client ports calls came from: one per TCP connection
         self.peers: set[int] = set()
+        self.logins = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._sock = socket.create_server(("127.0.0.1", 0))
@@ -119,7 +120,9 @@ class HostileVendor:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.path.endswith("/connect/token"):
-            return web.json_response({"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600})
+            self.logins += 1
+            issued = f"{TOKEN}-{self.logins}"  # a new token at each login, each holding TOKEN
+            return web.json_response({"access_token": issued, "token_type": "Bearer", "expires_in": 3600})
         self.calls += 1
         self.peers.add(request.transport.get_extra_info("peername")[1] if request.transport else 0)
         try:
@@ -485,3 +488,46 @@ async def test_a_pause_of_nothing_waits_the_policy_backoff(hostile: Any, retry_a
     assert_one_typed_event(got, "olconnect", "timeout", None)
     # pauses of 0.2, 0.4, then 0.5 s (the policy's backoff): about eight calls in 3 s
     assert 3 <= server.calls <= 10, f"{server.calls} calls in 3 s"
+
+
+# -- tokens: never in what the provider writes, and no pattern in Airflow's masker per renewal ------------
+
+
+def echo_credentials() -> Answer:
+    """A proxy's error page that shows the request's headers, the token among them."""
+
+    async def answer(server: HostileVendor, request: web.Request) -> web.StreamResponse:
+        shown = "\n".join(f"{name}: {value}" for name, value in request.headers.items())
+        return web.Response(status=502, text=f"Bad Gateway. Your request:\n{shown}")
+
+    return answer
+
+
+async def test_a_token_a_vendor_echoes_is_in_no_event_and_no_log(
+    hostile: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hostile("itwin", echo_credentials())
+    got = await watch(trigger("itwin"))
+    event = assert_one_typed_event(got, "itwin", "error", "VendorUnavailableError")
+    assert "Bad Gateway" in event["message"]
+    assert "Authorization: Bearer ***" in event["message"], event["message"]
+    assert TOKEN not in capsys.readouterr().out
+
+
+async def test_token_renewals_add_no_pattern_to_airflows_masker(hostile: Any) -> None:
+    """Airflow's masker keeps every pattern for good and redacts every log line with all of them
+    (benchmarks/bench_token_masking.py): a token renewed every 15 minutes must not cost each line more."""
+    try:
+        from airflow.sdk.log import _secrets_masker  # type: ignore[attr-defined]
+    except ImportError:  # Airflow < 3.3
+        from airflow.sdk._shared.secrets_masker import _secrets_masker  # type: ignore[no-redef,attr-defined]
+
+    server = hostile("itwin", whole(DONE["itwin"]))
+    async with ITwinHook("hostile_itwin", request_retry=RETRY) as hook:
+        session = await hook.asession()  # reading the connection registers its secrets, once
+        token = await session._get_token(None)
+        before = len(_secrets_masker().patterns)
+        for _ in range(300):
+            token = await session._get_token(token)
+    assert server.logins == 301
+    assert len(_secrets_masker().patterns) == before

@@ -1075,3 +1075,26 @@ def test_itwin_success_with_an_unreadable_percentage_is_a_success(percentage: An
 def test_itwin_running_job_with_an_unreadable_percentage_is_still_an_error() -> None:
     with pytest.raises(VendorResponseError, match="percentage"):
         drive(itwin("reality-modeling").progress("j1"), [itwin_progress("Active", "n/a")])
+
+
+# -- credentials a vendor echoes back ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "flow", "secret"),
+    [
+        ("olconnect token", lambda: olconnect().progress("op1"), TOKEN.value),
+        ("olconnect basic", lambda: olconnect(auth="basic").progress("op1"), basic("admin", OLC_PASSWORD)[6:]),
+        ("scriptx license", lambda: scriptx().progress("t1"), basic(SX_GUID, "")[6:]),
+        ("itwin token", lambda: itwin().progress("j1"), TOKEN.value),
+        ("itwin client secret", lambda: itwin().login(), ITWIN_SECRET),
+    ],
+)
+def test_credentials_a_vendor_echoes_are_replaced_before_anything_reads_the_answer(
+    name: str, flow: Any, secret: str
+) -> None:
+    echo = text(409, f"Conflict. You sent: Authorization: Basic {secret}; auth_token: {secret}")
+    with pytest.raises(JobProgressError) as raised:
+        drive(flow(), [echo], token_asks=[])
+    assert secret not in str(raised.value), name
+    assert "***" in str(raised.value)

@@ -173,6 +173,17 @@ class Response:
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
 
+    def without(self, secrets: tuple[str, ...]) -> Response:
+        """This answer with each of ``secrets`` (the credentials its request carried) replaced by ``***``: a
+        proxy's error page can show the request's headers, and the answer's text goes into errors, events and
+        logs. The same answer when none is in it (the common case costs a search of the body per secret)."""
+        body = self.body
+        for secret in secrets:
+            raw = secret.encode()
+            if raw and raw in body:
+                body = body.replace(raw, b"***")
+        return self if body is self.body else Response(self.status, self.headers, body)
+
 
 @dataclass(frozen=True)
 class Sleep:
@@ -413,6 +424,13 @@ class VendorApi:
         """True when the answer means the token is stale and one fresh login may cure it."""
         return response.status == 401
 
+    def credentials(self, token: Token | None) -> tuple[str, ...]:
+        """The secret values this vendor sends (a token, Basic credentials, a client secret): an answer that
+        echoes one has it replaced before anything reads it (``Response.without``). Tokens are not given to
+        Airflow's secrets masker, which keeps every pattern for good (see the README): nothing this provider
+        writes may hold one."""
+        return () if token is None else (token.value,)
+
     def error_message(self, response: Response) -> str:
         """The vendor's human message in an error answer; vendors override to read their body format."""
         return short_text(response)
@@ -442,6 +460,7 @@ class VendorApi:
                 token = yield GetToken(stale=None)
             try:
                 response: Response = yield (self.authorize(request, token) if request.authenticated else request)
+                response = response.without(self.credentials(token))
             except TransportError as exc:
                 if exc.plain_http:  # the same answer however often it is asked: not retried
                     origin = f"{urlsplit(request.url).hostname}:{urlsplit(request.url).port or 443}"

@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 
 #: (connect, read) seconds; a progress call that hangs longer is a transient failure, retried
 DEFAULT_TIMEOUT = (10.0, 60.0)
-SecretSink = Callable[[str], None]
-AsyncSecretSink = Callable[[str], Awaitable[None] | None]
 #: TCP connections per vendor connection and event loop, shared by all its triggers. aiohttp's default;
 #: with 32, waits polling together queued for connections and cost ~15 % more CPU per poll (500 waits)
 POOL_SIZE = 100
@@ -53,10 +51,6 @@ POOL_SIZE = 100
 URL_CACHE = 16384
 #: tokens kept for connections no trigger uses at the moment (so a wait that starts later needs no new login)
 PARKED_TOKENS = 256
-
-
-def _no_sink(_: str) -> None:
-    return None
 
 
 class SyncSession:
@@ -67,11 +61,9 @@ class SyncSession:
         api: VendorApi,
         *,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
-        on_secret: SecretSink = _no_sink,
     ) -> None:
         self.api = api
         self.timeout = timeout
-        self.on_secret = on_secret
         self.http = requests.Session()
         self.http.verify = api.verify
         self._token: Token | None = None
@@ -121,7 +113,6 @@ class SyncSession:
             token = self._token
             if token is None or token is stale or not token.usable(now(), self.api.token_margin):
                 token = self.run(self.api.login())
-                self.on_secret(token.value)
                 self._token = token
             return token
 
@@ -172,7 +163,9 @@ class SyncSession:
                 raise self.api.transport_failure(exc, request, job_id, what=what) from None
             with contextlib.closing(answer):
                 if answer.status_code >= 300:
-                    small = Response.build(answer.status_code, answer.headers, answer.raw.read(64 * 1024))
+                    small = Response.build(answer.status_code, answer.headers, answer.raw.read(64 * 1024)).without(
+                        self.api.credentials(token)
+                    )
                     stale = request.authenticated and self.api.uses_token and self.api.token_rejected(small)
                     if stale and attempt == 1:
                         with self._lock:
@@ -443,7 +436,6 @@ class AsyncSession:
         api: VendorApi,
         *,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
-        on_secret: AsyncSecretSink | None = None,
         token: Token | None = None,
         pool_size: int = POOL_SIZE,
     ) -> None:
@@ -464,7 +456,6 @@ class AsyncSession:
         self._lock = asyncio.Lock()
         self._urls: dict[str, URL] = {}
         self._proxies: dict[tuple[str, str | None, int | None], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
-        self.on_secret = on_secret
 
     def _make_client(self, tls: bool | ssl.SSLContext) -> aiohttp.ClientSession:
         connect, read = self._timeout
@@ -539,10 +530,6 @@ class AsyncSession:
             token = self._token
             if token is None or token is stale or not token.usable(now(), self.api.token_margin):
                 token = await self.run(self.api.login())
-                if self.on_secret is not None:
-                    result = self.on_secret(token.value)
-                    if result is not None:
-                        await result
                 self._token = token
             return token
 

@@ -72,23 +72,6 @@ def _mask(secret: str) -> None:
     mask_secret(secret)
 
 
-async def _amask(secret: str) -> None:
-    # amask_secret exists from Airflow 3.3.2; below, the sync call runs in a thread so the loop never blocks.
-    # That thread must be asgiref's: in the triggerer mask_secret messages the supervisor through
-    # async_to_sync, which routes back to the triggerer's own loop (and its comms lock) only from an asgiref
-    # thread. From asyncio.to_thread it opens a second loop on the same socket, and the trigger runner dies
-    # with "Response read out of order" (seen on Airflow 3.1.8).
-    from airflow.sdk import log as sdk_log
-
-    amask = getattr(sdk_log, "amask_secret", None)
-    if amask is not None:
-        await amask(secret)
-        return
-    from asgiref.sync import sync_to_async
-
-    await sync_to_async(sdk_log.mask_secret)(secret)
-
-
 #: the query parameters of a pre-signed URL that are secret: Azure SAS ``sig`` (the signature; ``sv``, ``se``,
 #: ``sp``, ``sr``, ``skoid``... are a version, dates, permissions and ids), and, should a vendor hand out S3 or
 #: GCS URLs, their signatures and AWS's session token. Masking every long value hid dates such as
@@ -159,7 +142,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     @cached_property
     def session(self) -> SyncSession:
-        return SyncSession(self.api, timeout=self.timeout, on_secret=_mask)
+        return SyncSession(self.api, timeout=self.timeout)
 
     def get_conn(self) -> SyncSession:
         return self.session
@@ -188,7 +171,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
             timeout = self.timeout
 
             def factory(token: Token | None) -> AsyncSession:
-                return AsyncSession(api, timeout=timeout, on_secret=_amask, token=token)
+                return AsyncSession(api, timeout=timeout, token=token)
 
             self._lease = ASYNC_SESSIONS.acquire(self._async_key, factory)
         return self._lease

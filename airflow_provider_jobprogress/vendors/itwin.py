@@ -175,6 +175,10 @@ class ITwinApi(VendorApi):
         assert token is not None
         return request.with_headers({"Authorization": f"Bearer {token.value}"})
 
+    def credentials(self, token: Token | None) -> tuple[str, ...]:
+        # The client secret goes in the token request's form; Airflow masks it in logs, not in events.
+        return (*super().credentials(token), self._client_secret)
+
     def error_message(self, response: Response) -> str:
         error = _error(response)
         if error is None:

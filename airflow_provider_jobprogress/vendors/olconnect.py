@@ -96,8 +96,17 @@ class OLConnectApi(VendorApi):
         return self._user is not None and self.auth == "token"
 
     def _basic(self) -> dict[str, str]:
-        raw = f"{self._user}:{self._password}".encode()
-        return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+        return {"Authorization": "Basic " + self._basic_credentials}
+
+    @property
+    def _basic_credentials(self) -> str:
+        return base64.b64encode(f"{self._user}:{self._password}".encode()).decode()
+
+    def credentials(self, token: Token | None) -> tuple[str, ...]:
+        # The login itself and the basic mode send Basic credentials; the password is masked by Airflow, not
+        # its base64 form.
+        basic = (self._basic_credentials,) if self._user is not None else ()
+        return (*super().credentials(token), *basic)
 
     def login(self) -> Flow[Token]:
         request = Request("POST", f"{ROOT}/authentication/login", headers=self._basic(), authenticated=False)

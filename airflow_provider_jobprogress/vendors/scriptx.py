@@ -26,7 +26,7 @@ from airflow_provider_jobprogress.core.errors import (
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
-from airflow_provider_jobprogress.core.protocol import ConnectionFields, Flow, Request, ResultPart, VendorApi
+from airflow_provider_jobprogress.core.protocol import ConnectionFields, Flow, Request, ResultPart, Token, VendorApi
 
 VARIANTS = ("cloud", "on_premise", "windows_pc")
 CLOUD_HOST = "scriptxservices.meadroid.com"
@@ -112,8 +112,15 @@ class ScriptXApi(VendorApi):
     def authorize(self, request: Request, token: object) -> Request:
         if self._license is None:
             return request  # On-Premise ignores the header; nothing to send
-        raw = f"{self._license}:".encode()
-        return request.with_headers({"Authorization": "Basic " + base64.b64encode(raw).decode()})
+        return request.with_headers({"Authorization": "Basic " + self._basic_credentials})
+
+    @property
+    def _basic_credentials(self) -> str:
+        return base64.b64encode(f"{self._license}:".encode()).decode()
+
+    def credentials(self, token: Token | None) -> tuple[str, ...]:
+        # The license is masked by Airflow (the connection's password), not its base64 form.
+        return () if self._license is None else (self._basic_credentials,)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Request:
         headers = {MEADROID_PATH: self.meadroid_path} if self.meadroid_path else {}
