@@ -220,32 +220,23 @@ class Watched:
 
 
 async def watch(trigger: JobProgressTrigger, *, limit: float = 60.0) -> Watched:
-    """Run ``trigger`` to its end while ticking on its loop; stop it if memory runs away or it takes ``limit``.
-
-    What the test process holds already is frozen (``gc.freeze``): a full collection over pytest's heap, hundreds
-    of tests deep, took 230 ms here and is not the wait's doing.
-    """
+    """Run ``trigger`` to its end while ticking on its loop; stop it if memory runs away or it takes ``limit``."""
     loop = asyncio.get_running_loop()
-    gc.collect()
-    gc.freeze()
     base = rss()
     stall = lag = 0.0
     growth = 0
     run = asyncio.create_task(_events(trigger))
     started = loop.time()
-    try:
-        while not run.done():
-            wall, cpu = loop.time(), time.thread_time()
-            await asyncio.sleep(TICK)
-            stall = max(stall, time.thread_time() - cpu)
-            lag = max(lag, loop.time() - wall - TICK)
-            growth = max(growth, rss() - base)
-            if growth > RSS_GUARD or loop.time() - started > limit:
-                run.cancel()
-                await ASYNC_SESSIONS.aclose_all()
-                pytest.fail(f"stopped after {loop.time() - started:.1f} s, the process {growth >> 20} MiB larger")
-    finally:
-        gc.unfreeze()
+    while not run.done():
+        wall, cpu = loop.time(), time.thread_time()
+        await asyncio.sleep(TICK)
+        stall = max(stall, time.thread_time() - cpu)
+        lag = max(lag, loop.time() - wall - TICK)
+        growth = max(growth, rss() - base)
+        if growth > RSS_GUARD or loop.time() - started > limit:
+            run.cancel()
+            await ASYNC_SESSIONS.aclose_all()
+            pytest.fail(f"stopped after {loop.time() - started:.1f} s, the process {growth >> 20} MiB larger")
     return Watched(await run, stall, lag, growth)
 
 
@@ -314,6 +305,17 @@ def imports_done() -> None:
 async def close_shared_sessions() -> Any:
     yield
     await ASYNC_SESSIONS.aclose_all()
+
+
+@pytest.fixture(autouse=True)
+def frozen_heap() -> Iterator[None]:
+    """What the test process holds already is frozen (``gc.freeze``), before a test takes its times: a full
+    collection over pytest's heap, hundreds of tests deep, took 230 ms on the loop (and 4 s here before a test
+    began) and is not the wait's doing."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 # -- answers too large: read no further than the bound ------------------------------------------------
