@@ -4,7 +4,7 @@ Airflow's masker keeps every pattern it is given (a set of escaped strings, in 3
 way to remove one) and redacts every string of every log event with one regex joining them all, compiled
 again at each new pattern. A triggerer's log lines are redacted by its supervisor process, whose masker
 receives every secret the trigger runner masks; a token renewed every 15 minutes on ten connections gives
-it about a thousand patterns a week. Each variant runs in its own subprocess (a fresh masker):
+it about a thousand patterns a day. Each variant runs in its own subprocess (a fresh masker):
 
 - **none**: ten connection secrets registered (a triggerer with ten connections), no token;
 - **reference**: the same, then each of ``--renewals`` renewed tokens registered with Airflow's
