@@ -417,6 +417,14 @@ async def test_a_trickled_answer_ends_at_the_request_time_limit(hostile: Any, de
     assert "within 1 s" in event["message"], event["message"]
 
 
+async def test_a_deadline_during_a_trickled_answer_is_the_waits_timeout_not_the_requests(hostile: Any) -> None:
+    """The request's time limit takes back only its own cancellation: the wait's deadline still ends the wait."""
+    hostile("scriptx", trickle())
+    slow_tries = {**RETRY, "request_timeout": 30.0}
+    got = await watch(trigger("scriptx", deadline=time.time() + 1.5, request_retry=slow_tries), limit=20)
+    assert_one_typed_event(got, "scriptx", "timeout", None)
+
+
 def test_a_worker_read_of_a_trickled_answer_ends_at_the_request_time_limit(hostile: Any) -> None:
     hostile("scriptx", trickle())
     hook = ScriptXHook("hostile_scriptx", request_retry=RETRY)
