@@ -14,6 +14,7 @@ import base64
 import re
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
@@ -98,7 +99,7 @@ class OLConnectApi(VendorApi):
     def _basic(self) -> dict[str, str]:
         return {"Authorization": "Basic " + self._basic_credentials}
 
-    @property
+    @cached_property
     def _basic_credentials(self) -> str:
         return base64.b64encode(f"{self._user}:{self._password}".encode()).decode()
 

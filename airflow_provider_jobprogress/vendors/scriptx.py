@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
@@ -114,7 +115,7 @@ class ScriptXApi(VendorApi):
             return request  # On-Premise ignores the header; nothing to send
         return request.with_headers({"Authorization": "Basic " + self._basic_credentials})
 
-    @property
+    @cached_property
     def _basic_credentials(self) -> str:
         return base64.b64encode(f"{self._license}:".encode()).decode()
 
