@@ -418,7 +418,7 @@ async def task_instance_state(ti: Any) -> str | None:
 
     Asked as a trigger may ask in Airflow 3: ``RuntimeTaskInstance.get_task_states``, which the triggerer
     answers through its supervisor (``GetTaskStates``), in an asgiref thread as Airflow's own triggers call it
-    (see ``hooks.base._amask``). Raises when there is no task instance to ask about or Airflow cannot answer.
+   . Raises when there is no task instance to ask about or Airflow cannot answer.
     """
     if ti is None:
         raise LookupError("the trigger has no task instance")

@@ -33,9 +33,9 @@ from airflow_provider_jobprogress.core.protocol import (
     ResultPart,
     Token,
     VendorApi,
+    answer_limit,
     brief,
     describe_body,
-    load_json,
     now,
     percentage,
 )
@@ -87,6 +87,12 @@ LIST_PAGE = 1000
 LIST_PAGES = 20
 #: job ids per ``id eq … or …`` filter when reading how jobs ended (keeps the URL a few KB long)
 ENDED_BATCH = 50
+#: the largest page of jobs the API serves (``$top`` 2..1000): the bound of a listing that names no page size
+MAX_PAGE = 1000
+#: a failed v2 job's messages: up to a hundred entries of 2 KiB
+MESSAGES_ANSWER = answer_limit(100, per_item=2048)
+#: one page of Azure's List Blobs (5,000 names at most, each ``<Blob>`` with its properties under 4 KiB)
+BLOB_LIST_ANSWER = answer_limit(5000, per_item=4096)
 
 
 class ITwinApi(VendorApi):
@@ -191,6 +197,10 @@ class ITwinApi(VendorApi):
         assert token is not None
         return request.with_headers({"Authorization": f"Bearer {token.value}"})
 
+    def credentials(self, token: Token | None) -> tuple[str, ...]:
+        # The client secret goes in the token request's form; Airflow masks it in logs, not in events.
+        return (*super().credentials(token), self._client_secret)
+
     def error_message(self, response: Response) -> str:
         error = _error(response)
         if error is None:
@@ -254,7 +264,7 @@ class ITwinApi(VendorApi):
             return (yield from self.progress_from_details(job_id))
         if response.status >= 300:
             raise self.status_error(response, job_id, what=what)
-        data = self.parse_json(response, job_id, what=what)
+        data = self.parse_status_json(response, job_id, what=what)
         reading = self.require(data, "progress", job_id, what=what)
         progress = parse_progress(reading, job_id)
         if progress.state is JobState.FAILED:
@@ -281,7 +291,7 @@ class ITwinApi(VendorApi):
         info = job.get("executionInformation")
         errors = _list(info.get("errors") if isinstance(info, dict) else None)
         if not errors and self.family.version == 2:
-            request = self._call("GET", self._job_path(job_id) + "/messages")
+            request = self._call("GET", self._job_path(job_id) + "/messages", max_answer=MESSAGES_ANSWER)
             response = yield from self.send(request, job_id, what="read job messages")
             data = self.parse_json(response, job_id, what="read job messages")
             messages = data.get("messages") if isinstance(data, dict) else None
@@ -362,7 +372,8 @@ class ITwinApi(VendorApi):
         if continuation_token:
             params["continuationToken"] = continuation_token
         what = "list jobs"
-        response = yield from self.send(self._call("GET", self._job_path(), params=params), None, what=what)
+        request = self._call("GET", self._job_path(), params=params, max_answer=answer_limit(top or MAX_PAGE))
+        response = yield from self.send(request, None, what=what)
         data = self.parse_json(response, None, what=what)
         jobs = self.require(data, "jobs", None, what=what)
         if not isinstance(jobs, list):
@@ -493,7 +504,7 @@ class ITwinApi(VendorApi):
                 query += f"&prefix={quote(prefix, safe='')}"
             if marker:
                 query += f"&marker={quote(marker, safe='')}"
-            request = Request("GET", _with_query(container, query), authenticated=False)
+            request = Request("GET", _with_query(container, query), authenticated=False, max_answer=BLOB_LIST_ANSWER)
             response = yield from self.send(request, job_id, what="list output files")
             page, marker = parse_blob_list(response, job_id)
             names.extend(page)
@@ -507,7 +518,12 @@ def parse_progress(reading: Any, job_id: str) -> JobProgress:
     if not isinstance(reading, dict):
         raise VendorResponseError(ITwinApi.vendor, job_id, "progress: 'progress' is not an object")
     state = _state(reading.get("state"), job_id)
-    percent = percentage(reading.get("percentage"), ITwinApi.vendor, job_id, what="progress")
+    try:
+        percent = percentage(reading.get("percentage"), ITwinApi.vendor, job_id, what="progress")
+    except VendorResponseError:
+        if not state.is_terminal:
+            raise
+        percent = None  # a clear final state wins over a number that cannot be read
     step = reading.get("step")
     message = "the job was created but never submitted" if str(reading.get("state")).lower() == "unsubmitted" else None
     return JobProgress(
@@ -674,7 +690,7 @@ def _list(value: Any) -> list[Any]:
 
 def _error(response: Response) -> dict[str, Any] | None:
     try:
-        data = load_json(response.body)
+        data = response.lenient_json()
     except ValueError:
         return None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
@@ -684,7 +700,7 @@ def _error(response: Response) -> dict[str, Any] | None:
 
 def _oauth_error(response: Response) -> str:
     try:
-        data = load_json(response.body)
+        data = response.json()
     except ValueError:
         return f"HTTP {response.status}"
     if isinstance(data, dict) and isinstance(data.get("error"), str):
