@@ -417,8 +417,8 @@ async def task_instance_state(ti: Any) -> str | None:
     """The state of the trigger's task instance in Airflow's database now (``TASK_INSTANCE_GONE``: no such row).
 
     Asked as a trigger may ask in Airflow 3: ``RuntimeTaskInstance.get_task_states``, which the triggerer
-    answers through its supervisor (``GetTaskStates``), in an asgiref thread as Airflow's own triggers call it
-   . Raises when there is no task instance to ask about or Airflow cannot answer.
+    answers through its supervisor (``GetTaskStates``), in an asgiref thread as Airflow's own triggers call it.
+    Raises when there is no task instance to ask about or Airflow cannot answer.
     """
     if ti is None:
         raise LookupError("the trigger has no task instance")
