@@ -15,7 +15,7 @@ CONSTRAINTS ?= constraints/airflow-$(AIRFLOW_VERSION)-py$(PYTHON_MINOR).txt
 UV_VERSION ?= 0.13.9
 UV := $(PYTHON) -m uv
 # The extras the test virtualenvs (and so the constraints files) hold.
-export EXTRAS := test,s3
+export EXTRAS := test,s3,topology
 # Azurite (Azure Storage's API server, npm) serves iTwin outputs in the tests, installed from
 # constraints/azurite/package-lock.json (3.35, the last on Node.js < 21).
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
@@ -23,7 +23,7 @@ AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 # `make airflow` keeps its Airflow (database, login, runs) here between runs; delete the folder to start afresh.
 AIRFLOW_UI_HOME ?= .airflow_home
 
-.PHONY: demo test lint unit venv uv azurite airflow dist bench bench-vendor-load clean constraints upgrade-check
+.PHONY: demo test lint unit venv uv azurite airflow dist bench bench-vendor-load topology clean constraints upgrade-check
 
 uv:
 	@[ "$$($(UV) --version 2>/dev/null | cut -d' ' -f2)" = "$(UV_VERSION)" ] || \
@@ -101,6 +101,13 @@ bench: venv
 # On demand, not in CI (about 2 hours): what thousands of waits cost each vendor (issue 19), benchmarks/README.md
 bench-vendor-load: venv
 	$(BIN)/python benchmarks/bench_vendor_load.py
+
+# On demand (about half an hour): the production topology (PostgreSQL, Redis, CeleryExecutor with two workers, two
+# triggerers, api-server, scheduler, dag-processor, the emulators, moto's S3) and the full 300-job scenario, each
+# check reported (tests/topology/). It installs Debian's postgresql and redis-server when missing. CI runs its
+# short form (tests/test_topology.py).
+topology: venv
+	$(BIN)/python -m tests.topology
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .tools dist build

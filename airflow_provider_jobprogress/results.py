@@ -1,20 +1,25 @@
-"""Bringing results home: every file of a result lands whole, inside its destination, or none does.
+"""Bringing results home: every file of a result lands whole, inside its destination, and a failed fetch
+never leaves the destination with less than it had.
 
 The destination is checked before any result byte is requested (``check_destination``, also at DAG
 parse time), then created and proven writable (``ResultStore.prepare``) before a download starts, so
 a result a vendor serves only once is never collected into a place that cannot keep it. Each file is
 streamed into a place no reader sees (a hidden staging folder on a local disk, an uncompleted
-multipart upload on S3, an uncommitted fsspec file elsewhere) and all of them are made visible only
-when every file arrived complete; on any error, or after a killed try, nothing of it stays.
+multipart upload on S3, an uncommitted fsspec file elsewhere); they are shown only when every file
+arrived complete, one after another, and a folder gets a manifest (``_SUCCESS``) last, so its readers
+know when the result is whole. A failure before that leaves nothing of the fetch; a failure while the
+files are shown undoes what the store can undo without removing anything the fetch did not add
+(on a local disk: everything).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
+import errno
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -33,6 +38,12 @@ EXTRAS = {"s3": "s3", "s3a": "s3", "s3n": "s3", "gs": "gcs", "gcs": "gcs"}
 _URI = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
 #: S3 part size: small enough for flat memory, big enough for S3's 10,000-part limit up to 80 GB
 S3_PART_SIZE = 8 << 20
+#: the completion marker a folder result gets last (Spark's and Hadoop's name), holding the result's manifest
+SUCCESS_MARKER = "_SUCCESS"
+#: what ``os.link`` answers on mounts without hard links (gcsfuse, blobfuse, exFAT, some SMB shares)
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP})
+#: an old marker bigger than this is not ours: removed before a commit, it is not put back after a failure
+MAX_MARKER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -159,7 +170,9 @@ class ResultStore(ABC):
     """One fetch's writes to one destination: ``prepare``, ``write`` each file, then ``commit`` or ``abort``.
 
     ``write(None, ...)`` writes the destination itself (a single-file destination); ``write("a/b.pdf", ...)``
-    a file under a folder destination (the name already made safe by ``result_names``).
+    a file under a folder destination (the name already made safe by ``result_names``). ``commit(marker)``
+    makes the files visible in order and then, last, ``marker``: a manifest of them, so that readers of a
+    folder know when the result is whole.
     """
 
     #: True: files go under the destination by name; False: the destination is the one file
@@ -171,22 +184,47 @@ class ResultStore(ABC):
         self.uri = uri.rstrip("/")
         #: names this store's leftovers, so a retry of the same fetch finds what a killed try left
         self.key = hashlib.sha256(f"{vendor}\0{job_id}\0{self.uri}".encode()).hexdigest()[:16]
+        #: what ``write`` took, in order: the manifest lists them
+        self.stored: list[StoredFile] = []
 
     @abstractmethod
     def prepare(self) -> None:
         """Create the destination, prove it takes writes, and clear what a killed try of this fetch left."""
 
-    @abstractmethod
     def write(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
         """Stream ``chunks`` to a place no reader sees yet; the file as it will be once committed."""
+        stored = self._stage(name, chunks, content_type=content_type, source=source)
+        self.stored.append(stored)
+        return stored
 
     @abstractmethod
-    def commit(self) -> None:
-        """Make every written file visible; if one cannot be, undo the others (``abort``) and raise."""
+    def _stage(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
+        """``write`` for this store."""
+
+    def commit(self, marker: str | None = None) -> None:
+        """Make every written file visible, then ``marker`` (a folder's manifest), last. If one cannot be, undo
+        what this try can undo (``abort``) and raise; an older file this try replaced is never removed."""
+        if marker is not None:
+            self.write(marker, [self.manifest()], content_type="application/json", source=None)
+        self._publish(None if marker is None else self.stored[-1])
+
+    @abstractmethod
+    def _publish(self, marker: StoredFile | None) -> None:
+        """``commit`` for this store: an old ``marker`` goes before the first file shows, the new one last."""
 
     @abstractmethod
     def abort(self) -> None:
-        """Remove everything this fetch wrote or committed; never raises."""
+        """Undo this fetch: unfinished files are dropped; of the files it made visible, what it can undo
+        without leaving less than there was before is undone. Never raises."""
+
+    def manifest(self) -> bytes:
+        """The completion marker's content: the result's files, as XCom lists them, for readers to check."""
+        files = [
+            {"name": f.name, "bytes": f.bytes, "sha256": f.sha256, "content_type": f.content_type} for f in self.stored
+        ]
+        return json.dumps(
+            {"version": 1, "vendor": self.vendor, "job_id": self.job_id, "files": files}, indent=2
+        ).encode()
 
     def refuse(self, why: str) -> ResultDestinationError:
         return ResultDestinationError(self.vendor, self.job_id, f"destination {self.uri}: {why}")
@@ -196,12 +234,13 @@ class ResultStore(ABC):
 
 
 @contextlib.contextmanager
-def landing(store: ResultStore) -> Iterator[ResultStore]:
-    """``prepare`` the store, let the caller write, then commit all files, or abort on any error."""
+def landing(store: ResultStore, *, marker: str | None = SUCCESS_MARKER) -> Iterator[ResultStore]:
+    """``prepare`` the store, let the caller write, then commit all files (and a folder's ``marker``), or abort
+    on any error."""
     store.prepare()
     try:
         yield store
-        store.commit()
+        store.commit(marker if store.folder else None)
     except BaseException:
         store.abort()
         raise
@@ -237,6 +276,7 @@ class LocalStore(ResultStore):
         try:
             self._make_folders(self.root)
             if self.staging.exists():  # a killed try of this very fetch left it
+                self._put_back_what_a_killed_try_moved_aside()
                 shutil.rmtree(self.staging)
             self.staging.mkdir()  # proves we may create files in the destination folder
         except OSError as exc:
@@ -244,7 +284,7 @@ class LocalStore(ResultStore):
         if self.target is not None and self.target.is_dir():
             raise self.refuse("is an existing folder; end the destination with / to write into it")
 
-    def write(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
+    def _stage(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
         target = self.target if name is None else self.root / name
         assert target is not None
         if target.is_dir():
@@ -264,20 +304,49 @@ class LocalStore(ResultStore):
         uri = self.file_uri(name)
         return StoredFile(uri, name or target.name, source, digest.size, digest.sha.hexdigest(), content_type)
 
-    def commit(self) -> None:
+    def _publish(self, marker: StoredFile | None) -> None:
         try:
+            if marker is not None and (self.root / marker.name).is_file():
+                # The old marker must not vouch for a folder being changed: it goes first, and comes back
+                # with the files it describes if a rename fails.
+                aside = self.staging / "marker.previous"
+                os.replace(self.root / marker.name, aside)
+                self._committed.append((self.root / marker.name, aside))
             for index, (temp, target) in enumerate(self._staged):
                 self._make_folders(target.parent)
                 backup = None
                 if target.exists():
                     backup = self.staging / f"{index}.previous"
-                    os.link(target, backup)
+                    self._keep_aside(target, backup)
+                    self._committed.append((target, backup))  # before the replace: a failure puts it back
                 os.replace(temp, target)
-                self._committed.append((target, backup))
+                if backup is None:
+                    self._committed.append((target, None))
         except OSError as exc:
             self.abort()
             raise self.refuse(f"moving the results into place failed, none was kept ({_os_reason(exc)})") from None
         shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _keep_aside(self, target: Path, backup: Path) -> None:
+        """Keep the file ``target`` holds until the commit is through: a hard link to it, so it stays in place
+        until the new file replaces it; on a mount without hard links, the file itself, renamed aside."""
+        try:
+            os.link(target, backup)
+            return
+        except OSError as exc:
+            if exc.errno not in NO_HARD_LINKS:
+                raise
+        # Renamed aside, the old file is for a moment only in the staging folder: its place is written down
+        # first, so that the retry of a try killed in that moment puts it back.
+        backup.with_suffix(".place").write_text(target.relative_to(self.root).as_posix(), encoding="utf-8")
+        os.replace(target, backup)
+
+    def _put_back_what_a_killed_try_moved_aside(self) -> None:
+        """Files a killed try renamed aside and did not replace yet go back to their place (never over a file)."""
+        for place in self.staging.glob("*.place"):
+            backup, target = place.with_suffix(".previous"), self.root / place.read_text(encoding="utf-8")
+            if backup.exists() and not os.path.lexists(target):
+                os.replace(backup, target)
 
     def abort(self) -> None:
         for target, backup in reversed(self._committed):
@@ -303,29 +372,105 @@ class LocalStore(ResultStore):
             self._created.append(path)
 
 
+class _ObjectStore(ResultStore):
+    """An fsspec object store: S3's and fsspec's own per-object promise, and what a failed commit may undo.
+
+    An object store makes each file visible whole or not at all, one at a time. A commit that fails midway
+    removes the files it added at free names, and leaves those that replaced a file: the older one cannot
+    be brought back, and removing the new one would leave less than there was. The folder's marker is taken
+    away before the first file shows and put back if the failure left everything as it was.
+    """
+
+    def __init__(self, vendor: str, job_id: str, uri: str, fs: Any) -> None:
+        super().__init__(vendor, job_id, uri)
+        self.fs = fs
+        #: a folder's old marker, taken away at commit: its path and bytes (None: too big to keep)
+        self._old_marker: tuple[str, bytes | None] | None = None
+
+    def _was_free(self, path: str) -> bool:
+        """True only when the store says nothing is at ``path``; unknown (no read permission) counts as taken."""
+        try:
+            self.fs.invalidate_cache(path)
+            self.fs.info(path)
+        except FileNotFoundError:
+            return True
+        except Exception:
+            return False
+        return False
+
+    def _take_marker_aside(self, path: str) -> None:
+        if self._was_free(path):
+            return
+        kept = None
+        with contextlib.suppress(Exception):  # unreadable: it is removed all the same, and not put back
+            if int(self.fs.info(path).get("size") or 0) <= MAX_MARKER_BYTES:
+                kept = bytes(self.fs.cat_file(path))
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            raise self.refuse(
+                f"the marker {path.rpartition('/')[2]} of the result there cannot be removed before the new "
+                f"result lands, so it would vouch for a mix ({_os_reason(exc)}); set success_marker=None to "
+                "write no marker"
+            ) from None
+        self._old_marker = (path, kept)
+
+    def _put_marker_back(self, changed: bool) -> None:
+        """The old marker again, when the failed commit left every file as it was."""
+        old, self._old_marker = self._old_marker, None
+        if old is not None and old[1] is not None and not changed:
+            with contextlib.suppress(Exception):
+                self._put_back(old[0], old[1])
+
+    def _put_back(self, path: str, data: bytes) -> None:
+        self.fs.pipe_file(path, data)
+
+
 @dataclass
 class _Upload:
     key: str
     upload_id: str
     parts: list[dict[str, Any]]
+    #: the upload id of its ledger entry, while there is one
+    ledger: str | None = None
 
 
-class S3Store(ResultStore):
+@dataclass(frozen=True)
+class _Landed:
+    """An object a commit completed: its key, its ETag, and whether its key was free before."""
+
+    key: str
+    etag: str | None
+    created: bool
+
+
+class S3Store(_ObjectStore):
     """An S3 bucket (s3fs): each file is one multipart upload, completed only when every file arrived whole.
 
     Until completion an upload is invisible: no reader, listing or bucket notification sees a partial
     object, and nothing is copied or deleted to "move" it. Each part carries its SHA-256, which S3 checks
-    on receipt. A killed try leaves only unfinished uploads; the retry aborts those under its destination.
+    on receipt. A fetch touches only uploads it began itself: each is recorded, as soon as S3 has named it,
+    in a ledger of empty uploads under a key of this fetch's own (``<prefix>.jobprogress-<key>.upload-<id
+    hash>``: uploads are invisible and send no bucket event). A try killed with SIGKILL leaves its uploads
+    and their ledger; the retry aborts exactly those. Other writers' uploads, even under the same prefix,
+    are never touched: what no retry clears is the bucket lifecycle rule's (``AbortIncompleteMultipartUpload``).
+
+    A failed commit removes an object it completed at a free key only while it is still ours (a delete
+    conditional on its ETag), so another writer's object put there since stays.
     """
 
     def __init__(self, vendor: str, job_id: str, uri: str, fs: Any, path: str, *, folder: bool) -> None:
-        super().__init__(vendor, job_id, uri)
-        self.fs = fs
+        super().__init__(vendor, job_id, uri, fs)
         self.bucket, _, key = path.strip("/").partition("/")
         self.prefix = f"{key}/" if folder and key else key
         self.folder = folder
+        #: keys only this fetch (this vendor job to this destination) writes: its probe and its ledger
+        self.own = f"{self.prefix}.jobprogress-{self.key}."
+        self.ledger = f"{self.own}upload-"
         self._pending: list[_Upload] = []
-        self._committed: list[str] = []
+        self._landed: list[_Landed] = []
 
     def _call(self, method: str, **kwargs: Any) -> Any:
         try:
@@ -334,28 +479,57 @@ class S3Store(ResultStore):
             raise self.refuse(f"S3 {method} failed ({_os_reason(exc)})") from None
 
     def prepare(self) -> None:
-        started = datetime.datetime.now(datetime.UTC)
-        for upload in self._unfinished():
-            if upload["Initiated"] < started and (self.folder or upload["Key"] == self.prefix):
-                self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
+        self._clear_killed_try()
         # An upload started and aborted proves we may write here, and leaves no object and no event behind.
-        probe = self._call("create_multipart_upload", Key=f"{self.prefix}.jobprogress-{self.key}.probe")
+        probe = self._call("create_multipart_upload", Key=f"{self.own}probe")
         self._call("abort_multipart_upload", Key=probe["Key"], UploadId=probe["UploadId"])
 
-    def _unfinished(self) -> Iterator[dict[str, Any]]:
+    def _clear_killed_try(self) -> None:
+        """Abort the uploads a killed try of this fetch recorded in its ledger, then the ledger (and a probe)."""
+        leftovers = list(self._unfinished(self.own))
+        recorded = {u["Key"] for u in leftovers if u["Key"].startswith(self.ledger)}
+        if recorded:
+            for upload in self._unfinished(self.prefix):
+                if self._ledger_key(upload["UploadId"]) in recorded:
+                    self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
+        for upload in leftovers:  # after the uploads they record: a try killed here leaves the ledger to retry
+            self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
+
+    def _ledger_key(self, upload_id: str) -> str:
+        """The ledger entry of an upload: a fixed-length name (S3's ids are long, of no promised alphabet)."""
+        return self.ledger + hashlib.sha256(upload_id.encode()).hexdigest()[:32]
+
+    def _unfinished(self, prefix: str) -> Iterator[dict[str, Any]]:
         markers: dict[str, str] = {}
         while True:
-            page = self._call("list_multipart_uploads", Prefix=self.prefix, **markers)
+            page = self._call("list_multipart_uploads", Prefix=prefix, **markers)
             yield from page.get("Uploads") or []
             if not page.get("IsTruncated"):
                 return
             markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
 
-    def write(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
+    def _record(self, upload: _Upload) -> None:
+        ledger = self._call("create_multipart_upload", Key=self._ledger_key(upload.upload_id))
+        upload.ledger = ledger["UploadId"]
+
+    def _forget(self, upload: _Upload) -> None:
+        """Drop the ledger entry of an upload completed or aborted; a failure only leaves it to the retry."""
+        if upload.ledger is not None:
+            with contextlib.suppress(Exception):
+                self.fs.call_s3(
+                    "abort_multipart_upload",
+                    Bucket=self.bucket,
+                    Key=self._ledger_key(upload.upload_id),
+                    UploadId=upload.ledger,
+                )
+            upload.ledger = None
+
+    def _stage(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
         key = self.prefix + name if name is not None else self.prefix
         created = self._call("create_multipart_upload", Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256")
         upload = _Upload(key, created["UploadId"], [])
         self._pending.append(upload)  # registered first: a failure mid-stream aborts it
+        self._record(upload)  # before any part: a killed try's retry finds it
         digest = _Digest()
         # Each part is spooled to a temporary file and sent from it in small reads: holding a part as one
         # bytes object costs its size several times over (join, socket buffer, allocator high-water).
@@ -396,17 +570,22 @@ class S3Store(ResultStore):
         part.truncate()
         upload.parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum})
 
-    def commit(self) -> None:
+    def _publish(self, marker: StoredFile | None) -> None:
         try:
+            if marker is not None:
+                self._take_marker_aside(f"{self.bucket}/{self.prefix}{marker.name}")
             while self._pending:
                 upload = self._pending[0]
-                self._call(
+                created = self._was_free(f"{self.bucket}/{upload.key}")
+                answer = self._call(
                     "complete_multipart_upload",
                     Key=upload.key,
                     UploadId=upload.upload_id,
                     MultipartUpload={"Parts": upload.parts},
                 )
-                self._committed.append(self._pending.pop(0).key)
+                self._landed.append(_Landed(upload.key, answer.get("ETag"), created))
+                self._pending.pop(0)
+                self._forget(upload)
         except ResultDestinationError:
             self.abort()
             raise
@@ -414,37 +593,77 @@ class S3Store(ResultStore):
             self.fs.invalidate_cache()
 
     def abort(self) -> None:
-        for key in self._committed:
-            with contextlib.suppress(Exception):
-                self.fs.call_s3("delete_object", Bucket=self.bucket, Key=key)
+        changed = False
+        for landed in reversed(self._landed):
+            if not landed.created:
+                changed = True  # it replaced an object: the new version stays, whole
+                continue
+            try:  # only while it is ours: If-Match on the ETag S3 gave it
+                condition = {"IfMatch": landed.etag} if landed.etag else {}
+                self.fs.call_s3("delete_object", Bucket=self.bucket, Key=landed.key, **condition)
+            except Exception:
+                changed = True  # another writer's object by now (412), or a delete refused: it stays
         for upload in self._pending:
             with contextlib.suppress(Exception):
                 self.fs.call_s3("abort_multipart_upload", Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id)
-        self._committed.clear()
+                self._forget(upload)  # only once the upload is gone: else the retry still finds it
+        self._landed.clear()
         self._pending.clear()
         with contextlib.suppress(Exception):
             self.fs.invalidate_cache()
+        self._put_marker_back(changed)
+
+    def _put_back(self, path: str, data: bytes) -> None:
+        # If-None-Match: a marker another writer put there meanwhile is theirs to keep
+        key = path.removeprefix(f"{self.bucket}/")
+        self.fs.call_s3("put_object", Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
 
 
-class FsspecStore(ResultStore):
+class FsspecStore(_ObjectStore):
     """Any other object store: fsspec files opened with ``autocommit=False`` are committed together at the end
-    and discarded on failure (gcsfs and adlfs finish or cancel their uploads that way)."""
+    and discarded on failure (gcsfs and adlfs finish or cancel their uploads that way).
+
+    Not every fsspec filesystem honours ``autocommit=False`` (many ignore it, and their files show as soon
+    as they are closed): ``prepare`` proves it with a probe file, and refuses a filesystem that shows it.
+    """
 
     def __init__(self, vendor: str, job_id: str, uri: str, fs: Any, path: str, *, folder: bool) -> None:
-        super().__init__(vendor, job_id, uri)
-        self.fs = fs
+        super().__init__(vendor, job_id, uri, fs)
         self.path = path.rstrip("/")
         self.folder = folder
         self._pending: list[tuple[str, Any]] = []
-        self._committed: list[str] = []
+        #: files committed: their path, and whether it was free before
+        self._landed: list[tuple[str, bool]] = []
 
     def prepare(self) -> None:
+        folder = self.path if self.folder else self.path.rsplit("/", 1)[0]
         try:
-            self.fs.makedirs(self.path if self.folder else self.path.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.makedirs(folder, exist_ok=True)
         except (OSError, ValueError) as exc:
             raise self.refuse(f"cannot be written ({_os_reason(exc)})") from None
+        self._prove_uncommitted_files_unseen(f"{folder}/.jobprogress-{self.key}.probe")
 
-    def write(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
+    def _prove_uncommitted_files_unseen(self, probe: str) -> None:
+        """A probe file written with ``autocommit=False`` must not show until committed; discarded after."""
+        kind = f"{type(self.fs).__name__} ({self.fs.protocol!r})"
+        try:
+            sink = self.fs.open(probe, "wb", autocommit=False)
+            sink.write(b"probe")
+            sink.close()
+            self.fs.invalidate_cache(probe)
+            shown = self.fs.exists(probe)
+            sink.discard()
+        except Exception as exc:  # TypeError: a filesystem that takes no autocommit at all
+            raise self.refuse(f"cannot be written through {kind} ({_os_reason(exc)})") from None
+        if shown:
+            with contextlib.suppress(Exception):
+                self.fs.rm_file(probe)
+            raise self.refuse(
+                f"is served by {kind}, which shows a file opened with autocommit=False before it is committed: "
+                "a result there could be seen half written and not taken back, so nothing is fetched to it"
+            )
+
+    def _stage(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
         path = self.path if name is None else f"{self.path}/{name}"
         digest = _Digest()
         try:
@@ -460,26 +679,36 @@ class FsspecStore(ResultStore):
         uri = self.file_uri(name if self.folder else None)
         return StoredFile(uri, name, source, digest.size, digest.sha.hexdigest(), content_type)
 
-    def commit(self) -> None:
+    def _publish(self, marker: StoredFile | None) -> None:
         try:
+            if marker is not None:
+                self._take_marker_aside(f"{self.path}/{marker.name}")
             while self._pending:
                 path, sink = self._pending[0]
+                created = self._was_free(path)
                 sink.commit()
-                self._committed.append(path)
+                self._landed.append((path, created))
                 self._pending.pop(0)
         except (OSError, ValueError) as exc:
             self.abort()
-            raise self.refuse(f"committing the results failed, none was kept ({_os_reason(exc)})") from None
+            raise self.refuse(f"committing the results failed ({_os_reason(exc)})") from None
 
     def abort(self) -> None:
-        for path in self._committed:
-            with contextlib.suppress(Exception):
-                self.fs.rm(path)
+        changed = False
+        for path, created in reversed(self._landed):
+            if not created:
+                changed = True  # it replaced a file: the new version stays, whole
+                continue
+            try:
+                self.fs.rm_file(path)
+            except Exception:
+                changed = True
         for _, sink in self._pending:
             with contextlib.suppress(Exception):
                 sink.discard()
-        self._committed.clear()
+        self._landed.clear()
         self._pending.clear()
+        self._put_marker_back(changed)
 
 
 def open_store(spec: DestinationSpec, vendor: str, job_id: str, *, several: bool) -> ResultStore:

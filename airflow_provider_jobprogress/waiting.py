@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -31,14 +32,28 @@ from airflow_provider_jobprogress.core.protocol import check_job_id
 from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
 from airflow_provider_jobprogress.hooks.base import JobProgressHook
 from airflow_provider_jobprogress.results import is_templated
-from airflow_provider_jobprogress.triggers.job_progress import ON_KILL_BUDGET, JobProgressTrigger
+from airflow_provider_jobprogress.triggers.job_progress import LAST_LOOK_BUDGET, ON_KILL_BUDGET, JobProgressTrigger
 
 #: Airflow's own deferral timeout comes this long after the trigger's deadline: only a backstop (for a
-#: triggerer that is down), never a race with the trigger, which cancels within ON_KILL_BUDGET and reports
-DEFERRAL_BACKSTOP = ON_KILL_BUDGET + 35.0
+#: triggerer that is down), never a race with the trigger, which reads the job once more within
+#: LAST_LOOK_BUDGET, cancels within ON_KILL_BUDGET and reports
+DEFERRAL_BACKSTOP = LAST_LOOK_BUDGET + ON_KILL_BUDGET + 35.0
 #: what Airflow resumes a task with when its deferral timed out (``next_method``, ``next_kwargs["error"]``)
 TRIGGER_FAIL = "__fail__"
 TRIGGER_TIMEOUT = "Trigger timeout"
+
+
+def default_deferrable() -> bool:
+    """``deferrable`` where the DAG does not say: the deployment's ``[operators] default_deferrable`` (which
+    Airflow's own providers obey) where the deployment sets it, else True: waiting is what the triggerer is for.
+
+    Airflow writes its own default (false) into every airflow.cfg it creates, so a false there cannot be told
+    from "nothing said": the deployment's word is true set anywhere, or false set in the environment
+    (``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE``, as the official image and Helm chart configure Airflow).
+    """
+    if conf.getboolean("operators", "default_deferrable", fallback=False):
+        return True
+    return "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE" not in os.environ
 
 
 def deferral_settle_seconds() -> float:
@@ -172,23 +187,35 @@ class JobWaitMixin:
         return progress
 
     def _wait_here(self, job_id: str, *, timeout: float) -> JobProgress:
-        """Poll on the worker (non-deferrable operators) with the same policy the trigger uses."""
+        """Poll on the worker (non-deferrable operators) with the same policy, and the same last look at the
+        deadline, as the trigger."""
         deadline = time.time() + timeout
         policy, polls_since_change = self.poll_policy, 0
+        last_look = False
         while True:
             before = self._last
             try:
-                progress = self._read(job_id, deadline=deadline)
+                progress = self._read(job_id, deadline=self._read_by(deadline, last_look=last_look))
             except DeadlineExceededError as exc:
                 self._timed_out(str(exc), job_id)
             if progress.is_terminal:
                 return progress
             if progress.changed_from(before) and policy.restart_on_change:
                 polls_since_change = 0
-            if time.time() >= deadline:
+            if last_look or time.time() >= deadline:
                 self._timed_out(f"{progress.describe()}: not finished within {timeout:g} s", job_id)
-            time.sleep(min(jittered(policy.delay(polls_since_change)), max(deadline - time.time(), 0)))
+            pause = jittered(policy.delay(polls_since_change))
+            # The deadline falls inside this pause: sleep to it, and the next read is the last look.
+            last_look = time.time() + pause >= deadline
+            time.sleep(min(pause, max(deadline - time.time(), 0)))
             polls_since_change += 1
+
+    @staticmethod
+    def _read_by(deadline: float, *, last_look: bool = False) -> float:
+        """Until when a read may go on: the wait's deadline, or, for the read at (or past) it, ``LAST_LOOK_BUDGET``
+        from now. A job that ended since the last read then ends as what it is, not as a timeout."""
+        now = time.time()
+        return now + LAST_LOOK_BUDGET if last_look or now >= deadline else deadline
 
     def _timed_out(self, message: str, job_id: str) -> NoReturn:
         if self.cancel_on_timeout:

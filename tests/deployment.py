@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -94,17 +94,33 @@ class Deployment:
         self._log_files: dict[str, Path] = {}
         self._handles: list[IO[bytes]] = []
         self._starts: dict[str, int] = {}
+        self._argv: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._env: dict[str, dict[str, str]] = {}
         self.client = httpx.Client(base_url=f"{self.base_url}/api/v2", timeout=30)
 
     # -- processes ---------------------------------------------------------------------------------
-    def start(self, component: str, name: str | None = None) -> subprocess.Popen[bytes]:
-        """Start ``airflow <component>``; ``name`` (default: the component) tells two of a kind apart."""
+    def start(
+        self,
+        component: str,
+        name: str | None = None,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``airflow <component>`` (``"celery worker"`` too); ``name`` (default: the component) tells two of
+        a kind apart, and a later ``start(name)`` starts that one again with the same arguments. ``env`` adds
+        to (or overrides) the deployment's environment for this one component, e.g. a setting of its own."""
+        if name is None and component in self._argv:
+            component, name = self._argv[component][0], component
         name = name or component
+        if extra_args or env or name not in self._argv:
+            self._argv[name] = (component, tuple(extra_args))
+            self._env[name] = dict(env or {})
+        extra_args = self._argv[name][1]
         n = self._starts[name] = self._starts.get(name, 0) + 1
         log_path = self.logs_dir / f"{name}.{n}.log"
         handle = log_path.open("ab")
         self._handles.append(handle)
-        args = [str(BIN / "airflow"), component]
+        args = [str(BIN / "airflow"), *component.split(), *extra_args]
         if component == "api-server":
             args += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         elif component in ("scheduler", "triggerer"):
@@ -112,7 +128,7 @@ class Deployment:
             args.append("--skip-serve-logs")
         proc = subprocess.Popen(
             args,
-            env=self.env,
+            env={**self.env, **self._env.get(name, {})},
             cwd=self.home,
             stdin=subprocess.DEVNULL,
             stdout=handle,
@@ -136,6 +152,17 @@ class Deployment:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+    def children(self, name: str) -> list[int]:
+        """The pids of the processes that the main process started as ``name`` has started itself (Linux), e.g. a
+        triggerer's runner, the process in which its triggers run."""
+        pid = self.procs[name].pid
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+    def current_log(self, name: str) -> Path:
+        """The log file of the latest start of ``name``."""
+        n = self._starts[name]
+        return self._log_files[name if n == 1 else f"{name}#{n}"]
 
     def restart(self, component: str, grace: float = 10.0) -> None:
         self.stop(component, grace)
@@ -183,6 +210,9 @@ class Deployment:
         if response.json().get("is_paused"):
             self.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
         return True
+
+    def check_alive(self) -> None:
+        self._check_alive()
 
     def _check_alive(self) -> None:
         for name, proc in self.procs.items():

@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,12 +24,17 @@ import pytest
 from airflow_provider_jobprogress.core import JobProgressError, PollPolicy, RequestRetry, VendorUnavailableError
 from airflow_provider_jobprogress.core.protocol import Request, TransportError, VendorApi
 from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS, AsyncSession
+from airflow_provider_jobprogress.hooks import base as base_hook
 from airflow_provider_jobprogress.hooks.base import JobProgressHook
 from airflow_provider_jobprogress.hooks.itwin import ITwinHook
 from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
 from airflow_provider_jobprogress.hooks.scriptx import ScriptXHook
 from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
 from airflow_provider_jobprogress.triggers.job_progress import JobProgressTrigger
+from tests import triggerer_comms
+from tests.triggerer_comms import Triggerer
+
+triggerer = triggerer_comms.triggerer  # the fixture, used by name below
 
 FAST_POLL = PollPolicy.fixed(0.05).to_dict()
 FAST_RETRY = RequestRetry(initial_delay=0.01, max_delay=0.02, jitter=0, attempts=2, outage_tolerance=30).to_dict()
@@ -170,7 +176,8 @@ async def test_a_later_wait_reuses_the_token_of_a_closed_session(emulator: Vendo
     assert emulator.count("POST", "/connect/token") - tokens_before == 1
 
 
-async def test_on_kill_gives_its_session_back(emulator: VendorEmulator) -> None:
+async def test_a_killed_wait_gives_its_session_back_in_cleanup(emulator: VendorEmulator, triggerer: Triggerer) -> None:
+    """The triggerer on a user's kill: the wait is cancelled, on_kill cancels the job, cleanup() follows."""
     emulator.set_next_scenario("olconnect", Scenario(steps=100))
     [job_id] = submit("olconnect")
     trig = trigger("olconnect", job_id)
@@ -179,9 +186,27 @@ async def test_on_kill_gives_its_session_back(emulator: VendorEmulator) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert ASYNC_SESSIONS.sessions() == []
+    trig.task_instance = triggerer.task_instance("failed")  # a user marked it failed
     await trig.on_kill()
     assert emulator.count("POST", f"/cancel/{job_id}") == 1
+    await trig.cleanup()
+    assert ASYNC_SESSIONS.sessions() == []
+    assert open_client_sessions() == []
+
+
+async def test_a_wait_stopped_by_a_triggerer_shutdown_gives_its_session_back_in_cleanup(
+    emulator: VendorEmulator,
+) -> None:
+    emulator.set_next_scenario("olconnect", Scenario(steps=100))
+    [job_id] = submit("olconnect")
+    trig = trigger("olconnect", job_id)
+    task = asyncio.create_task(statuses(trig))
+    assert await until(lambda: emulator.count("GET", f"/getProgress/{job_id}") >= 1)
+    task.cancel()  # a shutdown: no on_kill, and nothing is cancelled at the vendor
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await trig.cleanup()
+    assert emulator.count("POST", f"/cancel/{job_id}") == 0
     assert ASYNC_SESSIONS.sessions() == []
     assert open_client_sessions() == []
 
@@ -193,6 +218,49 @@ async def test_hook_as_async_context_manager_closes_its_session(emulator: Vendor
         assert len(ASYNC_SESSIONS.sessions()) == 1
     assert ASYNC_SESSIONS.sessions() == []
     assert sockets_to(emulator.port) == 0
+
+
+def test_a_hundred_event_loops_leave_no_entry_no_loop_and_no_socket(emulator: VendorEmulator) -> None:
+    """Each ``asyncio.run`` (as ``dag.test()`` runs each deferral) gets its own sessions, closed with its loop.
+
+    One hook is reused across loops and never closed (its session belonged to a loop that is gone), another
+    is made and closed in each loop: neither may keep a loop, a session or a socket alive afterwards.
+    """
+    emulator.set_default_scenario("itwin", Scenario(steps=1000))
+    [job_id] = submit("itwin")
+    reused = ITwinHook()
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def poll(hook: ITwinHook | None) -> str:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        if hook is not None:
+            return (await hook.aget_progress(job_id)).state.value
+        async with ITwinHook() as fresh:
+            return (await fresh.aget_progress(job_id)).state.value
+
+    states = {asyncio.run(poll(reused if i % 2 else None)) for i in range(100)}
+
+    assert states == {"running"}
+    del reused
+    gc.collect()
+    # asgiref's executor thread (connections are read through it) remembers the last loop that called into it
+    alive = [loops.index(ref) for ref in loops if ref() is not None]
+    assert len(alive) <= 1, f"closed loops {alive} still referenced"
+    assert len(ASYNC_SESSIONS) == 0
+    assert len(base_hook._CONNECTIONS) == 0
+    assert open_client_sessions() == []
+    assert sockets_to(emulator.port) == 0
+
+
+def test_a_session_run_in_another_loop_is_a_typed_error() -> None:
+    async def make() -> AsyncSession:
+        session = AsyncSession(api())
+        await session.aclose()
+        return session
+
+    session = asyncio.run(make())
+    with pytest.raises(JobProgressError, match="another event loop"):
+        asyncio.run(session.run(session.api.send(Request("GET", "http://127.0.0.1:9/x"), None, what="read")))
 
 
 # -- a secret rotated while a wait runs ---------------------------------------------------------------
@@ -427,14 +495,63 @@ async def test_tls_unknown_ca_is_refused_before_anything_is_sent(tls_server: tup
         await session.aclose()
     assert raised.value.sent is False
     assert "Certificate" in raised.value.kind
+    # OpenSSL's reason, not os.strerror() of its error code ("Operation not permitted")
+    assert "certificate verify failed" in raised.value.kind, raised.value.kind
+    assert "Operation not permitted" not in raised.value.kind
+
+
+async def test_a_name_that_does_not_resolve_says_so() -> None:
+    try:
+        socket.getaddrinfo("no-such-host.invalid", 80)
+    except socket.gaierror as exc:
+        reason = exc.strerror
+    else:  # pragma: no cover - a resolver that answers for .invalid
+        pytest.skip("this resolver answers for .invalid")
+    session = AsyncSession(api())
+    try:
+        with pytest.raises(TransportError) as raised:
+            await session._send(Request("GET", "http://no-such-host.invalid/x"))
+    finally:
+        await session.aclose()
+    assert raised.value.sent is False
+    assert reason is not None and reason in raised.value.kind, raised.value.kind
+    assert "Unknown error" not in raised.value.kind
 
 
 async def test_a_missing_ca_bundle_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-ca.pem"
-    with pytest.raises(JobProgressError) as raised:
-        AsyncSession(api(verify=str(missing)))
+    session = AsyncSession(api(verify=str(missing)))
+    try:
+        with pytest.raises(JobProgressError) as raised:
+            await session.run(session.api.send(Request("GET", "https://127.0.0.1:9/x"), None, what="read"))
+    finally:
+        await session.aclose()
     assert str(missing) in str(raised.value)
     assert "verify" in str(raised.value)
+
+
+async def test_a_ca_bundle_is_read_off_the_event_loop(
+    tls_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a file (a CA bundle on a slow or network disk) would stall every wait of the triggerer."""
+    url, ca_path = tls_server
+    loop_thread = threading.get_ident()
+    readers: list[int] = []
+    real = ssl.create_default_context
+
+    def watched(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        readers.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", watched)
+    session = AsyncSession(api(verify=str(ca_path)))
+    try:
+        answers = await asyncio.gather(*(session._send(Request("GET", f"{url}/x")) for _ in range(3)))
+    finally:
+        await session.aclose()
+    assert [a.status for a in answers] == [200] * 3
+    assert len(readers) == 1, "read once per session"
+    assert loop_thread not in readers, "read on the event loop's thread"
 
 
 def test_emulator_done_endpoint_is_404_while_running_then_200(emulator: VendorEmulator) -> None:
@@ -462,9 +579,19 @@ def test_emulator_secrets_rotate_over_http(emulator: VendorEmulator) -> None:
     assert json.loads(emulator.connections()["scriptx_default"])["password"] == "new-license"
     assert requests.post(control, json={"no_such_secret": "x"}, timeout=10).status_code == 400
     assert requests.post(control, json={"scriptx_license": ""}, timeout=10).status_code == 400
-    stats = requests.get(f"{emulator.url}/_emulator/stats", timeout=10).json()
-    assert stats["calls"] >= 0
-    assert stats["open_connections"] >= 0
+
+
+def test_emulator_stats_over_http_count_calls_and_open_connections(emulator: VendorEmulator) -> None:
+    import requests
+
+    with requests.Session() as http:  # one kept-alive connection for every call below
+        for _ in range(3):
+            assert http.get(f"{emulator.url}/_emulator/jobs/scriptx/nope/done", timeout=10).status_code == 404
+        stats = http.get(f"{emulator.url}/_emulator/stats", timeout=10).json()
+    counts = {"calls": stats["calls"], "open_connections": stats["open_connections"]}
+    assert counts == {"calls": 3, "open_connections": 1}, "three logged calls, on the one connection still open"
+    assert stats["vendors"]["scriptx"]["calls"] == 0, "the control API's calls are not the vendor's"
+    assert len(emulator.calls) == 3, "the stats call itself is not logged"
 
 
 def test_emulator_stops_while_a_client_holds_a_half_read_download(emulator: VendorEmulator) -> None:

@@ -14,15 +14,15 @@ import pytest
 
 from airflow_provider_jobprogress.testing.emulators import VendorEmulator
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_triggers.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_triggers", BENCH)
+def load_bench(name: str = "bench_triggers") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_triggers"] = module  # dataclasses look their module up while the class is built
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
@@ -53,14 +53,8 @@ def test_each_side_waits_every_job_to_its_end_and_is_counted(
 
 
 def load_vendor_bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCH.parent))  # it imports its emulator helpers from bench_triggers
-    spec = importlib.util.spec_from_file_location("bench_vendor_load", BENCH.parent / "bench_vendor_load.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_vendor_load"] = module
-    spec.loader.exec_module(module)
-    return module
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports its emulator helpers from bench_triggers
+    return load_bench("bench_vendor_load")
 
 
 @pytest.mark.parametrize("mode", ["poller", "per_job", "reference"])
@@ -90,3 +84,13 @@ def test_vendor_load_counts_every_vendors_calls_and_each_waits_true_end(
     table = bench.report([result], "header")
     assert "machinery: " in table
     assert "| 4 |" in table
+
+
+def test_the_token_masking_benchmark_counts_what_each_variant_gives_airflows_masker() -> None:
+    bench = load_bench("bench_token_masking")
+    env = dict(os.environ)
+    rows = {v: bench.run_worker(v, "opaque", 5, 50, env) for v in bench.VARIANTS}
+    assert [rows[v]["renewals"] for v in bench.VARIANTS] == [0, 5, 5]
+    assert rows["reference"]["patterns"] - rows["none"]["patterns"] == 5
+    assert rows["ours"]["patterns"] == rows["none"]["patterns"]
+    assert all(row["us_per_line"] > 0 for row in rows.values())

@@ -7,23 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import time
 from typing import Any
 
 import pytest
+from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 
 from airflow_provider_jobprogress.testing.emulators import Call, Scenario, VendorEmulator
 
 from . import deployment as harness
 from .deployment import Deployment, wait_for
-
-
-def harness_airflow_version() -> tuple[int, int]:
-    from airflow import __version__
-
-    major, minor = __version__.split(".")[:2]
-    return int(major), int(minor)
-
 
 # the harness's module-scoped fixtures, used by name below
 deployment = harness.deployment
@@ -110,7 +105,7 @@ def test_sensor_waits_in_the_triggerer_and_succeeds(deployment: Deployment, vend
 
 
 needs_3_3 = pytest.mark.skipif(
-    harness_airflow_version() < (3, 3), reason="templates rendered in the triggerer and trigger on_kill are Airflow 3.3"
+    not AIRFLOW_V_3_3_PLUS, reason="templates rendered in the triggerer and trigger on_kill are Airflow 3.3"
 )
 
 
@@ -184,6 +179,58 @@ def test_killing_a_deferred_task_cancels_the_remote_job(
     text = "".join(p.read_text(errors="replace") for p in dep.trigger_logs(CANCEL_ON_KILL, run_id, "wait"))
     assert "Trigger cancelled by user action, invoking on_kill" in text, text[-2000:]
     assert f"job {job}: cancelled (the task was killed)" in text, text[-2000:]
+
+
+@needs_3_3
+def test_a_wait_taken_over_by_another_triggerer_keeps_its_job(
+    deployment: Deployment, vendor_emulator: VendorEmulator
+) -> None:
+    """A triggerer whose heartbeat is late by more than ``[triggerer] triggerer_health_check_threshold`` is taken
+    for dead while it still runs: another triggerer takes its triggers, and Airflow 3.3.2 stops them on the late
+    one through the user-kill path, ``on_kill`` included (apache/airflow#73454). A wait that owns its job must
+    not cancel it there: the other triggerer is waiting on it. The triggerer is made late as Airflow's own
+    watchdog makes one late: its runner (the process the triggers run in) stops answering for longer than
+    ``[triggerer] runner_health_check_threshold``, and the triggerer stops heartbeating until it answers again."""
+    dep, emu = deployment, vendor_emulator
+    dep.stop("triggerer")
+    dep.start("triggerer", name="triggerer-late", env={"AIRFLOW__TRIGGERER__RUNNER_HEALTH_CHECK_THRESHOLD": "2"})
+    try:
+        emu.set_next_scenario("olconnect", Scenario(steps=100000))  # runs until told to end
+        runs = start_runs(dep, CANCEL_ON_KILL, ("olconnect",))
+        run_id = runs["olconnect"]
+        job = job_ids(dep, CANCEL_ON_KILL, runs)["olconnect"]
+        dep.wait_task_state(CANCEL_ON_KILL, run_id, "wait", "deferred", timeout=90)
+        seen = len(progress_calls(job_calls(emu, job)))
+        wait_for("the trigger to poll", lambda: len(progress_calls(job_calls(emu, job))) >= seen + 2, 60)
+        dep.start("triggerer", name="triggerer-2")
+        (runner,) = dep.children("triggerer-late")
+        os.kill(runner, signal.SIGSTOP)
+        try:
+            wait_for(
+                "the other triggerer to take the wait over",
+                lambda: len(dep.trigger_logs(CANCEL_ON_KILL, run_id, "wait")) == 2,
+                90,
+            )
+        finally:
+            os.kill(runner, signal.SIGCONT)
+
+        def late_copy_stopped() -> str | None:
+            texts = [p.read_text(errors="replace") for p in dep.trigger_logs(CANCEL_ON_KILL, run_id, "wait")]
+            return next((t for t in texts if "Trigger cancelled by user action, invoking on_kill" in t), None)
+
+        late_log = wait_for("the late triggerer to stop its copy of the wait, as if killed", late_copy_stopped, 60)
+        assert f"OL Connect job {job}: not cancelled" in late_log, late_log[-2000:]
+        assert emu.job("olconnect", job).state == "running"
+        emu.finish_jobs("olconnect", [job])
+        assert dep.wait_run(CANCEL_ON_KILL, run_id, 90) == "success", dep.log_tails()
+        calls = job_calls(emu, job)
+        assert cancel_calls(calls) == [], calls
+        assert len(submit_calls(calls)) == 1, calls
+        assert dep.task_instance(CANCEL_ON_KILL, run_id, "wait")["try_number"] == 1
+    finally:
+        dep.stop("triggerer-2")
+        dep.stop("triggerer-late")
+        dep.start("triggerer")  # as the other tests expect: one triggerer
 
 
 @needs_3_3

@@ -1120,3 +1120,45 @@ def test_quota_values_are_checked() -> None:
             Quota.parse(bad)
     with pytest.raises(ValueError, match="vendor"):
         VendorEmulator(quotas={"bentley": Quota(1, 1)})
+
+
+# -- windows for a crash: a held submit answer, a download that stops halfway ---------------------------
+
+
+def test_submit_delay_holds_the_answer_with_the_job_already_started(emulator: VendorEmulator) -> None:
+    """The job exists (and its call is logged) while the answer is held: the window a worker can die in."""
+    headers = ol_login(emulator)
+    config = {"datamining": {"identifier": "data.csv"}, "emulator": {"submit_delay": 1.5, "duration": 60}}
+    with ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        future = pool.submit(ol_submit, emulator, headers, config)
+        time.sleep(0.5)
+        [call] = [c for c in emulator.calls if c.path == f"{AIO}/submit"]
+        assert call.job_id is not None
+        assert not future.done()
+        assert emulator.job("olconnect", call.job_id).state == "running"
+        assert future.result(timeout=TIMEOUT) == call.job_id
+        assert time.monotonic() - started >= 1.5
+
+
+def test_download_stall_pauses_halfway_then_sends_the_rest(emulator: VendorEmulator) -> None:
+    headers = ol_login(emulator)
+    op = ol_submit(
+        emulator, headers, {"datamining": {}, "emulator": {"steps": 0, "result_size": 300_000, "download_stall": 1.5}}
+    )
+    assert ol_progress(emulator, headers, op).text == "done"
+    started = time.monotonic()
+    r = requests.post(f"{emulator.url}{AIO}/getResult/{op}", headers=headers, timeout=TIMEOUT, stream=True)
+    first = r.raw.read(100_000)
+    assert time.monotonic() - started < 1.0, "the first half comes at once"
+    rest = r.raw.read()
+    assert time.monotonic() - started >= 1.5
+    assert sha256(first + rest) == emulator.result_sha256("olconnect", op)
+    assert emulator.job("olconnect", op).downloads[0].complete
+
+
+@pytest.mark.parametrize("field", ["submit_delay", "download_stall"])
+@pytest.mark.parametrize("value", [-1, True, "5"])
+def test_crash_windows_must_be_seconds(field: str, value: Any) -> None:
+    with pytest.raises(ScenarioError, match=field):
+        Scenario.from_dict({field: value})

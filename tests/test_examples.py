@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ def quick_jobs(emulator: VendorEmulator) -> None:
 
 
 def stored_files(tmp_path: Path) -> list[Path]:
-    return sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    """The result files, without the completion markers of folder results."""
+    return sorted(p for p in tmp_path.rglob("*") if p.is_file() and p.name != "_SUCCESS")
 
 
 @pytest.mark.parametrize(
@@ -54,6 +56,12 @@ def test_vendor_example_submits_waits_and_stores_the_result(
     assert [Path(i["uri"].removeprefix("file://")) for i in items] == files
     for item, path in zip(items, files, strict=True):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == item["sha256"]
+    markers = sorted(tmp_path.rglob("_SUCCESS"))  # a folder result says it is whole; a single file is
+    if name != "example_scriptx_print_pdf":
+        [marker] = markers
+        assert [f["sha256"] for f in json.loads(marker.read_text())["files"]] == [i["sha256"] for i in items]
+    else:
+        assert markers == []
     # the run id (manual__2026-01-01T00:00:00+00:00) names the folder without ':' and '+'
     assert not [p for p in files if set(str(p.relative_to(tmp_path))) & set(":+")], files
 

@@ -82,7 +82,9 @@ def test_several_files_land_as_objects_and_nothing_else(airflow_db: Path, emulat
     size = 9 << 20  # more than one 8 MiB part
     job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=3, result_size=size))
     stored = fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
-    assert objects(s3) == {"run/out_1.pdf": size, "run/out_2.pdf": size, "run/out_3.pdf": size}
+    landed = objects(s3)
+    assert landed.pop("run/_SUCCESS") > 0, "the marker, last"
+    assert landed == {"run/out_1.pdf": size, "run/out_2.pdf": size, "run/out_3.pdf": size}
     assert unfinished_uploads(s3) == []
     for index, item in enumerate(stored):
         assert item["uri"] == f"s3://{CONN_ID}@{s3.bucket}/run/out_{index + 1}.pdf"
@@ -101,7 +103,7 @@ def test_a_single_file_destination_is_the_object(airflow_db: Path, emulator: Ven
 def test_a_gzip_answer_lands_intact_on_s3(airflow_db: Path, emulator: VendorEmulator, s3: Any) -> None:
     job_id = finished_job(emulator, "itwin", Scenario(steps=0, result_size=500_000, content_encoding="gzip"))
     [stored] = fetch("itwin_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/itwin/")
-    assert objects(s3) == {"itwin/objects2D/output/part_1.bin": 500_000}
+    assert set(objects(s3)) == {"itwin/objects2D/output/part_1.bin", "itwin/_SUCCESS"}
     assert object_sha256(s3, "itwin/objects2D/output/part_1.bin") == emulator.result_sha256("itwin", job_id)
     assert stored["bytes"] == 500_000
 
@@ -128,43 +130,203 @@ def test_an_interrupted_transfer_leaves_no_object_and_the_retry_lands_it(
     assert objects(s3) == {}, "no partial object, visible or not"
     assert unfinished_uploads(s3) == [], "the multipart upload was aborted"
     stored = fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
-    assert objects(s3) == {"run/out_1.pdf": size, "run/out_2.pdf": size}
+    assert set(objects(s3)) == {"run/out_1.pdf", "run/out_2.pdf", "run/_SUCCESS"}
     assert [s["sha256"] for s in stored] == [emulator.result_sha256("olconnect", job_id, i) for i in (0, 1)]
 
 
-def test_a_commit_failing_on_the_second_file_removes_the_first(
-    airflow_db: Path, emulator: VendorEmulator, s3: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from airflow_provider_jobprogress.core.errors import ResultDestinationError
+def fail_completion(monkeypatch: pytest.MonkeyPatch, at: int, before: Any = None) -> None:
+    """S3 refuses the ``at``-th completion of this fetch (a 500 S3 kept answering); ``before`` runs first."""
     from airflow_provider_jobprogress.results import S3Store
 
     real_call, completed = S3Store._call, []
 
-    def failing_second_completion(self: S3Store, method: str, **kwargs: Any) -> Any:
-        if method == "complete_multipart_upload":
+    def failing(self: S3Store, method: str, **kwargs: Any) -> Any:
+        if method == "complete_multipart_upload" and not kwargs["Key"].rpartition("/")[2].startswith(".jobprogress"):
             completed.append(kwargs["Key"])
-            if len(completed) == 2:
+            if len(completed) == at:
+                if before is not None:
+                    before()
                 raise self.refuse("S3 complete_multipart_upload failed (InternalError)")
         return real_call(self, method, **kwargs)
 
-    monkeypatch.setattr(S3Store, "_call", failing_second_completion)
+    monkeypatch.setattr(S3Store, "_call", failing)
+
+
+def body(s3: Any, key: str) -> bytes:
+    return bytes(s3.get_object(Bucket=s3.bucket, Key=key)["Body"].read())
+
+
+def test_a_failed_commit_removes_only_what_it_created_at_free_keys(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_jobprogress.core.errors import ResultDestinationError
+
+    s3.put_object(Bucket=s3.bucket, Key="run/out_1.pdf", Body=b"yesterday's 1")
+    s3.put_object(Bucket=s3.bucket, Key="run/keep.txt", Body=b"not ours")
+    fail_completion(monkeypatch, at=3)
     job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=3, result_size=4000))
     with pytest.raises(ResultDestinationError, match="InternalError"):
         fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
-    assert objects(s3) == {}, "the 1st object, already completed, was removed again"
+    # out_1 replaced an object: S3 cannot bring yesterday's back, and deleting ours would leave less than
+    # before, so the new version stays (whole: S3's promise is per object). out_2 took a free key: removed.
+    assert objects(s3) == {"run/out_1.pdf": 4000, "run/keep.txt": 8}
+    assert object_sha256(s3, "run/out_1.pdf") == emulator.result_sha256("olconnect", job_id, 0)
     assert unfinished_uploads(s3) == []
 
 
-def test_what_a_killed_try_left_unfinished_is_aborted_by_the_retry(
-    airflow_db: Path, emulator: VendorEmulator, s3: Any
+def test_a_failed_commit_keeps_an_object_another_writer_put_over_ours(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A killed try leaves an unfinished multipart upload under the destination: invisible, but billed.
-    left = s3.create_multipart_upload(Bucket=s3.bucket, Key="run/out_1.pdf")
-    s3.upload_part(Bucket=s3.bucket, Key="run/out_1.pdf", UploadId=left["UploadId"], PartNumber=1, Body=b"x" * 100)
+    from airflow_provider_jobprogress.core.errors import ResultDestinationError
+
+    def theirs() -> None:  # another writer replaces our just-completed out_1.pdf
+        s3.put_object(Bucket=s3.bucket, Key="run/out_1.pdf", Body=b"theirs")
+
+    fail_completion(monkeypatch, at=2, before=theirs)
     job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=4000))
-    fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
+    with pytest.raises(ResultDestinationError, match="InternalError"):
+        fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
+    assert body(s3, "run/out_1.pdf") == b"theirs", "only our own object (by its ETag) may be removed"
+
+
+def test_a_folder_result_is_marked_whole_by_a_manifest_written_last(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_jobprogress.results import S3Store
+
+    real_call, calls = S3Store._call, []
+
+    def recording(self: S3Store, method: str, **kwargs: Any) -> Any:
+        calls.append((method, kwargs.get("Key")))
+        return real_call(self, method, **kwargs)
+
+    monkeypatch.setattr(S3Store, "_call", recording)
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=4000))
+    stored = fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/run/")
+    manifest = json.loads(body(s3, "run/_SUCCESS"))
+    assert manifest["files"] == [
+        {"name": s["name"], "bytes": s["bytes"], "sha256": s["sha256"], "content_type": s["content_type"]}
+        for s in stored
+    ]
+    assert (manifest["vendor"], manifest["job_id"]) == ("OL Connect", job_id)
+    completed = [key for method, key in calls if method == "complete_multipart_upload"]
+    assert completed == ["run/out_1.pdf", "run/out_2.pdf", "run/_SUCCESS"], "the marker comes after every file"
+    assert set(objects(s3)) == {"run/out_1.pdf", "run/out_2.pdf", "run/_SUCCESS"}
+
+
+def test_a_single_file_destination_has_no_marker(airflow_db: Path, emulator: VendorEmulator, s3: Any) -> None:
+    job_id = finished_job(emulator, "scriptx", Scenario(steps=0))
+    fetch("scriptx_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/pdf/statement.pdf")
+    assert set(objects(s3)) == {"pdf/statement.pdf"}, "one object is whole when it is there"
+
+
+@pytest.mark.parametrize(("failing", "marker_kept"), [(1, True), (2, False)])
+def test_a_refetch_into_a_marked_folder_never_leaves_a_marker_that_lies(
+    airflow_db: Path,
+    emulator: VendorEmulator,
+    s3: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    failing: int,
+    marker_kept: bool,
+) -> None:
+    from airflow_provider_jobprogress.core.errors import ResultDestinationError
+
+    destination = f"s3://{CONN_ID}@{s3.bucket}/run/"
+    first = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=4000))
+    fetch("olconnect_default", first, destination)
+    yesterdays = body(s3, "run/_SUCCESS")
+    second = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=5000))
+    fail_completion(monkeypatch, at=failing)
+    with pytest.raises(ResultDestinationError, match="InternalError"):
+        fetch("olconnect_default", second, destination)
+    if marker_kept:  # nothing changed: the folder is still yesterday's whole result
+        assert objects(s3) == {"run/out_1.pdf": 4000, "run/out_2.pdf": 4000, "run/_SUCCESS": len(yesterdays)}
+        assert body(s3, "run/_SUCCESS") == yesterdays
+    else:  # out_1 is today's, out_2 yesterday's: no marker says this mix is whole
+        assert objects(s3) == {"run/out_1.pdf": 5000, "run/out_2.pdf": 4000}
     assert unfinished_uploads(s3) == []
-    assert set(objects(s3)) == {"run/out_1.pdf", "run/out_2.pdf"}
+
+
+class ForeignUpload:
+    """Another writer's multipart upload (another pipeline, another mapped fetch) begun before our fetch."""
+
+    def __init__(self, s3: Any, key: str) -> None:
+        self.s3, self.key = s3, key
+        self.upload_id = s3.create_multipart_upload(Bucket=s3.bucket, Key=key)["UploadId"]
+
+    def finish(self, body: bytes) -> None:
+        """Its next part and its completion, after our fetch: both fail with NoSuchUpload if we aborted it."""
+        part = self.s3.upload_part(
+            Bucket=self.s3.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=1, Body=body
+        )
+        self.s3.complete_multipart_upload(
+            Bucket=self.s3.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+        )
+
+
+@pytest.mark.parametrize(
+    ("destination", "theirs"),
+    [
+        ("run/", ["run/theirs.bin", "run/out_1.pdf"]),  # under our folder, even at the key we write
+        ("", ["elsewhere/theirs.bin", "run/theirs.bin"]),  # the bucket root: every upload in the bucket
+    ],
+)
+def test_other_writers_uploads_survive_our_fetch_and_complete_after_it(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any, destination: str, theirs: list[str]
+) -> None:
+    foreign = [ForeignUpload(s3, key) for key in theirs]
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=4000))
+    fetch("olconnect_default", job_id, f"s3://{CONN_ID}@{s3.bucket}/{destination}")
+    assert sorted(unfinished_uploads(s3)) == sorted(theirs), "ours are done, theirs are untouched"
+    for upload in foreign:
+        upload.finish(b"their bytes")
+    assert unfinished_uploads(s3) == []
+    for key in theirs:
+        assert s3.get_object(Bucket=s3.bucket, Key=key)["Body"].read() == b"their bytes"
+
+
+def test_two_mapped_fetches_into_one_folder_both_land(airflow_db: Path, emulator: VendorEmulator, s3: Any) -> None:
+    from airflow_provider_jobprogress.results import check_destination, landing, open_store
+
+    destination = f"s3://{CONN_ID}@{s3.bucket}/run/"
+    first_job = finished_job(emulator, "olconnect", Scenario(steps=0, result_size=3000))
+    second_job = finished_job(emulator, "olconnect", Scenario(steps=0, result_size=5000))
+    spec = check_destination(destination, "OL Connect", first_job)
+    first = open_store(spec, "OL Connect", first_job, several=False)
+    # The first fetch has written its file and not yet completed it when the second one starts and ends.
+    # Sharing a folder, each has a marker of its own (one _SUCCESS would be each other's to replace).
+    with landing(first, marker="_SUCCESS-0"):
+        first.write("first.pdf", [b"%PDF-first"], content_type="application/pdf", source=None)
+        [second] = fetch("olconnect_default", second_job, destination, success_marker="_SUCCESS-1")
+    assert set(objects(s3)) == {"run/first.pdf", f"run/{second['name']}", "run/_SUCCESS-0", "run/_SUCCESS-1"}
+    assert json.loads(body(s3, "run/_SUCCESS-0"))["files"][0]["name"] == "first.pdf"
+    assert json.loads(body(s3, "run/_SUCCESS-1"))["files"][0]["name"] == second["name"]
+    assert unfinished_uploads(s3) == []
+
+
+def test_what_a_killed_try_left_is_cleaned_by_its_retry_and_only_that(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_jobprogress.results import S3Store
+
+    size = 12 << 20
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, result_size=size, drop_download_at=10 << 20))
+    destination = f"s3://{CONN_ID}@{s3.bucket}/run/"
+    # A try killed with SIGKILL cleans nothing up: its multipart upload (one 8 MiB part sent) stays unfinished.
+    with monkeypatch.context() as killed:
+        killed.setattr(S3Store, "abort", lambda self: None)
+        with pytest.raises(VendorUnavailableError):
+            fetch("olconnect_default", job_id, destination)
+    assert unfinished_uploads(s3) != [], "the killed try left its upload"
+    foreign = ForeignUpload(s3, "run/theirs.bin")
+    [stored] = fetch("olconnect_default", job_id, destination)
+    assert unfinished_uploads(s3) == ["run/theirs.bin"], "the retry aborted what its killed try began, only that"
+    assert set(objects(s3)) == {f"run/{stored['name']}", "run/_SUCCESS"}
+    foreign.finish(b"their bytes")
+    assert set(objects(s3)) == {f"run/{stored['name']}", "run/_SUCCESS", "run/theirs.bin"}
 
 
 MEASURED_FETCH = """
@@ -254,6 +416,33 @@ def test_other_object_stores_commit_uncommitted_fsspec_files_together(s3: Any, o
     assert unfinished_uploads(s3) == []
 
 
+def test_other_object_stores_keep_what_a_failed_commit_replaced(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_jobprogress.core.errors import ResultDestinationError
+    from airflow_provider_jobprogress.results import FsspecStore, landing
+
+    s3.put_object(Bucket=s3.bucket, Key="generic/a.bin", Body=b"yesterday's a")
+    path = ObjectStoragePath(f"s3://{CONN_ID}@{s3.bucket}/generic/")
+    store = FsspecStore("v", "j", str(path), path.fs, path.path, folder=True)
+
+    def broken_commit() -> None:
+        raise OSError(5, "Input/output error")
+
+    def land_three_failing_at_the_third() -> None:
+        with landing(store):
+            for name in ("a", "b", "c"):
+                store.write(f"{name}.bin", [f"today's {name}".encode()], content_type="text/plain", source=None)
+            monkeypatch.setattr(store._pending[2][1], "commit", broken_commit)
+
+    with pytest.raises(ResultDestinationError, match="committing"):
+        land_three_failing_at_the_third()
+    # a.bin replaced a file: it stays, in its new version; b.bin took a free name: it went again
+    assert objects(s3) == {"generic/a.bin": 9}
+    assert body(s3, "generic/a.bin") == b"today's a"
+    assert unfinished_uploads(s3) == []
+
+
 def test_objects_on_s3_are_named_by_bucket_and_key_without_the_connection_id(
     airflow_db: Path,
     emulator: VendorEmulator,
@@ -271,7 +460,7 @@ def test_objects_on_s3_are_named_by_bucket_and_key_without_the_connection_id(
     lineage = op.get_openlineage_facets_on_complete(None)
 
     assert sorted((d.namespace, d.name) for d in lineage.outputs) == [
-        (f"s3://{s3.bucket}", key) for key in sorted(objects(s3))
+        (f"s3://{s3.bucket}", key) for key in sorted(objects(s3)) if key != "run/_SUCCESS"
     ]
     assert len(lineage.outputs) == len(stored) == 2
     assert CONN_ID not in repr([(d.namespace, d.name) for d in lineage.outputs])

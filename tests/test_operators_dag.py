@@ -48,7 +48,7 @@ def test_submit_wait_fetch_to_file_matches_what_the_vendor_served(
     assert path.is_file()
     assert path.stat().st_size == stored[0]["bytes"] == 3 * 64 * 1024 + 17
     assert sha256(path) == stored[0]["sha256"] == emulator.result_sha256(vendor, job_id, 0)
-    assert files_under(tmp_path) == [path], "no temporary or partial file is left behind"
+    assert files_under(tmp_path) == sorted([path, tmp_path / "_SUCCESS"]), "no temporary or partial file is left"
 
 
 def test_single_file_destination_is_the_file(airflow_db: Path, emulator: VendorEmulator, tmp_path: Path) -> None:
@@ -108,17 +108,16 @@ def test_interrupted_download_leaves_nothing_and_the_retry_succeeds(
     job_id = xcom(run, "submit")
     downloads = emulator.job("olconnect", job_id).downloads
     assert [d.complete for d in downloads] == [False, True]
-    assert [p.name for p in files_under(tmp_path)] == [f"{job_id}.bin"]
-    assert sha256(files_under(tmp_path)[0]) == emulator.result_sha256("olconnect", job_id, 0)
+    assert {p.name for p in files_under(tmp_path)} == {f"{job_id}.bin", "_SUCCESS"}
+    assert sha256(tmp_path / f"{job_id}.bin") == emulator.result_sha256("olconnect", job_id, 0)
 
 
 def test_retry_after_submit_reattaches_instead_of_submitting_again(
     airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, capsys
 ) -> None:
-    from airflow import __version__ as airflow_version
-    from packaging.version import Version
+    from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 
-    if Version(airflow_version) < Version("3.3"):
+    if not AIRFLOW_V_3_3_PLUS:
         # Seen on 3.1.8: the new try starts with the earlier try's XComs cleared and there is no
         # task_state_store, so nothing remembers the job (common-compat's ResumableJobMixin says the same).
         pytest.skip("re-attaching on retry needs Airflow 3.3's task_state_store")

@@ -118,7 +118,7 @@ async def test_listing_and_per_job_polling_end_alike(emulator: VendorEmulator, v
     per_job_calls = emulator.count("GET", LISTING[vendor][3])
     if mode == "per_job":
         assert listings(emulator, vendor) == 0
-        assert per_job_calls >= 5 * len(MIX), "per job, these waits poll about 54 times"
+        assert per_job_calls >= 2 * len(MIX), "each wait read its own job (on a quiet machine about 54 reads)"
     else:
         assert listings(emulator, vendor) >= 1, "the waits were answered from listings"
         if vendor == "olconnect":  # a listing with percentages: per-job reads before the first one and at the ends
@@ -143,11 +143,11 @@ async def test_an_ended_job_wakes_its_wait_within_one_cycle(emulator: VendorEmul
 
 
 async def test_a_wait_alone_reads_its_own_job(emulator: VendorEmulator) -> None:
-    job = submit("olconnect", Scenario(duration=0.5), emulator)
+    job = submit("olconnect", Scenario(steps=4), emulator)  # four reads to the end, however loaded the machine
     (payload,) = await wait_all([trigger("olconnect", job, interval=0.05)])
     assert payload["status"] == "success"
     assert emulator.count("GET", "/getOperations") == 0
-    assert emulator.count("GET", "/getProgress/") >= 3
+    assert emulator.count("GET", "/getProgress/") == 5
 
 
 @pytest.mark.parametrize("vendor", sorted(LISTING))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import pickle
+import re
+import tracemalloc
 from typing import Any
 
 import pendulum
@@ -24,7 +27,7 @@ from airflow_provider_jobprogress.core.errors import (
     VendorResponseError,
     VendorUnavailableError,
 )
-from airflow_provider_jobprogress.core.model import JobProgress, JobState
+from airflow_provider_jobprogress.core.model import JobProgress, JobState, short
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, parse_retry_after
 from airflow_provider_jobprogress.core.protocol import (
     ConnectionFields,
@@ -227,12 +230,14 @@ def test_poll_policy_round_trips_through_its_json_dict(policy: PollPolicy) -> No
 
 
 def test_request_retry_round_trips_through_its_json_dict() -> None:
-    policy = RequestRetry(attempts=3, initial_delay=0.5, max_retry_after=10, rate_limit_waits=2)
+    policy = RequestRetry(attempts=3, initial_delay=0.5, max_retry_after=10, rate_limit_waits=2, request_timeout=9)
     assert RequestRetry.from_value(json.loads(json.dumps(policy.to_dict()))) == policy
     assert RequestRetry.from_value(None) == RequestRetry()
 
 
-@pytest.mark.parametrize("kwargs", [{"attempts": 0}, {"initial_delay": -1}, {"factor": 0.9}, {"jitter": -0.1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"attempts": 0}, {"initial_delay": -1}, {"factor": 0.9}, {"jitter": -0.1}, {"request_timeout": 0}]
+)
 def test_invalid_request_retry_raises_value_error(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011
         RequestRetry(**kwargs)
@@ -401,6 +406,36 @@ def test_429_more_often_than_rate_limit_waits_raises_rate_limited() -> None:
     api = scriptx(request_retry=RequestRetry(rate_limit_waits=2))
     with pytest.raises(RateLimitedError):
         drive(api.progress("t1"), [text(429, "", {"Retry-After": "1"})] * 3)
+
+
+@pytest.mark.parametrize("header", ["0", "-5", "Wed, 21 Oct 2015 07:28:00 GMT", "soon"])
+def test_429_asking_for_no_pause_waits_the_policy_backoff(header: str) -> None:
+    """Retry-After 0, negative or past is no reason to ask again at once (ten times per poll, before)."""
+    policy = RequestRetry(initial_delay=1, factor=2, jitter=0)
+    replies = [text(429, "", {"Retry-After": header})] * 3 + [sx_status(5)]
+    _, _, sleeps = drive(scriptx(request_retry=policy).progress("t1"), replies)
+    assert sleeps == [Sleep(1.0), Sleep(2.0), Sleep(4.0)]
+
+
+@pytest.mark.parametrize("header", ["86400", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_429_asking_for_more_than_the_retry_after_limit_pauses_that_long_and_says_what_was_asked(header: str) -> None:
+    api = scriptx(request_retry=RequestRetry(retry_after_limit=900))
+    with pytest.raises(RateLimitedError) as info:
+        drive(api.progress("t1"), [text(429, "quota", {"Retry-After": header})])
+    assert info.value.retry_after == 900.0
+    asked = parse_retry_after(header)
+    said = re.search(r"asked for a pause of (\d+) s", str(info.value))
+    assert asked is not None
+    assert said is not None
+    assert abs(int(said[1]) - asked) < 60, "what the vendor asked for (an HTTP date counts from now)"
+    assert "retry_after_limit" in str(info.value)
+
+
+def test_rate_limited_after_its_waits_pauses_at_least_the_policy_backoff() -> None:
+    api = scriptx(request_retry=RequestRetry(rate_limit_waits=2, initial_delay=1, jitter=0))
+    with pytest.raises(RateLimitedError) as info:
+        drive(api.progress("t1"), [text(429, "", {"Retry-After": "0"})] * 3)
+    assert info.value.retry_after == 4.0
 
 
 def test_401_asks_for_a_fresh_token_once_and_replays() -> None:
@@ -956,3 +991,121 @@ def test_olconnect_xcom_result_of_several_spool_files_is_their_paths() -> None:
     parts, requests, _ = drive(olconnect().xcom_results("op1"), [text(200, "/out/a.pdf\n/out/b.pdf")])
     assert len(requests) == 1
     assert olconnect().result_value(parts[0].value or "") == ["/out/a.pdf", "/out/b.pdf"]
+
+
+def test_itwin_a_blob_listing_that_repeats_its_marker_is_refused() -> None:
+    """An output container whose listing hands out the same marker again would be listed for ever."""
+    details = {"job": {"id": "j1", "state": "success", "outputs": [{"type": "objects2D", "id": "rd-1"}]}}
+    read_access = {"type": "AzureBlobSasUrl", "_links": {"containerUrl": {"href": CONTAINER}}}
+    with pytest.raises(VendorResponseError, match=r"j1.*same continuation token"):
+        drive(
+            itwin().results("j1"),
+            [jresp(200, details), jresp(200, read_access), blob_list(["a"], "m2"), blob_list(["b"], "m2")],
+        )
+
+
+# -- the work an answer costs on the triggerer's loop ----------------------------------------------------
+
+
+def loads_counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count json.loads calls (each one a parse of a whole body)."""
+    calls: list[int] = []
+    real = json.loads
+
+    def counted(data: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(data))
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("name", "flow", "answers"),
+    [
+        ("itwin progress", lambda: itwin().progress("j1"), [itwin_progress("Active", 40)]),
+        ("itwin error", lambda: itwin().progress("j1"), [itwin_error(409, "Conflict", "busy")]),
+        ("olconnect verdict", lambda: olconnect().progress("op1"), [jresp(500, {"error": {"message": "no printer"}})]),
+        ("scriptx status", lambda: scriptx().progress("t1"), [sx_status(5)]),
+    ],
+)
+def test_each_answer_is_parsed_once_however_many_readers_ask(
+    monkeypatch: pytest.MonkeyPatch, name: str, flow: Any, answers: list[Response]
+) -> None:
+    calls = loads_counted(monkeypatch)
+    with contextlib.suppress(JobProgressError):
+        drive(flow(), answers, token_asks=[])
+    assert len(calls) == len(answers), f"{name}: {len(calls)} parses of {len(answers)} answers"
+
+
+def test_a_message_is_made_from_the_start_of_a_long_text_only() -> None:
+    """``short`` runs on the loop for any answer it describes: it reads what it shows, not the whole body."""
+    body = "50 " * 2_000_000
+    tracemalloc.start()
+    try:
+        described = short(body, 80)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert described == ("50 " * 27)[:79] + "…"
+    assert peak < 64 * 1024, f"{peak >> 10} KiB to shorten a 6 MB text"
+
+
+# -- small flaws in an answer that says clearly how the job stands ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "state", "percent"), [("\ufeffdone", JobState.SUCCEEDED, 100.0), ("\ufeff40", JobState.RUNNING, 40.0)]
+)
+def test_olconnect_progress_after_a_byte_order_mark_is_read(body: str, state: JobState, percent: float) -> None:
+    progress, _, _ = drive(olconnect().progress("op1"), [text(200, body)], token_asks=[])
+    assert (progress.state, progress.percent) == (state, percent)
+
+
+def test_scriptx_finished_job_whose_message_is_not_utf8_is_finished() -> None:
+    body = b'{"status": 6, "message": "printed on Dru\xffcker 3", "jobIdentifier": "t1"}'
+    answer = Response.build(200, {"Content-Type": "application/json"}, body)
+    progress, _, _ = drive(scriptx().progress("t1"), [answer])
+    assert progress.state is JobState.SUCCEEDED
+    assert progress.message == "printed on Dru\ufffdcker 3"
+
+
+def test_scriptx_status_code_is_not_read_leniently() -> None:
+    """Only messages are decoded leniently: a bad byte where the answer's facts are is still an error."""
+    answer = Response.build(200, {"Content-Type": "application/json"}, b'{"st\xffatus": 6, "message": "done"}')
+    with pytest.raises(VendorResponseError, match="status"):
+        drive(scriptx().progress("t1"), [answer])
+
+
+@pytest.mark.parametrize("percentage", ["n/a", float("nan"), 250, -1, True])
+def test_itwin_success_with_an_unreadable_percentage_is_a_success(percentage: Any) -> None:
+    progress, _, _ = drive(itwin("reality-modeling").progress("j1"), [itwin_progress("Success", percentage)])
+    assert (progress.state, progress.percent) == (JobState.SUCCEEDED, None)
+
+
+def test_itwin_running_job_with_an_unreadable_percentage_is_still_an_error() -> None:
+    with pytest.raises(VendorResponseError, match="percentage"):
+        drive(itwin("reality-modeling").progress("j1"), [itwin_progress("Active", "n/a")])
+
+
+# -- credentials a vendor echoes back ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "flow", "secret"),
+    [
+        ("olconnect token", lambda: olconnect().progress("op1"), TOKEN.value),
+        ("olconnect basic", lambda: olconnect(auth="basic").progress("op1"), basic("admin", OLC_PASSWORD)[6:]),
+        ("scriptx license", lambda: scriptx().progress("t1"), basic(SX_GUID, "")[6:]),
+        ("itwin token", lambda: itwin().progress("j1"), TOKEN.value),
+        ("itwin client secret", lambda: itwin().login(), ITWIN_SECRET),
+    ],
+)
+def test_credentials_a_vendor_echoes_are_replaced_before_anything_reads_the_answer(
+    name: str, flow: Any, secret: str
+) -> None:
+    echo = text(409, f"Conflict. You sent: Authorization: Basic {secret}; auth_token: {secret}")
+    with pytest.raises(JobProgressError) as raised:
+        drive(flow(), [echo], token_asks=[])
+    assert secret not in str(raised.value), name
+    assert "***" in str(raised.value)

@@ -71,10 +71,9 @@ def fresh_providers_manager(monkeypatch: pytest.MonkeyPatch) -> Any:
 @pytest.fixture
 def hook_meta(fresh_providers_manager: Any) -> dict[str, Any]:
     """What GET /ui/connections/hook_meta sends the React UI, keyed by connection type."""
-    from airflow import __version__ as airflow_version
-    from packaging.version import Version
+    from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_2_PLUS
 
-    if Version(airflow_version) < Version("3.2"):
+    if not AIRFLOW_V_3_2_PLUS:
         pytest.skip("declarative connection forms arrive in Airflow 3.2; below, the UI needs FAB's wtforms")
     from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
 
@@ -275,10 +274,9 @@ def test_hook_class_matches_its_connection_type(conn: dict[str, Any]) -> None:
 def test_field_behaviour_reaches_every_airflow_version(fresh_providers_manager: Any, conn_type: str) -> None:
     """3.2+ reads the declarative provider info; below, only a hook's *own* ``get_ui_field_behaviour``,
     validated against ``customized_form_field_behaviours.schema.json``. Both must give the form's labels."""
-    from airflow import __version__ as airflow_version
-    from packaging.version import Version
+    from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_2_PLUS
 
-    if Version(airflow_version) < Version("3.2"):
+    if not AIRFLOW_V_3_2_PLUS:
         pytest.importorskip("wtforms", reason="below 3.2 Airflow reads hook form methods only with FAB's wtforms")
     behaviour = fresh_providers_manager.field_behaviours.get(conn_type)
     assert behaviour, f"Airflow knows no field behaviour for {conn_type}"

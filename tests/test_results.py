@@ -6,7 +6,9 @@ hostile names, gzip bodies and one-time downloads on request.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -206,6 +208,21 @@ def test_bad_destination_fails_before_the_one_time_pdf_is_collected(
     assert stored[0]["sha256"] == sha256(tmp_path / "good" / "x.pdf") == emulator.result_sha256("scriptx", job_id)
 
 
+def test_xcom_refuses_the_one_time_pdf_before_collecting_it(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path
+) -> None:
+    from airflow_provider_jobprogress.core.errors import ResultNotForXComError
+
+    # ScriptX serves the PDF once (a whole download is "Collected"); its adapter says it is application/pdf,
+    # which XCom never takes: refused from that, before the download opens.
+    job_id = finished_job(emulator, "scriptx", Scenario(steps=0))
+    with pytest.raises(ResultNotForXComError, match=r"application/pdf"):
+        fetch("scriptx_default", job_id, None)
+    assert emulator.count("GET", "/printPdf/download/") == 0, "no result byte was requested"
+    stored = fetch("scriptx_default", job_id, f"file://{tmp_path}/a.pdf")
+    assert stored[0]["sha256"] == sha256(tmp_path / "a.pdf") == emulator.result_sha256("scriptx", job_id)
+
+
 def test_s3_destination_without_s3fs_is_refused_at_parse_time(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow_provider_jobprogress.operators.fetch_result import FetchJobResultOperator
 
@@ -268,7 +285,7 @@ def test_spool_files_with_the_same_name_stay_two_files_and_xcom_says_which(
     paths = ("C:\\a\\out.pdf", "C:\\b\\out.pdf")
     job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=5000, names=paths))
     stored = fetch("olconnect_default", job_id, f"file://{tmp_path}/dest/")
-    assert everything_under(tmp_path) == ["dest", "dest/out-2.pdf", "dest/out.pdf"]
+    assert everything_under(tmp_path) == ["dest", "dest/_SUCCESS", "dest/out-2.pdf", "dest/out.pdf"]
     assert [(s["name"], s["source"]) for s in stored] == [("out.pdf", paths[0]), ("out-2.pdf", paths[1])]
     for index, item in enumerate(stored):
         assert sha256(tmp_path / "dest" / item["name"]) == emulator.result_sha256("olconnect", job_id, index)
@@ -280,7 +297,7 @@ def test_an_existing_folder_without_trailing_slash_receives_the_file_inside(
     (tmp_path / "dest").mkdir()
     job_id = finished_job(emulator, "scriptx", Scenario(steps=0))
     stored = fetch("scriptx_default", job_id, f"file://{tmp_path}/dest")
-    assert everything_under(tmp_path) == ["dest", "dest/a.pdf"]
+    assert everything_under(tmp_path) == ["dest", "dest/_SUCCESS", "dest/a.pdf"]
     assert stored[0]["uri"] == f"file://{tmp_path}/dest/a.pdf"
 
 
@@ -291,7 +308,7 @@ def test_an_object_storage_path_with_trailing_slash_is_a_folder(
 
     job_id = finished_job(emulator, "scriptx", Scenario(steps=0))
     fetch("scriptx_default", job_id, ObjectStoragePath(f"file://{tmp_path}/new/"))
-    assert everything_under(tmp_path) == ["new", "new/a.pdf"]
+    assert everything_under(tmp_path) == ["new", "new/_SUCCESS", "new/a.pdf"]
 
 
 def test_xcom_is_a_list_of_files_whatever_the_number_of_parts(
@@ -349,6 +366,89 @@ def test_a_rename_failing_midway_undoes_the_others_and_keeps_what_was_there(
     assert (dest / "out_1.pdf").read_bytes() == b"yesterday's file"
 
 
+def manifest(folder: Path, marker: str = "_SUCCESS") -> Any:
+    return json.loads((folder / marker).read_text())
+
+
+def test_a_folder_result_is_marked_whole_by_a_manifest_renamed_in_last(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "dest"
+    real_replace, placed = os.replace, []
+
+    def recording(src: Any, dst: Any) -> None:
+        placed.append(Path(dst).relative_to(tmp_path).as_posix())
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", recording)
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=5000))
+    stored = fetch("olconnect_default", job_id, f"file://{dest}/")
+    assert placed == ["dest/out_1.pdf", "dest/out_2.pdf", "dest/_SUCCESS"]
+    assert manifest(dest) == {
+        "version": 1,
+        "vendor": "OL Connect",
+        "job_id": job_id,
+        "files": [
+            {"name": s["name"], "bytes": s["bytes"], "sha256": s["sha256"], "content_type": s["content_type"]}
+            for s in stored
+        ],
+    }
+
+
+def test_a_refetch_replaces_the_marker_and_a_failed_one_restores_it(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "dest"
+    first = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=4000))
+    fetch("olconnect_default", first, f"file://{dest}/")
+    yesterdays = (dest / "_SUCCESS").read_bytes()
+    second = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=5000))
+    with monkeypatch.context() as failing:
+        real_replace = os.replace
+
+        def out_2_fails(src: Any, dst: Any) -> None:
+            if Path(dst).name == "out_2.pdf" and Path(src).suffix == ".part":
+                raise OSError(28, "No space left on device")
+            real_replace(src, dst)
+
+        failing.setattr(os, "replace", out_2_fails)
+        with pytest.raises(ResultDestinationError, match="none was kept"):
+            fetch("olconnect_default", second, f"file://{dest}/")
+    assert (dest / "_SUCCESS").read_bytes() == yesterdays, "the folder is yesterday's whole result again"
+    assert [f["sha256"] for f in manifest(dest)["files"]] == [sha256(dest / n) for n in ("out_1.pdf", "out_2.pdf")]
+    fetch("olconnect_default", second, f"file://{dest}/")
+    assert manifest(dest)["job_id"] == second
+    assert [f["sha256"] for f in manifest(dest)["files"]] == [sha256(dest / n) for n in ("out_1.pdf", "out_2.pdf")]
+
+
+def test_a_vendor_file_named_like_the_marker_gets_another_name(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path
+) -> None:
+    names = ("C:\\out\\_success", "C:\\out\\b.pdf")
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=3000, names=names))
+    stored = fetch("olconnect_default", job_id, f"file://{tmp_path}/dest/")
+    assert [s["name"] for s in stored] == ["_success-2", "b.pdf"]
+    assert manifest(tmp_path / "dest")["job_id"] == job_id
+
+
+@pytest.mark.parametrize("marker", ["_DONE-3", None])  # mapped fetches into one folder: one marker each, or none
+def test_the_marker_can_be_named_per_fetch_or_left_out(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, marker: str | None
+) -> None:
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=3000))
+    stored = fetch("olconnect_default", job_id, f"file://{tmp_path}/dest/", success_marker=marker)
+    files = ["dest", *sorted(f"dest/{s['name']}" for s in stored)]
+    assert everything_under(tmp_path) == sorted([*files, "dest/_DONE-3"] if marker else files)
+
+
+def test_a_marker_name_that_is_not_a_plain_file_name_is_refused_at_parse_time() -> None:
+    from airflow_provider_jobprogress.core.errors import ConfigurationError
+    from airflow_provider_jobprogress.operators.fetch_result import FetchJobResultOperator
+
+    with pytest.raises(ConfigurationError, match="success_marker"):
+        FetchJobResultOperator(task_id="f", conn_id="olconnect_default", job_id="j", success_marker="../_SUCCESS")
+
+
 KILLED_FETCH = """
 import os, sys
 from airflow_provider_jobprogress.operators.fetch_result import FetchJobResultOperator
@@ -376,7 +476,7 @@ def test_what_a_killed_try_left_is_cleaned_by_the_retry(
         proc.wait()
     assert everything_under(tmp_path) != [], "the killed try left a partial file"
     stored = fetch("olconnect_default", job_id, f"file://{dest}/", chunk_size=1 << 20)
-    assert everything_under(tmp_path) == ["dest", f"dest/{stored[0]['name']}"]
+    assert everything_under(tmp_path) == sorted(["dest", "dest/_SUCCESS", f"dest/{stored[0]['name']}"])
     assert stored[0]["sha256"] == emulator.result_sha256("olconnect", job_id)
 
 
@@ -414,3 +514,112 @@ def test_a_templated_relative_destination_is_refused_before_any_vendor_call(
         op.execute({})
     assert everything_under(tmp_path) == []
     assert len(emulator.calls) == before, "no vendor call at all"
+
+
+# -- 7. mounts without hard links, filesystems that show a file before it is committed -------------------
+
+
+def refusing_links(refusal: int) -> Any:
+    """``os.link`` as a mount without hard links answers it (gcsfuse, blobfuse, exFAT, some SMB mounts)."""
+
+    def link(src: Any, dst: Any, **_: Any) -> None:
+        raise OSError(refusal, os.strerror(refusal))
+
+    return link
+
+
+@pytest.mark.parametrize("refusal", [errno.EPERM, errno.EXDEV, errno.ENOTSUP])
+def test_a_file_is_replaced_where_the_mount_refuses_hard_links(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: int
+) -> None:
+    monkeypatch.setattr(os, "link", refusing_links(refusal))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "out_1.pdf").write_bytes(b"yesterday's file")
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=5000))
+    stored = fetch("olconnect_default", job_id, f"file://{dest}/")
+    assert everything_under(tmp_path) == ["dest", "dest/_SUCCESS", "dest/out_1.pdf", "dest/out_2.pdf"]
+    assert [sha256(dest / s["name"]) for s in stored] == [
+        emulator.result_sha256("olconnect", job_id, i) for i in (0, 1)
+    ]
+
+
+def test_a_filesystem_that_shows_uncommitted_files_is_refused_by_name() -> None:
+    import fsspec
+
+    from airflow_provider_jobprogress.results import FsspecStore
+
+    memory = fsspec.filesystem("memory")  # its files show as soon as they are closed, autocommit=False or not
+    store = FsspecStore("iTwin", "job-1", "memory://results/out", memory, "/results/out", folder=True)
+    with pytest.raises(ResultDestinationError, match=r"iTwin job job-1: .*MemoryFileSystem.*autocommit=False"):
+        store.prepare()
+    assert memory.find("/results") == [], "the probe that showed it is gone"
+
+
+def test_without_hard_links_a_failed_commit_still_puts_every_replaced_file_back(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_replace = os.replace
+
+    def out_3_fails(src: Any, dst: Any) -> None:
+        if Path(dst).name == "out_3.pdf" and Path(src).suffix == ".part":
+            raise OSError(errno.EIO, "Input/output error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "link", refusing_links(errno.EPERM))
+    monkeypatch.setattr(os, "replace", out_3_fails)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    for n in (1, 2, 3):
+        (dest / f"out_{n}.pdf").write_bytes(f"yesterday's {n}".encode())
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=3, result_size=5000))
+    with pytest.raises(ResultDestinationError, match="none was kept"):
+        fetch("olconnect_default", job_id, f"file://{dest}/")
+    assert everything_under(tmp_path) == ["dest", "dest/out_1.pdf", "dest/out_2.pdf", "dest/out_3.pdf"]
+    assert [(dest / f"out_{n}.pdf").read_bytes() for n in (1, 2, 3)] == [f"yesterday's {n}".encode() for n in (1, 2, 3)]
+
+
+def test_a_file_a_killed_try_renamed_aside_is_put_back_by_the_retry(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_jobprogress.core.errors import JobNotFoundError
+    from airflow_provider_jobprogress.results import LocalStore
+
+    class Killed(BaseException):
+        pass
+
+    real_replace = os.replace
+
+    def killed_before_the_new_file_is_in(src: Any, dst: Any) -> None:
+        if Path(src).suffix == ".part":
+            raise Killed
+        real_replace(src, dst)
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "a.pdf").write_bytes(b"yesterday's print")
+    job_id = finished_job(emulator, "scriptx", Scenario(steps=0))
+    with monkeypatch.context() as killed:
+        killed.setattr(os, "link", refusing_links(errno.EXDEV))
+        killed.setattr(os, "replace", killed_before_the_new_file_is_in)
+        killed.setattr(LocalStore, "abort", lambda self: None)  # SIGKILL: no clean-up runs
+        with pytest.raises(Killed):
+            fetch("scriptx_default", job_id, f"file://{dest}/")
+    assert not (dest / "a.pdf").exists(), "the old file is only in the staging folder now"
+    # The killed try collected the one-time PDF: the retry gets 404, and yesterday's print is back in place.
+    with pytest.raises(JobNotFoundError):
+        fetch("scriptx_default", job_id, f"file://{dest}/")
+    assert everything_under(tmp_path) == ["dest", "dest/a.pdf"]
+    assert (dest / "a.pdf").read_bytes() == b"yesterday's print"
+
+
+def test_a_filesystem_that_keeps_uncommitted_files_unseen_is_taken(tmp_path: Path) -> None:
+    import fsspec
+
+    from airflow_provider_jobprogress.results import FsspecStore, landing
+
+    local = fsspec.filesystem("file")  # its autocommit=False files wait in a temporary file until committed
+    store = FsspecStore("iTwin", "job-1", f"file://{tmp_path}/out", local, f"{tmp_path}/out", folder=True)
+    with landing(store):
+        store.write("a.bin", [b"a"], content_type="application/octet-stream", source=None)
+    assert everything_under(tmp_path) == ["out", "out/_SUCCESS", "out/a.bin"], "no probe left"

@@ -132,9 +132,11 @@ def test_finish_in_triggerer_still_completes_under_dag_test(airflow_db: Path, em
     ["{{ ti.xcom_pull(task_ids='submit') }}", 42],
 )
 def test_finish_in_triggerer_refuses_a_job_id_the_triggerer_cannot_render(job_id: Any) -> None:
-    from airflow_provider_jobprogress.sensors.job_progress import JobProgressSensor, _airflow_version
+    from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 
-    if _airflow_version() < (3, 3):
+    from airflow_provider_jobprogress.sensors.job_progress import JobProgressSensor
+
+    if not AIRFLOW_V_3_3_PLUS:
         pytest.skip("below 3.3 finish_in_triggerer falls back to the worker path")
     with pytest.raises(ValueError, match="map_indexes=-1"):
         JobProgressSensor(task_id="wait", conn_id="itwin_default", job_id=job_id, finish_in_triggerer=True)

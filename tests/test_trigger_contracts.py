@@ -18,7 +18,11 @@ from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
 from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
 from airflow_provider_jobprogress.triggers import job_progress
 from airflow_provider_jobprogress.triggers.job_progress import JobProgressTrigger
+from tests import triggerer_comms
 from tests.test_trigger import close_shared_sessions, events, submit, trigger
+from tests.triggerer_comms import Triggerer
+
+triggerer = triggerer_comms.triggerer  # the fixture, used by name below
 
 __all__ = ["close_shared_sessions"]  # the autouse fixture, shared with test_trigger
 
@@ -121,7 +125,7 @@ async def test_generic_trigger_with_a_missing_connection_gives_one_error_event(e
 
 
 async def test_on_kill_is_bounded_when_the_vendor_hangs(
-    emulator: VendorEmulator, silent_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+    emulator: VendorEmulator, silent_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch, triggerer: Triggerer
 ) -> None:
     """on_kill has Airflow's [triggerer] on_kill_timeout (30 s); ours ends first, whatever the vendor does."""
     host, port = silent_server
@@ -131,13 +135,48 @@ async def test_on_kill_is_bounded_when_the_vendor_hangs(
     )
     monkeypatch.setattr(job_progress, "ON_KILL_BUDGET", 1.5)
     trig = trigger("olconnect", "op-1", conn_id="hanging")
+    trig.task_instance = triggerer.task_instance("failed")  # a user's kill: the cancel is tried
     started = time.monotonic()
     await trig.on_kill()
     assert time.monotonic() - started < 3.0
 
 
-def test_on_kill_budget_is_under_airflows_on_kill_timeout() -> None:
-    assert job_progress.ON_KILL_BUDGET < 30
+async def test_on_kill_is_bounded_when_airflow_does_not_answer(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch, triggerer: Triggerer
+) -> None:
+    """Whether the task was killed is asked of Airflow first: an answer that does not come ends on_kill within
+    its budget too, the job left running (it could be one another triggerer waits on)."""
+    monkeypatch.setattr(job_progress, "ON_KILL_BUDGET", 1.5)
+    emulator.set_next_scenario("olconnect", Scenario(steps=100))
+    job_id = submit("olconnect")
+    trig = trigger("olconnect", job_id)
+    trig.task_instance = triggerer.task_instance("failed")
+    triggerer.comms.hang.set()
+    started = time.monotonic()
+    try:
+        await trig.on_kill()
+    finally:
+        triggerer.comms.released.set()
+    assert time.monotonic() - started < 3.0
+    assert emulator.count("POST", f"/cancel/{job_id}") == 0
+
+
+async def test_on_kill_ends_within_the_deployments_on_kill_timeout(
+    emulator: VendorEmulator, silent_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch, triggerer: Triggerer
+) -> None:
+    """Airflow 3.3 cuts on_kill off after ``[triggerer] on_kill_timeout``, which a deployment may set below the
+    30 s default: the cancel must end first, or it is cut off mid-request and nobody hears why."""
+    host, port = silent_server
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_HANGING",
+        f'{{"conn_type": "olconnect", "host": "{host}", "port": {port}, "schema": "http"}}',
+    )
+    monkeypatch.setenv("AIRFLOW__TRIGGERER__ON_KILL_TIMEOUT", "4")
+    trig = trigger("olconnect", "op-1", conn_id="hanging")
+    trig.task_instance = triggerer.task_instance("failed")  # a user's kill: the cancel is tried
+    started = time.monotonic()
+    await asyncio.wait_for(trig.on_kill(), timeout=15)  # what Airflow does, with room to see how long it took
+    assert time.monotonic() - started < 4.0
 
 
 async def test_rate_limit_pause_longer_than_the_deadline_ends_at_the_deadline(emulator: VendorEmulator) -> None:
@@ -156,3 +195,52 @@ def _kwargs_of(trig: JobProgressTrigger) -> dict[str, Any]:
 def test_first_poll_at_travels_in_the_serialized_kwargs() -> None:
     trig = trigger("olconnect", "op-1", first_poll_at=1_900_000_000.0)
     assert _kwargs_of(JobProgressTrigger(**_kwargs_of(trig)))["first_poll_at"] == 1_900_000_000.0
+
+
+# -- the last look at the deadline ------------------------------------------------------------------
+@pytest.mark.parametrize("cancel_on_timeout", [False, True])
+async def test_a_job_that_ended_before_the_deadline_is_no_timeout(
+    emulator: VendorEmulator, cancel_on_timeout: bool
+) -> None:
+    """The deadline falls inside the poll interval (iTwin's is 120 s): the wait reads the job once more at the
+    deadline, and a job that ended meanwhile ends as what it is, never as a timeout or with a cancel."""
+    emulator.set_next_scenario("olconnect", Scenario(steps=10_000))  # ends only when told to
+    job_id = submit("olconnect")
+    now = time.time()
+    trig = trigger(
+        "olconnect",
+        job_id,
+        poll_policy=PollPolicy.fixed(60).to_dict(),
+        first_poll_at=now + 0.2,  # one read while it runs, the next one due long after the deadline
+        deadline=now + 3.0,
+        cancel_on_timeout=cancel_on_timeout,
+    )
+    waiting = asyncio.create_task(events(trig))
+    for _ in range(250):  # until the first read saw it running (bounded: 5 s)
+        if emulator.count("GET", f"/getProgress/{job_id}") >= 1:
+            break
+        await asyncio.sleep(0.02)
+    emulator.finish_jobs("olconnect", [job_id])  # it ends between the reads
+    got = await waiting
+    assert [e.payload["status"] for e in got] == ["success"]
+    assert emulator.count("GET", f"/getProgress/{job_id}") == 2, "one read while running, one at the deadline"
+    assert emulator.count("POST", f"/cancel/{job_id}") == 0
+
+
+async def test_a_job_still_running_at_the_last_look_times_out_and_is_cancelled(emulator: VendorEmulator) -> None:
+    emulator.set_next_scenario("olconnect", Scenario(steps=10_000))
+    job_id = submit("olconnect")
+    now = time.time()
+    trig = trigger(
+        "olconnect",
+        job_id,
+        poll_policy=PollPolicy.fixed(60).to_dict(),
+        first_poll_at=now + 1.0,  # a wait started after its first_poll_at polls at random in its 60 s interval
+        deadline=now + 2.5,
+        cancel_on_timeout=True,
+    )
+    got = await events(trig)
+    assert [e.payload["status"] for e in got] == ["timeout"]
+    assert "remote job cancelled" in got[0].payload["message"]
+    assert emulator.count("GET", f"/getProgress/{job_id}") == 2
+    assert emulator.count("POST", f"/cancel/{job_id}") == 1

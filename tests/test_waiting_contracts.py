@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowSkipException
 
 from airflow_provider_jobprogress.core.errors import AuthenticationError, DeadlineExceededError
+from airflow_provider_jobprogress.core.model import JobState
 from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
 from airflow_provider_jobprogress.operators.fetch_result import FetchJobResultOperator
 from airflow_provider_jobprogress.operators.itwin import ITwinSubmitJobOperator
@@ -23,7 +25,7 @@ from airflow_provider_jobprogress.sensors.job_progress import JobProgressSensor
 from airflow_provider_jobprogress.sensors.olconnect import OLConnectOperationSensor
 from airflow_provider_jobprogress.sensors.scriptx import ScriptXJobSensor
 from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
-from airflow_provider_jobprogress.triggers.job_progress import ON_KILL_BUDGET, JobProgressTrigger
+from airflow_provider_jobprogress.triggers.job_progress import LAST_LOOK_BUDGET, ON_KILL_BUDGET, JobProgressTrigger
 from tests.test_sensors_dag import run_dag, states
 from tests.test_trigger_contracts import silent_server
 
@@ -170,8 +172,8 @@ def test_airflows_deferral_timeout_is_a_backstop_after_the_trigger_deadline() ->
     assert trigger.deadline is not None
     assert before + 100 <= trigger.deadline <= time.time() + 100
     assert isinstance(deferred.timeout, timedelta)
-    # the trigger speaks first, cancels within its budget, and its event still arrives before Airflow's timeout
-    assert deferred.timeout.total_seconds() >= 100 + ON_KILL_BUDGET + 10
+    # the trigger speaks first: it reads once more, cancels within its budgets, reports before Airflow times out
+    assert deferred.timeout.total_seconds() >= 100 + LAST_LOOK_BUDGET + ON_KILL_BUDGET + 10
 
 
 def test_the_first_poll_waits_until_airflow_has_settled_the_deferral(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -257,3 +259,100 @@ def test_worker_on_kill_is_bounded_when_the_vendor_hangs(
 
 def test_fetch_operator_never_cancels() -> None:
     assert FetchJobResultOperator(task_id="f", conn_id="scriptx_default", job_id="j").cancel_on_kill is False
+
+
+# -- the last look at the deadline, on a worker -------------------------------------------------------
+def finish_after_its_first_read(emulator: VendorEmulator, job_id: str) -> threading.Thread:
+    """End an OL Connect job as soon as the wait has read it once (running), from another thread."""
+
+    def finish() -> None:
+        deadline = time.monotonic() + 10
+        while emulator.job("olconnect", job_id).status_calls < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        emulator.finish_jobs("olconnect", [job_id])
+
+    thread = threading.Thread(target=finish, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_worker_wait_reads_once_more_at_the_deadline(emulator: VendorEmulator) -> None:
+    """A submit operator waiting on the worker sleeps to a deadline inside its interval, then reads the job again:
+    one that ended meanwhile is a success, not a timeout, and is not cancelled."""
+    emulator.set_next_scenario("olconnect", Scenario(steps=10_000))  # ends only when told to
+    job_id = OLConnectHook().submit({"datamining": {"identifier": "a.csv", "config": "dm"}})
+    finish_after_its_first_read(emulator, job_id)
+    operator = OLConnectSubmitOperator(
+        task_id="submit",
+        configuration={},
+        wait_for_completion=True,
+        deferrable=False,
+        poll_policy=60,
+        cancel_on_timeout=True,
+    )
+    progress = operator._wait_here(job_id, timeout=3.0)
+    assert progress.state is JobState.SUCCEEDED
+    assert emulator.count("GET", f"/getProgress/{job_id}") == 2, "one read while running, one at the deadline"
+    assert emulator.count("POST", f"/cancel/{job_id}") == 0
+
+
+def test_a_poke_after_the_deadline_still_reads_the_job(emulator: VendorEmulator) -> None:
+    """Airflow sleeps a whole poke interval, so a poke can come after the sensor's deadline: it reads the job
+    before it calls the wait a timeout."""
+    emulator.set_next_scenario("olconnect", Scenario(steps=10_000))  # ends only when told to
+    job_id = OLConnectHook().submit({"datamining": {"identifier": "a.csv", "config": "dm"}})
+    finish_after_its_first_read(emulator, job_id)
+    sensor = OLConnectOperationSensor(
+        task_id="wait",
+        job_id=job_id,
+        deferrable=False,
+        mode="poke",
+        poll_policy=4.0,
+        timeout=2.0,  # the first poke's read (a login, then the progress) ends before it on a loaded machine
+        cancel_on_timeout=True,
+    )
+    final = sensor.execute({})
+    assert final["state"] == "succeeded"
+    assert emulator.count("POST", f"/cancel/{job_id}") == 0
+
+
+# -- [operators] default_deferrable -------------------------------------------------------------------------
+def _waiting_tasks() -> list[Any]:
+    return [
+        JobProgressSensor(task_id="generic", conn_id="olconnect_default", job_id="j"),
+        OLConnectOperationSensor(task_id="ol_wait", job_id="j"),
+        ITwinJobSensor(task_id="it_wait", job_id="j"),
+        OLConnectSubmitOperator(task_id="ol_submit", configuration={}, wait_for_completion=True),
+        ScriptXPrintPdfOperator(task_id="sx_print", document="https://example.invalid/a.pdf"),
+    ]
+
+
+def test_a_deployment_that_says_nothing_defers() -> None:
+    """Our promise: waiting is what the triggerer is for. Airflow writes its own default (false) into every new
+    airflow.cfg, as it did into this test's: that is not the deployment's word."""
+    assert [task.deferrable for task in _waiting_tasks()] == [True] * 5
+
+
+@pytest.mark.parametrize("setting", ["false", "true"])
+def test_the_deployments_default_deferrable_is_obeyed(monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", setting)
+    assert [task.deferrable for task in _waiting_tasks()] == [setting == "true"] * 5
+
+
+def test_the_dags_own_deferrable_wins_over_the_deployments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "false")
+    assert OLConnectOperationSensor(task_id="w", job_id="j", deferrable=True).deferrable is True
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "true")
+    assert OLConnectOperationSensor(task_id="w", job_id="j", deferrable=False).deferrable is False
+
+
+def test_a_deployment_without_deferral_waits_on_the_worker(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """default_deferrable=false (a deployment with no triggerer): the sensor pokes instead of deferring."""
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "false")
+    emulator.set_next_scenario("olconnect", Scenario(steps=3))
+    job_id = OLConnectHook().submit({"datamining": {"identifier": "a.csv", "config": "dm"}})
+    sensor = OLConnectOperationSensor(task_id="wait", job_id=job_id, poll_policy=0.05, timeout=60)
+    final = sensor.execute({})  # deferring would raise TaskDeferred here
+    assert final["state"] == "succeeded"

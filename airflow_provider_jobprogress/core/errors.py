@@ -104,6 +104,13 @@ class VendorResponseError(JobProgressError):
     hint = "The server may be a proxy or a different API version; check the connection's host and API"
 
 
+class ResponseTooLargeError(VendorResponseError):
+    """The vendor's answer is far larger than such an answer can be (an endless or runaway body): it was not read
+    past the bound. Read again like any unreadable answer while a wait polls (the next may be sane)."""
+
+    hint = "The server may be a proxy or a different API version, or misbehaving; check the connection's host"
+
+
 class VendorUnavailableError(JobProgressError):
     """The vendor could not be reached or kept failing (connection errors, timeouts, 5xx) after retries."""
 

@@ -103,6 +103,12 @@ class Listing:
 
 
 def short(text: str, limit: int = MAX_MESSAGE) -> str:
-    """``text`` on one line and at most ``limit`` characters (an ellipsis says something was cut)."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` on one line and at most ``limit`` characters (an ellipsis says something was cut).
+
+    Only the start of ``text`` is read: a vendor's body can be megabytes, and this runs on the triggerer's loop.
+    """
+    window = 4 * limit + 64
+    line = " ".join(text[:window].split())
+    if len(line) > limit:
+        return line[: limit - 1] + "…"
+    return line + "…" if len(text) > window else line

@@ -107,7 +107,15 @@ class RequestRetry:
     Transient failures (connection errors, timeouts, HTTP 5xx) are retried ``attempts - 1`` times with
     exponential backoff and jitter. A 429 waits what the vendor's ``Retry-After`` says, up to
     ``max_retry_after`` seconds in one call; a longer wait is handed back to the caller as
-    ``RateLimitedError`` so a trigger can sleep it without holding the request open.
+    ``RateLimitedError`` so a trigger can sleep it without holding the request open. No pause is shorter
+    than this policy's own backoff (``Retry-After: 0`` or ``-5`` is no reason to ask again at once) or
+    longer than ``retry_after_limit``: a vendor asking for a day, or for a date in the year 9999, is told
+    no, and the error says what it asked for.
+
+    ``request_timeout`` bounds one try as a whole, from the moment it has a connection to the last byte of
+    its answer: the hook's per-read timeout restarts with every byte, so a server trickling its answer
+    would hold a poll until the wait's deadline (and for ever without one). A try that runs out of time
+    is a transient failure, retried like a dropped connection.
     """
 
     attempts: int = 5
@@ -119,20 +127,39 @@ class RequestRetry:
     rate_limit_waits: int = 10
     #: how long a wait keeps polling through an unreachable vendor (after each call's own retries)
     outage_tolerance: float = 3600.0
+    #: seconds one try may take once it has a connection, its whole answer read
+    request_timeout: float = 120.0
+    #: the longest pause a Retry-After gets, however long the vendor asks for
+    retry_after_limit: float = 900.0
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.rate_limit_waits < 0:
             raise ValueError("retry attempts must be at least 1 and rate_limit_waits not negative")
         if (
-            min(self.initial_delay, self.max_delay, self.max_retry_after, self.jitter, self.outage_tolerance) < 0
+            min(
+                self.initial_delay,
+                self.max_delay,
+                self.max_retry_after,
+                self.jitter,
+                self.outage_tolerance,
+                self.retry_after_limit,
+            )
+            < 0
             or self.factor < 1
         ):
             raise ValueError("retry delays must not be negative and the factor at least 1")
+        if not self.request_timeout > 0:
+            raise ValueError("request_timeout must be a positive number of seconds")
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait after the ``failures``-th consecutive transient failure (1-based)."""
         base = min(self.initial_delay * self.factor ** min(max(failures - 1, 0), 64), self.max_delay)
         return base + random.uniform(0, base * self.jitter)
+
+    def rate_limit_pause(self, asked: float | None, waits: int) -> float:
+        """Seconds to pause after the ``waits``-th 429 in a row, the vendor having asked for ``asked`` (None:
+        nothing readable): what it asked, but at least our backoff and at most ``retry_after_limit``."""
+        return min(max(asked or 0.0, self.backoff(waits)), self.retry_after_limit)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +171,8 @@ class RequestRetry:
             "max_retry_after": self.max_retry_after,
             "rate_limit_waits": self.rate_limit_waits,
             "outage_tolerance": self.outage_tolerance,
+            "request_timeout": self.request_timeout,
+            "retry_after_limit": self.retry_after_limit,
         }
 
     @classmethod

@@ -2,7 +2,7 @@
 
 A *flow* is a generator that yields instructions (send this ``Request``, ``Sleep`` this long, give me
 a ``GetToken``) and receives their results; it returns a typed value. Vendor adapters write their
-endpoints as flows once; ``core.session`` runs the same flow with requests on workers and with httpx
+endpoints as flows once; ``core.session`` runs the same flow with requests on workers and with aiohttp
 in the triggerer. Nothing in this module touches a socket or a clock.
 """
 
@@ -23,6 +23,7 @@ from airflow_provider_jobprogress.core.errors import (
     JobNotFoundError,
     JobProgressError,
     RateLimitedError,
+    ResponseTooLargeError,
     VendorResponseError,
     VendorUnavailableError,
 )
@@ -32,6 +33,18 @@ from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry,
 T = TypeVar("T")
 
 TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
+#: the most a per-job answer (progress, status, a job's details, a login, a submit) may hold; real ones are
+#: under 10 KiB. It bounds what is read and what is parsed on the triggerer's loop: json.loads holds the GIL
+#: even in a thread, and 1 MiB of JSON numbers took ~50 ms of CPU here, 64 KiB ~3 ms.
+MAX_ANSWER = 64 * 1024
+#: what one entry of a list answer may add to that bound (``answer_limit``)
+LIST_ITEM_BYTES = 16 * 1024
+
+
+def answer_limit(items: int, per_item: int = LIST_ITEM_BYTES) -> int:
+    """The bound for a list answer of up to ``items`` entries (the page size it asked for), ``per_item`` each,
+    plus what any answer may hold: a list is bounded in proportion to the page it asked for, not to the job."""
+    return MAX_ANSWER + max(items, 0) * per_item
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,12 @@ class Request:
     authenticated: bool = True
     #: safe to send twice; a submit is not, so it is only retried when it surely never left
     idempotent: bool = True
+    #: the longest answer read, in bytes (decoded): a longer 2xx answer is a ``ResponseTooLargeError``, read no
+    #: further; of a longer error answer only this much is read, for its message
+    max_answer: int = MAX_ANSWER
+    #: seconds the request may take once it has a connection, its answer read to the end (None: no limit);
+    #: ``VendorApi.exchange`` sets its policy's ``request_timeout``
+    time_limit: float | None = None
 
     @property
     def path(self) -> str:
@@ -71,7 +90,34 @@ class Request:
             form=self.form,
             authenticated=self.authenticated,
             idempotent=self.idempotent,
+            max_answer=self.max_answer,
+            time_limit=self.time_limit,
         )
+
+    def within(self, seconds: float) -> Request:
+        """This request with a time limit (``with_headers``'s direct build, for the same reason)."""
+        return Request(
+            method=self.method,
+            url=self.url,
+            headers=self.headers,
+            params=self.params,
+            json=self.json,
+            form=self.form,
+            authenticated=self.authenticated,
+            idempotent=self.idempotent,
+            max_answer=self.max_answer,
+            time_limit=seconds,
+        )
+
+
+_UNPARSED = object()
+
+
+@dataclass(frozen=True)
+class _NotJson:
+    reason: str
+    #: the body is JSON but for bytes that are not UTF-8
+    undecodable: bool
 
 
 @dataclass(frozen=True)
@@ -88,7 +134,37 @@ class Response:
 
     @property
     def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
+        """The body as text: UTF-8, a leading byte order mark dropped, a byte that is not UTF-8 read as U+FFFD."""
+        return self.body.decode("utf-8-sig", errors="replace")
+
+    def json(self) -> Any:
+        """The body as JSON, parsed once however many readers ask (an error check, then the parser); a
+        ``ValueError`` when it is not JSON."""
+        parsed = self.__dict__.get("_json", _UNPARSED)
+        if parsed is _UNPARSED:
+            try:
+                parsed = load_json(self.body)
+            except ValueError as exc:
+                parsed = _NotJson(str(exc), isinstance(exc, UnicodeDecodeError))
+            object.__setattr__(self, "_json", parsed)  # a cache beside the fields, not one of them
+        if isinstance(parsed, _NotJson):
+            raise ValueError(parsed.reason)
+        return parsed
+
+    def lenient_json(self) -> Any:
+        """``json()``, but a byte that is not UTF-8 reads as U+FFFD instead of refusing the whole answer: for
+        answers whose strings are messages and names (a job's status), where one bad byte in a vendor's message
+        must not turn a finished job into an error. Facts stay checked: a mangled key or state is still wrong."""
+        try:
+            return self.json()
+        except ValueError:
+            if not self.__dict__["_json"].undecodable:
+                raise
+        parsed = self.__dict__.get("_lenient_json", _UNPARSED)
+        if parsed is _UNPARSED:
+            parsed = load_json(self.body.decode("utf-8", errors="replace"))
+            object.__setattr__(self, "_lenient_json", parsed)
+        return parsed
 
     @property
     def content_type(self) -> str:
@@ -96,6 +172,17 @@ class Response:
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
+
+    def without(self, secrets: tuple[str, ...]) -> Response:
+        """This answer with each of ``secrets`` (the credentials its request carried) replaced by ``***``: a
+        proxy's error page can show the request's headers, and the answer's text goes into errors, events and
+        logs. The same answer when none is in it (the common case costs a search of the body per secret)."""
+        body = self.body
+        for secret in secrets:
+            raw = secret.encode()
+            if raw and raw in body:
+                body = body.replace(raw, b"***")
+        return self if body is self.body else Response(self.status, self.headers, body)
 
 
 @dataclass(frozen=True)
@@ -143,6 +230,20 @@ class TransportError(Exception):
         #: the server answered an https request in plain HTTP: the URL's scheme is wrong, not the network
         self.plain_http = plain_http
         super().__init__(kind)
+
+
+class OversizedAnswer(Exception):
+    """Raised by a transport into a flow: a 2xx answer is longer than the request's ``max_answer``.
+
+    ``length`` is what the answer announced (Content-Length), None when it came chunked or compressed: then
+    the transport stopped reading one byte past the bound.
+    """
+
+    def __init__(self, status: int, limit: int, length: int | None) -> None:
+        self.status = status
+        self.limit = limit
+        self.length = length
+        super().__init__(f"HTTP {status} answer over {limit} bytes")
 
 
 Instruction = Request | Sleep | GetToken
@@ -253,7 +354,8 @@ class ConnectionFields:
         return value
 
     def tls_verify(self) -> bool | str:
-        """The TLS check as requests and httpx take it: True, False, or the path of a CA bundle.
+        """The TLS check as requests takes it (``core.session`` turns a bundle path into aiohttp's SSL context):
+        True, False, or the path of a CA bundle.
 
         The form saves ``verify`` as a switch (a JSON boolean) and the bundle in its own field, ``ca_bundle``;
         connections saved before keep ``verify`` as text, a bundle path included, and are read as they were.
@@ -358,6 +460,13 @@ class VendorApi:
         """True when the answer means the token is stale and one fresh login may cure it."""
         return response.status == 401
 
+    def credentials(self, token: Token | None) -> tuple[str, ...]:
+        """The secret values this vendor sends (a token, Basic credentials, a client secret): an answer that
+        echoes one has it replaced before anything reads it (``Response.without``). Tokens are not given to
+        Airflow's secrets masker, which keeps every pattern for good (see the README): nothing this provider
+        writes may hold one."""
+        return () if token is None else (token.value,)
+
     def error_message(self, response: Response) -> str:
         """The vendor's human message in an error answer; vendors override to read their body format."""
         return short_text(response)
@@ -380,11 +489,14 @@ class VendorApi:
         failures = rate_waits = 0
         token: Token | None = None
         relogged = False
+        if request.time_limit is None:
+            request = request.within(policy.request_timeout)
         while True:
             if request.authenticated and self.uses_token:
                 token = yield GetToken(stale=None)
             try:
                 response: Response = yield (self.authorize(request, token) if request.authenticated else request)
+                response = response.without(self.credentials(token))
             except TransportError as exc:
                 if exc.plain_http:  # the same answer however often it is asked: not retried
                     origin = f"{urlsplit(request.url).hostname}:{urlsplit(request.url).port or 443}"
@@ -401,15 +513,30 @@ class VendorApi:
                     raise self.transport_failure(exc, request, job_id, what=f"{what} ({failures} tries)") from None
                 yield Sleep(policy.backoff(failures))
                 continue
+            except OversizedAnswer as exc:
+                size = f"{exc.length} bytes" if exc.length is not None else "more than that (it came chunked)"
+                raise ResponseTooLargeError(
+                    self.vendor,
+                    job_id,
+                    f"{what}: the answer from {request.path} (HTTP {exc.status}) is larger than the {exc.limit} "
+                    f"bytes such an answer may hold: {size}; read no further",
+                ) from None
             if request.authenticated and self.uses_token and not relogged and self.token_rejected(response):
                 relogged = True
                 yield GetToken(stale=token)
                 continue
             if response.status == 429:
-                wait = parse_retry_after(response.header("retry-after"))
+                asked = parse_retry_after(response.header("retry-after"))
                 rate_waits += 1
-                if wait is None:
-                    wait = policy.backoff(rate_waits)
+                wait = policy.rate_limit_pause(asked, rate_waits)
+                if asked is not None and asked > policy.retry_after_limit:
+                    raise RateLimitedError(
+                        self.vendor,
+                        job_id,
+                        f"{what}: rate limited ({self.error_message(response)}); the vendor asked for a pause of "
+                        f"{asked:.0f} s, longer than request_retry.retry_after_limit ({wait:g} s)",
+                        retry_after=wait,
+                    )
                 if wait > policy.max_retry_after or rate_waits > policy.rate_limit_waits:
                     raise RateLimitedError(
                         self.vendor, job_id, f"{what}: rate limited ({self.error_message(response)})", retry_after=wait
@@ -461,7 +588,17 @@ class VendorApi:
     def parse_json(self, response: Response, job_id: str | None, *, what: str) -> Any:
         """Decode a JSON answer or raise ``VendorResponseError`` saying what came instead."""
         try:
-            return load_json(response.body)
+            return response.json()
+        except ValueError:
+            raise VendorResponseError(
+                self.vendor, job_id, f"{what}: expected JSON, got {describe_body(response)}"
+            ) from None
+
+    def parse_status_json(self, response: Response, job_id: str | None, *, what: str) -> Any:
+        """``parse_json`` for a job's status or progress answer, whose strings are messages and names: read with
+        ``Response.lenient_json``."""
+        try:
+            return response.lenient_json()
         except ValueError:
             raise VendorResponseError(
                 self.vendor, job_id, f"{what}: expected JSON, got {describe_body(response)}"
@@ -583,7 +720,7 @@ def short_text(response: Response, limit: int = 200) -> str:
     return short(response.text, limit) or "(empty body)"
 
 
-def load_json(body: bytes) -> Any:
+def load_json(body: bytes | str) -> Any:
     """``json.loads`` that fails only with ValueError: a vendor's body nested deeper than Python's recursion
     limit (a 2 KB body can be 1,000 levels deep) is unreadable JSON like any other, not a RecursionError."""
     try:

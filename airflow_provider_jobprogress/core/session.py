@@ -8,27 +8,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import requests
+import urllib3
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from airflow_provider_jobprogress.core.budget import BudgetShort, RequestBudget
-from airflow_provider_jobprogress.core.errors import DeadlineExceededError, JobProgressError, VendorUnavailableError
+from airflow_provider_jobprogress.core.errors import (
+    DeadlineExceededError,
+    JobProgressError,
+    RateLimitedError,
+    VendorUnavailableError,
+)
 from airflow_provider_jobprogress.core.policies import parse_retry_after
 from airflow_provider_jobprogress.core.protocol import (
     Flow,
     GetToken,
+    OversizedAnswer,
     Request,
     Response,
     Sleep,
@@ -43,8 +51,6 @@ log = logging.getLogger(__name__)
 
 #: (connect, read) seconds; a progress call that hangs longer is a transient failure, retried
 DEFAULT_TIMEOUT = (10.0, 60.0)
-SecretSink = Callable[[str], None]
-AsyncSecretSink = Callable[[str], Awaitable[None] | None]
 #: TCP connections per vendor connection and event loop, shared by all its triggers. aiohttp's default;
 #: with 32, waits polling together queued for connections and cost ~15 % more CPU per poll (500 waits)
 POOL_SIZE = 100
@@ -52,10 +58,6 @@ POOL_SIZE = 100
 URL_CACHE = 16384
 #: tokens kept for connections no trigger uses at the moment (so a wait that starts later needs no new login)
 PARKED_TOKENS = 256
-
-
-def _no_sink(_: str) -> None:
-    return None
 
 
 class SyncSession:
@@ -66,12 +68,10 @@ class SyncSession:
         api: VendorApi,
         *,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
-        on_secret: SecretSink = _no_sink,
         budget: RequestBudget | None = None,
     ) -> None:
         self.api = api
         self.timeout = timeout
-        self.on_secret = on_secret
         #: the connection's calls per minute, shared with every other user of it in this process
         self.budget = budget
         self.http = requests.Session()
@@ -101,9 +101,15 @@ class SyncSession:
             elif isinstance(step, GetToken):
                 reply = self._get_token(step.stale)
             else:
+                if self.budget is not None and step.authenticated:
+                    paused = self.budget.paused_for()
+                    if deadline is not None and now() + paused > deadline:
+                        flow.close()
+                        raise self._deadline_error(job_id, f"the connection is paused {paused:.0f} s after a 429")
+                    long_pause(self.budget, self.api, paused, job_id)
                 try:
                     reply = self._send(step, self._timeout_until(deadline, job_id))
-                except TransportError as exc:
+                except (TransportError, OversizedAnswer) as exc:
                     error = exc
 
     def _timeout_until(self, deadline: float | None, job_id: str | None) -> tuple[float, float]:
@@ -123,7 +129,6 @@ class SyncSession:
             token = self._token
             if token is None or token is stale or not token.usable(now(), self.api.token_margin):
                 token = self.run(self.api.login())
-                self.on_secret(token.value)
                 self._token = token
             return token
 
@@ -151,8 +156,17 @@ class SyncSession:
         return answer
 
     def _send(self, request: Request, timeout: tuple[float, float] | None = None) -> Response:
-        answer = self._request(request, stream=False, timeout=timeout)
-        return Response.build(answer.status_code, answer.headers, answer.content)
+        started = time.monotonic()
+        answer = self._request(request, stream=True, timeout=timeout)
+        whole = False
+        try:
+            body, whole = _read_answer(answer, request.max_answer, request.time_limit, started)
+        finally:
+            if whole:  # read to its end: the connection goes back to the pool, kept alive
+                answer.raw.release_conn()
+            else:  # the rest is unread (too long, or the read failed): the connection is closed
+                answer.close()
+        return Response.build(answer.status_code, answer.headers, body)
 
     @contextlib.contextmanager
     def stream(self, request: Request, job_id: str | None, *, what: str) -> Iterator[StreamedResponse]:
@@ -170,7 +184,9 @@ class SyncSession:
                 raise self.api.transport_failure(exc, request, job_id, what=what) from None
             with contextlib.closing(answer):
                 if answer.status_code >= 300:
-                    small = Response.build(answer.status_code, answer.headers, answer.raw.read(64 * 1024))
+                    small = Response.build(answer.status_code, answer.headers, answer.raw.read(64 * 1024)).without(
+                        self.api.credentials(token)
+                    )
                     stale = request.authenticated and self.api.uses_token and self.api.token_rejected(small)
                     if stale and attempt == 1:
                         with self._lock:
@@ -237,8 +253,16 @@ class StreamedResponse:
             )
 
 
-#: the longest pause one 429 puts on a connection, whatever its Retry-After says
-MAX_RATE_LIMIT_PAUSE = 900.0
+def long_pause(budget: RequestBudget, api: VendorApi, paused: float, job_id: str | None) -> None:
+    """A call meeting a pause longer than one call holds on (``max_retry_after``) is not made to wait in it: a
+    ``RateLimitedError`` hands the wait back to the caller (a trigger sleeps it without holding a request)."""
+    if paused > api.request_retry.max_retry_after:
+        raise RateLimitedError(
+            api.vendor,
+            job_id,
+            f"connection {budget.name!r} is paused {paused:.0f} s more after the vendor answered 429",
+            retry_after=paused,
+        )
 
 
 def spend(budget: RequestBudget, api: VendorApi, status: int, headers: Any) -> None:
@@ -246,18 +270,146 @@ def spend(budget: RequestBudget, api: VendorApi, status: int, headers: Any) -> N
     the vendor asked (a policy backoff when it did not say), and a vendor's count of calls left caps it."""
     if status == 429:
         asked = parse_retry_after(headers.get("retry-after"))
-        seconds = asked if asked is not None else api.request_retry.backoff(1)
-        if budget.pause(min(seconds, MAX_RATE_LIMIT_PAUSE)):
+        seconds = api.request_retry.rate_limit_pause(asked, 1)
+        if budget.pause(seconds):
             log.warning(
                 "%s connection %r answered 429: every call on it pauses %.0f s%s",
                 api.vendor,
                 budget.name,
-                min(seconds, MAX_RATE_LIMIT_PAUSE),
-                f" (the vendor asked for {asked:.0f} s)" if asked is not None and asked > MAX_RATE_LIMIT_PAUSE else "",
+                seconds,
+                f" (the vendor asked for {asked:.0f} s)" if asked is not None and asked != seconds else "",
             )
     remaining = api.calls_remaining(headers)
     if remaining is not None:
         budget.observe_remaining(remaining)
+
+
+#: bytes asked of the socket at once while reading an answer
+READ_CHUNK = 64 * 1024
+
+
+def _refused_unread(status: int, headers: Any, limit: int) -> int | None:
+    """The announced length of a 2xx answer that is over ``limit`` before a byte of it is read; None otherwise.
+
+    Only an identity body's Content-Length says how long it is: a compressed one decodes to more."""
+    length = headers.get("Content-Length", "")
+    encoded = headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+    if status < 300 and length.isdigit() and int(length) > limit and not encoded:
+        return int(length)
+    return None
+
+
+def _read_answer(answer: requests.Response, limit: int, time_limit: float | None, started: float) -> tuple[bytes, bool]:
+    """Read a streamed ``requests`` answer, at most ``limit`` bytes decoded; (body, whether it was read to its end).
+
+    A 2xx answer past the bound raises ``OversizedAnswer``; of an error answer only its first ``limit`` bytes
+    are kept (its message is all that is read of it). Past ``time_limit`` seconds after ``started``
+    (monotonic) the read stops with a ``TransportError``: checked whenever bytes arrive, so a trickled body
+    overruns it by one socket read at most.
+    """
+    length = _refused_unread(answer.status_code, answer.headers, limit)
+    if length is not None:
+        raise OversizedAnswer(answer.status_code, limit, length)
+    raw = answer.raw
+    read = getattr(raw, "read1", raw.read)  # urllib3 2: read1 answers with what has arrived
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= limit:
+            chunk = read(min(READ_CHUNK, limit + 1 - size), decode_content=True)
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+            size += len(chunk)
+            if time_limit is not None and time.monotonic() - started > time_limit:
+                raise TransportError(_out_of_time(time_limit), sent=True)
+    except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+        raise TransportError(type(exc).__name__, sent=True) from None
+    if answer.status_code < 300:
+        raise OversizedAnswer(answer.status_code, limit, None)
+    return b"".join(chunks)[:limit], False
+
+
+def _still_cancelled(task: asyncio.Task[Any]) -> bool:
+    """Whether someone else (a wait's deadline, a killed trigger) cancelled ``task`` too."""
+    return task.cancelling() > 0
+
+
+def _out_of_time(seconds: float) -> str:
+    return f"AnswerTimeout (no whole answer within {seconds:g} s)"
+
+
+class _Clock:
+    """One request's time limit: started when the request has its connection, it cancels the request's task
+    when it runs out (as ``asyncio.timeout`` does, for a third of its cost per request: one timer handle)."""
+
+    __slots__ = ("expired", "handle", "seconds", "task")
+
+    def __init__(self, seconds: float, task: asyncio.Task[Any]) -> None:
+        self.seconds = seconds
+        self.task = task
+        self.handle: asyncio.TimerHandle | None = None
+        self.expired = False
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.handle = loop.call_at(loop.time() + self.seconds, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
+
+    def stop(self) -> bool:
+        """Stop it (once); True when it ran out, its cancellation then taken back: the caller raises instead."""
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+            if self.expired:
+                self.task.uncancel()
+        return self.expired
+
+
+#: the clock of the request the running task is sending, started by the connector
+_REQUEST_CLOCK: contextvars.ContextVar[_Clock | None] = contextvars.ContextVar("jobprogress_clock", default=None)
+
+
+class _ClockedConnector(aiohttp.TCPConnector):
+    """Starts the running request's time limit once it has a connection: a wait for a free pooled connection
+    under load is the pool's, not the vendor's, and is bounded by nothing here (as before)."""
+
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Any],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> aiohttp.connector.Connection:
+        connection = await super().connect(req, traces, timeout)
+        clock = _REQUEST_CLOCK.get()
+        if clock is not None:
+            clock.start(self._loop)
+        return connection
+
+
+async def _aread_answer(answer: aiohttp.ClientResponse, limit: int) -> bytes:
+    """``_read_answer`` for aiohttp: at most ``limit`` bytes decoded, the connection closed if any is left unread."""
+    announced = answer.content_length
+    if announced is not None and announced <= limit and "Content-Encoding" not in answer.headers:
+        return await answer.read()  # the common case: small, and it said so
+    length = _refused_unread(answer.status, answer.headers, limit)
+    if length is not None:
+        answer.close()
+        raise OversizedAnswer(answer.status, limit, length)
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await answer.content.read(min(READ_CHUNK, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    answer.close()
+    if answer.status < 300:
+        raise OversizedAnswer(answer.status, limit, None)
+    return b"".join(chunks)[:limit]
 
 
 #: what OpenSSL says when the server answers a TLS hello in plain HTTP (https against an http port)
@@ -314,14 +466,28 @@ def _async_transport_error(exc: BaseException) -> TransportError:
         | aiohttp.NonHttpUrlClientError,
     )
     kind = type(exc).__name__
-    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
-        kind = f"{kind} ({os.strerror(exc.os_error.errno)})"
+    cause = _cause(exc.os_error) if isinstance(exc, aiohttp.ClientConnectorError) else None
+    if cause:
+        kind = f"{kind} ({cause})"
     plain = isinstance(exc, aiohttp.ClientSSLError) and _plain_http(exc)
     return TransportError(kind, sent=not never_sent, plain_http=plain)
 
 
+def _cause(error: OSError) -> str | None:
+    """What went wrong, in the words of whoever said it. OpenSSL's and the resolver's codes are not errno
+    values: ``os.strerror`` made "Operation not permitted" of a certificate refused and "Unknown error -2" of a
+    name that does not resolve."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {error.verify_message}"
+    if isinstance(error, ssl.SSLError):
+        return error.reason
+    if isinstance(error, socket.gaierror):
+        return error.strerror
+    return os.strerror(error.errno) if error.errno else None
+
+
 def _ssl_option(api: VendorApi) -> bool | ssl.SSLContext:
-    """The connection's ``verify``: True (system CAs), False, or a CA bundle path read once per session."""
+    """The connection's ``verify``: True (system CAs), False, or a CA bundle read once per session, in a thread."""
     if isinstance(api.verify, bool):
         return api.verify
     try:
@@ -352,7 +518,6 @@ class AsyncSession:
         api: VendorApi,
         *,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
-        on_secret: AsyncSecretSink | None = None,
         token: Token | None = None,
         pool_size: int = POOL_SIZE,
         budget: RequestBudget | None = None,
@@ -360,11 +525,30 @@ class AsyncSession:
         self.api = api
         #: the connection's calls per minute, shared with every other user of it in this process
         self.budget = budget
-        connect, read = timeout
-        self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=pool_size, ssl=_ssl_option(api)),
-            # Per socket operation, as requests' (connect, read): no total, so waiting for a free pooled
-            # connection under load is not mistaken for a dead vendor.
+        #: the event loop this session's connections belong to; it can serve no other
+        self.loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._pool_size = pool_size
+        self._closed = False
+        # The aiohttp client; with a CA bundle, made once the file was read in a thread (off the loop).
+        self._client: asyncio.Future[aiohttp.ClientSession]
+        if isinstance(api.verify, bool):
+            self._client = self.loop.create_future()
+            self._client.set_result(self._make_client(api.verify))
+        else:
+            self._client = asyncio.ensure_future(self._open_with_bundle())
+        self._token = token
+        self._lock = asyncio.Lock()
+        self._urls: dict[str, URL] = {}
+        self._proxies: dict[tuple[str, str | None, int | None], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
+
+    def _make_client(self, tls: bool | ssl.SSLContext) -> aiohttp.ClientSession:
+        connect, read = self._timeout
+        return aiohttp.ClientSession(
+            connector=_ClockedConnector(limit=self._pool_size, ssl=tls),
+            # Per socket operation, as requests' (connect, read), and a time limit per request once it has
+            # its connection (_ClockedConnector): no total, so waiting for a free pooled connection under
+            # load is not mistaken for a dead vendor.
             timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect, sock_read=read),
             # No vendor API here uses cookies; a real jar would cost CPU on every request and carry one
             # trigger's cookies into another's requests.
@@ -373,23 +557,41 @@ class AsyncSession:
             # in a worker thread as trust_env=True does.
             trust_env=False,
         )
-        self._token = token
-        self._lock = asyncio.Lock()
-        self._urls: dict[str, URL] = {}
-        self._proxies: dict[tuple[str, str | None, int | None], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
-        self.on_secret = on_secret
+
+    async def _open_with_bundle(self) -> aiohttp.ClientSession:
+        return self._make_client(await asyncio.to_thread(_ssl_option, self.api))
+
+    async def _http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise JobProgressError(self.api.vendor, None, "this HTTP session is closed")
+        if self._client.done():
+            return self._client.result()  # raises the CA bundle's error, for every call, as it should
+        # shield: one caller cancelled (its trigger killed) must not cancel the reading the others wait for
+        return await asyncio.shield(self._client)
 
     @property
     def closed(self) -> bool:
-        return self.http.closed
+        return self._closed
 
     async def aclose(self) -> None:
-        await self.http.close()
+        self._closed = True
+        if not self._client.done():
+            self._client.cancel()  # the CA bundle is still being read: no client was made
+        elif not self._client.cancelled() and self._client.exception() is None:
+            await self._client.result().close()
 
     async def run(self, flow: Flow[T], *, optional: bool = False) -> T:
         """Drive ``flow`` to its value. ``optional``: its calls go only if the connection's budget has one to
         spare (``RequestBudget.try_take``), else ``BudgetShort`` ends it (a progress read a listing can stand
         in for); other calls wait their turn."""
+        if asyncio.get_running_loop() is not self.loop:
+            flow.close()
+            raise JobProgressError(
+                self.api.vendor,
+                None,
+                "this HTTP session belongs to another event loop, whose connections cannot serve this one",
+                hint="Get it in the loop that uses it (await hook.asession()), or call the hook's async methods",
+            )
         reply: Any = None
         error: BaseException | None = None
         while True:
@@ -405,9 +607,9 @@ class AsyncSession:
             else:
                 try:
                     reply = await self._send(step, optional=optional)
-                except TransportError as exc:
+                except (TransportError, OversizedAnswer) as exc:
                     error = exc
-                except BudgetShort:
+                except (BudgetShort, RateLimitedError):
                     flow.close()
                     raise
 
@@ -419,10 +621,6 @@ class AsyncSession:
             token = self._token
             if token is None or token is stale or not token.usable(now(), self.api.token_margin):
                 token = await self.run(self.api.login())
-                if self.on_secret is not None:
-                    result = self.on_secret(token.value)
-                    if result is not None:
-                        await result
                 self._token = token
             return token
 
@@ -453,15 +651,20 @@ class AsyncSession:
     async def _send(self, request: Request, *, optional: bool = False) -> Response:
         budget = self.budget if request.authenticated else None  # logins and pre-signed URLs are not API calls
         if budget is not None:
+            long_pause(budget, self.api, budget.paused_for(), None)
             if not optional:
                 await budget.aacquire()
             elif not budget.try_take():
                 raise BudgetShort
+        task = asyncio.current_task()
+        clock = _Clock(request.time_limit, task) if request.time_limit is not None and task is not None else None
+        context = _REQUEST_CLOCK.set(clock)  # set going by the connector (_ClockedConnector)
         try:
             url = self._url(request.url)
             found = self._proxies.get((url.scheme, url.host, url.port))
             proxy, proxy_auth = found if found is not None else await self._env_proxy(url)
-            async with self.http.request(
+            http = await self._http()
+            async with http.request(
                 request.method,
                 url,
                 headers=request.headers,
@@ -472,15 +675,92 @@ class AsyncSession:
                 proxy=proxy,
                 proxy_auth=proxy_auth,
             ) as answer:
-                body = await answer.read()
+                body = await _aread_answer(answer, request.max_answer)
                 if budget is not None:
                     spend(budget, self.api, answer.status, answer.headers)
                 return Response.build(answer.status, answer.headers, body)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError, asyncio.CancelledError) as exc:
+            if clock is not None and clock.stop() and not _still_cancelled(clock.task):
+                raise TransportError(_out_of_time(clock.seconds), sent=True) from None
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             raise _async_transport_error(exc) from None
         except ValueError:
             # yarl and aiohttp raise ValueError on URLs they cannot use; its text would carry the URL.
             raise TransportError("InvalidURL", sent=False) from None
+        finally:
+            if clock is not None:
+                clock.stop()
+            _REQUEST_CLOCK.reset(context)
+
+
+V = TypeVar("V")
+
+
+class PerLoop(Generic[V]):
+    """Process-wide state kept for each event loop, closed and dropped when that loop shuts down.
+
+    A ``WeakKeyDictionary`` keyed by the loop never lets a loop go: what it holds (an aiohttp session, a
+    future) holds the loop. Here each loop's value is closed (``close``, awaited in that loop) and dropped
+    when the loop finalizes its async generators, which ``asyncio.run`` and ``asyncio.Runner`` do before
+    closing it: Airflow's triggerer, and ``dag.test()`` once per deferral. Values of loops closed without
+    that are dropped when the next loop makes one.
+    """
+
+    def __init__(self, make: Callable[[], V], close: Callable[[V], Awaitable[None]] | None = None) -> None:
+        self._make = make
+        self._close = close
+        self._by_loop: dict[asyncio.AbstractEventLoop, tuple[V, AsyncGenerator[None]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_loop)
+
+    def here(self) -> V:
+        """The running loop's value, made on first use."""
+        loop = asyncio.get_running_loop()
+        entry = self._by_loop.get(loop)
+        if entry is None:
+            for gone in [other for other in self._by_loop if other.is_closed()]:
+                del self._by_loop[gone]
+            value = self._make()
+            ending = self._at_shutdown(loop, value)
+            _start(ending)
+            entry = self._by_loop[loop] = (value, ending)
+        return entry[0]
+
+    def peek(self) -> V | None:
+        """The running loop's value if it has one (None outside a loop)."""
+        with contextlib.suppress(RuntimeError):
+            entry = self._by_loop.get(asyncio.get_running_loop())
+            return None if entry is None else entry[0]
+        return None
+
+    async def aclose_here(self) -> None:
+        """Close and drop the running loop's value now."""
+        entry = self._by_loop.get(asyncio.get_running_loop())
+        if entry is not None:
+            await entry[1].aclose()
+
+    async def _at_shutdown(self, loop: asyncio.AbstractEventLoop, value: V) -> AsyncGenerator[None]:
+        try:
+            yield
+        finally:
+            entry = self._by_loop.get(loop)
+            if entry is not None and entry[0] is value:
+                del self._by_loop[loop]
+            if self._close is not None:
+                await self._close(value)
+
+
+def _start(ending: AsyncGenerator[None]) -> None:
+    """Run ``ending`` to its first ``yield``, now: from then on the running loop finalizes it when it shuts down
+    (its ``finally`` runs, in the loop, from ``loop.shutdown_asyncgens``). It awaits nothing before that yield,
+    so one step gets there."""
+    try:
+        ending.asend(None).send(None)
+    except StopIteration:
+        return
+    raise AssertionError("a shutdown hook awaited before its first yield")  # pragma: no cover
 
 
 @dataclass
@@ -496,31 +776,35 @@ class _LoopSessions:
     parked: dict[str, Token] = field(default_factory=dict)
 
 
+async def _close_sessions(here: _LoopSessions) -> None:
+    shared, here.shared = list(here.shared.values()), {}
+    for item in shared:
+        await item.session.aclose()
+
+
 class SessionRegistry:
     """Per event loop, one ``AsyncSession`` per connection, shared by every hook using it, closed after the last.
 
     Hooks ``acquire`` a session and ``release`` it when their wait ends: the number of open sessions (and
     their sockets) is the number of connections in use, however many connections, policies and triggers
     come and go. The token of a closed session is kept (``PARKED_TOKENS`` at most, dropped when no longer
-    usable) so that a wait starting later on the same connection logs in only when the token expires.
+    usable) so that a wait starting later on the same connection logs in only when the token expires. When
+    the loop shuts down, its sessions still open are closed and its tokens forgotten (``PerLoop``).
 
     Keys are opaque digests built by the hook (connection fields, secrets included, so an edited
     connection gets a new session); the secrets themselves are not kept here.
     """
 
     def __init__(self) -> None:
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSessions] = weakref.WeakKeyDictionary()
+        self._loops: PerLoop[_LoopSessions] = PerLoop(_LoopSessions, _close_sessions)
 
-    def _here(self) -> _LoopSessions:
-        loop = asyncio.get_running_loop()
-        here = self._by_loop.get(loop)
-        if here is None:
-            here = self._by_loop[loop] = _LoopSessions()
-        return here
+    def __len__(self) -> int:
+        """The number of event loops with sessions or parked tokens here."""
+        return len(self._loops)
 
     def acquire(self, key: str, factory: Callable[[Token | None], AsyncSession]) -> AsyncSession:
         """The shared session for ``key`` (made with ``factory(parked token)`` if none is open), one more user."""
-        here = self._here()
+        here = self._loops.here()
         shared = here.shared.get(key)
         if shared is None:
             token = here.parked.pop(key, None)
@@ -530,7 +814,7 @@ class SessionRegistry:
 
     async def release(self, session: AsyncSession) -> None:
         """One user less; the last one closes the session (its token is parked for the next)."""
-        here = self._here()
+        here = self._loops.here()
         for key, shared in here.shared.items():
             if shared.session is session:
                 shared.users -= 1
@@ -552,17 +836,12 @@ class SessionRegistry:
 
     def sessions(self) -> list[AsyncSession]:
         """The sessions open in the running loop (none outside a loop)."""
-        with contextlib.suppress(RuntimeError):
-            here = self._by_loop.get(asyncio.get_running_loop())
-            return [] if here is None else [shared.session for shared in here.shared.values()]
-        return []
+        here = self._loops.peek()
+        return [] if here is None else [shared.session for shared in here.shared.values()]
 
     async def aclose_all(self) -> None:
         """Close every session of the running loop and forget parked tokens (tests, benchmarks, shutdown)."""
-        here = self._by_loop.pop(asyncio.get_running_loop(), None)
-        if here is not None:
-            for shared in here.shared.values():
-                await shared.session.aclose()
+        await self._loops.aclose_here()
 
 
 ASYNC_SESSIONS = SessionRegistry()

@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import json
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from functools import cached_property
 from types import TracebackType
@@ -26,6 +25,7 @@ from airflow_provider_jobprogress.core.session import (
     ASYNC_SESSIONS,
     DEFAULT_TIMEOUT,
     AsyncSession,
+    PerLoop,
     StreamedResponse,
     SyncSession,
 )
@@ -46,17 +46,16 @@ class _AsyncConnections:
     """
 
     def __init__(self) -> None:
-        self._by_loop: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Future[ConnectionFields]]]
-        ] = weakref.WeakKeyDictionary()
+        self._loops: PerLoop[dict[str, tuple[float, asyncio.Future[ConnectionFields]]]] = PerLoop(dict)
+
+    def __len__(self) -> int:
+        """The number of event loops with reads kept here."""
+        return len(self._loops)
 
     async def get(
         self, conn_id: str, read: Callable[[], Awaitable[ConnectionFields]], not_before: float
     ) -> tuple[float, ConnectionFields]:
-        loop = asyncio.get_running_loop()
-        here = self._by_loop.get(loop)
-        if here is None:
-            here = self._by_loop[loop] = {}
+        here = self._loops.here()
         entry = here.get(conn_id)
         if entry is None or entry[0] < not_before or (entry[1].done() and entry[1].exception() is not None):
             entry = here[conn_id] = (time.monotonic(), asyncio.ensure_future(read()))
@@ -72,23 +71,6 @@ def _mask(secret: str) -> None:
     from airflow.sdk.log import mask_secret
 
     mask_secret(secret)
-
-
-async def _amask(secret: str) -> None:
-    # amask_secret exists from Airflow 3.3.2; below, the sync call runs in a thread so the loop never blocks.
-    # That thread must be asgiref's: in the triggerer mask_secret messages the supervisor through
-    # async_to_sync, which routes back to the triggerer's own loop (and its comms lock) only from an asgiref
-    # thread. From asyncio.to_thread it opens a second loop on the same socket, and the trigger runner dies
-    # with "Response read out of order" (seen on Airflow 3.1.8).
-    from airflow.sdk import log as sdk_log
-
-    amask = getattr(sdk_log, "amask_secret", None)
-    if amask is not None:
-        await amask(secret)
-        return
-    from asgiref.sync import sync_to_async
-
-    await sync_to_async(sdk_log.mask_secret)(secret)
 
 
 #: the query parameters of a pre-signed URL that are secret: Azure SAS ``sig`` (the signature; ``sv``, ``se``,
@@ -161,7 +143,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     @cached_property
     def session(self) -> SyncSession:
-        return SyncSession(self.api, timeout=self.timeout, on_secret=_mask, budget=self._budget(self.api))
+        return SyncSession(self.api, timeout=self.timeout, budget=self._budget(self.api))
 
     def _budget(self, api: VendorApi) -> RequestBudget:
         """The connection's request budget in this process, shared by every hook on it (``core.budget``)."""
@@ -190,12 +172,15 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     async def asession(self) -> AsyncSession:
         """The event loop's shared session for this connection (one pool, one token), held until ``aclose``."""
+        if self._lease is not None and self._lease.loop is not asyncio.get_running_loop():
+            # Kept from an earlier event loop (asyncio.run called again): that loop closed it when it ended.
+            self._lease = None
         if self._lease is None:
             api = self._async_api or await self._read_async_connection()
             timeout, budget = self.timeout, self._budget(api)
 
             def factory(token: Token | None) -> AsyncSession:
-                return AsyncSession(api, timeout=timeout, on_secret=_amask, token=token, budget=budget)
+                return AsyncSession(api, timeout=timeout, token=token, budget=budget)
 
             self._lease = ASYNC_SESSIONS.acquire(self._async_key, factory)
         return self._lease
@@ -203,7 +188,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     async def aclose(self) -> None:
         """Give back this hook's share of the shared session; the last hook to do so closes it."""
         lease, self._lease = self._lease, None
-        if lease is not None:
+        if lease is not None and lease.loop is asyncio.get_running_loop():
             await ASYNC_SESSIONS.release(lease)
 
     async def __aenter__(self) -> JobProgressHook[ApiT]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from typing import Any, ClassVar, cast
+from collections.abc import AsyncGenerator, Mapping
+from functools import partial
+from typing import Any, ClassVar
 
 from airflow_provider_jobprogress.core.errors import JobProgressError
 from airflow_provider_jobprogress.hooks.base import JobProgressHook, ui_field_behaviour
-from airflow_provider_jobprogress.vendors.itwin import ITwinApi
+from airflow_provider_jobprogress.vendors.itwin import ITwinApi, next_page_token
 
 
 class ITwinHook(JobProgressHook[ITwinApi]):
@@ -61,6 +62,21 @@ class ITwinHook(JobProgressHook[ITwinApi]):
 
     async def alist_jobs(self, filter: str | None = None, *, top: int | None = None) -> list[dict[str, Any]]:
         """``list_jobs`` in the triggerer, on the connection's shared async session."""
-        session = await self.asession()
-        api = cast(ITwinApi, session.api)
-        return await session.run(api.list_jobs(filter, top=top))
+        return [job async for page in self.alist_job_pages(filter, top=top) for job in page]
+
+    async def alist_job_pages(
+        self, filter: str | None = None, *, top: int | None = None
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """The jobs ``filter`` selects, one page at a time: a week of jobs is many pages, and a caller that keeps
+        only what it needs from each never holds them all. Each page is one call on the connection's shared
+        session, so a secret rotated meanwhile is read again (as every async call does)."""
+        token: str | None = None
+        seen: set[str] = set()
+        while True:
+            page, token = await self._arun(
+                partial(ITwinApi.list_jobs_page, filter=filter, top=top, continuation_token=token)
+            )
+            yield page
+            token = next_page_token(token, seen, None, what="list jobs")
+            if token is None:
+                return

@@ -8,12 +8,19 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator, ObjectStoragePath
 
-from airflow_provider_jobprogress.core.errors import ResultNotForXComError, ResultNotReadyError
+from airflow_provider_jobprogress.core.errors import ConfigurationError, ResultNotForXComError, ResultNotReadyError
 from airflow_provider_jobprogress.core.model import JobState
 from airflow_provider_jobprogress.core.policies import RequestRetry
 from airflow_provider_jobprogress.core.protocol import ResultPart
-from airflow_provider_jobprogress.result_names import NameBook, contained, disposition_name, extension
+from airflow_provider_jobprogress.result_names import (
+    MAX_COMPONENT_BYTES,
+    NameBook,
+    contained,
+    disposition_name,
+    extension,
+)
 from airflow_provider_jobprogress.results import (
+    SUCCESS_MARKER,
     DestinationSpec,
     ResultStore,
     StoredFile,
@@ -39,20 +46,23 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
     - ``destination`` (an ``ObjectStoragePath`` or an absolute URI such as ``file:///data/out/``,
       ``s3://conn@bucket/key``; templated): checked before any result byte is requested (at parse time
       when it is not templated), created and proven writable before the download starts, and the result
-      streamed in ``chunk_size`` pieces where no reader sees it until every file is complete. All files
-      land, or none. A destination ending in ``/``, an existing folder, or a result of several files is a
-      folder; vendor names are kept inside it (a name that would leave it is refused) and colliding names
+      streamed in ``chunk_size`` pieces where no reader sees it until every file is complete; a failure
+      never leaves the destination with less than it had (the README says what each store promises).
+      A destination ending in ``/``, an existing folder, or a result of several files is a folder;
+      vendor names are kept inside it (a name that would leave it is refused) and colliding names
       numbered. XCom is always a list with, per file, ``uri``, ``name``, ``source`` (the vendor's own
       name), ``bytes``, ``sha256``, ``content_type`` and ``metadata`` (what the vendor said about the
       result besides its bytes, such as OL Connect's ``data_set_id``, ``content_set_id``, ``job_set_id``;
-      ``{}`` when nothing).
+      ``{}`` when nothing). A folder gets, last, ``success_marker`` (``_SUCCESS``): a JSON manifest of the
+      result's files (name, bytes, sha256, content type), so readers know the result there is whole; give
+      mapped fetches into one folder a marker each (``"_SUCCESS-{{ ti.map_index }}"``), or None for none.
     - Either way, vendor metadata is also pushed as XCom key ``metadata`` (one dict) when there is some.
 
     Not finished → ``ResultNotReadyError``; failed or cancelled → the task fails; result gone (404) →
     ``JobNotFoundError``; a download cut short → the task fails (retryable) with nothing written.
     """
 
-    template_fields: Sequence[str] = ("job_id", "conn_id", "destination")
+    template_fields: Sequence[str] = ("job_id", "conn_id", "destination", "success_marker")
     ui_color = "#d8f3e0"
 
     def __init__(
@@ -63,6 +73,7 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         destination: str | ObjectStoragePath | XComArg | None = None,
         max_xcom_bytes: int = 48 * 1024,
         chunk_size: int = 1 << 20,
+        success_marker: str | None = SUCCESS_MARKER,
         request_retry: RequestRetry | Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -74,18 +85,42 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         self.destination = destination
         self.max_xcom_bytes = max_xcom_bytes
         self.chunk_size = chunk_size
+        self.success_marker = success_marker
         # what this try fetched, for OpenLineage (read in get_openlineage_facets_on_complete)
         self._fetched_job_id: str | None = None
         self._stored: list[dict[str, Any]] = []
         if destination is not None and not is_templated(destination):
             # At parse time: a destination that can never work must not wait for a job to finish first.
             check_destination(destination, f"{type(self).__name__} {self.task_id!r}", None)
+        if not is_templated(success_marker):
+            self._marker()
+
+    def _marker(self) -> str | None:
+        """``success_marker`` as rendered: None, or a plain file name (it lands in the destination folder)."""
+        marker = self.success_marker
+        if marker is None:
+            return None
+        if (
+            not isinstance(marker, str)
+            or marker.strip() in ("", ".", "..")
+            or not marker.isprintable()
+            or any(sep in marker for sep in "/\\")
+            or len(marker.encode()) > MAX_COMPONENT_BYTES
+        ):
+            raise ConfigurationError(
+                f"{type(self).__name__} {self.task_id!r}",
+                None,
+                f"{marker!r} is not a plain file name (set it to one, such as '_SUCCESS', or to None)",
+                field="success_marker",
+            )
+        return marker
 
     def execute(self, context: Any) -> Any:
         job_id = self._rendered_job_id()
         spec = None
         if self.destination is not None:
             spec = check_destination(self.destination, self.hook.vendor(), job_id)
+        marker = self._marker()
         progress = self._read(job_id)
         if progress.state in (JobState.QUEUED, JobState.RUNNING):
             raise ResultNotReadyError(progress.vendor, job_id, f"the job is {progress.state.value}, not finished")
@@ -99,7 +134,7 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
             context["ti"].xcom_push(key="metadata", value=metadata)
         if spec is None:
             return self._to_xcom(job_id, parts)
-        self._stored = self._to_storage(job_id, spec, parts)
+        self._stored = self._to_storage(job_id, spec, parts, marker)
         return self._stored
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
@@ -118,6 +153,16 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
 
     # -- XCom ------------------------------------------------------------------------------------
     def _to_xcom(self, job_id: str, parts: list[ResultPart]) -> Any:
+        # A refusal comes before any download: opening a one-time download (ScriptX's PDF) may collect it.
+        # What the vendor declares before the first byte decides first; the answer's own type and size after.
+        for part in parts:
+            declared = (part.content_type or "").split(";")[0].strip().lower()
+            if part.value is None and declared and not declared.startswith(TEXT_TYPES):
+                raise ResultNotForXComError(
+                    self.hook.vendor(),
+                    job_id,
+                    f"result {part.label} is {declared} (as the vendor declares it), not text; nothing was downloaded",
+                )
         values = [part.value if part.value is not None else self._small_text(job_id, part) for part in parts]
         interpreted = [self.hook.api.result_value(value) for value in values]
         return interpreted[0] if len(interpreted) == 1 else interpreted
@@ -145,15 +190,19 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         )
 
     # -- storage ---------------------------------------------------------------------------------
-    def _to_storage(self, job_id: str, spec: DestinationSpec, parts: list[ResultPart]) -> list[dict[str, Any]]:
+    def _to_storage(
+        self, job_id: str, spec: DestinationSpec, parts: list[ResultPart], marker: str | None
+    ) -> list[dict[str, Any]]:
         vendor = self.hook.vendor()
         store = open_store(spec, vendor, job_id, several=len(parts) > 1)
         # Every name the vendor listed, and the job id that names an unnamed file, is checked before the first
         # download: opening a one-time download may already collect it, so a refusal must come first.
         names = [self._vendor_name(store, job_id, part) for part in parts]
         book = NameBook()
+        if store.folder and marker is not None:
+            book.claim(marker)  # a vendor file of that name is numbered: the marker is ours
         stored: list[StoredFile] = []
-        with landing(store):
+        with landing(store, marker=marker):
             for part, name in zip(parts, names, strict=True):
                 stored.append(self._land(store, book, job_id, part, name))
         for item in stored:

@@ -11,10 +11,13 @@ from airflow.providers.common.compat.sdk import BaseOperator
 from airflow_provider_jobprogress.core.errors import DeadlineExceededError, JobNotFoundError, printable
 from airflow_provider_jobprogress.core.model import JobState
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
-from airflow_provider_jobprogress.waiting import JobWaitMixin
+from airflow_provider_jobprogress.waiting import JobWaitMixin, default_deferrable
 
-#: where the job id is kept across tries (Airflow 3.3 task_state_store) and pushed (XCom key)
+#: where the job id is pushed (XCom key), and was kept across tries by 0.1 (task_state_store)
 JOB_ID_KEY = "job_id"
+#: task_state_store key (Airflow 3.3) of the job and the ``max_tries`` of the try that submitted it: how a
+#: retry (same ``max_tries``) is told from a user's Clear (a new one)
+SUBMITTED_KEY = "submitted_job"
 DEFAULT_TIMEOUT = 7 * 24 * 3600.0
 
 
@@ -23,11 +26,15 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
 
     A retry does not submit a second job while the first one is still alive: the job id is kept in
     Airflow 3.3's ``task_state_store`` and the task re-attaches to that job, saying so in the log. A job
-    that already failed or was cancelled is submitted anew. Below 3.3 Airflow keeps nothing across tries
-    (it clears the earlier try's XComs), so each try submits its own job there.
+    that already failed or was cancelled is submitted anew. A user's Clear runs the task again, so it
+    submits a new job (clearing a print task prints again): Airflow gives a cleared task a new retry budget
+    (``max_tries``) where a retry keeps its own, and the job is kept with the ``max_tries`` it was submitted
+    under. Below 3.3 Airflow keeps nothing across tries (it clears the earlier try's XComs), so each try
+    submits its own job there.
 
     :param wait_for_completion: wait until the job is finished (the task then fails if the job fails)
-    :param deferrable: wait in the triggerer (default) rather than on the worker
+    :param deferrable: wait in the triggerer rather than on the worker; default: the deployment's
+        ``[operators] default_deferrable`` where it sets one, else True (``waiting.default_deferrable``)
     :param timeout: seconds to wait for completion
     """
 
@@ -39,7 +46,7 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
         *,
         conn_id: str | None = None,
         wait_for_completion: bool = False,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         poll_policy: PollPolicy | Mapping[str, Any] | float | None = None,
         request_retry: RequestRetry | Mapping[str, Any] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
@@ -58,7 +65,7 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
         if not self.conn_id:
             raise ValueError(f"{type(self).__name__} {self.task_id!r} needs a conn_id")
         self.wait_for_completion = wait_for_completion
-        self.deferrable = deferrable
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.timeout = timeout
 
     # -- what each vendor operator provides ------------------------------------------------------
@@ -115,16 +122,31 @@ class JobSubmitOperator(JobWaitMixin, BaseOperator):
         self.log.info("%s: submitted job %s", self.hook.vendor(), printable(job_id))
         store = context.get("task_state_store")
         if store is not None:
-            store.set(JOB_ID_KEY, job_id)
+            store.set(SUBMITTED_KEY, {"job_id": job_id, "max_tries": context["ti"].max_tries})
         return job_id
 
     def _reattach(self, context: Any) -> str | None:
-        """The job of an earlier try, if it is still alive (or already succeeded)."""
+        """The job of an earlier try of this run of the task, if it is still alive (or already succeeded).
+
+        A retry keeps the ``max_tries`` the job was submitted under; a user's Clear gives the task a new one
+        (Airflow sets it to the try number plus ``retries``) and runs it again: a new job. A job id kept by
+        0.1 (under ``job_id``, without ``max_tries``) is re-attached to as 0.1 did.
+        """
         store = context.get("task_state_store")
-        earlier = store.get(JOB_ID_KEY) if store is not None else None
-        if not earlier:
+        if store is None:
             return None
-        job_id = str(earlier)
+        earlier = store.get(SUBMITTED_KEY) or {"job_id": store.get(JOB_ID_KEY)}
+        if not isinstance(earlier, dict) or not earlier.get("job_id"):
+            return None
+        job_id = str(earlier["job_id"])
+        submitted_under = earlier.get("max_tries")
+        if submitted_under is not None and submitted_under != context["ti"].max_tries:
+            self.log.info(
+                "%s job %s was submitted before the task was cleared; submitting a new one",
+                self.hook.vendor(),
+                printable(job_id),
+            )
+            return None
         try:
             progress = self._read(job_id)
         except JobNotFoundError:

@@ -9,22 +9,16 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 from airflow.triggers.base import StartTriggerArgs
 
 from airflow_provider_jobprogress.core.errors import DeadlineExceededError
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.triggers.job_progress import CLASSPATH
-from airflow_provider_jobprogress.waiting import JobWaitMixin
+from airflow_provider_jobprogress.waiting import JobWaitMixin, default_deferrable
 
 if TYPE_CHECKING:
     from airflow.sdk import XComArg
-
-
-def _airflow_version() -> tuple[int, int]:
-    from airflow import __version__
-
-    major, minor = __version__.split(".")[:2]
-    return int(major), int(minor)
 
 
 def _check_finish_in_triggerer(task_id: str, job_id: Any) -> bool:
@@ -35,7 +29,7 @@ def _check_finish_in_triggerer(task_id: str, job_id: Any) -> bool:
     ``map_indexes=-1``: without it Airflow asks for an XCom sequence, a message the triggerer's
     supervisor cannot decode, and the wait hangs until its timeout (seen on 3.3.2).
     """
-    if _airflow_version() < (3, 3):
+    if not AIRFLOW_V_3_3_PLUS:
         warnings.warn(
             f"{task_id}: finish_in_triggerer needs Airflow 3.3 (templates rendered in the triggerer); "
             "this task waits in the triggerer and finishes on a worker instead",
@@ -60,8 +54,9 @@ def _check_finish_in_triggerer(task_id: str, job_id: Any) -> bool:
 class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
     """Wait until a vendor job is finished; its final ``JobProgress`` (as a dict) is the XCom.
 
-    Deferrable by default: the wait runs in the triggerer and holds no worker slot. ``mode="poke"`` or
-    ``"reschedule"`` with ``deferrable=False`` give the same outcome with the same poll policy.
+    Deferrable by default: the wait runs in the triggerer and holds no worker slot (a deployment that sets
+    ``[operators] default_deferrable`` decides the default; see ``waiting.default_deferrable``). ``mode="poke"``
+    or ``"reschedule"`` with ``deferrable=False`` give the same outcome with the same poll policy.
 
     Outcomes: succeeded → success, XCom = final progress dict; failed or cancelled → the task fails
     without retry (the vendor's message in the log); ``timeout`` passed → ``AirflowSensorTimeout``,
@@ -95,7 +90,7 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
         *,
         job_id: str | XComArg,
         conn_id: str | None = None,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         poll_policy: PollPolicy | Mapping[str, Any] | float | None = None,
         request_retry: RequestRetry | Mapping[str, Any] | None = None,
         cancel_on_timeout: bool = False,
@@ -119,8 +114,8 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
         self._check_job_id_at_parse(job_id)
         self.job_id = job_id
         self.conn_id = conn_id
-        self.deferrable = deferrable
-        if deferrable and finish_in_triggerer and _check_finish_in_triggerer(self.task_id, job_id):
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
+        if self.deferrable and finish_in_triggerer and _check_finish_in_triggerer(self.task_id, job_id):
             self.start_from_trigger = True
             self.start_trigger_args = StartTriggerArgs(
                 trigger_cls=CLASSPATH,
@@ -145,7 +140,8 @@ class JobProgressSensor(JobWaitMixin, BaseSensorOperator):
     def poke(self, context: Any) -> PokeReturnValue | bool:
         job_id, deadline = self._rendered_job_id(), self._poke_deadline(context)
         try:
-            progress = self._read(job_id, deadline=deadline)
+            # Airflow sleeps whole poke intervals, so this poke may come after the deadline: it still reads the job
+            progress = self._read(job_id, deadline=self._read_by(deadline))
         except DeadlineExceededError as exc:
             self._timed_out(str(exc), job_id)
         if progress.is_terminal:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.providers.common.compat.connection import get_async_connection
+from airflow.providers.common.compat.sdk import conf
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airflow_provider_jobprogress.core.budget import BudgetCounts, RequestBudget
@@ -29,8 +30,11 @@ from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hoo
 
 CLASSPATH = "airflow_provider_jobprogress.triggers.job_progress.JobProgressTrigger"
 #: the whole of an ``on_kill`` (connection, one progress read, the cancel) and of a cancel on timeout fits in
-#: this many seconds: below Airflow's ``[triggerer] on_kill_timeout`` (30 s), so ours ends first
+#: this many seconds; an ``on_kill`` also within the deployment's ``[triggerer] on_kill_timeout`` (``on_kill_budget``)
 ON_KILL_BUDGET = 25.0
+#: the read at the deadline (a wait that slept to its deadline reads the job once more before calling it a
+#: timeout) is bounded by this many seconds of its own: the deadline itself has passed
+LAST_LOOK_BUDGET = 10.0
 #: waits wake on a grid of this many seconds (the loop's clock): polls due within one tick go out together.
 #: Measured at 500 waits polling every second (benchmarks/README.md): spread one by one, each poll woke the
 #: idle loop (and the vendor's server) on its own and cost ~0.48 ms CPU; on a 50 ms grid ~0.32 ms, with
@@ -61,6 +65,13 @@ def _event(status: str, progress: JobProgress | None, message: str, error: str |
     )
 
 
+def on_kill_budget() -> float:
+    """Seconds an ``on_kill`` may take: Airflow 3.3 cuts it off after ``[triggerer] on_kill_timeout`` (30 s unless
+    the deployment sets it), so ours ends first, with room to log why; never more than ``ON_KILL_BUDGET``."""
+    airflows = float(conf.getfloat("triggerer", "on_kill_timeout", fallback=30.0))
+    return min(ON_KILL_BUDGET, max(airflows - 5.0, airflows / 2))
+
+
 class _DeadlinePassed(Exception):
     """The wait's deadline passed while a poll was still under way (in the vendor's retries or pauses)."""
 
@@ -83,8 +94,12 @@ class JobProgressTrigger(BaseTrigger):
     (one interval later, and never before Airflow has settled the deferral: see ``waiting.py``), else at a
     random moment within the first interval; then every interval of the poll policy, each stretched or
     shrunk by up to ``core.policies.POLL_JITTER`` so that waits started together do not poll together, and
-    rounded to the nearest point of a ``POLL_TICK`` grid, so the loop wakes once for the polls due then. A poll still in
-    its retries or pauses when the deadline passes is abandoned at the deadline.
+    rounded to the nearest point of a ``POLL_TICK`` grid, so the loop wakes once for the polls due then.
+
+    The deadline: a wait that sleeps to it (it fell inside the interval) reads the job once more there, bounded
+    by ``LAST_LOOK_BUDGET``; a job found finished then ends as what it is, so a job that ended since the last
+    poll is never a timeout, nor cancelled. A poll still in its retries or pauses when the deadline passes was
+    that look: it is abandoned at the deadline.
 
     :param hook_class_path: import path of a ``JobProgressHook`` subclass ("" = from the connection's type)
     :param conn_id: the Airflow connection to reach the vendor
@@ -174,15 +189,21 @@ class JobProgressTrigger(BaseTrigger):
             with contextlib.suppress(Exception):  # giving a session back must never cost the event
                 await hook.aclose()
 
+    async def cleanup(self) -> None:
+        """Airflow calls this on every exit: after the event, on a triggerer shutdown, and after ``on_kill``
+        when a user kills the task. What the wait (or ``on_kill``) holds goes back here, so a killed wait's
+        cancel still goes out on the session, pool and token the wait held."""
+        await self._release_hooks()
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # Exactly one event, whatever happens: Airflow only says "exited without sending an event" otherwise.
         try:
-            try:
-                event = await self._wait()
-            except Exception as exc:  # the one place where anything unplanned becomes an event
-                event = self._error_event(exc)
-        finally:
-            await self._release_hooks()  # before the event: a trigger returns right after its last yield
+            event = await self._wait()
+        except Exception as exc:  # the one place where anything unplanned becomes an event
+            event = self._error_event(exc)
+        # The wait is over: give back what it held before the event too, since dag.test() runs a trigger only
+        # to its first event and calls no cleanup() (cancelled, it is cleanup() that gives it back).
+        await self._release_hooks()
         yield event
 
     async def _wait(self) -> TriggerEvent:
@@ -200,6 +221,9 @@ class JobProgressTrigger(BaseTrigger):
         outage_since: float | None = None
         while True:
             if await self._sleep_or_deadline(delay, watch):
+                last = await self._last_look(hook, job)
+                if last is not None and last.is_terminal:
+                    return self._terminal_event(last)
                 return await self._timeout_event(hook, vendor, job)
             try:
                 progress: JobProgress | None = await self._poll(watch)
@@ -250,6 +274,20 @@ class JobProgressTrigger(BaseTrigger):
             if timeout.expired():
                 raise _DeadlinePassed from None
             raise
+
+    async def _last_look(self, hook: Any, job: str) -> JobProgress | None:
+        """The job read once more at the deadline (its own call: a listing may be a cycle old), within
+        ``LAST_LOOK_BUDGET``; None when that read failed."""
+        try:
+            async with asyncio.timeout(LAST_LOOK_BUDGET):
+                progress: JobProgress = await hook.aget_progress(job)
+        except (JobProgressError, TimeoutError) as exc:
+            self.log.warning("%s job %s: no reading at the deadline: %s", hook.vendor(), job, exc or "timed out")
+            return None
+        if progress.changed_from(self._last):
+            self.log.info("%s", progress.describe())
+        self._last = progress
+        return progress
 
     async def _sleep_or_deadline(self, seconds: float, watch: Watch) -> bool:
         """Sleep ``seconds`` (less if the shared poller learns the job ended) but not past the deadline; True
@@ -306,35 +344,96 @@ class JobProgressTrigger(BaseTrigger):
         return "remote job cancelled"
 
     async def on_kill(self) -> None:
-        """A user killed the task (Airflow 3.3+): cancel the remote job if it is still running.
+        """Airflow 3.3+ stopped the wait through its user-kill path: cancel the remote job if a user really killed
+        the task and the job is still running.
 
-        Never called on a triggerer restart or shutdown, so a restart cancels nothing. The whole of it
-        (connection, a progress read, the cancel) is bounded by ``ON_KILL_BUDGET``.
+        Airflow 3.3.2 takes that path for two things a trigger cannot tell apart by the cancel itself: a user
+        marked the task failed or success, or cleared it; or this triggerer's heartbeat was late by more than
+        ``[triggerer] triggerer_health_check_threshold`` (a loaded host, a runner that did not answer), another
+        triggerer took its triggers over, and this one now drops its copy (apache/airflow#73454, open). So the
+        task instance's state is asked first (``task_instance_state``): only a task a user's action has taken out
+        of the wait has its job cancelled. Never called on a triggerer restart or shutdown. The whole of it (the
+        state, connection, a progress read, the cancel) is bounded by ``on_kill_budget()``.
         """
         if not self.cancel_on_kill or (self._last is not None and self._last.is_terminal):
             return
-        budget = asyncio.timeout(ON_KILL_BUDGET)
+        seconds = on_kill_budget()
         try:
-            async with budget:
-                await self._cancel_if_running()
+            async with asyncio.timeout(seconds):
+                await self._cancel_if_killed(seconds)
         except TimeoutError:
-            self.log.warning("job %s: cancel on kill gave up after %.0f s", printable(str(self.job_id)), ON_KILL_BUDGET)
+            self.log.warning("job %s: cancel on kill gave up after %.0f s", printable(str(self.job_id)), seconds)
         except Exception as exc:  # on_kill must never raise into Airflow's cleanup
             job = printable(str(self.job_id))
             self.log.warning("job %s: cancel on kill failed: %s: %s", job, type(exc).__name__, exc)
-        finally:
-            await self._release_hooks()
 
-    async def _cancel_if_running(self) -> None:
+    async def _cancel_if_killed(self, seconds: float) -> None:
         hook = await self._hook()
-        job = check_job_id(self.job_id, hook.vendor())
+        vendor, job = hook.vendor(), check_job_id(self.job_id, hook.vendor())
         try:
-            current = await asyncio.wait_for(hook.aget_progress(job), timeout=ON_KILL_BUDGET / 3)
+            async with asyncio.timeout(seconds / 3):
+                state = await task_instance_state(self.task_instance)
+        except Exception as exc:  # the comms' errors, a timeout, no task instance to ask about
+            # Cancelling a job that another triggerer still waits on destroys its work and fails the task, past
+            # undoing; leaving a job running that a user no longer wants costs its run, and it can still be
+            # cancelled at the vendor. Unknown, the job is left, and said so.
+            self.log.warning(
+                "%s job %s: not cancelled: Airflow could not say whether the task was killed or its wait moved to "
+                "another triggerer (%s: %s); if the task was killed, cancel it at the vendor",
+                vendor,
+                job,
+                type(exc).__name__,
+                str(exc) or "no answer in time",
+            )
+            return
+        if state not in KILLED_STATES:
+            # A warning: this triggerer was late enough to be taken for dead (see the README, Running in production).
+            self.log.warning(
+                "%s job %s: not cancelled: the task is %s, not killed; another triggerer took its wait over (Airflow "
+                "stops the copy left here as if the task were killed)",
+                vendor,
+                job,
+                state,
+            )
+            return
+        try:
+            current = await asyncio.wait_for(hook.aget_progress(job), timeout=seconds / 3)
         except (JobProgressError, TimeoutError):
             current = None  # unknown: cancelling a job that ended is harmless, leaving one running is not
         if current is not None and current.is_terminal:
             return
-        await self._cancel(hook, hook.vendor(), job, reason="the task was killed")
+        await self._cancel(hook, vendor, job, reason="the task was killed")
+
+
+#: what a deferred task instance is once a user killed it: marked failed, success or skipped, cleared (no state),
+#: a state its DAG run's "mark failed" also gives, or gone with its deleted DAG run (``TASK_INSTANCE_GONE``).
+#: Any other state means the wait went on elsewhere: still deferred (another triggerer took it over) or resumed
+#: on a worker (the wait ended there; the task reads the job again, a retry re-attaches to it).
+TASK_INSTANCE_GONE = "gone"
+KILLED_STATES = frozenset({"failed", "success", "skipped", "upstream_failed", "removed", None, TASK_INSTANCE_GONE})
+
+
+async def task_instance_state(ti: Any) -> str | None:
+    """The state of the trigger's task instance in Airflow's database now (``TASK_INSTANCE_GONE``: no such row).
+
+    Asked as a trigger may ask in Airflow 3: ``RuntimeTaskInstance.get_task_states``, which the triggerer
+    answers through its supervisor (``GetTaskStates``), in an asgiref thread as Airflow's own triggers call it.
+    Raises when there is no task instance to ask about or Airflow cannot answer.
+    """
+    if ti is None:
+        raise LookupError("the trigger has no task instance")
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+    from asgiref.sync import sync_to_async
+
+    states = await sync_to_async(RuntimeTaskInstance.get_task_states)(
+        dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=ti.map_index
+    )
+    # one task instance at most: keyed by its task id, or "<task id>_<map index>" when mapped
+    found = list((states.get(ti.run_id) or {}).values())
+    if not found:
+        return TASK_INSTANCE_GONE
+    state = found[0]
+    return None if state is None else str(getattr(state, "value", state))  # the enum's value, in case one comes
 
 
 def _poller_key(hook: Any) -> str:

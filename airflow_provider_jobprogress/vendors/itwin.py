@@ -33,9 +33,9 @@ from airflow_provider_jobprogress.core.protocol import (
     ResultPart,
     Token,
     VendorApi,
+    answer_limit,
     brief,
     describe_body,
-    load_json,
     now,
     percentage,
 )
@@ -87,6 +87,12 @@ LIST_PAGE = 1000
 LIST_PAGES = 20
 #: job ids per ``id eq … or …`` filter when reading how jobs ended (keeps the URL a few KB long)
 ENDED_BATCH = 50
+#: the largest page of jobs the API serves (``$top`` 2..1000): the bound of a listing that names no page size
+MAX_PAGE = 1000
+#: a failed v2 job's messages: up to a hundred entries of 2 KiB
+MESSAGES_ANSWER = answer_limit(100, per_item=2048)
+#: one page of Azure's List Blobs (5,000 names at most, each ``<Blob>`` with its properties under 4 KiB)
+BLOB_LIST_ANSWER = answer_limit(5000, per_item=4096)
 
 
 class ITwinApi(VendorApi):
@@ -191,6 +197,10 @@ class ITwinApi(VendorApi):
         assert token is not None
         return request.with_headers({"Authorization": f"Bearer {token.value}"})
 
+    def credentials(self, token: Token | None) -> tuple[str, ...]:
+        # The client secret goes in the token request's form; Airflow masks it in logs, not in events.
+        return (*super().credentials(token), self._client_secret)
+
     def error_message(self, response: Response) -> str:
         error = _error(response)
         if error is None:
@@ -254,7 +264,7 @@ class ITwinApi(VendorApi):
             return (yield from self.progress_from_details(job_id))
         if response.status >= 300:
             raise self.status_error(response, job_id, what=what)
-        data = self.parse_json(response, job_id, what=what)
+        data = self.parse_status_json(response, job_id, what=what)
         reading = self.require(data, "progress", job_id, what=what)
         progress = parse_progress(reading, job_id)
         if progress.state is JobState.FAILED:
@@ -281,7 +291,7 @@ class ITwinApi(VendorApi):
         info = job.get("executionInformation")
         errors = _list(info.get("errors") if isinstance(info, dict) else None)
         if not errors and self.family.version == 2:
-            request = self._call("GET", self._job_path(job_id) + "/messages")
+            request = self._call("GET", self._job_path(job_id) + "/messages", max_answer=MESSAGES_ANSWER)
             response = yield from self.send(request, job_id, what="read job messages")
             data = self.parse_json(response, job_id, what="read job messages")
             messages = data.get("messages") if isinstance(data, dict) else None
@@ -336,18 +346,16 @@ class ITwinApi(VendorApi):
 
     def _listed(self, filter: str) -> Flow[tuple[dict[str, dict[str, Any]], bool]]:
         """The jobs a filter selects by id, at most ``LIST_PAGES`` pages of ``LIST_PAGE``; and whether that
-        was all of them (a continuation token seen twice ends the listing as incomplete)."""
+        was all of them (a continuation token handed out twice is a ``VendorResponseError``)."""
         jobs: dict[str, dict[str, Any]] = {}
         token: str | None = None
-        tokens: set[str] = set()
+        seen: set[str] = set()
         for _ in range(LIST_PAGES):
             page, token = yield from self.list_jobs_page(filter, top=LIST_PAGE, continuation_token=token)
             jobs.update({str(job["id"]): job for job in page if isinstance(job.get("id"), str) and job["id"]})
-            if not token:
+            token = next_page_token(token, seen, None, what="list jobs")
+            if token is None:
                 return jobs, True
-            if token in tokens:
-                return jobs, False
-            tokens.add(token)
         return jobs, False
 
     # -- listing -------------------------------------------------------------------------------
@@ -364,7 +372,8 @@ class ITwinApi(VendorApi):
         if continuation_token:
             params["continuationToken"] = continuation_token
         what = "list jobs"
-        response = yield from self.send(self._call("GET", self._job_path(), params=params), None, what=what)
+        request = self._call("GET", self._job_path(), params=params, max_answer=answer_limit(top or MAX_PAGE))
+        response = yield from self.send(request, None, what=what)
         data = self.parse_json(response, None, what=what)
         jobs = self.require(data, "jobs", None, what=what)
         if not isinstance(jobs, list):
@@ -375,10 +384,12 @@ class ITwinApi(VendorApi):
         """Every job the filter selects, page after page."""
         jobs: list[dict[str, Any]] = []
         token: str | None = None
+        seen: set[str] = set()
         while True:
             page, token = yield from self.list_jobs_page(filter, top=top, continuation_token=token)
             jobs.extend(page)
-            if not token:
+            token = next_page_token(token, seen, None, what="list jobs")
+            if token is None:
                 return jobs
 
     def _job_filter(self, filter: str | None) -> str:
@@ -485,17 +496,19 @@ class ITwinApi(VendorApi):
 
     def _list_blobs(self, job_id: str, container: str, *, prefix: str = "") -> Flow[list[str]]:
         names: list[str] = []
-        marker = ""
+        marker: str | None = ""
+        seen: set[str] = set()
         while True:
             query = "restype=container&comp=list"
             if prefix:
                 query += f"&prefix={quote(prefix, safe='')}"
             if marker:
                 query += f"&marker={quote(marker, safe='')}"
-            request = Request("GET", _with_query(container, query), authenticated=False)
+            request = Request("GET", _with_query(container, query), authenticated=False, max_answer=BLOB_LIST_ANSWER)
             response = yield from self.send(request, job_id, what="list output files")
             page, marker = parse_blob_list(response, job_id)
             names.extend(page)
+            marker = next_page_token(marker, seen, job_id, what="list output files")
             if not marker:
                 return names
 
@@ -505,7 +518,12 @@ def parse_progress(reading: Any, job_id: str) -> JobProgress:
     if not isinstance(reading, dict):
         raise VendorResponseError(ITwinApi.vendor, job_id, "progress: 'progress' is not an object")
     state = _state(reading.get("state"), job_id)
-    percent = percentage(reading.get("percentage"), ITwinApi.vendor, job_id, what="progress")
+    try:
+        percent = percentage(reading.get("percentage"), ITwinApi.vendor, job_id, what="progress")
+    except VendorResponseError:
+        if not state.is_terminal:
+            raise
+        percent = None  # a clear final state wins over a number that cannot be read
     step = reading.get("step")
     message = "the job was created but never submitted" if str(reading.get("state")).lower() == "unsubmitted" else None
     return JobProgress(
@@ -623,6 +641,26 @@ def _literal(job_id: str) -> str:
     return job_id if _GUID.fullmatch(job_id) else _quoted(job_id)
 
 
+def next_page_token(token: str | None, seen: set[str], job_id: str | None, *, what: str) -> str | None:
+    """The token of the next page to ask for (a continuation token, a blob marker), or None at the end.
+
+    A token handed out before would send the listing round for ever (holding every page it reads): that is a
+    ``VendorResponseError``, never a short listing passed off as whole, which would lose what the unread pages
+    hold. ``seen`` collects the tokens of one listing.
+    """
+    if not token:
+        return None
+    if token in seen:
+        raise VendorResponseError(
+            ITwinApi.vendor,
+            job_id,
+            f"{what}: the API handed out the same continuation token again after {len(seen) + 1} pages; "
+            "following it would never reach the end",
+        )
+    seen.add(token)
+    return token
+
+
 def _continuation_token(data: dict[str, Any]) -> str | None:
     """The ``continuationToken`` in ``_links.next.href``, as Bentley's SDK reads it."""
     try:
@@ -652,7 +690,7 @@ def _list(value: Any) -> list[Any]:
 
 def _error(response: Response) -> dict[str, Any] | None:
     try:
-        data = load_json(response.body)
+        data = response.lenient_json()
     except ValueError:
         return None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
@@ -662,7 +700,7 @@ def _error(response: Response) -> dict[str, Any] | None:
 
 def _oauth_error(response: Response) -> str:
     try:
-        data = load_json(response.body)
+        data = response.json()
     except ValueError:
         return f"HTTP {response.status}"
     if isinstance(data, dict) and isinstance(data.get("error"), str):

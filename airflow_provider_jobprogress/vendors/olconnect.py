@@ -14,6 +14,7 @@ import base64
 import re
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
@@ -33,9 +34,9 @@ from airflow_provider_jobprogress.core.protocol import (
     ResultPart,
     Token,
     VendorApi,
+    answer_limit,
     brief,
     describe_body,
-    load_json,
     now,
     percentage,
 )
@@ -45,6 +46,8 @@ ROOT = "/rest/serverengine"
 PRINT = f"{ROOT}/workflow/print"
 AUTH_MODES = ("token", "basic")
 _PERCENT = re.compile(r"[0-9]{1,3}(\.[0-9]+)?", re.ASCII)
+#: getResultTxt and getManagedResult list one line (a path, a File Store id) per output file: 10,000 of 1 KiB
+RESULT_LIST_ANSWER = answer_limit(10_000, per_item=1024)
 
 
 class OLConnectApi(VendorApi):
@@ -99,8 +102,17 @@ class OLConnectApi(VendorApi):
         return self._user is not None and self.auth == "token"
 
     def _basic(self) -> dict[str, str]:
-        raw = f"{self._user}:{self._password}".encode()
-        return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+        return {"Authorization": "Basic " + self._basic_credentials}
+
+    @cached_property
+    def _basic_credentials(self) -> str:
+        return base64.b64encode(f"{self._user}:{self._password}".encode()).decode()
+
+    def credentials(self, token: Token | None) -> tuple[str, ...]:
+        # The login itself and the basic mode send Basic credentials; the password is masked by Airflow, not
+        # its base64 form.
+        basic = (self._basic_credentials,) if self._user is not None else ()
+        return (*super().credentials(token), *basic)
 
     def login(self) -> Flow[Token]:
         request = Request("POST", f"{ROOT}/authentication/login", headers=self._basic(), authenticated=False)
@@ -179,7 +191,7 @@ class OLConnectApi(VendorApi):
         return parse_progress(response, job_id)
 
     def _progress_after_drop(self, job_id: str) -> Flow[JobProgress]:
-        request = self._call("POST", f"{PRINT}/getResultTxt/{_q(job_id)}")
+        request = self._call("POST", f"{PRINT}/getResultTxt/{_q(job_id)}", max_answer=RESULT_LIST_ANSWER)
         response = yield from self.exchange(request, job_id, what="read the result of a dropped operation")
         if response.status == 200:
             return JobProgress(
@@ -231,7 +243,7 @@ class OLConnectApi(VendorApi):
         return response.text
 
     def _result_txt(self, job_id: str) -> Flow[Response]:
-        request = self._call("POST", f"{PRINT}/getResultTxt/{_q(job_id)}")
+        request = self._call("POST", f"{PRINT}/getResultTxt/{_q(job_id)}", max_answer=RESULT_LIST_ANSWER)
         return (yield from self.send(request, job_id, what="read the result as text"))
 
     def result_value(self, text: str) -> Any:
@@ -260,7 +272,7 @@ class OLConnectApi(VendorApi):
         paths = [line.strip() for line in text.splitlines() if line.strip()]
         if len(paths) < 2:
             return [ResultPart(request=self._call("POST", f"{PRINT}/getResult/{_q(job_id)}"), metadata=sets)]
-        request = self._call("POST", f"{PRINT}/getManagedResult/{_q(job_id)}")
+        request = self._call("POST", f"{PRINT}/getManagedResult/{_q(job_id)}", max_answer=RESULT_LIST_ANSWER)
         response = yield from self.exchange(request, job_id, what="read the managed result")
         files = managed_files(response, paths) if response.status == 200 else None
         if files is None:
@@ -297,7 +309,7 @@ def managed_files(response: Response, paths: list[str]) -> list[tuple[str, str, 
     ``/filestore/file/{folder id}/{name}``. Both are read; anything else leaves the paths as the result.
     """
     try:
-        data = load_json(response.body)
+        data = response.json()
     except ValueError:
         data = None
     if isinstance(data, dict):
@@ -338,7 +350,7 @@ def parse_progress(response: Response, job_id: str) -> JobProgress:
 def _json_error(response: Response) -> dict[str, Any] | None:
     """The ``{"error": {status, message, parameter}}`` body of newer servers, if that is what came."""
     try:
-        data = load_json(response.body)
+        data = response.lenient_json()
     except ValueError:
         return None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
@@ -26,7 +27,7 @@ from airflow_provider_jobprogress.core.errors import (
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
-from airflow_provider_jobprogress.core.protocol import ConnectionFields, Flow, Request, ResultPart, VendorApi
+from airflow_provider_jobprogress.core.protocol import ConnectionFields, Flow, Request, ResultPart, Token, VendorApi
 
 VARIANTS = ("cloud", "on_premise", "windows_pc")
 CLOUD_HOST = "scriptxservices.meadroid.com"
@@ -112,8 +113,15 @@ class ScriptXApi(VendorApi):
     def authorize(self, request: Request, token: object) -> Request:
         if self._license is None:
             return request  # On-Premise ignores the header; nothing to send
-        raw = f"{self._license}:".encode()
-        return request.with_headers({"Authorization": "Basic " + base64.b64encode(raw).decode()})
+        return request.with_headers({"Authorization": "Basic " + self._basic_credentials})
+
+    @cached_property
+    def _basic_credentials(self) -> str:
+        return base64.b64encode(f"{self._license}:".encode()).decode()
+
+    def credentials(self, token: Token | None) -> tuple[str, ...]:
+        # The license is masked by Airflow (the connection's password), not its base64 form.
+        return () if self._license is None else (self._basic_credentials,)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Request:
         headers = {MEADROID_PATH: self.meadroid_path} if self.meadroid_path else {}
@@ -157,7 +165,7 @@ class ScriptXApi(VendorApi):
             return JobProgress(self.vendor, job_id, JobState.SUCCEEDED, 100.0, step="Ok", message=message)
         what = "read job status"
         response = yield from self.send(self._call("GET", f"{PDF}/status/{quote(job_id, safe='')}"), job_id, what=what)
-        data = self.parse_json(response, job_id, what=what)
+        data = self.parse_status_json(response, job_id, what=what)
         return parse_status(data, job_id)
 
     def cancel(self, job_id: str) -> Flow[None]:

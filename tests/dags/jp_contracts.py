@@ -40,3 +40,42 @@ with DAG("jp_soft_fail_from_conf", schedule=None, start_date=START, catchup=Fals
     JobProgressSensor(
         task_id="wait", conn_id="{{ dag_run.conf['vendor'] }}_default", job_id=job_id, soft_fail=True, **FAST
     )
+
+
+class PrintThenCrash(ScriptXPrintPdfOperator):
+    """The first try submits, then its worker dies at once (SIGKILL: no cleanup, no on_kill), as a host does."""
+
+    def _wait_here(self, job_id: str, *, timeout: float) -> Any:
+        if self._try_number == 1:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super()._wait_here(job_id, timeout=timeout)
+
+    def execute(self, context: Any) -> Any:
+        self._try_number = context["ti"].try_number
+        return super().execute(context)
+
+
+# A print that a user clears to print again, and one whose worker dies after the submit and is retried.
+with DAG("jp_print_clear", schedule=None, start_date=START, catchup=False) as print_clear:
+    ScriptXPrintPdfOperator(
+        task_id="print",
+        document="https://example.invalid/letters/reprint.pdf",
+        wait_for_completion=True,
+        retries=1,
+        retry_delay=pendulum.duration(seconds=0),
+        **FAST,
+    )
+
+with DAG("jp_print_crash_retry", schedule=None, start_date=START, catchup=False) as print_crash_retry:
+    PrintThenCrash(
+        task_id="print",
+        document="https://example.invalid/letters/crash.pdf",
+        wait_for_completion=True,
+        deferrable=False,
+        retries=1,
+        retry_delay=pendulum.duration(seconds=0),
+        **FAST,
+    )

@@ -36,7 +36,8 @@ Decisions where the Bentley docs are silent (shared with /work/shared/vendors/RE
   job's inputs/outputs (eq, in; ne: none of them) and take no ordering; anything else (an end time included:
   not filterable; `not`, functions) → 400 InvalidFilter.
   `$top` (default 100) pages, `_links.next.href` carries a
-  `continuationToken`. Listing never advances a job.
+  `continuationToken`. Listing never advances a job. `Faults(repeat_page_token=True)` hands a page's own token
+  back as the next one; `Scenario(ended_text=...)` prints that text as the job's endedDateTime.
 - Bucket: GET /reality-modeling/itwins/{iTwinId}/bucket (v2) → {"bucket": {"iTwinId"}, "_links": {"containerUrl"}},
   a container holding the bkt: outputs of that iTwin's succeeded jobs.
 - Garbage on job details: html/empty/malformed as on progress, unknown_status → state "weird";
@@ -267,7 +268,9 @@ def _errors(job: Job) -> list[dict[str, Any]]:
 
 def _ended(job: Job, now: float) -> str | None:
     finished = job.finished_at(now)
-    return None if finished is None else iso(job.wall(finished))
+    if finished is None:
+        return None
+    return job.scenario.ended_text if job.scenario.ended_text is not None else iso(job.wall(finished))
 
 
 def _create_problems(body: Any, required: dict[str, type]) -> list[dict[str, str]]:
@@ -540,7 +543,7 @@ def _v2_create(request: Request, state: EmulatorState, api: str) -> Reply:
     now = time.monotonic()
     job.submit(now)
     state.add_job(job)
-    return Reply.json(201, {"job": _v2_view(job, now)}).for_job(job.job_id)
+    return Reply.json(201, {"job": _v2_view(job, now)}).for_job(job.job_id).submitted(scenario)
 
 
 def _v2_poll(state: EmulatorState, api: str, job_id: str, details: bool) -> Reply:
@@ -836,6 +839,8 @@ def _list_jobs(request: Request, state: EmulatorState, api: str) -> Reply:
     payload: dict[str, Any] = {"jobs": selected[offset : offset + top]}
     if offset + top < len(selected):
         token = base64.urlsafe_b64encode(str(offset + top).encode()).decode().rstrip("=")
+        if offset and state.faults.repeat_page_token:
+            token = request.query["continuationToken"]  # the paging bug: the same page again, and again
         query = urlencode({"$filter": text, "$top": top, "continuationToken": token}, quote_via=quote)
         payload["_links"] = {"next": {"href": f"{state.base_url}/{api}/jobs?{query}"}}
     return Reply.json(200, payload)

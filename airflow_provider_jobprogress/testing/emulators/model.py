@@ -74,6 +74,14 @@ class Scenario:
     job_id: str | None = None
     #: each result file can be downloaded whole once, then answers 404 (ScriptX always behaves so)
     download_once: bool = False
+    #: iTwin: what the job's ``endedDateTime`` says once it ended, instead of the time (a hostile answer)
+    ended_text: str | None = None
+    #: seconds the submit's answer is held after the job was created (and the call logged): a slow vendor, and
+    #: the window in which a worker dies with the job started but its id not yet known
+    submit_delay: float = 0.0
+    #: seconds a download stops halfway through the file (after the first half was sent): the window in which a
+    #: worker dies in the middle of a fetch
+    download_stall: float = 0.0
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -106,6 +114,13 @@ class Scenario:
             raise ScenarioError(f"scenario job_id must be a non-empty string or null, got {self.job_id!r}")
         if not isinstance(self.download_once, bool):
             raise ScenarioError(f"scenario download_once must be true or false, got {self.download_once!r}")
+        if self.ended_text is not None and not isinstance(self.ended_text, str):
+            raise ScenarioError(f"scenario ended_text must be a string or null, got {self.ended_text!r}")
+        for name in ("submit_delay", "download_stall"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ScenarioError(f"scenario {name} must be a number of seconds >= 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
 
     def name(self, index: int, default: str) -> str:
         """The vendor's name for result file ``index``: the scenario's, else ``default``."""
@@ -145,7 +160,9 @@ class Faults:
     - ``burst_every`` / ``burst_seconds``: a burst of 429s with ``Retry-After: retry_after`` starts every
       ``burst_every`` seconds and lasts ``burst_seconds``; every call in it is refused;
     - ``outage_at`` / ``outage_seconds``: a total outage from ``outage_at`` seconds on, for ``outage_seconds``:
-      every connection is reset, the token endpoints' included.
+      every connection is reset, the token endpoints' included;
+    - ``repeat_page_token``: iTwin's job listing answers a page asked for with a continuation token with that
+      same token as the next one (a paging bug: a client that follows it never reaches the end).
     """
 
     error_rate: float = 0.0
@@ -156,8 +173,11 @@ class Faults:
     outage_at: float | None = None
     outage_seconds: float = 0.0
     seed: int | None = None
+    repeat_page_token: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.repeat_page_token, bool):
+            raise ScenarioError(f"fault 'repeat_page_token' must be true or false, got {self.repeat_page_token!r}")
         for name in ("error_rate", "reset_rate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
@@ -542,6 +562,10 @@ class Reply:
     drop_after: int | None = None
     job_id: str | None = None
     on_sent: SentCallback | None = None
+    #: seconds to hold the answer back (after the call was logged): a scenario's submit_delay
+    delay: float = 0.0
+    #: seconds a stream stops halfway (after half of ``length`` was written): a scenario's download_stall
+    stall: float = 0.0
 
     @classmethod
     def text(cls, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Reply:
@@ -557,6 +581,11 @@ class Reply:
 
     def for_job(self, job_id: str | None) -> Reply:
         self.job_id = job_id
+        return self
+
+    def submitted(self, scenario: Scenario) -> Reply:
+        """The answer to a call that started a job: held back by the scenario's ``submit_delay``."""
+        self.delay = scenario.submit_delay
         return self
 
 
@@ -822,6 +851,7 @@ class EmulatorState:
             drop_after=scenario.drop_download_at if first else None,
             job_id=job.job_id,
             on_sent=sent if whole else None,
+            stall=scenario.download_stall,
         )
 
     # -- tokens ----------------------------------------------------------------------------------

@@ -154,7 +154,7 @@ def _submit(request: Request, state: EmulatorState) -> Reply:
     job = Job(VENDOR, scenario.job_id or str(uuid.uuid4()), scenario, result_count=scenario.outputs, details=details)
     job.submit(time.monotonic())
     state.add_job(job)
-    reply = Reply.empty(202).for_job(job.job_id)
+    reply = Reply.empty(202).for_job(job.job_id).submitted(scenario)
     reply.headers.update({"operationId": job.job_id, "Link": _links(job.job_id)})
     return reply
 

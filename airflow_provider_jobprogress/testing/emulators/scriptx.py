@@ -161,7 +161,8 @@ def _print(request: Request, state: EmulatorState) -> Reply:
         job.complete_now(now)
     state.add_job(job)
     status = 4 if scenario.outcome == "immediate" else 2
-    return Reply.json(200, {"status": status, "jobIdentifier": job.job_id, "message": ""}).for_job(job.job_id)
+    reply = Reply.json(200, {"status": status, "jobIdentifier": job.job_id, "message": ""}).for_job(job.job_id)
+    return reply.submitted(scenario)
 
 
 def _status_code(job: Job, now: float) -> tuple[int, str]:

@@ -173,6 +173,8 @@ class _Server:
             call = Call(request.method, request.path, reply.status, vendor, reply.job_id, time.time(), _peer(http))
             emulator.state.record(call)
         log.debug("%s %s -> %s", request.method, request.path, reply.status)
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
         headers = {"Server": SERVER_HEADER, **reply.headers}
         if reply.stream is None:
             if reply.status == 204:  # RFC 9110: a 204 carries no body and no Content-Length
@@ -233,10 +235,21 @@ async def _stream(http: web.Request, reply: Reply, headers: dict[str, str]) -> w
     sent = 0
     sha = hashlib.sha256()
     recorded = False
+    stall_at = reply.length // 2 if reply.stall else None
     try:
         await response.prepare(http)
         for chunk in reply.stream:
             piece = chunk[: limit - sent]
+            if stall_at is not None and sent + len(piece) > stall_at:
+                # the first half out (a chunk boundary at most past it), then the pause a worker can die in
+                await response.write(piece)
+                sha.update(piece)
+                sent += len(piece)
+                await asyncio.sleep(reply.stall)
+                stall_at = None
+                if sent >= limit:
+                    break
+                continue
             sha.update(piece)
             if sent + len(piece) >= limit and reply.on_sent is not None:
                 # Record before the last bytes leave: a client that has them must find the record.
