@@ -514,7 +514,8 @@ async def test_a_name_that_does_not_resolve_says_so() -> None:
     finally:
         await session.aclose()
     assert raised.value.sent is False
-    assert reason is not None and reason in raised.value.kind, raised.value.kind
+    assert reason is not None
+    assert reason in raised.value.kind, raised.value.kind
     assert "Unknown error" not in raised.value.kind
 
 

@@ -1,4 +1,14 @@
-"""The shared core: job vocabulary, policies, errors and the sans-I/O protocol machinery."""
+"""The shared core, one job per module:
+
+- ``model``: the job vocabulary (``JobState``, ``JobProgress``, ``Listing``); ``errors``: the typed errors;
+  ``policies``: how often to poll and how to retry a request;
+- ``wire``: what a flow yields and receives (``Request``, ``Response``, ``Token``...) and the bounds on an answer;
+  ``values``: reading one vendor value (a percentage, a job id); ``settings``: a connection's settings;
+- ``protocol``: ``VendorApi``, the discipline every vendor adapter shares (auth, retries, error mapping), as
+  sans-I/O flows; ``session``: runs a flow with requests (workers) or aiohttp (the triggerer);
+- ``budget``: a connection's request budget in a process; ``poller``: the one poller per connection and event
+  loop that reads every wait's job (listing where the vendor can).
+"""
 
 from airflow_provider_jobprogress.core.errors import (
     AuthenticationError,

@@ -4,17 +4,18 @@ A *flow* is a generator that yields instructions (send this ``Request``, ``Sleep
 a ``GetToken``) and receives their results; it returns a typed value. Vendor adapters write their
 endpoints as flows once; ``core.session`` runs the same flow with requests on workers and with aiohttp
 in the triggerer. Nothing in this module touches a socket or a clock.
+
+``VendorApi`` is the discipline every adapter shares (auth, retries, error mapping); a flow's words live in
+``core.wire``, a connection's settings in ``core.settings``, value readers in ``core.values`` (all re-exported
+here, as adapters written against 0.x import them).
 """
 
 from __future__ import annotations
 
-import json
-import reprlib
-import time
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 from airflow_provider_jobprogress.core.errors import (
     AuthenticationError,
@@ -27,368 +28,59 @@ from airflow_provider_jobprogress.core.errors import (
     VendorResponseError,
     VendorUnavailableError,
 )
-from airflow_provider_jobprogress.core.model import JobProgress, Listing, short
+from airflow_provider_jobprogress.core.model import JobProgress, Listing
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, parse_retry_after
+from airflow_provider_jobprogress.core.settings import HTTP_SCHEMES, ConnectionFields
+from airflow_provider_jobprogress.core.values import NOT_JOB_IDS, brief, check_job_id, percentage
+from airflow_provider_jobprogress.core.wire import (
+    LIST_ITEM_BYTES,
+    MAX_ANSWER,
+    TRANSIENT_STATUSES,
+    Flow,
+    GetToken,
+    Instruction,
+    OversizedAnswer,
+    Request,
+    Response,
+    Sleep,
+    Token,
+    TransportError,
+    answer_limit,
+    describe_body,
+    load_json,
+    now,
+    short_text,
+)
+
+__all__ = [
+    "HTTP_SCHEMES",
+    "LIST_ITEM_BYTES",
+    "MAX_ANSWER",
+    "NOT_JOB_IDS",
+    "TRANSIENT_STATUSES",
+    "ConnectionFields",
+    "Flow",
+    "GetToken",
+    "Instruction",
+    "OversizedAnswer",
+    "Request",
+    "Response",
+    "ResultPart",
+    "Sleep",
+    "Token",
+    "TransportError",
+    "VendorApi",
+    "answer_limit",
+    "brief",
+    "check_job_id",
+    "describe_body",
+    "load_json",
+    "now",
+    "percentage",
+    "short_text",
+]
 
 T = TypeVar("T")
-
-TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
-#: the most a per-job answer (progress, status, a job's details, a login, a submit) may hold; real ones are
-#: under 10 KiB. It bounds what is read and what is parsed on the triggerer's loop: json.loads holds the GIL
-#: even in a thread, and 1 MiB of JSON numbers took ~50 ms of CPU here, 64 KiB ~3 ms.
-MAX_ANSWER = 64 * 1024
-#: what one entry of a list answer may add to that bound (``answer_limit``)
-LIST_ITEM_BYTES = 16 * 1024
-
-
-def answer_limit(items: int, per_item: int = LIST_ITEM_BYTES) -> int:
-    """The bound for a list answer of up to ``items`` entries (the page size it asked for), ``per_item`` each,
-    plus what any answer may hold: a list is bounded in proportion to the page it asked for, not to the job."""
-    return MAX_ANSWER + max(items, 0) * per_item
-
-
-@dataclass(frozen=True)
-class Request:
-    """One HTTP request, built by a vendor adapter. ``url`` is absolute."""
-
-    method: str
-    url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    params: Mapping[str, str] | None = None
-    json: Any = None
-    form: Mapping[str, str] | None = None
-    #: apply the vendor's credentials (False for the login call itself and for pre-signed URLs)
-    authenticated: bool = True
-    #: safe to send twice; a submit is not, so it is only retried when it surely never left
-    idempotent: bool = True
-    #: the longest answer read, in bytes (decoded): a longer 2xx answer is a ``ResponseTooLargeError``, read no
-    #: further; of a longer error answer only this much is read, for its message
-    max_answer: int = MAX_ANSWER
-    #: seconds the request may take once it has a connection, its answer read to the end (None: no limit);
-    #: ``VendorApi.exchange`` sets its policy's ``request_timeout``
-    time_limit: float | None = None
-
-    @property
-    def path(self) -> str:
-        """The URL without query string: what may appear in logs and errors (query strings carry SAS keys)."""
-        return urlsplit(self.url).path
-
-    def __repr__(self) -> str:
-        # Headers carry tokens and Basic credentials, forms client secrets, queries SAS keys: names only.
-        headers = ", ".join(self.headers)
-        form = ", ".join(self.form or {})
-        return f"Request({self.method} {self.path}, headers=[{headers}], form=[{form}])"
-
-    def with_headers(self, extra: Mapping[str, str]) -> Request:
-        # Built directly: dataclasses.replace costs ~10 us, and every poll adds its credentials this way.
-        return Request(
-            method=self.method,
-            url=self.url,
-            headers={**self.headers, **extra},
-            params=self.params,
-            json=self.json,
-            form=self.form,
-            authenticated=self.authenticated,
-            idempotent=self.idempotent,
-            max_answer=self.max_answer,
-            time_limit=self.time_limit,
-        )
-
-    def within(self, seconds: float) -> Request:
-        """This request with a time limit (``with_headers``'s direct build, for the same reason)."""
-        return Request(
-            method=self.method,
-            url=self.url,
-            headers=self.headers,
-            params=self.params,
-            json=self.json,
-            form=self.form,
-            authenticated=self.authenticated,
-            idempotent=self.idempotent,
-            max_answer=self.max_answer,
-            time_limit=seconds,
-        )
-
-
-_UNPARSED = object()
-
-
-@dataclass(frozen=True)
-class _NotJson:
-    reason: str
-    #: the body is JSON but for bytes that are not UTF-8
-    undecodable: bool
-
-
-@dataclass(frozen=True)
-class Response:
-    """A whole (small) HTTP answer. Header names are lower-cased."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    @classmethod
-    def build(cls, status: int, headers: Mapping[str, str], body: bytes) -> Response:
-        return cls(status, {k.lower(): v for k, v in headers.items()}, body)
-
-    @property
-    def text(self) -> str:
-        """The body as text: UTF-8, a leading byte order mark dropped, a byte that is not UTF-8 read as U+FFFD."""
-        return self.body.decode("utf-8-sig", errors="replace")
-
-    def json(self) -> Any:
-        """The body as JSON, parsed once however many readers ask (an error check, then the parser); a
-        ``ValueError`` when it is not JSON."""
-        parsed = self.__dict__.get("_json", _UNPARSED)
-        if parsed is _UNPARSED:
-            try:
-                parsed = load_json(self.body)
-            except ValueError as exc:
-                parsed = _NotJson(str(exc), isinstance(exc, UnicodeDecodeError))
-            object.__setattr__(self, "_json", parsed)  # a cache beside the fields, not one of them
-        if isinstance(parsed, _NotJson):
-            raise ValueError(parsed.reason)
-        return parsed
-
-    def lenient_json(self) -> Any:
-        """``json()``, but a byte that is not UTF-8 reads as U+FFFD instead of refusing the whole answer: for
-        answers whose strings are messages and names (a job's status), where one bad byte in a vendor's message
-        must not turn a finished job into an error. Facts stay checked: a mangled key or state is still wrong."""
-        try:
-            return self.json()
-        except ValueError:
-            if not self.__dict__["_json"].undecodable:
-                raise
-        parsed = self.__dict__.get("_lenient_json", _UNPARSED)
-        if parsed is _UNPARSED:
-            parsed = load_json(self.body.decode("utf-8", errors="replace"))
-            object.__setattr__(self, "_lenient_json", parsed)
-        return parsed
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("content-type", "").split(";")[0].strip().lower()
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
-
-    def without(self, secrets: tuple[str, ...]) -> Response:
-        """This answer with each of ``secrets`` (the credentials its request carried) replaced by ``***``: a
-        proxy's error page can show the request's headers, and the answer's text goes into errors, events and
-        logs. The same answer when none is in it (the common case costs a search of the body per secret)."""
-        body = self.body
-        for secret in secrets:
-            raw = secret.encode()
-            if raw and raw in body:
-                body = body.replace(raw, b"***")
-        return self if body is self.body else Response(self.status, self.headers, body)
-
-
-@dataclass(frozen=True)
-class Sleep:
-    """Wait this many seconds (time.sleep on workers, asyncio.sleep in the triggerer)."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class GetToken:
-    """Ask the session for a valid token; ``stale`` is the token the vendor just refused, if any."""
-
-    stale: Token | None = None
-
-
-@dataclass(frozen=True)
-class Token:
-    """A bearer or session token with its wall-clock expiry. Its repr never shows the value."""
-
-    value: str = field(repr=False)
-    expires_at: float | None = None
-    #: when it was issued (wall clock, at its creation after the login answered)
-    issued_at: float = field(default_factory=lambda: now(), compare=False)
-
-    def usable(self, now: float, margin: float) -> bool:
-        if self.expires_at is None:
-            return True
-        # A vendor's margin (iTwin renews 5 minutes early) is made for hour-long tokens: with a token that
-        # lives 10 s it would make every call log in again, a token storm. Never more than half its life.
-        margin = min(margin, max(self.expires_at - self.issued_at, 0.0) / 2)
-        return now < self.expires_at - margin
-
-
-class TransportError(Exception):
-    """Raised by a transport into a flow: the request got no HTTP answer.
-
-    ``sent`` is False when the connection was never made (refused, DNS), so even a submit is safe to retry.
-    The message carries the error's class only, never the URL (query strings can hold keys).
-    """
-
-    def __init__(self, kind: str, *, sent: bool, plain_http: bool = False) -> None:
-        self.kind = kind
-        self.sent = sent
-        #: the server answered an https request in plain HTTP: the URL's scheme is wrong, not the network
-        self.plain_http = plain_http
-        super().__init__(kind)
-
-
-class OversizedAnswer(Exception):
-    """Raised by a transport into a flow: a 2xx answer is longer than the request's ``max_answer``.
-
-    ``length`` is what the answer announced (Content-Length), None when it came chunked or compressed: then
-    the transport stopped reading one byte past the bound.
-    """
-
-    def __init__(self, status: int, limit: int, length: int | None) -> None:
-        self.status = status
-        self.limit = limit
-        self.length = length
-        super().__init__(f"HTTP {status} answer over {limit} bytes")
-
-
-Instruction = Request | Sleep | GetToken
-Flow = Generator[Instruction, Any, T]
-
-
-@dataclass(frozen=True)
-class ConnectionFields:
-    """The parts of an Airflow connection a vendor adapter reads; built by the hooks, sync or async."""
-
-    conn_id: str
-    conn_type: str | None = None
-    host: str | None = None
-    port: int | None = None
-    schema: str | None = None
-    login: str | None = field(default=None, repr=False)
-    password: str | None = field(default=None, repr=False)
-    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
-
-    def extra_bool_or_path(self, key: str, default: bool = True) -> bool | str:
-        """Read a ``verify``-style extra: a boolean, its text ("true", "false"...), or a CA bundle path."""
-        value = self.extra.get(key)
-        if value is None:  # absent, or saved empty by the connection form
-            return default
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip()
-        if text.lower() in ("true", "1", "yes", "on", ""):
-            return True
-        if text.lower() in ("false", "0", "no", "off"):
-            return False
-        return text
-
-    # -- settings, each wrong one a ConfigurationError naming its field ------------------------------
-    def problem(self, vendor: str, field: str, message: str) -> ConfigurationError:
-        return ConfigurationError(vendor, None, message, conn_id=self.conn_id, field=field)
-
-    def choice(self, vendor: str, field: str, options: tuple[str, ...], default: str) -> str:
-        """An extra that names one of ``options``, read whatever its case and surrounding blanks."""
-        raw = self.extra.get(field)
-        value = default if raw is None or str(raw).strip() == "" else str(raw).strip().lower()
-        if value not in options:
-            raise self.problem(vendor, field, f"{brief(raw)} is not one of {', '.join(options)}")
-        return value
-
-    def extra_url(self, vendor: str, field: str, default: str, *, also: str | None = None) -> str:
-        """An extra holding an absolute http(s) URL (``also``: an older name for the same extra)."""
-        raw = self.extra.get(field)
-        if (raw is None or str(raw).strip() == "") and also is not None:
-            raw, field = self.extra.get(also), also
-        if raw is None or str(raw).strip() == "":
-            return default
-        text = str(raw).strip()
-        parts = _split(text)
-        if parts is None or parts.scheme not in HTTP_SCHEMES or not parts.hostname:
-            raise self.problem(vendor, field, f"{brief(text)} is not an http:// or https:// URL with a host")
-        if parts.port is None and _port_text(parts) is not None:
-            raise self.problem(vendor, field, f"{brief(text)} has a port that is not a number from 1 to 65535")
-        return text
-
-    def service_url(self, vendor: str, *, default_host: str, default_scheme: str, default_port: int | None) -> str:
-        """The base URL from host, schema and port: a host name (``h`` or ``h:port``), or a whole URL in host.
-
-        A path belongs in a whole URL (``http://h/prefix``): ``h/rest`` in host would make a URL like
-        ``http://h/rest:9340``. A port in host and a different one in the port field, or a schema other
-        than http or https, cannot be meant.
-        """
-        host = (self.host or default_host).strip().rstrip("/")
-        schema = (self.schema or "").strip().lower() or None
-        if schema is not None and schema not in HTTP_SCHEMES:
-            raise self.problem(vendor, "schema", f"{brief(self.schema)} is not http or https")
-        if "://" in host:
-            parts = _split(host)
-            if parts is None or parts.scheme not in HTTP_SCHEMES or not parts.hostname:
-                raise self.problem(vendor, "host", f"{brief(host)} is not an http:// or https:// URL with a host")
-            if schema is not None and schema != parts.scheme:
-                raise self.problem(vendor, "schema", f"{schema!r} contradicts the scheme of host {brief(host)}")
-        else:
-            parts = _split(f"//{host}")
-            if parts is None or not parts.hostname or parts.path or parts.query or parts.fragment:
-                raise self.problem(
-                    vendor, "host", f"{brief(host)} is not a host name (put a path in a whole URL: http://host/path)"
-                )
-        port_text = _port_text(parts)
-        if port_text is not None and parts.port is None:
-            raise self.problem(vendor, "host", f"{brief(host)} has a port that is not a number from 1 to 65535")
-        if self.port is not None and not 0 < self.port < 65536:
-            raise self.problem(vendor, "port", f"{self.port} is not a port number from 1 to 65535")
-        if self.port is not None and parts.port is not None and self.port != parts.port:
-            raise self.problem(vendor, "port", f"{self.port} contradicts the port in host {brief(host)}")
-        if "://" in host:
-            return host if self.port is None or parts.port is not None else _with_port(parts, self.port)
-        scheme = schema or default_scheme
-        port = parts.port or self.port or default_port
-        return f"{scheme}://{parts.netloc}" if parts.port or not port else f"{scheme}://{parts.netloc}:{port}"
-
-    def positive_number(self, vendor: str, field: str, default: float) -> float:
-        """An extra holding a number above zero (a JSON number or its text); ``default`` when absent or empty."""
-        raw = self.extra.get(field)
-        if raw is None or str(raw).strip() == "":
-            return default
-        try:
-            value = float(str(raw).strip()) if not isinstance(raw, bool) else float("nan")
-        except ValueError:
-            value = float("nan")
-        if not 0 < value < float("inf"):
-            raise self.problem(vendor, field, f"{brief(raw)} is not a number above zero")
-        return value
-
-    def tls_verify(self) -> bool | str:
-        """The TLS check as requests takes it (``core.session`` turns a bundle path into aiohttp's SSL context):
-        True, False, or the path of a CA bundle.
-
-        The form saves ``verify`` as a switch (a JSON boolean) and the bundle in its own field, ``ca_bundle``;
-        connections saved before keep ``verify`` as text, a bundle path included, and are read as they were.
-        """
-        verify = self.extra_bool_or_path("verify")
-        bundle = str(self.extra.get("ca_bundle") or "").strip()
-        return bundle if verify is True and bundle else verify
-
-
-HTTP_SCHEMES = ("http", "https")
-
-
-def _split(text: str) -> SplitResult | None:
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError:
-        return None
-    if any(c.isspace() for c in text):
-        return None
-    return parts
-
-
-def _port_text(parts: SplitResult) -> str | None:
-    """What follows the host's colon, if anything (an IPv6 literal's colons are inside its brackets)."""
-    netloc = parts.netloc.rpartition("@")[2]
-    _, colon, tail = netloc.rpartition(":")
-    return tail if colon and "]" not in tail else None
-
-
-def _with_port(parts: SplitResult, port: int) -> str:
-    netloc = f"{parts.netloc}:{port}"
-    return parts._replace(netloc=netloc).geturl()
 
 
 class VendorApi:
@@ -697,66 +389,3 @@ class ResultPart:
 
 
 #: ids no vendor hands out; in a URL path ``.`` and ``..`` would address the job list or its parent
-NOT_JOB_IDS = ("", ".", "..")
-
-
-def check_job_id(job_id: object, subject: str) -> str:
-    """The job id as text, or a ``ConfigurationError`` (before any call) for None, blank, ``.`` or ``..``, and for
-    ids with line breaks or other control characters: no vendor hands those out, and they would forge log lines."""
-    text = None if job_id is None else str(job_id)
-    if text is None or text.strip() in NOT_JOB_IDS or not text.isprintable():
-        raise ConfigurationError(
-            subject, None, f"{brief(job_id)} is not a job id (set job_id to the id the vendor gave)", field="job_id"
-        )
-    return text
-
-
-def now() -> float:
-    """Wall-clock seconds; tokens and deadlines are wall-clock because triggers move between hosts."""
-    return time.time()
-
-
-def short_text(response: Response, limit: int = 200) -> str:
-    return short(response.text, limit) or "(empty body)"
-
-
-def load_json(body: bytes | str) -> Any:
-    """``json.loads`` that fails only with ValueError: a vendor's body nested deeper than Python's recursion
-    limit (a 2 KB body can be 1,000 levels deep) is unreadable JSON like any other, not a RecursionError."""
-    try:
-        return json.loads(body)  # ValueError (UnicodeDecodeError included) for anything else unreadable
-    except RecursionError:
-        raise ValueError("JSON nested too deep") from None
-
-
-_BRIEF = reprlib.Repr()  # keyword arguments only from Python 3.12
-_BRIEF.maxlevel, _BRIEF.maxdict, _BRIEF.maxlist, _BRIEF.maxstring, _BRIEF.maxother = 3, 6, 6, 60, 60
-
-
-def brief(value: Any, limit: int = 80) -> str:
-    """A short repr of any vendor value for an error message: bounded in depth and length, never raising."""
-    text = _BRIEF.repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def percentage(value: Any, vendor: str, job_id: str | None, *, what: str) -> float | None:
-    """A vendor's percentage as a float in 0..100; None when absent. NaN, infinities, values outside
-    0..100 and non-numbers are a ``VendorResponseError``: a progress that cannot be shown is not one."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise VendorResponseError(vendor, job_id, f"{what}: percentage {brief(value)} is not a number")
-    # Compared before float(): an integer of 400 digits overflows float(); NaN fails every comparison.
-    if not 0 <= value <= 100:
-        raise VendorResponseError(vendor, job_id, f"{what}: percentage {brief(value)} is not within 0-100")
-    return float(value)
-
-
-def describe_body(response: Response) -> str:
-    """Say what a body looks like without dumping it: for errors about nonsense answers."""
-    if not response.body:
-        return f"an empty body (HTTP {response.status})"
-    kind = response.content_type or "no content type"
-    if b"<html" in response.body[:512].lower() or kind == "text/html":
-        return f"an HTML page (HTTP {response.status}, {kind}): {short_text(response, 80)}"
-    return f"{kind} (HTTP {response.status}): {short_text(response, 80)}"
