@@ -83,8 +83,12 @@ async def test_waits_started_together_spread_their_polls(
     # machine a busy loop holds the earliest back (seen: 0.93 s), hence half the interval, not more.
     assert firsts[-1] - firsts[0] >= 0.5, "first polls spread over the interval"
     assert all(t <= started + 2.0 + 1.0 for t in firsts), "no first poll later than one interval (plus slack)"
+    # Uniform, the busiest 0.2 s holds ~20; a loaded machine's stalled loop bunches what was due meanwhile
+    # (CI saw 41). Lockstep puts all 100 in one 0.2 s and leaves the other windows of the interval empty.
     busiest = max(sum(1 for t in firsts if start <= t < start + 0.2) for start in firsts)
-    assert busiest <= 40, f"{busiest} of 100 first polls within 0.2 s: a burst"
+    assert busiest <= 60, f"{busiest} of 100 first polls within 0.2 s: a burst"
+    windows = {int((t - firsts[0]) / 0.2) for t in firsts}
+    assert len(windows) >= 5, f"first polls in {len(windows)} windows of 0.2 s only"
 
 
 async def test_deadline_is_kept_while_a_poll_is_in_retries(emulator: VendorEmulator) -> None:
