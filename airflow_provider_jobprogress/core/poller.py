@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -85,15 +86,16 @@ class Watch:
         return reading
 
     async def sleep(self, seconds: float, tick: float) -> None:
-        """Sleep about ``seconds`` (to the nearest point of a ``tick`` grid, never now), or less if the poller
-        learns meanwhile that the job ended."""
+        """Sleep ``seconds``, to the next point of a ``tick`` grid (waits due together wake together; never
+        sooner, as a trigger's ``first_poll_at`` promises), or less if the poller learns meanwhile that the job
+        ended."""
         self.interval = seconds
         if self._woken:
             self._woken = False
             return
         loop = asyncio.get_running_loop()
         moment = loop.time()
-        when = round((moment + seconds) / tick) * tick
+        when = math.ceil((moment + seconds) / tick) * tick
         if when <= moment:
             when += tick
         woken = self._sleeping = loop.create_future()
