@@ -167,12 +167,14 @@ async def polling_then_stopped(emulator: VendorEmulator, vendor: str = "olconnec
     return trig, job_id
 
 
-@pytest.mark.parametrize("state", ["failed", "success", "skipped", None, GONE])
+@pytest.mark.parametrize("state", ["failed", "success", "skipped", None, GONE, "scheduled", "queued", "running"])
 async def test_on_kill_cancels_the_job_when_a_user_killed_the_task(
     emulator: VendorEmulator, triggerer: Triggerer, state: str | None
 ) -> None:
-    """Marked failed, success or skipped, cleared (no state), or its DAG run deleted: nobody waits on the job any
-    more, and a user did it."""
+    """Marked failed, success or skipped, cleared, or its DAG run deleted: nobody waits on the job any more. A
+    Clear sets no state, and the scheduler has the task scheduled or queued (even running) within a second,
+    usually before the triggerer gets to on_kill: the new try submits a job of its own, so this one is
+    cancelled while it still runs (a wait another triggerer took over and ended has a job that ended: below)."""
     trig, job_id = await polling_then_stopped(emulator)
     trig.task_instance = triggerer.task_instance(state)
     await trig.on_kill()
@@ -180,14 +182,13 @@ async def test_on_kill_cancels_the_job_when_a_user_killed_the_task(
     assert [type(m).__name__ for m in triggerer.comms.asked] == ["GetTaskStates"]
 
 
-@pytest.mark.parametrize("state", ["deferred", "scheduled", "queued", "running", "up_for_retry"])
+@pytest.mark.parametrize("state", ["deferred", "up_for_retry"])
 async def test_on_kill_leaves_the_job_while_its_wait_goes_on_elsewhere(
     emulator: VendorEmulator, triggerer: Triggerer, state: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Airflow 3.3.2 stops a wait through its user-kill path, on_kill included, also when another triggerer has
-    taken it over (apache/airflow#73454). Still deferred: the other triggerer waits on the job. Scheduled, queued,
-    running, up for retry: the wait ended there and the task resumed on a worker, which reads the job again (a
-    retry re-attaches to it). Either way the job is not this copy's to cancel."""
+    taken it over (apache/airflow#73454). Still deferred: the other triggerer waits on the job. Up for retry: the
+    wait ended there and the retry re-attaches to the job. Either way the job is not this copy's to cancel."""
     trig, job_id = await polling_then_stopped(emulator)
     trig.task_instance = triggerer.task_instance(state)
     await trig.on_kill()
@@ -195,6 +196,19 @@ async def test_on_kill_leaves_the_job_while_its_wait_goes_on_elsewhere(
     assert not emulator.job("olconnect", job_id).cancelled
     out = capsys.readouterr().out  # Airflow's structlog writes to stdout
     assert f"OL Connect job {job_id}: not cancelled: the task is {state}" in out, out[-2000:]
+
+
+@pytest.mark.parametrize("state", ["scheduled", "queued", "running"])
+async def test_on_kill_leaves_a_job_that_ended_while_the_task_resumed(
+    emulator: VendorEmulator, triggerer: Triggerer, state: str
+) -> None:
+    """Another triggerer took the wait over, saw the job end and the task resumed on a worker: the job ended,
+    nothing to cancel."""
+    trig, job_id = await polling_then_stopped(emulator)
+    emulator.finish_jobs("olconnect", [job_id])
+    trig.task_instance = triggerer.task_instance(state)
+    await trig.on_kill()
+    assert emulator.count("POST", "/cancel/") == 0
 
 
 @pytest.mark.parametrize("state", ["deferred", "failed"])

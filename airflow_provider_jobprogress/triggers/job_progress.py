@@ -351,9 +351,12 @@ class JobProgressTrigger(BaseTrigger):
         marked the task failed or success, or cleared it; or this triggerer's heartbeat was late by more than
         ``[triggerer] triggerer_health_check_threshold`` (a loaded host, a runner that did not answer), another
         triggerer took its triggers over, and this one now drops its copy (apache/airflow#73454, open). So the
-        task instance's state is asked first (``task_instance_state``): only a task a user's action has taken out
-        of the wait has its job cancelled. Never called on a triggerer restart or shutdown. The whole of it (the
-        state, connection, a progress read, the cancel) is bounded by ``on_kill_budget()``.
+        task instance's state is asked first (``task_instance_state``): a task still deferred (another triggerer
+        waits on the job) or up for retry (the retry re-attaches to it) keeps its job; any other state is a
+        user's kill (a Clear shows as scheduled, queued or running by the time this runs: the scheduler is
+        quicker than the triggerer's cleanup) and the job is cancelled unless it has ended (as it has when
+        another triggerer took the wait over and saw its end). Never called on a triggerer restart or shutdown.
+        The whole of it (the state, connection, a progress read, the cancel) is bounded by ``on_kill_budget()``.
         """
         if not self.cancel_on_kill or (self._last is not None and self._last.is_terminal):
             return
@@ -386,7 +389,7 @@ class JobProgressTrigger(BaseTrigger):
                 str(exc) or "no answer in time",
             )
             return
-        if state not in KILLED_STATES:
+        if state in WAIT_GOES_ON_STATES:
             # A warning: this triggerer was late enough to be taken for dead (see the README, Running in production).
             self.log.warning(
                 "%s job %s: not cancelled: the task is %s, not killed; another triggerer took its wait over (Airflow "
@@ -405,12 +408,12 @@ class JobProgressTrigger(BaseTrigger):
         await self._cancel(hook, vendor, job, reason="the task was killed")
 
 
-#: what a deferred task instance is once a user killed it: marked failed, success or skipped, cleared (no state),
-#: a state its DAG run's "mark failed" also gives, or gone with its deleted DAG run (``TASK_INSTANCE_GONE``).
-#: Any other state means the wait went on elsewhere: still deferred (another triggerer took it over) or resumed
-#: on a worker (the wait ended there; the task reads the job again, a retry re-attaches to it).
+#: the task instance states in which a wait Airflow stopped through its user-kill path still has a use for the
+#: job: still deferred (another triggerer took the wait over), or up for retry (the wait ended on a worker with an
+#: error, and the retry re-attaches to the job). Any other state is a user's kill: marked failed, success or
+#: skipped, a deleted DAG run (``TASK_INSTANCE_GONE``), or a Clear (no state, then scheduled, queued, running).
 TASK_INSTANCE_GONE = "gone"
-KILLED_STATES = frozenset({"failed", "success", "skipped", "upstream_failed", "removed", None, TASK_INSTANCE_GONE})
+WAIT_GOES_ON_STATES = frozenset({"deferred", "up_for_retry"})
 
 
 async def task_instance_state(ti: Any) -> str | None:
