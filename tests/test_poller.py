@@ -294,3 +294,18 @@ async def test_a_verdict_from_a_slow_ended_listing_answers_the_wait_it_wakes(
     assert payload["status"] == "success"
     own = [c.path for c in emulator.calls if c.method == "GET" and c.job_id == ending]
     assert own == [], "its job read from the listings only, never on its own"
+
+
+async def test_a_busy_ol_connect_server_is_listed_in_one_call(emulator: VendorEmulator) -> None:
+    """getOperations lists every operation the server runs, watched or not (~150 bytes each): a server running
+    a thousand is 150 KB, past the 64 KiB bound of a per-job answer. Its bound is a listing's."""
+    emulator.set_default_scenario("olconnect", Scenario(duration=600))
+    hook = OLConnectHook("olconnect_default")
+    job_ids = [hook.submit({"datamining": {"identifier": "a.csv", "config": "dm"}}) for _ in range(1000)]
+    try:
+        listing = await hook.alist_running()
+    finally:
+        await hook.aclose()
+        await ASYNC_SESSIONS.aclose_all()
+    assert listing is not None
+    assert set(job_ids) <= set(listing.jobs)

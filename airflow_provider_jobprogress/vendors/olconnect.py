@@ -48,6 +48,11 @@ AUTH_MODES = ("token", "basic")
 _PERCENT = re.compile(r"[0-9]{1,3}(\.[0-9]+)?", re.ASCII)
 #: getResultTxt and getManagedResult list one line (a path, a File Store id) per output file: 10,000 of 1 KiB
 RESULT_LIST_ANSWER = answer_limit(10_000, per_item=1024)
+#: the most operations a getOperations listing may hold (it lists every operation the server runs, watched or
+#: not, ~150 bytes each): 20,000 is 3 MB, parsed on the triggerer's loop in ~30 ms. A server running more is not
+#: listed (the poller's listing fails, logged) and its waits read their own operations.
+LISTED_OPERATIONS = 20_000
+LIST_ANSWER = answer_limit(LISTED_OPERATIONS, per_item=512)
 
 
 class OLConnectApi(VendorApi):
@@ -215,7 +220,8 @@ class OLConnectApi(VendorApi):
         getProgress (``done``, or its error): see ``core.poller``. A server without the call (404, 405)
         cannot list; an entry we cannot read is left out, so its wait reads its own operation."""
         what = "list running operations"
-        response = yield from self.exchange(self._call("GET", f"{PRINT}/getOperations"), None, what=what)
+        request = self._call("GET", f"{PRINT}/getOperations", max_answer=LIST_ANSWER)
+        response = yield from self.exchange(request, None, what=what)
         if response.status in (404, 405, 501):
             return None
         if response.status >= 300:
