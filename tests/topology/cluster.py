@@ -48,6 +48,8 @@ BUNDLES = json.dumps(
     ]
 )
 S3_CONN = "aws_default"
+#: [triggerer] triggerer_health_check_threshold, Airflow's default (the checks read it too)
+HEALTH_CHECK_THRESHOLD = 30
 DEBIAN_PACKAGES = {"postgresql": "initdb", "redis-server": "redis-server"}
 
 
@@ -444,7 +446,7 @@ class Topology:
                 # Airflow's default, not the deployment tests' 10 s: a triggerer late by more than this loses its
                 # triggers while it runs, and Airflow 3.3.2 then runs their on_kill (apache/airflow#73454), which
                 # cancels the jobs of waits that own them; a loaded 2-core machine is late by 10 s at times
-                "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "30",
+                "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(HEALTH_CHECK_THRESHOLD),
                 # Airflow's advice for HA: well below capacity, so that both triggerers hold waits (with the default
                 # 50 the first to look takes every wait of a small burst)
                 "AIRFLOW__TRIGGERER__MAX_TRIGGER_TO_SELECT_PER_LOOP": "4",

@@ -22,7 +22,7 @@ from typing import Any
 
 from airflow_provider_jobprogress.testing.emulators import Call, Scenario
 from tests.deployment import wait_for
-from tests.topology.cluster import S3_CONN, Topology
+from tests.topology.cluster import HEALTH_CHECK_THRESHOLD, S3_CONN, Topology
 
 #: the shipped examples the scenario triggers: dag id -> (vendor, submit task, wait task, fetch task)
 EXAMPLES = {
@@ -32,6 +32,13 @@ EXAMPLES = {
     "example_itwin_reality_analysis_v2": ("itwin", "submit", "wait", "download_outputs"),
 }
 MAPPED = "topology_jobs"
+#: the DAGs whose fetches write into a folder, so each ends with a completion marker (the others write one file)
+FOLDER_FETCHES = {
+    "example_olconnect_print",
+    "example_itwin_reality_analysis",
+    "example_itwin_reality_analysis_v2",
+    MAPPED,
+}
 WATCHER_DAG = "example_itwin_job_finished_events"
 WATCHED_NAME = "Road signs nightly"
 VENDORS = ("olconnect", "scriptx", "itwin")
@@ -617,14 +624,15 @@ def check_user_kills(out: Outcome, tis: Any, jobs: dict[str, Any], calls: list[C
 
 def check_watcher(topo: Topology, out: Outcome) -> Check:
     """One asset event per watched job that succeeded. The watcher saves its watermark past an event only once
-    Airflow can be taken to have stored it ([triggerer] triggerer_health_check_threshold, 30 s here): a job whose
+    Airflow can be taken to have stored it ([triggerer] triggerer_health_check_threshold): a job whose
     first event came that long or less before its triggerer was killed may fire again on the other (at least
     once), any other job once."""
     finished = watched_succeeded(topo)
     fired = Counter(asset_event_jobs(topo))
     firsts = asset_event_firsts(topo)
     killed = out.watcher_killed_at
-    window = [j for j, n in fired.items() if n == 2 and killed is not None and killed - 35 <= firsts[j] <= killed]
+    since = None if killed is None else killed - HEALTH_CHECK_THRESHOLD - 5  # 5 s: Airflow's write after the yield
+    window = [j for j, n in fired.items() if n == 2 and since is not None and since <= firsts[j] <= (killed or 0)]
     twice = [j for j, n in fired.items() if n > 1 and j not in window]
     missing = finished - set(fired)
     extra = set(fired) - finished
@@ -646,9 +654,11 @@ def _check_marker(
     files: dict[str, int],
     listed_s3: set[str],
     listed_local: set[str],
+    folder_fetch: bool,
 ) -> list[str]:
     """A fetch into a folder writes its completion marker last: a manifest listing the files its XCom lists.
-    The marker is counted as listed (not a stray) only when it names exactly those files."""
+    The marker is counted as listed (not a stray) only when it names exactly those files; a folder fetch without
+    one is a problem."""
     s3_prefix, local_prefix = f"s3://{S3_CONN}@{topo.bucket}/", f"file://{topo.local_results}/"
     uris = [str(item["uri"]) for item in items]
     same_store = all(u.startswith(s3_prefix) for u in uris) or all(u.startswith(local_prefix) for u in uris)
@@ -666,7 +676,7 @@ def _check_marker(
             folder = candidate
             break
     if folder is None:
-        return []
+        return [f"no completion marker above {uris[0]}"] if folder_fetch else []
     key = f"{folder}/{MARKER}"
     if in_s3:
         body = topo.s3().get_object(Bucket=topo.bucket, Key=key)["Body"].read()
@@ -710,7 +720,7 @@ def check_results(topo: Topology, out: Outcome, returned: dict[TI, Any], jobs: d
             continue
         fetches += 1
         items = stored if isinstance(stored, list) else [stored]
-        problems += _check_marker(topo, items, objects, files, listed_s3, listed_local)
+        problems += _check_marker(topo, items, objects, files, listed_s3, listed_local, dag in FOLDER_FETCHES)
         for item in items:
             uri = str(item["uri"])
             if uri.startswith(f"s3://{S3_CONN}@{topo.bucket}/"):
