@@ -191,6 +191,11 @@ class ResultStore(ABC):
     def prepare(self) -> None:
         """Create the destination, prove it takes writes, and clear what a killed try of this fetch left."""
 
+    def check_name(self, name: str) -> None:
+        """Refuse (``ResultDestinationError``) a file name under a folder destination that this store can already
+        tell cannot take a file, so the refusal comes before a download opens; nothing to tell by default."""
+        return None
+
     def write(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
         """Stream ``chunks`` to a place no reader sees yet; the file as it will be once committed."""
         stored = self._stage(name, chunks, content_type=content_type, source=source)
@@ -284,11 +289,19 @@ class LocalStore(ResultStore):
         if self.target is not None and self.target.is_dir():
             raise self.refuse("is an existing folder; end the destination with / to write into it")
 
+    def check_name(self, name: str) -> None:
+        target = self.root / name
+        if target.is_dir():
+            raise self.refuse(f"{target} is an existing folder, where result file {name!r} belongs")
+        for folder in target.relative_to(self.root).parents:
+            if (self.root / folder).exists() and not (self.root / folder).is_dir():
+                raise self.refuse(f"{self.root / folder} is a file, where the folder of result file {name!r} belongs")
+
     def _stage(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
         target = self.target if name is None else self.root / name
         assert target is not None
-        if target.is_dir():
-            raise self.refuse(f"{target} is an existing folder, where result file {name!r} belongs")
+        if name is not None:
+            self.check_name(name)
         temp = self.staging / f"{len(self._staged)}.part"
         self._staged.append((temp, target))
         digest = _Digest()

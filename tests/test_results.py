@@ -182,6 +182,44 @@ def test_hostile_scriptx_job_identifier_is_refused_before_the_download_opens(
     assert stored[0]["sha256"] == emulator.result_sha256("scriptx", job_id)
 
 
+@pytest.mark.parametrize("offered", ["r" * 300 + ".pdf", "statement\t1.pdf"], ids=["long", "tab"])
+def test_an_unusable_offered_name_falls_back_to_the_job_id_and_keeps_the_one_time_pdf(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, offered: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # ScriptX names its one-time PDF in Content-Disposition, known only once the download is open: a name that
+    # cannot be used is a suggestion to drop (warned about), never a refusal after the PDF was collected.
+    job_id = finished_job(emulator, "scriptx", Scenario(steps=0, names=(offered,)))
+    stored = fetch("scriptx_default", job_id, f"file://{tmp_path}/dest/")
+    assert [s["name"] for s in stored] == [f"{job_id}.pdf"]
+    assert everything_under(tmp_path) == sorted(["dest", "dest/_SUCCESS", f"dest/{job_id}.pdf"])
+    assert (
+        stored[0]["sha256"] == sha256(tmp_path / "dest" / f"{job_id}.pdf") == emulator.result_sha256("scriptx", job_id)
+    )
+    assert stored[0]["source"] == offered, "XCom still says what the vendor called it"
+    warned = [line for line in capsys.readouterr().out.splitlines() if "cannot be used" in line]
+    assert len(warned) == 1, warned
+    assert "warn" in warned[0]
+    assert f"ScriptX.Services job {job_id}" in warned[0]
+
+
+def test_an_offered_name_taken_by_a_folder_falls_back_and_a_listed_one_is_refused_before_the_download(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path
+) -> None:
+    dest = tmp_path / "dest"
+    (dest / "a.pdf").mkdir(parents=True)  # a folder where the offered name would put the file
+    job_id = finished_job(emulator, "scriptx", Scenario(steps=0, names=("a.pdf",)))
+    stored = fetch("scriptx_default", job_id, f"file://{dest}/")
+    assert [s["name"] for s in stored] == [f"{job_id}.pdf"]
+    assert stored[0]["sha256"] == emulator.result_sha256("scriptx", job_id)
+    # A name the vendor lists before the download is no suggestion: a folder in its place refuses the fetch
+    # before any result byte is requested.
+    (dest / "out_1.pdf").mkdir()
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=100))
+    with pytest.raises(ResultDestinationError, match=r"out_1\.pdf is an existing folder"):
+        fetch("olconnect_default", job_id, f"file://{dest}/")
+    assert emulator.job("olconnect", job_id).downloads == (), "no result byte was requested"
+
+
 def test_hostile_olconnect_operation_id_cannot_name_a_file_outside(
     airflow_db: Path, emulator: VendorEmulator, tmp_path: Path
 ) -> None:
