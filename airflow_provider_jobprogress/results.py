@@ -30,12 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from airflow_provider_jobprogress.core.errors import ResultDestinationError
+from airflow_provider_jobprogress.core.errors import JobProgressError, ResultDestinationError
 
 LOCAL_SCHEMES = frozenset({"file", "local"})
 #: the extra of this package that brings a scheme's storage library
 EXTRAS = {"s3": "s3", "s3a": "s3", "s3n": "s3", "gs": "gcs", "gcs": "gcs"}
 _URI = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
+#: the user:password of a URL in an error's text (an endpoint URL written with credentials), never repeated
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']+@")
 #: S3 part size: small enough for flat memory, big enough for S3's 10,000-part limit up to 80 GB
 S3_PART_SIZE = 8 << 20
 #: the completion marker a folder result gets last (Spark's and Hadoop's name), holding the result's manifest
@@ -234,6 +236,18 @@ class ResultStore(ABC):
     def refuse(self, why: str) -> ResultDestinationError:
         return ResultDestinationError(self.vendor, self.job_id, f"destination {self.uri}: {why}")
 
+    @contextlib.contextmanager
+    def failing_as(self, what: str) -> Iterator[None]:
+        """Any error of the storage library in the block (botocore's and gcsfs's are no ``OSError``: a lost
+        connection, missing credentials, a refused parameter) as ``ResultDestinationError`` naming the job, the
+        vendor and the destination, the library's own error kept as its cause."""
+        try:
+            yield
+        except JobProgressError:
+            raise
+        except Exception as exc:
+            raise self.refuse(f"{what} failed ({_os_reason(exc)})") from exc
+
     def file_uri(self, name: str | None) -> str:
         return self.uri if name is None else f"{self.uri}/{name}"
 
@@ -422,12 +436,12 @@ class _ObjectStore(ResultStore):
             self.fs.rm_file(path)
         except FileNotFoundError:
             return
-        except (OSError, ValueError) as exc:
+        except Exception as exc:
             raise self.refuse(
                 f"the marker {path.rpartition('/')[2]} of the result there cannot be removed before the new "
                 f"result lands, so it would vouch for a mix ({_os_reason(exc)}); set success_marker=None to "
                 "write no marker"
-            ) from None
+            ) from exc
         self._old_marker = (path, kept)
 
     def _put_marker_back(self, changed: bool) -> None:
@@ -486,10 +500,8 @@ class S3Store(_ObjectStore):
         self._landed: list[_Landed] = []
 
     def _call(self, method: str, **kwargs: Any) -> Any:
-        try:
+        with self.failing_as(f"S3 {method}"):  # s3fs translates S3's answers, not botocore's own errors
             return self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
-        except (OSError, ValueError) as exc:  # s3fs translates S3 errors into OSError subclasses
-            raise self.refuse(f"S3 {method} failed ({_os_reason(exc)})") from None
 
     def prepare(self) -> None:
         self._clear_killed_try()
@@ -551,7 +563,8 @@ class S3Store(_ObjectStore):
             for chunk in chunks:
                 digest.update(chunk)
                 part_digest.update(chunk)
-                part.write(chunk)
+                with self.failing_as("spooling a part to a temporary file"):
+                    part.write(chunk)
                 if part_digest.size >= S3_PART_SIZE:  # parts need not be equal, only >= 5 MiB but the last
                     self._upload_part(upload, part, part_digest)
                     part_digest = _Digest()
@@ -650,10 +663,8 @@ class FsspecStore(_ObjectStore):
 
     def prepare(self) -> None:
         folder = self.path if self.folder else self.path.rsplit("/", 1)[0]
-        try:
+        with self.failing_as("creating it"):
             self.fs.makedirs(folder, exist_ok=True)
-        except (OSError, ValueError) as exc:
-            raise self.refuse(f"cannot be written ({_os_reason(exc)})") from None
         self._prove_uncommitted_files_unseen(f"{folder}/.jobprogress-{self.key}.probe")
 
     def _prove_uncommitted_files_unseen(self, probe: str) -> None:
@@ -667,7 +678,7 @@ class FsspecStore(_ObjectStore):
             shown = self.fs.exists(probe)
             sink.discard()
         except Exception as exc:  # TypeError: a filesystem that takes no autocommit at all
-            raise self.refuse(f"cannot be written through {kind} ({_os_reason(exc)})") from None
+            raise self.refuse(f"cannot be written through {kind} ({_os_reason(exc)})") from exc
         if shown:
             with contextlib.suppress(Exception):
                 self.fs.rm_file(probe)
@@ -679,15 +690,16 @@ class FsspecStore(_ObjectStore):
     def _stage(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
         path = self.path if name is None else f"{self.path}/{name}"
         digest = _Digest()
-        try:
+        # Only the store's own calls are wrapped: an error of the download (the chunks) stays the vendor's.
+        with self.failing_as(f"writing {path}"):
             sink = self.fs.open(path, "wb", autocommit=False)
-            self._pending.append((path, sink))
-            for chunk in chunks:
+        self._pending.append((path, sink))
+        for chunk in chunks:
+            with self.failing_as(f"writing {path}"):
                 sink.write(chunk)
-                digest.update(chunk)
+            digest.update(chunk)
+        with self.failing_as(f"writing {path}"):
             sink.close()
-        except (OSError, ValueError) as exc:
-            raise self.refuse(f"writing {path} failed ({_os_reason(exc)})") from None
         name = name or path.rsplit("/", 1)[-1]
         uri = self.file_uri(name if self.folder else None)
         return StoredFile(uri, name, source, digest.size, digest.sha.hexdigest(), content_type)
@@ -699,12 +711,13 @@ class FsspecStore(_ObjectStore):
             while self._pending:
                 path, sink = self._pending[0]
                 created = self._was_free(path)
-                sink.commit()
+                with self.failing_as("committing the results"):
+                    sink.commit()
                 self._landed.append((path, created))
                 self._pending.pop(0)
-        except (OSError, ValueError) as exc:
+        except ResultDestinationError:
             self.abort()
-            raise self.refuse(f"committing the results failed ({_os_reason(exc)})") from None
+            raise
 
     def abort(self) -> None:
         changed = False
@@ -739,8 +752,8 @@ def open_store(spec: DestinationSpec, vendor: str, job_id: str, *, several: bool
         folder = spec.folder or several or bool(fs.isdir(inner))
     except Exception as exc:  # connection lookups, credentials, the filesystem's own import errors
         raise ResultDestinationError(
-            vendor, job_id, f"destination {spec.uri} cannot be opened ({type(exc).__name__}: {exc})"
-        ) from None
+            vendor, job_id, f"destination {spec.uri} cannot be opened ({_os_reason(exc)})"
+        ) from exc
     uri = str(path).rstrip("/")
     if type(fs).__name__ == "S3FileSystem":
         return S3Store(vendor, job_id, uri, fs, inner, folder=folder)
@@ -748,5 +761,8 @@ def open_store(spec: DestinationSpec, vendor: str, job_id: str, *, several: bool
 
 
 def _os_reason(exc: BaseException) -> str:
+    """What went wrong, for a message: the error's type and text, with any user:password of a URL in it
+    (an endpoint URL written with credentials) blanked out."""
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    reason = _URL_CREDENTIALS.sub(r"\1***@", reason)
     return f"{type(exc).__name__}: {reason}"
