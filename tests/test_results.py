@@ -661,3 +661,56 @@ def test_a_filesystem_that_keeps_uncommitted_files_unseen_is_taken(tmp_path: Pat
     with landing(store):
         store.write("a.bin", [b"a"], content_type="application/octet-stream", source=None)
     assert everything_under(tmp_path) == ["out", "out/_SUCCESS", "out/a.bin"], "no probe left"
+
+
+KILLED_COMMIT = """
+import errno, os, signal, sys
+from pathlib import Path
+from airflow_provider_jobprogress import results
+
+dest, kill_at, links = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "links"
+real_replace = os.replace
+
+def replace(src, dst):
+    real_replace(src, dst)
+    if str(src).endswith(".part") and Path(dst).name == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind runs
+
+def no_link(src, dst, **_):
+    raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+results.os.replace = replace
+if not links:
+    results.os.link = no_link
+store = results.LocalStore("v", "job-1", f"file://{dest}", dest, folder=True)
+with results.landing(store):
+    for name in ("a.txt", "c.txt", "b.txt"):  # c.txt takes a free name
+        store.write(name, [f"new-{name}".encode()], content_type="text/plain", source=None)
+"""
+
+
+@pytest.mark.parametrize("links", ["links", "no-links"])
+@pytest.mark.parametrize("kill_at", ["c.txt", "_SUCCESS"], ids=["mid-commit", "commit-through"])
+def test_a_commit_killed_midway_then_a_failed_retry_leaves_the_folder_as_it_was(
+    tmp_path: Path, links: str, kill_at: str
+) -> None:
+    from airflow_provider_jobprogress.results import LocalStore, landing
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    before = {"a.txt": "old-a", "b.txt": "old-b", "_SUCCESS": '{"files": ["a.txt", "b.txt"]}'}
+    for name, text in before.items():
+        (dest / name).write_text(text)
+    killed = subprocess.run([sys.executable, "-c", KILLED_COMMIT, str(dest), kill_at, links], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    # The retry: the one-time result was collected by the killed try, so its download fails (404).
+    store = LocalStore("v", "job-1", f"file://{dest}", dest, folder=True)
+    with pytest.raises(RuntimeError), landing(store):
+        raise RuntimeError("the result is gone")
+    left = {p.name: p.read_text() for p in dest.iterdir()}
+    if kill_at == "_SUCCESS":  # the killed try's commit was through: its result stays, whole
+        assert sorted(left) == ["_SUCCESS", "a.txt", "b.txt", "c.txt"]
+        assert [left[n] for n in ("a.txt", "b.txt", "c.txt")] == ["new-a.txt", "new-b.txt", "new-c.txt"]
+        assert [f["name"] for f in json.loads(left["_SUCCESS"])["files"]] == ["a.txt", "c.txt", "b.txt"]
+    else:
+        assert left == before
