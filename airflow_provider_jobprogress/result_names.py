@@ -81,17 +81,22 @@ class NameBook:
 
     def claim(self, name: str) -> str:
         """A name for ``name`` (already ``contained``) that no earlier claim has; deterministic in claim order."""
+        claimed = self.name_for(name)
+        parts = claimed.split("/")
+        for i in range(1, len(parts)):
+            self._folders.add("/".join(parts[:i]).casefold())
+        self._files.add(claimed.casefold())
+        return claimed
+
+    def name_for(self, name: str) -> str:
+        """The name ``claim`` would hand out for ``name``, without claiming it."""
         parts = name.split("/")
         for i, original in enumerate(parts):
             last, n = i == len(parts) - 1, 1
             while self._blocked("/".join(parts[: i + 1]).casefold(), last):
                 n += 1
                 parts[i] = _numbered(original, n)
-        for i in range(1, len(parts)):
-            self._folders.add("/".join(parts[:i]).casefold())
-        claimed = "/".join(parts)
-        self._files.add(claimed.casefold())
-        return claimed
+        return "/".join(parts)
 
     def _blocked(self, key: str, last: bool) -> bool:
         return key in self._files or (last and key in self._folders)

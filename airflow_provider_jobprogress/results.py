@@ -30,12 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from airflow_provider_jobprogress.core.errors import ResultDestinationError
+from airflow_provider_jobprogress.core.errors import JobProgressError, ResultDestinationError
 
 LOCAL_SCHEMES = frozenset({"file", "local"})
 #: the extra of this package that brings a scheme's storage library
 EXTRAS = {"s3": "s3", "s3a": "s3", "s3n": "s3", "gs": "gcs", "gcs": "gcs"}
 _URI = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
+#: the user:password of a URL in an error's text (an endpoint URL written with credentials), never repeated
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']+@")
 #: S3 part size: small enough for flat memory, big enough for S3's 10,000-part limit up to 80 GB
 S3_PART_SIZE = 8 << 20
 #: the completion marker a folder result gets last (Spark's and Hadoop's name), holding the result's manifest
@@ -191,6 +193,11 @@ class ResultStore(ABC):
     def prepare(self) -> None:
         """Create the destination, prove it takes writes, and clear what a killed try of this fetch left."""
 
+    def check_name(self, name: str) -> None:
+        """Refuse (``ResultDestinationError``) a file name under a folder destination that this store can already
+        tell cannot take a file, so the refusal comes before a download opens; nothing to tell by default."""
+        return None
+
     def write(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
         """Stream ``chunks`` to a place no reader sees yet; the file as it will be once committed."""
         stored = self._stage(name, chunks, content_type=content_type, source=source)
@@ -228,6 +235,18 @@ class ResultStore(ABC):
 
     def refuse(self, why: str) -> ResultDestinationError:
         return ResultDestinationError(self.vendor, self.job_id, f"destination {self.uri}: {why}")
+
+    @contextlib.contextmanager
+    def failing_as(self, what: str) -> Iterator[None]:
+        """Any error of the storage library in the block (botocore's and gcsfs's are no ``OSError``: a lost
+        connection, missing credentials, a refused parameter) as ``ResultDestinationError`` naming the job, the
+        vendor and the destination, the library's own error kept as its cause."""
+        try:
+            yield
+        except JobProgressError:
+            raise
+        except Exception as exc:
+            raise self.refuse(f"{what} failed ({_os_reason(exc)})") from exc
 
     def file_uri(self, name: str | None) -> str:
         return self.uri if name is None else f"{self.uri}/{name}"
@@ -276,7 +295,7 @@ class LocalStore(ResultStore):
         try:
             self._make_folders(self.root)
             if self.staging.exists():  # a killed try of this very fetch left it
-                self._put_back_what_a_killed_try_moved_aside()
+                self._undo_what_a_killed_try_began_to_show()
                 shutil.rmtree(self.staging)
             self.staging.mkdir()  # proves we may create files in the destination folder
         except OSError as exc:
@@ -284,11 +303,19 @@ class LocalStore(ResultStore):
         if self.target is not None and self.target.is_dir():
             raise self.refuse("is an existing folder; end the destination with / to write into it")
 
+    def check_name(self, name: str) -> None:
+        target = self.root / name
+        if target.is_dir():
+            raise self.refuse(f"{target} is an existing folder, where result file {name!r} belongs")
+        for folder in target.relative_to(self.root).parents:
+            if (self.root / folder).exists() and not (self.root / folder).is_dir():
+                raise self.refuse(f"{self.root / folder} is a file, where the folder of result file {name!r} belongs")
+
     def _stage(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
         target = self.target if name is None else self.root / name
         assert target is not None
-        if target.is_dir():
-            raise self.refuse(f"{target} is an existing folder, where result file {name!r} belongs")
+        if name is not None:
+            self.check_name(name)
         temp = self.staging / f"{len(self._staged)}.part"
         self._staged.append((temp, target))
         digest = _Digest()
@@ -310,10 +337,12 @@ class LocalStore(ResultStore):
                 # The old marker must not vouch for a folder being changed: it goes first, and comes back
                 # with the files it describes if a rename fails.
                 aside = self.staging / "marker.previous"
+                self._write_place(aside, self.root / marker.name)
                 os.replace(self.root / marker.name, aside)
                 self._committed.append((self.root / marker.name, aside))
             for index, (temp, target) in enumerate(self._staged):
                 self._make_folders(target.parent)
+                self._write_place(temp, target)
                 backup = None
                 if target.exists():
                     backup = self.staging / f"{index}.previous"
@@ -336,17 +365,29 @@ class LocalStore(ResultStore):
         except OSError as exc:
             if exc.errno not in NO_HARD_LINKS:
                 raise
-        # Renamed aside, the old file is for a moment only in the staging folder: its place is written down
-        # first, so that the retry of a try killed in that moment puts it back.
-        backup.with_suffix(".place").write_text(target.relative_to(self.root).as_posix(), encoding="utf-8")
+        # Renamed aside, the old file is for a moment only in the staging folder; its place was written down
+        # first (``_write_place``), so the retry of a try killed in that moment puts it back.
         os.replace(target, backup)
 
-    def _put_back_what_a_killed_try_moved_aside(self) -> None:
-        """Files a killed try renamed aside and did not replace yet go back to their place (never over a file)."""
+    def _write_place(self, staged: Path, target: Path) -> None:
+        """Write down, before a file of the commit (``{i}.part``) or the old marker (``marker.previous``) moves,
+        where it goes: a try killed midway leaves the retry what it needs to undo the commit (SIGKILL runs no
+        ``abort``). Beside it, ``{i}.previous`` keeps the file the move replaces."""
+        staged.with_suffix(".place").write_text(target.relative_to(self.root).as_posix(), encoding="utf-8")
+
+    def _undo_what_a_killed_try_began_to_show(self) -> None:
+        """What ``abort`` would have done for a try killed while it showed its files, so that a retry which
+        fails too leaves the folder as it was before that try: each file it replaced and the old marker go back
+        (over the new file), each file it added at a free name goes. A commit that was through (every
+        ``.part`` moved, the new marker last) stays: it is a whole result."""
+        if not any(self.staging.glob("*.part")):
+            return
         for place in self.staging.glob("*.place"):
-            backup, target = place.with_suffix(".previous"), self.root / place.read_text(encoding="utf-8")
-            if backup.exists() and not os.path.lexists(target):
-                os.replace(backup, target)
+            target, backup = self.root / place.read_text(encoding="utf-8"), place.with_suffix(".previous")
+            if backup.exists():
+                os.replace(backup, target)  # a hard link to the file still there: rename(2) leaves both as they are
+            elif place.stem != "marker" and not place.with_suffix(".part").exists():
+                target.unlink(missing_ok=True)  # moved in at a free name
 
     def abort(self) -> None:
         for target, backup in reversed(self._committed):
@@ -409,12 +450,12 @@ class _ObjectStore(ResultStore):
             self.fs.rm_file(path)
         except FileNotFoundError:
             return
-        except (OSError, ValueError) as exc:
+        except Exception as exc:
             raise self.refuse(
                 f"the marker {path.rpartition('/')[2]} of the result there cannot be removed before the new "
                 f"result lands, so it would vouch for a mix ({_os_reason(exc)}); set success_marker=None to "
                 "write no marker"
-            ) from None
+            ) from exc
         self._old_marker = (path, kept)
 
     def _put_marker_back(self, changed: bool) -> None:
@@ -473,10 +514,8 @@ class S3Store(_ObjectStore):
         self._landed: list[_Landed] = []
 
     def _call(self, method: str, **kwargs: Any) -> Any:
-        try:
+        with self.failing_as(f"S3 {method}"):  # s3fs translates S3's answers, not botocore's own errors
             return self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
-        except (OSError, ValueError) as exc:  # s3fs translates S3 errors into OSError subclasses
-            raise self.refuse(f"S3 {method} failed ({_os_reason(exc)})") from None
 
     def prepare(self) -> None:
         self._clear_killed_try()
@@ -538,7 +577,8 @@ class S3Store(_ObjectStore):
             for chunk in chunks:
                 digest.update(chunk)
                 part_digest.update(chunk)
-                part.write(chunk)
+                with self.failing_as("spooling a part to a temporary file"):
+                    part.write(chunk)
                 if part_digest.size >= S3_PART_SIZE:  # parts need not be equal, only >= 5 MiB but the last
                     self._upload_part(upload, part, part_digest)
                     part_digest = _Digest()
@@ -637,10 +677,8 @@ class FsspecStore(_ObjectStore):
 
     def prepare(self) -> None:
         folder = self.path if self.folder else self.path.rsplit("/", 1)[0]
-        try:
+        with self.failing_as("creating it"):
             self.fs.makedirs(folder, exist_ok=True)
-        except (OSError, ValueError) as exc:
-            raise self.refuse(f"cannot be written ({_os_reason(exc)})") from None
         self._prove_uncommitted_files_unseen(f"{folder}/.jobprogress-{self.key}.probe")
 
     def _prove_uncommitted_files_unseen(self, probe: str) -> None:
@@ -654,7 +692,7 @@ class FsspecStore(_ObjectStore):
             shown = self.fs.exists(probe)
             sink.discard()
         except Exception as exc:  # TypeError: a filesystem that takes no autocommit at all
-            raise self.refuse(f"cannot be written through {kind} ({_os_reason(exc)})") from None
+            raise self.refuse(f"cannot be written through {kind} ({_os_reason(exc)})") from exc
         if shown:
             with contextlib.suppress(Exception):
                 self.fs.rm_file(probe)
@@ -666,15 +704,16 @@ class FsspecStore(_ObjectStore):
     def _stage(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
         path = self.path if name is None else f"{self.path}/{name}"
         digest = _Digest()
-        try:
+        # Only the store's own calls are wrapped: an error of the download (the chunks) stays the vendor's.
+        with self.failing_as(f"writing {path}"):
             sink = self.fs.open(path, "wb", autocommit=False)
-            self._pending.append((path, sink))
-            for chunk in chunks:
+        self._pending.append((path, sink))
+        for chunk in chunks:
+            with self.failing_as(f"writing {path}"):
                 sink.write(chunk)
-                digest.update(chunk)
+            digest.update(chunk)
+        with self.failing_as(f"writing {path}"):
             sink.close()
-        except (OSError, ValueError) as exc:
-            raise self.refuse(f"writing {path} failed ({_os_reason(exc)})") from None
         name = name or path.rsplit("/", 1)[-1]
         uri = self.file_uri(name if self.folder else None)
         return StoredFile(uri, name, source, digest.size, digest.sha.hexdigest(), content_type)
@@ -686,12 +725,13 @@ class FsspecStore(_ObjectStore):
             while self._pending:
                 path, sink = self._pending[0]
                 created = self._was_free(path)
-                sink.commit()
+                with self.failing_as("committing the results"):
+                    sink.commit()
                 self._landed.append((path, created))
                 self._pending.pop(0)
-        except (OSError, ValueError) as exc:
+        except ResultDestinationError:
             self.abort()
-            raise self.refuse(f"committing the results failed ({_os_reason(exc)})") from None
+            raise
 
     def abort(self) -> None:
         changed = False
@@ -726,8 +766,8 @@ def open_store(spec: DestinationSpec, vendor: str, job_id: str, *, several: bool
         folder = spec.folder or several or bool(fs.isdir(inner))
     except Exception as exc:  # connection lookups, credentials, the filesystem's own import errors
         raise ResultDestinationError(
-            vendor, job_id, f"destination {spec.uri} cannot be opened ({type(exc).__name__}: {exc})"
-        ) from None
+            vendor, job_id, f"destination {spec.uri} cannot be opened ({_os_reason(exc)})"
+        ) from exc
     uri = str(path).rstrip("/")
     if type(fs).__name__ == "S3FileSystem":
         return S3Store(vendor, job_id, uri, fs, inner, folder=folder)
@@ -735,5 +775,8 @@ def open_store(spec: DestinationSpec, vendor: str, job_id: str, *, several: bool
 
 
 def _os_reason(exc: BaseException) -> str:
+    """What went wrong, for a message: the error's type and text, with any user:password of a URL in it
+    (an endpoint URL written with credentials) blanked out."""
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    reason = _URL_CREDENTIALS.sub(r"\1***@", reason)
     return f"{type(exc).__name__}: {reason}"

@@ -464,3 +464,126 @@ def test_objects_on_s3_are_named_by_bucket_and_key_without_the_connection_id(
     ]
     assert len(lineage.outputs) == len(stored) == 2
     assert CONN_ID not in repr([(d.namespace, d.name) for d in lineage.outputs])
+
+
+# -- every store error is typed, names the job, the vendor and the destination, and keeps its cause -------
+
+
+def test_an_unreachable_s3_endpoint_is_a_typed_error_and_the_one_time_pdf_stays(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from botocore.exceptions import EndpointConnectionError
+
+    from airflow_provider_jobprogress.core.errors import ResultDestinationError
+
+    with socket.socket() as closed:  # a port nobody listens on once this socket is closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    secret = "s3cr3t-of-the-dead-endpoint"
+    connection = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": secret,
+        "extra": {
+            "endpoint_url": f"http://127.0.0.1:{port}",
+            "region_name": "us-east-1",
+            "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+        },
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_DEAD_S3", json.dumps(connection))
+    job_id = finished_job(emulator, "scriptx", Scenario(steps=0))
+    with pytest.raises(ResultDestinationError) as caught:
+        fetch("scriptx_default", job_id, "s3://dead_s3@results/prints/")
+    message = str(caught.value)
+    assert message.startswith(f"ScriptX.Services job {job_id}: destination s3://dead_s3@results/prints")
+    assert "EndpointConnectionError" in message
+    assert secret not in message
+    assert isinstance(caught.value.__cause__, EndpointConnectionError)
+    assert emulator.count("GET", "/printPdf/download/") == 0, "refused before the one-time PDF was touched"
+    [stored] = fetch("scriptx_default", job_id, f"file://{tmp_path}/a.pdf")
+    assert stored["sha256"] == emulator.result_sha256("scriptx", job_id)
+
+
+def botocore_errors() -> list[Any]:
+    from botocore.exceptions import (
+        ConnectionClosedError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ParamValidationError,
+    )
+
+    return [
+        ("list_multipart_uploads", EndpointConnectionError(endpoint_url="http://key:hidden@s3.example/b")),
+        ("create_multipart_upload", NoCredentialsError()),
+        ("upload_part", ConnectionClosedError(endpoint_url="http://s3.example/b")),
+        ("complete_multipart_upload", ParamValidationError(report="Invalid type for parameter MultipartUpload")),
+    ]
+
+
+@pytest.mark.parametrize(("method", "error"), botocore_errors(), ids=lambda v: v if isinstance(v, str) else "")
+def test_an_s3_error_at_any_step_is_typed_and_the_fetch_is_undone(
+    s3: Any, monkeypatch: pytest.MonkeyPatch, method: str, error: Exception
+) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_jobprogress.core.errors import ResultDestinationError
+    from airflow_provider_jobprogress.results import S3Store, landing
+
+    path = ObjectStoragePath(f"s3://{CONN_ID}@{s3.bucket}/run/")
+    fs = path.fs
+    real_call = fs.call_s3
+    calls: list[str] = []
+
+    def failing(name: str, **kwargs: Any) -> Any:
+        calls.append(name)
+        # the first create_multipart_upload is the probe's; fail the first file's own
+        if name == method and (name != "create_multipart_upload" or calls.count(name) == 2):
+            raise error
+        return real_call(name, **kwargs)
+
+    monkeypatch.setattr(fs, "call_s3", failing)
+    store = S3Store("iTwin", "job-1", str(path), fs, path.path, folder=True)
+    with pytest.raises(ResultDestinationError) as caught, landing(store):
+        store.write("a.bin", [b"a" * 100], content_type="application/octet-stream", source=None)
+    message = str(caught.value)
+    assert message.startswith(f"iTwin job job-1: destination s3://{CONN_ID}@{s3.bucket}/run: S3 {method} failed")
+    assert type(error).__name__ in message
+    assert "hidden" not in message, "no credentials from an endpoint URL"
+    assert caught.value.__cause__ is error
+    assert objects(s3) == {}
+    assert unfinished_uploads(s3) == [], "the fetch was undone"
+
+
+@pytest.mark.parametrize("where", ["makedirs", "commit"])
+def test_an_fsspec_store_error_is_typed(s3: Any, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    from airflow.sdk import ObjectStoragePath
+    from botocore.exceptions import NoCredentialsError
+
+    from airflow_provider_jobprogress.core.errors import ResultDestinationError
+    from airflow_provider_jobprogress.results import FsspecStore, landing
+
+    error = NoCredentialsError()
+
+    def refused(*_: Any, **__: Any) -> None:
+        raise error
+
+    path = ObjectStoragePath(f"s3://{CONN_ID}@{s3.bucket}/generic/")
+    store = FsspecStore("iTwin", "job-1", str(path), path.fs, path.path, folder=True)
+    if where == "makedirs":
+        monkeypatch.setattr(path.fs, "makedirs", refused)
+
+    def land() -> None:
+        with landing(store):
+            store.write("a.bin", [b"a"], content_type="application/octet-stream", source=None)
+            if where == "commit":
+                monkeypatch.setattr(store._pending[0][1], "commit", refused)
+
+    with pytest.raises(
+        ResultDestinationError, match=r"^iTwin job job-1: destination s3://.*NoCredentialsError"
+    ) as caught:
+        land()
+    assert caught.value.__cause__ is error
+    assert objects(s3) == {}
+    assert unfinished_uploads(s3) == []

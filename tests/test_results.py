@@ -182,6 +182,44 @@ def test_hostile_scriptx_job_identifier_is_refused_before_the_download_opens(
     assert stored[0]["sha256"] == emulator.result_sha256("scriptx", job_id)
 
 
+@pytest.mark.parametrize("offered", ["r" * 300 + ".pdf", "statement\t1.pdf"], ids=["long", "tab"])
+def test_an_unusable_offered_name_falls_back_to_the_job_id_and_keeps_the_one_time_pdf(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, offered: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # ScriptX names its one-time PDF in Content-Disposition, known only once the download is open: a name that
+    # cannot be used is a suggestion to drop (warned about), never a refusal after the PDF was collected.
+    job_id = finished_job(emulator, "scriptx", Scenario(steps=0, names=(offered,)))
+    stored = fetch("scriptx_default", job_id, f"file://{tmp_path}/dest/")
+    assert [s["name"] for s in stored] == [f"{job_id}.pdf"]
+    assert everything_under(tmp_path) == sorted(["dest", "dest/_SUCCESS", f"dest/{job_id}.pdf"])
+    assert (
+        stored[0]["sha256"] == sha256(tmp_path / "dest" / f"{job_id}.pdf") == emulator.result_sha256("scriptx", job_id)
+    )
+    assert stored[0]["source"] == offered, "XCom still says what the vendor called it"
+    warned = [line for line in capsys.readouterr().out.splitlines() if "cannot be used" in line]
+    assert len(warned) == 1, warned
+    assert "warn" in warned[0]
+    assert f"ScriptX.Services job {job_id}" in warned[0]
+
+
+def test_an_offered_name_taken_by_a_folder_falls_back_and_a_listed_one_is_refused_before_the_download(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path
+) -> None:
+    dest = tmp_path / "dest"
+    (dest / "a.pdf").mkdir(parents=True)  # a folder where the offered name would put the file
+    job_id = finished_job(emulator, "scriptx", Scenario(steps=0, names=("a.pdf",)))
+    stored = fetch("scriptx_default", job_id, f"file://{dest}/")
+    assert [s["name"] for s in stored] == [f"{job_id}.pdf"]
+    assert stored[0]["sha256"] == emulator.result_sha256("scriptx", job_id)
+    # A name the vendor lists before the download is no suggestion: a folder in its place refuses the fetch
+    # before any result byte is requested.
+    (dest / "out_1.pdf").mkdir()
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0, outputs=2, result_size=100))
+    with pytest.raises(ResultDestinationError, match=r"out_1\.pdf is an existing folder"):
+        fetch("olconnect_default", job_id, f"file://{dest}/")
+    assert emulator.job("olconnect", job_id).downloads == (), "no result byte was requested"
+
+
 def test_hostile_olconnect_operation_id_cannot_name_a_file_outside(
     airflow_db: Path, emulator: VendorEmulator, tmp_path: Path
 ) -> None:
@@ -623,3 +661,56 @@ def test_a_filesystem_that_keeps_uncommitted_files_unseen_is_taken(tmp_path: Pat
     with landing(store):
         store.write("a.bin", [b"a"], content_type="application/octet-stream", source=None)
     assert everything_under(tmp_path) == ["out", "out/_SUCCESS", "out/a.bin"], "no probe left"
+
+
+KILLED_COMMIT = """
+import errno, os, signal, sys
+from pathlib import Path
+from airflow_provider_jobprogress import results
+
+dest, kill_at, links = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "links"
+real_replace = os.replace
+
+def replace(src, dst):
+    real_replace(src, dst)
+    if str(src).endswith(".part") and Path(dst).name == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind runs
+
+def no_link(src, dst, **_):
+    raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+results.os.replace = replace
+if not links:
+    results.os.link = no_link
+store = results.LocalStore("v", "job-1", f"file://{dest}", dest, folder=True)
+with results.landing(store):
+    for name in ("a.txt", "c.txt", "b.txt"):  # c.txt takes a free name
+        store.write(name, [f"new-{name}".encode()], content_type="text/plain", source=None)
+"""
+
+
+@pytest.mark.parametrize("links", ["links", "no-links"])
+@pytest.mark.parametrize("kill_at", ["c.txt", "_SUCCESS"], ids=["mid-commit", "commit-through"])
+def test_a_commit_killed_midway_then_a_failed_retry_leaves_the_folder_as_it_was(
+    tmp_path: Path, links: str, kill_at: str
+) -> None:
+    from airflow_provider_jobprogress.results import LocalStore, landing
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    before = {"a.txt": "old-a", "b.txt": "old-b", "_SUCCESS": '{"files": ["a.txt", "b.txt"]}'}
+    for name, text in before.items():
+        (dest / name).write_text(text)
+    killed = subprocess.run([sys.executable, "-c", KILLED_COMMIT, str(dest), kill_at, links], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    # The retry: the one-time result was collected by the killed try, so its download fails (404).
+    store = LocalStore("v", "job-1", f"file://{dest}", dest, folder=True)
+    with pytest.raises(RuntimeError), landing(store):
+        raise RuntimeError("the result is gone")
+    left = {p.name: p.read_text() for p in dest.iterdir()}
+    if kill_at == "_SUCCESS":  # the killed try's commit was through: its result stays, whole
+        assert sorted(left) == ["_SUCCESS", "a.txt", "b.txt", "c.txt"]
+        assert [left[n] for n in ("a.txt", "b.txt", "c.txt")] == ["new-a.txt", "new-b.txt", "new-c.txt"]
+        assert [f["name"] for f in json.loads(left["_SUCCESS"])["files"]] == ["a.txt", "c.txt", "b.txt"]
+    else:
+        assert left == before

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator, ObjectStoragePath
 
-from airflow_provider_jobprogress.core.errors import ConfigurationError, ResultNotForXComError, ResultNotReadyError
+from airflow_provider_jobprogress.core.errors import (
+    ConfigurationError,
+    ResultDestinationError,
+    ResultNotForXComError,
+    ResultNotReadyError,
+    UnsafeResultNameError,
+)
 from airflow_provider_jobprogress.core.model import JobState
 from airflow_provider_jobprogress.core.policies import RequestRetry
 from airflow_provider_jobprogress.core.protocol import ResultPart
@@ -212,12 +218,44 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         return [{**item.to_dict(), "metadata": dict(part.metadata)} for item, part in zip(stored, parts, strict=True)]
 
     def _vendor_name(self, store: ResultStore, job_id: str, part: ResultPart) -> str | None:
+        """A listed name, checked; None for a file the download will name (its job-id fallback checked now)."""
         if not store.folder:
             return None
-        if part.name is None:
-            contained(self.hook.vendor(), job_id, f"{job_id}.bin")
-            return None
-        return contained(self.hook.vendor(), job_id, part.name)
+        name = contained(self.hook.vendor(), job_id, part.name if part.name is not None else f"{job_id}.bin")
+        store.check_name(name)
+        return name if part.name is not None else None
+
+    def _offered_name(
+        self, store: ResultStore, book: NameBook, job_id: str, offered: str | None, content_type: str, head: bytes
+    ) -> str:
+        """The name of a file the vendor named only in its download (ScriptX's Content-Disposition), claimed.
+
+        The download is open by now and may be the vendor's only one, so a refusal here would cost it: an
+        offered name that cannot be used is only a suggestion, and the job id names the file instead
+        (``{job_id}.bin`` was checked before the download opened, so only a race can refuse it)."""
+        vendor = self.hook.vendor()
+        last = f"{job_id}.bin"
+        candidates = [name for name in (offered, f"{job_id}{extension(content_type, head)}") if name] + [last]
+        refused: list[str] = []
+        for candidate in candidates:
+            try:
+                name = contained(vendor, job_id, book.name_for(contained(vendor, job_id, candidate)))
+                store.check_name(name)
+            except (UnsafeResultNameError, ResultDestinationError) as exc:
+                if candidate is last:
+                    raise
+                refused.append(exc.detail.removesuffix("; nothing was written"))
+                continue
+            if refused:
+                self.log.warning(
+                    "%s job %s: the name the vendor offered cannot be used, the result is named %r instead: %s",
+                    vendor,
+                    job_id,
+                    name,
+                    "; ".join(refused),
+                )
+            return book.claim(name)
+        raise AssertionError("unreachable: the last candidate returns or raises")
 
     def _land(self, store: ResultStore, book: NameBook, job_id: str, part: ResultPart, name: str | None) -> StoredFile:
         vendor = self.hook.vendor()
@@ -229,9 +267,13 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
             offered = disposition_name(answer.headers.get("content-disposition"))
             chunks = answer.chunks(self.chunk_size)
             head = next(chunks, b"")
-            if store.folder and name is None:
-                name = contained(vendor, job_id, offered or f"{job_id}{extension(answer.content_type, head)}")
-            final = book.claim(name) if store.folder and name is not None else None
+            final = None
+            if store.folder:
+                final = (
+                    book.claim(name)
+                    if name is not None
+                    else self._offered_name(store, book, job_id, offered, answer.content_type, head)
+                )
             return store.write(
                 final,
                 itertools.chain([head], chunks),
