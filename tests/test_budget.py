@@ -128,3 +128,38 @@ def test_registry_one_budget_per_connection_following_edits() -> None:
 def test_a_budget_must_be_positive(per_minute: float) -> None:
     with pytest.raises(ValueError, match="positive"):
         RequestBudget("c", per_minute)
+
+
+#: counts of calls left no vendor sends: hundreds of digits (float() overflows), past Python's int-parsing limit,
+#: signed, non-ASCII digits, a fraction
+ABSURD_COUNTS = ["9" * 400, "9" * 5000, "-3", "+7", "١٢", "1.5", "1e9", ""]
+
+
+@pytest.mark.parametrize("value", ABSURD_COUNTS)
+def test_an_absurd_count_of_calls_left_is_ignored_not_raised(value: str) -> None:
+    """A proxy or a broken vendor sends an ``iTwinPlatform-RateLimit-RemainingCalls`` no client has left: the
+    answer still counts as a call, the header says nothing (before: OverflowError, ValueError out of the
+    transport, on a worker and in the triggerer, where the listing's error reached every wait)."""
+    from airflow_provider_jobprogress.core.session import spend
+    from airflow_provider_jobprogress.vendors.itwin import REMAINING_CALLS, ITwinApi
+
+    api = ITwinApi(client_id="c", client_secret="s")
+    assert api.calls_remaining({REMAINING_CALLS: value}) is None
+    clock = Clock()
+    budget = RequestBudget("itwin_default", 600, clock=clock)
+    spend(budget, api, 200, {REMAINING_CALLS: value})
+    assert [budget.reserve() for _ in range(50)] == [0.0] * 50, "the bucket untouched"
+
+
+def test_a_plausible_count_of_calls_left_is_read() -> None:
+    from airflow_provider_jobprogress.vendors.itwin import REMAINING_CALLS, ITwinApi
+
+    api = ITwinApi(client_id="c", client_secret="s")
+    assert api.calls_remaining({REMAINING_CALLS: " 42 "}) == 42
+    assert api.calls_remaining({REMAINING_CALLS: "0"}) == 0
+
+
+def test_a_huge_count_given_to_the_budget_caps_nothing() -> None:
+    budget = RequestBudget("c", 600, clock=Clock())
+    budget.observe_remaining(10**400)
+    assert [budget.reserve() for _ in range(50)] == [0.0] * 50

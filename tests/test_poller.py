@@ -11,14 +11,15 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
 
 from airflow_provider_jobprogress.core import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.budget import BUDGETS
-from airflow_provider_jobprogress.core.poller import LIST_MIN_WAITS, POLLERS
+from airflow_provider_jobprogress.core.model import JobProgress, JobState, Listing
+from airflow_provider_jobprogress.core.poller import LIST_MIN_WAITS, POLLERS, JobPoller
 from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
 from airflow_provider_jobprogress.hooks.itwin import ITwinHook
 from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
@@ -294,3 +295,100 @@ async def test_a_verdict_from_a_slow_ended_listing_answers_the_wait_it_wakes(
     assert payload["status"] == "success"
     own = [c.path for c in emulator.calls if c.method == "GET" and c.job_id == ending]
     assert own == [], "its job read from the listings only, never on its own"
+
+
+async def test_an_absurd_count_of_calls_left_on_a_listing_fails_no_wait(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy in front of iTwin answers the listings with an ``iTwinPlatform-RateLimit-RemainingCalls`` of 400
+    digits. Before: OverflowError out of the listing, an untyped error event on every wait of the connection."""
+    import aiohttp
+    from aiohttp import web
+
+    jobs = [submit("itwin-v2", Scenario(duration=1.5), emulator) for _ in range(LIST_MIN_WAITS)]
+    client = aiohttp.ClientSession()
+
+    async def forward(request: web.Request) -> web.Response:
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with client.request(
+            request.method, emulator.url + request.path_qs, headers=headers, data=await request.read()
+        ) as answer:
+            out = {"Content-Type": answer.headers.get("Content-Type", "application/json")}
+            if request.method == "GET" and request.path.endswith("/jobs"):  # the listings only
+                out["iTwinPlatform-RateLimit-RemainingCalls"] = "9" * 400
+            return web.Response(status=answer.status, body=await answer.read(), headers=out)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        proxy = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        with_extra(monkeypatch, "itwin_reality_analysis", base_url=proxy, auth_url=proxy + "/connect/token")
+        payloads = await asyncio.wait_for(wait_all([trigger("itwin-v2", job, interval=0.2) for job in jobs]), 30)
+        assert [p["status"] for p in payloads] == ["success"] * len(jobs), payloads
+        assert listings(emulator, "itwin-v2") >= 1, "the waits were answered from listings"
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+class StandIn:
+    """A hook stand-in for the poller's own bookkeeping: ``listing(n)`` answers the n-th listing (raise to fail
+    it); every job runs. Used where no vendor answer can cause what is tested (an exception nobody planned for)."""
+
+    def __init__(self, jobs: int, fail: dict[int, BaseException] | None = None) -> None:
+        self.jobs = [f"j{i}" for i in range(jobs)]
+        self.fail = fail or {}
+        self.listings = 0
+        self.per_job = 0
+
+    async def aget_progress(self, job_id: str) -> JobProgress:
+        self.per_job += 1
+        return JobProgress("iTwin", job_id, JobState.RUNNING)
+
+    async def aget_progress_if_budget(self, job_id: str) -> JobProgress | None:
+        return None
+
+    async def alist_running(self) -> Listing | None:
+        self.listings += 1
+        failure = self.fail.get(self.listings)
+        if failure is not None:
+            raise failure
+        return Listing({j: JobProgress("iTwin", j, JobState.RUNNING) for j in self.jobs}, percentages=False)
+
+    async def aread_ended(self, ended: Mapping[str, JobProgress]) -> dict[str, JobProgress]:
+        return {}
+
+    async def aclose(self) -> None: ...
+
+    def budget(self) -> None:
+        return None
+
+
+async def test_a_listing_that_raises_anything_is_a_failed_listing(caplog: pytest.LogCaptureFixture) -> None:
+    """A bug (ours or a vendor adapter's) raising out of a listing: a failed listing, logged once with its
+    traceback; the waits read their own jobs and the poller's cycle goes on (before: the error reached every
+    wait's poll, and killed the cycle task)."""
+    reader = StandIn(5, fail={1: OverflowError("int too large to convert to float")})
+    poller = JobPoller("itwin_default", reader, lists=True, list_interval=0.3)
+    watches = [poller.watch(job, reader) for job in reader.jobs]
+    try:
+        readings = await asyncio.gather(*(w.read() for w in watches))
+        assert {r.state for r in readings} == {JobState.RUNNING}
+        assert reader.per_job == len(watches), "no listing yet: each wait read its own job"
+        await asyncio.sleep(0.8)
+        assert poller._cycle_task is not None
+        assert not poller._cycle_task.done(), "the cycle goes on"
+        assert reader.listings >= 2, "the listing was tried again"
+        await asyncio.gather(*(w.read() for w in watches))
+        assert reader.per_job == len(watches), "answered from the listing that worked"
+    finally:
+        for watch in watches:
+            poller.unwatch(watch)
+        await poller.aclose()
+    logged = [r for r in caplog.records if "listing jobs failed" in r.getMessage()]
+    assert len(logged) == 1, "once"
+    assert logged[0].exc_info is not None, "with its traceback"

@@ -186,7 +186,9 @@ class RequestBudget:
         with self._lock:
             self._refill()
             for bucket in self._buckets:
-                bucket.tokens = min(bucket.tokens, float(max(remaining, 0)))
+                # compared as given: float() of a count of hundreds of digits overflows
+                if remaining < bucket.tokens:
+                    bucket.tokens = float(max(remaining, 0))
 
     async def aacquire(self) -> None:
         """Wait for a required call's turn in the event loop, and for any pause that began meanwhile."""

@@ -253,9 +253,14 @@ class JobPoller:
                 )
             elif not listing.complete:
                 ended = {}
-        except JobProgressError as exc:
+        except Exception as exc:  # anything (a bug too) fails this listing only, never every wait's poll nor the cycle
             if self._failed_at is None:
-                log.warning("%s: listing jobs failed; each wait reads its own job until it works: %s", self.name, exc)
+                log.warning(
+                    "%s: listing jobs failed; each wait reads its own job until it works: %s",
+                    self.name,
+                    exc,
+                    exc_info=not isinstance(exc, JobProgressError),  # a typed failure says all; anything else, where
+                )
             self._failed_at = loop.time()
             return None
         if self._failed_at is not None:
