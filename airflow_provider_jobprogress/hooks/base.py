@@ -16,7 +16,7 @@ from urllib.parse import unquote_plus, urlsplit
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.sdk import BaseHook
 
-from airflow_provider_jobprogress.core.budget import BUDGETS, BudgetShort, RequestBudget
+from airflow_provider_jobprogress.core.budget import BUDGETS, BudgetShort, RequestBudget, urgent
 from airflow_provider_jobprogress.core.errors import AuthenticationError, ConfigurationError, JobProgressError
 from airflow_provider_jobprogress.core.model import JobProgress, Listing
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
@@ -225,7 +225,8 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         return self.session.run(self.api.poll(job_id), deadline=deadline, job_id=job_id)
 
     def cancel(self, job_id: str, *, deadline: float | None = None) -> None:
-        self.session.run(self.api.cancel(job_id), deadline=deadline, job_id=job_id)
+        with urgent():
+            self.session.run(self.api.cancel(job_id), deadline=deadline, job_id=job_id)
 
     def result_parts(self, job_id: str) -> list[ResultPart]:
         """Where the job's result is: the parts a download streams (ids or paths come as values)."""
@@ -264,7 +265,10 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         return await self._arun(lambda api: api.poll(job_id))
 
     async def acancel(self, job_id: str) -> None:
-        await self._arun(lambda api: api.cancel(job_id))
+        # urgent: a cancel is bounded by seconds (on_kill's budget) and a job left running costs its whole run,
+        # so it takes the connection's next turn rather than queueing behind every wait's poll
+        with urgent():
+            await self._arun(lambda api: api.cancel(job_id))
 
     # -- the shared poller's calls (core.poller) -------------------------------------------------
     async def aget_progress_if_budget(self, job_id: str) -> JobProgress | None:
