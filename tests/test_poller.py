@@ -18,6 +18,7 @@ import pytest
 
 from airflow_provider_jobprogress.core import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.budget import BUDGETS
+from airflow_provider_jobprogress.core.errors import VendorUnavailableError
 from airflow_provider_jobprogress.core.model import JobProgress, JobState, Listing
 from airflow_provider_jobprogress.core.poller import LIST_MIN_WAITS, POLLERS, JobPoller
 from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
@@ -392,3 +393,53 @@ async def test_a_listing_that_raises_anything_is_a_failed_listing(caplog: pytest
     logged = [r for r in caplog.records if "listing jobs failed" in r.getMessage()]
     assert len(logged) == 1, "once"
     assert logged[0].exc_info is not None, "with its traceback"
+
+
+async def test_a_failed_listing_answers_from_the_last_good_one() -> None:
+    """200 waits listed once; the next listing fails (a 503 burst outlasting its retries). Before: every wait polling
+    in the next list_interval sent its own call (5,000 iTwin waits: hours of queued calls just as the vendor
+    struggles). Now they see no change yet, and the listing is tried again."""
+    reader = StandIn(200, fail={2: VendorUnavailableError("iTwin", None, "HTTP 503")})
+    poller = JobPoller("itwin_default", reader, lists=True, list_interval=15.0)
+    watches = [poller.watch(job, reader) for job in reader.jobs]
+    try:
+        for watch in watches:
+            watch.interval = 1.0  # an iTwin wait's interval is 15-120 s; 1 s keeps the test short
+        await asyncio.gather(*(w.read() for w in watches))
+        assert (reader.listings, reader.per_job) == (1, 0)
+        await asyncio.sleep(1.1)  # every wait polls again: the listing is tried, and fails
+        readings = await asyncio.gather(*(w.read() for w in watches))
+        assert reader.listings == 2
+        assert reader.per_job == 0, "one failed listing costs the vendor no call per wait"
+        assert {r.state for r in readings} == {JobState.RUNNING}
+    finally:
+        for watch in watches:
+            poller.unwatch(watch)
+        await poller.aclose()
+
+
+async def test_a_failed_read_of_ended_jobs_keeps_the_listing() -> None:
+    """The listing worked, the read of how a vanished job ended did not: the listing still answers the others."""
+
+    class EndedFails(StandIn):
+        async def aread_ended(self, ended: Mapping[str, JobProgress]) -> dict[str, JobProgress]:
+            raise VendorUnavailableError("iTwin", None, "HTTP 503")
+
+    reader = EndedFails(5)
+    poller = JobPoller("itwin_default", reader, lists=True, list_interval=15.0)
+    watches = [poller.watch(job, reader) for job in reader.jobs]
+    try:
+        for watch in watches:
+            watch.interval = 1.0
+        await asyncio.gather(*(w.read() for w in watches))
+        reader.jobs = reader.jobs[1:]  # j0 ended: no longer listed
+        await asyncio.sleep(1.1)
+        await asyncio.gather(*(w.read() for w in watches[1:]))
+        assert reader.listings == 2
+        assert reader.per_job == 0, "the others answered from the listing that worked"
+        await watches[0].read()
+        assert reader.per_job == 1, "the ended job read on its own"
+    finally:
+        for watch in watches:
+            poller.unwatch(watch)
+        await poller.aclose()
