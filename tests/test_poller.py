@@ -443,3 +443,33 @@ async def test_a_failed_read_of_ended_jobs_keeps_the_listing() -> None:
         for watch in watches:
             poller.unwatch(watch)
         await poller.aclose()
+
+
+async def test_an_edited_connection_reaches_the_poller(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poller's own hook read the connection once: its once-a-minute summary put the old budget back on the
+    connection, and an edited ``list_polling`` was not honoured while the poller lived."""
+    from airflow_provider_jobprogress.core import budget as budget_module
+    from airflow_provider_jobprogress.hooks import base as hooks_base
+
+    with_extra(monkeypatch, "olconnect_default", requests_per_minute=5000)
+    jobs = [submit("olconnect", Scenario(duration=600), emulator) for _ in range(LIST_MIN_WAITS + 1)]
+    runs = [asyncio.ensure_future(wait_all([trigger("olconnect", job, interval=0.2)])) for job in jobs[:-1]]
+    try:
+        await asyncio.sleep(1.5)
+        with_extra(monkeypatch, "olconnect_default", requests_per_minute=7000, list_polling=False)
+        monkeypatch.setattr(hooks_base, "CONNECTION_TTL", 0.0)
+        runs.append(asyncio.ensure_future(wait_all([trigger("olconnect", jobs[-1], interval=0.2)])))
+        await asyncio.sleep(1.0)  # the new wait read the edited connection, and with it the poller's hook
+        listed = listings(emulator, "olconnect")
+        monkeypatch.setattr(budget_module, "SUMMARY_SECONDS", 0.0)  # the poller's summary, now
+        await asyncio.sleep(1.5)
+        budget = BUDGETS.find("olconnect_default")
+        assert budget is not None
+        assert budget.per_minute == 7000, "the summary put the old budget back"
+        assert listings(emulator, "olconnect") == listed, "list_polling: false honoured"
+    finally:
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)

@@ -363,6 +363,11 @@ class BudgetRegistry:
                 budget.set_limits(per_minute, per_hour)
             return budget
 
+    def find(self, conn_id: str) -> RequestBudget | None:
+        """The connection's budget as its users last set it, if it has one (changes nothing)."""
+        with self._lock:
+            return self._budgets.get(conn_id)
+
     def clear(self) -> None:
         """Forget every budget (tests and benchmarks that start afresh)."""
         with self._lock:

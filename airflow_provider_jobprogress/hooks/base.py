@@ -150,8 +150,9 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         return BUDGETS.get(self.conn_id, api.requests_per_minute, api.requests_per_hour)
 
     def budget(self) -> RequestBudget | None:
-        """The connection's budget, once this hook has read the connection in the triggerer (None before)."""
-        return self._budget(self._async_api) if self._async_api is not None else None
+        """The connection's budget in this process, as the hooks that last read the connection set it (None before
+        any did); read only: a hook holding an old read must not put old limits back."""
+        return BUDGETS.find(self.conn_id)
 
     def get_conn(self) -> SyncSession:
         return self.session
@@ -281,7 +282,14 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     async def alist_running(self) -> Listing | None:
         """Every job the vendor runs for this connection, in a few calls; None where it cannot list them (or
         the connection's ``list_polling`` extra is false)."""
-        api = self._async_api or await self._read_async_connection()
+        if self._async_api is None or time.monotonic() - self._async_read_at > CONNECTION_TTL:
+            # the poller's hook lives as long as its waits: it follows an edited connection as a new wait would
+            used = self._async_key
+            api = await self._read_async_connection()
+            if used and self._async_key != used:
+                await self.aclose()  # the next call takes the edited connection's session
+        else:
+            api = self._async_api
         if not api.list_polling:
             return None
         return await self._arun(lambda api: api.list_running())
