@@ -459,18 +459,19 @@ class BudgetUse:
 
 @contextmanager
 def watching_budgets() -> Iterator[BudgetUse]:
-    """Count the budgets' turns while inside (``RequestBudget.reserve`` and ``try_take``)."""
+    """Count the budgets' turns while inside (``RequestBudget.aacquire`` and ``try_take``)."""
     from airflow_provider_jobprogress.core.budget import RequestBudget
 
     use = BudgetUse()
-    reserve, try_take = RequestBudget.reserve, RequestBudget.try_take
+    aacquire, try_take = RequestBudget.aacquire, RequestBudget.try_take
 
-    def reserved(self: Any) -> float:
-        wait = reserve(self)
+    async def acquired(self: Any, *, urgent: bool | None = None) -> None:
+        started = time.monotonic()
+        await aacquire(self, urgent=urgent)
+        wait = time.monotonic() - started
         use.required += 1
         use.queued_s += wait
         use.longest_queue_s = max(use.longest_queue_s, wait)
-        return wait
 
     def taken(self: Any) -> bool:
         went = try_take(self)
@@ -480,12 +481,12 @@ def watching_budgets() -> Iterator[BudgetUse]:
             use.optional_skipped += 1
         return went
 
-    setattr(RequestBudget, "reserve", reserved)  # noqa: B010 - mypy refuses assigning to a method
+    setattr(RequestBudget, "aacquire", acquired)  # noqa: B010 - mypy refuses assigning to a method
     setattr(RequestBudget, "try_take", taken)  # noqa: B010
     try:
         yield use
     finally:
-        setattr(RequestBudget, "reserve", reserve)  # noqa: B010
+        setattr(RequestBudget, "aacquire", aacquire)  # noqa: B010
         setattr(RequestBudget, "try_take", try_take)  # noqa: B010
 
 

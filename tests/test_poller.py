@@ -11,14 +11,16 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
 
 from airflow_provider_jobprogress.core import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.budget import BUDGETS
-from airflow_provider_jobprogress.core.poller import LIST_MIN_WAITS, POLLERS
+from airflow_provider_jobprogress.core.errors import VendorUnavailableError
+from airflow_provider_jobprogress.core.model import JobProgress, JobState, Listing
+from airflow_provider_jobprogress.core.poller import LIST_MIN_WAITS, POLLERS, JobPoller
 from airflow_provider_jobprogress.core.session import ASYNC_SESSIONS
 from airflow_provider_jobprogress.hooks.itwin import ITwinHook
 from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
@@ -309,3 +311,180 @@ async def test_a_busy_ol_connect_server_is_listed_in_one_call(emulator: VendorEm
         await ASYNC_SESSIONS.aclose_all()
     assert listing is not None
     assert set(job_ids) <= set(listing.jobs)
+
+
+async def test_an_absurd_count_of_calls_left_on_a_listing_fails_no_wait(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy in front of iTwin answers the listings with an ``iTwinPlatform-RateLimit-RemainingCalls`` of 400
+    digits. Before: OverflowError out of the listing, an untyped error event on every wait of the connection."""
+    import aiohttp
+    from aiohttp import web
+
+    jobs = [submit("itwin-v2", Scenario(duration=1.5), emulator) for _ in range(LIST_MIN_WAITS)]
+    client = aiohttp.ClientSession()
+
+    async def forward(request: web.Request) -> web.Response:
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with client.request(
+            request.method, emulator.url + request.path_qs, headers=headers, data=await request.read()
+        ) as answer:
+            out = {"Content-Type": answer.headers.get("Content-Type", "application/json")}
+            if request.method == "GET" and request.path.endswith("/jobs"):  # the listings only
+                out["iTwinPlatform-RateLimit-RemainingCalls"] = "9" * 400
+            return web.Response(status=answer.status, body=await answer.read(), headers=out)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        proxy = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        with_extra(monkeypatch, "itwin_reality_analysis", base_url=proxy, auth_url=proxy + "/connect/token")
+        payloads = await asyncio.wait_for(wait_all([trigger("itwin-v2", job, interval=0.2) for job in jobs]), 30)
+        assert [p["status"] for p in payloads] == ["success"] * len(jobs), payloads
+        assert listings(emulator, "itwin-v2") >= 1, "the waits were answered from listings"
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+class StandIn:
+    """A hook stand-in for the poller's own bookkeeping: ``listing(n)`` answers the n-th listing (raise to fail
+    it); every job runs. Used where no vendor answer can cause what is tested (an exception nobody planned for)."""
+
+    def __init__(self, jobs: int, fail: dict[int, BaseException] | None = None) -> None:
+        self.jobs = [f"j{i}" for i in range(jobs)]
+        self.fail = fail or {}
+        self.listings = 0
+        self.per_job = 0
+
+    async def aget_progress(self, job_id: str) -> JobProgress:
+        self.per_job += 1
+        return JobProgress("iTwin", job_id, JobState.RUNNING)
+
+    async def aget_progress_if_budget(self, job_id: str) -> JobProgress | None:
+        return None
+
+    async def alist_running(self) -> Listing | None:
+        self.listings += 1
+        failure = self.fail.get(self.listings)
+        if failure is not None:
+            raise failure
+        return Listing({j: JobProgress("iTwin", j, JobState.RUNNING) for j in self.jobs}, percentages=False)
+
+    async def aread_ended(self, ended: Mapping[str, JobProgress]) -> dict[str, JobProgress]:
+        return {}
+
+    async def aclose(self) -> None: ...
+
+    def budget(self) -> None:
+        return None
+
+
+async def test_a_listing_that_raises_anything_is_a_failed_listing(caplog: pytest.LogCaptureFixture) -> None:
+    """A bug (ours or a vendor adapter's) raising out of a listing: a failed listing, logged once with its
+    traceback; the waits read their own jobs and the poller's cycle goes on (before: the error reached every
+    wait's poll, and killed the cycle task)."""
+    reader = StandIn(5, fail={1: OverflowError("int too large to convert to float")})
+    poller = JobPoller("itwin_default", reader, lists=True, list_interval=0.3)
+    watches = [poller.watch(job, reader) for job in reader.jobs]
+    try:
+        readings = await asyncio.gather(*(w.read() for w in watches))
+        assert {r.state for r in readings} == {JobState.RUNNING}
+        assert reader.per_job == len(watches), "no listing yet: each wait read its own job"
+        await asyncio.sleep(0.8)
+        assert poller._cycle_task is not None
+        assert not poller._cycle_task.done(), "the cycle goes on"
+        assert reader.listings >= 2, "the listing was tried again"
+        await asyncio.gather(*(w.read() for w in watches))
+        assert reader.per_job == len(watches), "answered from the listing that worked"
+    finally:
+        for watch in watches:
+            poller.unwatch(watch)
+        await poller.aclose()
+    logged = [r for r in caplog.records if "listing jobs failed" in r.getMessage()]
+    assert len(logged) == 1, "once"
+    assert logged[0].exc_info is not None, "with its traceback"
+
+
+async def test_a_failed_listing_answers_from_the_last_good_one() -> None:
+    """200 waits listed once; the next listing fails (a 503 burst outlasting its retries). Before: every wait polling
+    in the next list_interval sent its own call (5,000 iTwin waits: hours of queued calls just as the vendor
+    struggles). Now they see no change yet, and the listing is tried again."""
+    reader = StandIn(200, fail={2: VendorUnavailableError("iTwin", None, "HTTP 503")})
+    poller = JobPoller("itwin_default", reader, lists=True, list_interval=15.0)
+    watches = [poller.watch(job, reader) for job in reader.jobs]
+    try:
+        for watch in watches:
+            watch.interval = 1.0  # an iTwin wait's interval is 15-120 s; 1 s keeps the test short
+        await asyncio.gather(*(w.read() for w in watches))
+        assert (reader.listings, reader.per_job) == (1, 0)
+        await asyncio.sleep(1.1)  # every wait polls again: the listing is tried, and fails
+        readings = await asyncio.gather(*(w.read() for w in watches))
+        assert reader.listings == 2
+        assert reader.per_job == 0, "one failed listing costs the vendor no call per wait"
+        assert {r.state for r in readings} == {JobState.RUNNING}
+    finally:
+        for watch in watches:
+            poller.unwatch(watch)
+        await poller.aclose()
+
+
+async def test_a_failed_read_of_ended_jobs_keeps_the_listing() -> None:
+    """The listing worked, the read of how a vanished job ended did not: the listing still answers the others."""
+
+    class EndedFails(StandIn):
+        async def aread_ended(self, ended: Mapping[str, JobProgress]) -> dict[str, JobProgress]:
+            raise VendorUnavailableError("iTwin", None, "HTTP 503")
+
+    reader = EndedFails(5)
+    poller = JobPoller("itwin_default", reader, lists=True, list_interval=15.0)
+    watches = [poller.watch(job, reader) for job in reader.jobs]
+    try:
+        for watch in watches:
+            watch.interval = 1.0
+        await asyncio.gather(*(w.read() for w in watches))
+        reader.jobs = reader.jobs[1:]  # j0 ended: no longer listed
+        await asyncio.sleep(1.1)
+        await asyncio.gather(*(w.read() for w in watches[1:]))
+        assert reader.listings == 2
+        assert reader.per_job == 0, "the others answered from the listing that worked"
+        await watches[0].read()
+        assert reader.per_job == 1, "the ended job read on its own"
+    finally:
+        for watch in watches:
+            poller.unwatch(watch)
+        await poller.aclose()
+
+
+async def test_an_edited_connection_reaches_the_poller(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poller's own hook read the connection once: its once-a-minute summary put the old budget back on the
+    connection, and an edited ``list_polling`` was not honoured while the poller lived."""
+    from airflow_provider_jobprogress.core import budget as budget_module
+    from airflow_provider_jobprogress.hooks import base as hooks_base
+
+    with_extra(monkeypatch, "olconnect_default", requests_per_minute=5000)
+    jobs = [submit("olconnect", Scenario(duration=600), emulator) for _ in range(LIST_MIN_WAITS + 1)]
+    runs = [asyncio.ensure_future(wait_all([trigger("olconnect", job, interval=0.2)])) for job in jobs[:-1]]
+    try:
+        await asyncio.sleep(1.5)
+        with_extra(monkeypatch, "olconnect_default", requests_per_minute=7000, list_polling=False)
+        monkeypatch.setattr(hooks_base, "CONNECTION_TTL", 0.0)
+        runs.append(asyncio.ensure_future(wait_all([trigger("olconnect", jobs[-1], interval=0.2)])))
+        await asyncio.sleep(1.0)  # the new wait read the edited connection, and with it the poller's hook
+        listed = listings(emulator, "olconnect")
+        monkeypatch.setattr(budget_module, "SUMMARY_SECONDS", 0.0)  # the poller's summary, now
+        await asyncio.sleep(1.5)
+        budget = BUDGETS.find("olconnect_default")
+        assert budget is not None
+        assert budget.per_minute == 7000, "the summary put the old budget back"
+        assert listings(emulator, "olconnect") == listed, "list_polling: false honoured"
+    finally:
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)

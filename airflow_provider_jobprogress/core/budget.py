@@ -7,25 +7,31 @@ takes its turn from one ``RequestBudget``: a token bucket refilled at ``per_minu
 one per hour where the vendor also counts per hour, as Bentley does for Trial subscriptions), each holding at
 most ``BURST_FRACTION`` of its window.
 
-- **Required** calls (states, the confirmation that a job ended, a cancel, a submit) queue: ``reserve()`` hands
-  each its moment in order, spaced at the budget's rate once the bucket is empty.
+- **Required** calls (states, the confirmation that a job ended, a submit) queue (``aacquire()``/``acquire()``),
+  in order, and go one at a time as the buckets refill. An **urgent** one (a cancel, the last look at a deadline:
+  each bounded by a few seconds) takes the next turn ahead of every queued poll. A call given up while queued (its
+  wait ended) leaves the queue without spending a turn.
 - **Optional** calls (a progress percentage a listing did not give) go only while every bucket is at least half
   full (``try_take()``): the other half is kept for required calls, so when the budget is short the optional
   ones thin out and the required ones never queue behind them.
-- A 429 pauses the whole connection (``pause()``) for the time the vendor asked, once: every call of every
-  wait waits for the same moment, and the bucket starts empty after it, so the calls that come back are paced.
+- A 429 pauses the whole connection (``pause()``) for the time the vendor asked, once: no call goes until it
+  ends, and the buckets start empty after it, so the queued calls go at the budget's rate from its end.
 
-Pure bookkeeping on a monotonic clock, thread-safe: the triggerer's event loop and a worker's threads use the
-same object (``asleep`` and ``sleep`` wait the reserved time).
+Bookkeeping on a monotonic clock, thread-safe: the triggerer's event loop and a worker's threads use the same
+object; the first call in line wakes on a timer, the others when the one ahead of them goes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,23 @@ log = logging.getLogger(__name__)
 BURST_FRACTION = 1 / 12
 #: one summary line per connection at most this often (and Airflow metrics on every change)
 SUMMARY_SECONDS = 60.0
+
+
+#: set while the calls made must not queue behind polls (``urgent()``)
+_URGENT: ContextVar[bool] = ContextVar("jobprogress_urgent_calls", default=False)
+
+
+@contextlib.contextmanager
+def urgent() -> Iterator[None]:
+    """Required calls made inside (in this task, and tasks it starts) take the connection's next turn, ahead of
+    every queued poll: a cancel, the last look at a deadline, each bounded by seconds, which a queue of
+    thousands of polls would outlast. A context, not a parameter, so every hook method (a vendor's own
+    overrides too) runs urgently as it is."""
+    token = _URGENT.set(True)
+    try:
+        yield
+    finally:
+        _URGENT.reset(token)
 
 
 class BudgetShort(Exception):
@@ -52,6 +75,14 @@ class BudgetCounts:
     pauses: int = 0
     paused_seconds: float = 0.0
     queued_seconds: float = 0.0
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A required call waiting for its turn; ``wake`` (thread-safe) tells it to look again."""
+
+    wake: Callable[[], object]
+    since: float
 
 
 @dataclass
@@ -97,6 +128,10 @@ class RequestBudget:
         self._buckets = _buckets(per_minute, per_hour)
         self._at = clock()
         self._paused_until = 0.0
+        #: required calls waiting for a turn, in order (dicts as ordered sets: a cancelled call leaves in O(1));
+        #: the first urgent one goes before every other
+        self._urgent: OrderedDict[_Waiter, None] = OrderedDict()
+        self._queued: OrderedDict[_Waiter, None] = OrderedDict()
         self.counts = BudgetCounts()
         self._summarised_at = clock()
 
@@ -127,20 +162,110 @@ class RequestBudget:
             self._at = moment
         return moment
 
-    def reserve(self) -> float:
-        """Count one required call and return how many seconds it must wait for its turn (0: go now)."""
+    def _free_in(self, moment: float) -> float:
+        """Seconds from ``moment`` until every bucket holds a call and no pause is on (buckets refill from
+        ``_at``, which a pause sets to its end)."""
+        turn = max(moment, self._paused_until)
+        for bucket in self._buckets:
+            turn = max(turn, self._at + (1.0 - bucket.tokens) / bucket.rate)
+        return turn - moment
+
+    def _spend(self) -> None:
+        for bucket in self._buckets:
+            bucket.tokens -= 1.0
+        self.counts.calls += 1
+
+    def _head(self) -> _Waiter | None:
+        for lane in (self._urgent, self._queued):
+            if lane:
+                return next(iter(lane))
+        return None
+
+    def try_acquire(self, *, urgent: bool = False) -> float:
+        """A required call's turn now, if one is free and no call it must let go first is queued: 0.0, the
+        call counted. Otherwise the seconds until a turn could be free (nothing taken: join the queue)."""
         with self._lock:
             moment = self._refill()
-            # a bucket refills from ``_at`` on (the end of a pause, if one is under way): this call's turn
-            # comes when the most indebted bucket is back at zero
-            turn = self._at
-            for bucket in self._buckets:
-                bucket.tokens -= 1.0
-                turn = max(turn, self._at - bucket.tokens / bucket.rate)
-            wait = max(turn - moment, 0.0)
-            self.counts.calls += 1
-            self.counts.queued_seconds += wait
-            return wait
+            ahead = self._urgent or (not urgent and self._queued)
+            wait = self._free_in(moment)
+            if wait > 0 or ahead:
+                return max(wait, 1e-9)
+            self._spend()
+            return 0.0
+
+    def _join(self, urgent: bool, wake: Callable[[], object]) -> _Waiter:
+        with self._lock:
+            waiter = _Waiter(wake, self._clock())
+            (self._urgent if urgent else self._queued)[waiter] = None
+            return waiter
+
+    def _turn(self, waiter: _Waiter) -> float:
+        """0.0 when ``waiter``'s call may go (its turn taken, the next in line woken); else the seconds to wait
+        (``math.inf``: calls ahead of it go first, and the last of them wakes it)."""
+        with self._lock:
+            if self._head() is not waiter:
+                return math.inf
+            moment = self._refill()
+            wait = self._free_in(moment)
+            if wait > 0:
+                return wait
+            self._spend()
+            self.counts.queued_seconds += moment - waiter.since
+            self._remove(waiter)
+            return 0.0
+
+    def _remove(self, waiter: _Waiter) -> None:
+        """Out of the queue (its turn taken, or its call cancelled before it was sent: nothing spent); whoever is
+        first in line now looks for its turn."""
+        head = self._head()
+        self._urgent.pop(waiter, None)
+        self._queued.pop(waiter, None)
+        if head is waiter:
+            new = self._head()
+            if new is not None:
+                new.wake()
+
+    def _leave(self, waiter: _Waiter) -> None:
+        with self._lock:
+            self._remove(waiter)
+
+    async def aacquire(self, *, urgent: bool | None = None) -> None:
+        """Wait for a required call's turn in the event loop. ``urgent`` (default: inside ``urgent()``): the next
+        turn, ahead of every queued poll. A call cancelled while it waits gives its place back."""
+        urgent = _URGENT.get() if urgent is None else urgent
+        wait = self.try_acquire(urgent=urgent)
+        if wait == 0:
+            return
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+        waiter = self._join(urgent, lambda: loop.call_soon_threadsafe(woken.set))
+        try:
+            while (wait := self._turn(waiter)) > 0:
+                woken.clear()
+                if wait == math.inf:
+                    await woken.wait()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await woken.wait()
+        except BaseException:
+            self._leave(waiter)
+            raise
+
+    def acquire(self, *, urgent: bool | None = None) -> None:
+        """``aacquire`` for worker threads."""
+        urgent = _URGENT.get() if urgent is None else urgent
+        if self.try_acquire(urgent=urgent) == 0:
+            return
+        woken = threading.Event()
+        waiter = self._join(urgent, woken.set)
+        try:
+            while (wait := self._turn(waiter)) > 0:
+                woken.wait(None if wait == math.inf else wait)
+                woken.clear()
+        except BaseException:
+            self._leave(waiter)
+            raise
 
     def try_take(self) -> bool:
         """An optional call may go now: every bucket at least half full (the other half is kept for required
@@ -148,9 +273,7 @@ class RequestBudget:
         with self._lock:
             moment = self._refill()
             if moment >= self._paused_until and all(b.tokens >= max(1.0, b.capacity / 2) for b in self._buckets):
-                for bucket in self._buckets:
-                    bucket.tokens -= 1.0
-                self.counts.calls += 1
+                self._spend()
                 return True
             self.counts.optional_skipped += 1
             return False
@@ -161,7 +284,8 @@ class RequestBudget:
             return max(0.0, self._paused_until - self._clock())
 
     def pause(self, seconds: float) -> bool:
-        """A 429: no call of this connection goes for ``seconds``, and the buckets are empty after it.
+        """A 429: no call of this connection goes for ``seconds``, and the buckets are empty after it, so the
+        calls queued meanwhile go one by one at the budget's rate from its end.
 
         True for the first 429 of a burst (a new pause); the 429s of calls already in flight when it came
         only stretch that pause to the latest moment asked, and return False."""
@@ -186,21 +310,9 @@ class RequestBudget:
         with self._lock:
             self._refill()
             for bucket in self._buckets:
-                bucket.tokens = min(bucket.tokens, float(max(remaining, 0)))
-
-    async def aacquire(self) -> None:
-        """Wait for a required call's turn in the event loop, and for any pause that began meanwhile."""
-        wait = self.reserve()
-        while wait > 0:
-            await asyncio.sleep(wait)
-            wait = self.paused_for()
-
-    def acquire(self) -> None:
-        """``aacquire`` for worker threads."""
-        wait = self.reserve()
-        while wait > 0:
-            time.sleep(wait)
-            wait = self.paused_for()
+                # compared as given: float() of a count of hundreds of digits overflows
+                if remaining < bucket.tokens:
+                    bucket.tokens = float(max(remaining, 0))
 
     # -- what users watch -----------------------------------------------------------------------------
     def harvest(self) -> tuple[BudgetCounts, float] | None:
@@ -250,6 +362,11 @@ class BudgetRegistry:
             elif (budget.per_minute, budget.per_hour) != (per_minute, per_hour):
                 budget.set_limits(per_minute, per_hour)
             return budget
+
+    def find(self, conn_id: str) -> RequestBudget | None:
+        """The connection's budget as its users last set it, if it has one (changes nothing)."""
+        with self._lock:
+            return self._budgets.get(conn_id)
 
     def clear(self) -> None:
         """Forget every budget (tests and benchmarks that start afresh)."""

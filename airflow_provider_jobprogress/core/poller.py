@@ -17,7 +17,12 @@ costs the vendor. A wait *watches* its job on the connection's ``JobPoller`` and
   left out (the wait keeps its last percentage) when it has not, so completions always come first.
 
 The cycle is the shortest current interval of the waits, within the vendor's ``list_interval`` and
-``MIN_CYCLE``. A listing that fails leaves the waits to their per-job calls until one succeeds again.
+``MIN_CYCLE``. A listing that fails is tried again next cycle; meanwhile the waits are answered from the last good
+one (they see no change yet) for up to ``STALE_LISTING`` seconds: a failed listing must not turn every wait's poll
+into a call of its own just as the vendor struggles (5,000 iTwin waits would queue hours of calls). Only with no
+good listing that recent (never one yet, or the listing stays broken, a permission the client lacks) does each
+wait read its own job, paced by the budget, so a broken listing delays an end by minutes, never hides it, and an
+outage still reaches each wait's ``outage_tolerance``.
 
 The poller is a process-local optimisation: it holds nothing a triggerer restart must recover (each trigger's
 kwargs still say everything about its wait), lives while a wait watches a job on its connection, and closes its
@@ -44,6 +49,8 @@ log = logging.getLogger(__name__)
 LIST_MIN_WAITS = 3
 #: never list more often than this (seconds), whatever the waits' intervals
 MIN_CYCLE = 1.0
+#: while listings fail, the last good one answers the waits for this many seconds (then: per-job reads)
+STALE_LISTING = 300.0
 
 
 #: what receives a connection's counts once a minute (the triggers send them to Airflow's metrics)
@@ -201,7 +208,7 @@ class JobPoller:
         snapshot = await self._fresh(max_age=max(watch.interval, MIN_CYCLE))
         listed = snapshot.listing.jobs.get(watch.job_id) if snapshot is not None else None
         if listed is None:
-            # never listed, gone without a verdict from the ended listing, or the listing failed: one call
+            # never listed, gone without a verdict from the ended listing, or no good listing lately: one call
             return await watch.reader.aget_progress(watch.job_id)
         if listed.is_terminal or snapshot is None or snapshot.listing.percentages:
             return listed
@@ -222,8 +229,12 @@ class JobPoller:
         if snapshot is not None and moment - snapshot.taken_at <= max_age:
             return snapshot
         if self._failed_at is not None and moment - self._failed_at < self.list_interval:
-            return None  # the last listing failed: per-job reads until the next try
+            return self._last_good(moment)  # the last listing failed: no new try before the next cycle
         return await self._refresh()
+
+    def _last_good(self, moment: float) -> _Snapshot | None:
+        snapshot = self._snapshot
+        return snapshot if snapshot is not None and moment - snapshot.taken_at <= STALE_LISTING else None
 
     async def _refresh(self) -> _Snapshot | None:
         if self._closed:
@@ -245,19 +256,24 @@ class JobPoller:
             # seen running before, missing now: ended (unless pages were left unread)
             ended = {job: self._seen[job] for job in self.watches if job in self._seen and job not in jobs}
             if ended and listing.complete:
-                found = await self.reader.aread_ended(ended)
-                found = {job: reading for job, reading in found.items() if job in ended}
+                found = await self._read_ended(ended)
                 jobs.update(found)
                 self._ended.update(
                     {job: reading for job, reading in found.items() if reading.is_terminal and job in self.watches}
                 )
             elif not listing.complete:
                 ended = {}
-        except JobProgressError as exc:
+        except Exception as exc:  # anything (a bug too) fails this listing only, never every wait's poll nor the cycle
             if self._failed_at is None:
-                log.warning("%s: listing jobs failed; each wait reads its own job until it works: %s", self.name, exc)
+                log.warning(
+                    "%s: listing jobs failed; the waits see the last listing (up to %.0f s old) until it works: %s",
+                    self.name,
+                    STALE_LISTING,
+                    exc,
+                    exc_info=not isinstance(exc, JobProgressError),  # a typed failure says all; anything else, where
+                )
             self._failed_at = loop.time()
-            return None
+            return self._last_good(self._failed_at)
         if self._failed_at is not None:
             log.warning("%s: listing jobs works again", self.name)
             self._failed_at = None
@@ -271,6 +287,22 @@ class JobPoller:
                 watch.wake()
         snapshot = self._snapshot = _Snapshot(Listing(jobs, listing.complete, listing.percentages), started)
         return snapshot
+
+    async def _read_ended(self, ended: Mapping[str, JobProgress]) -> dict[str, JobProgress]:
+        """How jobs that left the listing ended; nothing when that read fails (their waits, woken, read their
+        own jobs): the listing it came with is good, and still answers the others."""
+        try:
+            found = await self.reader.aread_ended(ended)
+        except Exception as exc:
+            log.warning(
+                "%s: reading how %d jobs ended failed; their waits read them: %s",
+                self.name,
+                len(ended),
+                exc,
+                exc_info=not isinstance(exc, JobProgressError),
+            )
+            return {}
+        return {job: reading for job, reading in found.items() if job in ended}
 
     async def _cycle(self) -> None:
         """While waits watch jobs here: list once per cycle where listing pays (so an ended job's wait is woken

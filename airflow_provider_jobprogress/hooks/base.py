@@ -16,7 +16,7 @@ from urllib.parse import unquote_plus, urlsplit
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.sdk import BaseHook
 
-from airflow_provider_jobprogress.core.budget import BUDGETS, BudgetShort, RequestBudget
+from airflow_provider_jobprogress.core.budget import BUDGETS, BudgetShort, RequestBudget, urgent
 from airflow_provider_jobprogress.core.errors import AuthenticationError, ConfigurationError, JobProgressError
 from airflow_provider_jobprogress.core.model import JobProgress, Listing
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry
@@ -150,8 +150,9 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         return BUDGETS.get(self.conn_id, api.requests_per_minute, api.requests_per_hour)
 
     def budget(self) -> RequestBudget | None:
-        """The connection's budget, once this hook has read the connection in the triggerer (None before)."""
-        return self._budget(self._async_api) if self._async_api is not None else None
+        """The connection's budget in this process, as the hooks that last read the connection set it (None before
+        any did); read only: a hook holding an old read must not put old limits back."""
+        return BUDGETS.find(self.conn_id)
 
     def get_conn(self) -> SyncSession:
         return self.session
@@ -225,7 +226,8 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         return self.session.run(self.api.poll(job_id), deadline=deadline, job_id=job_id)
 
     def cancel(self, job_id: str, *, deadline: float | None = None) -> None:
-        self.session.run(self.api.cancel(job_id), deadline=deadline, job_id=job_id)
+        with urgent():
+            self.session.run(self.api.cancel(job_id), deadline=deadline, job_id=job_id)
 
     def result_parts(self, job_id: str) -> list[ResultPart]:
         """Where the job's result is: the parts a download streams (ids or paths come as values)."""
@@ -264,7 +266,10 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         return await self._arun(lambda api: api.poll(job_id))
 
     async def acancel(self, job_id: str) -> None:
-        await self._arun(lambda api: api.cancel(job_id))
+        # urgent: a cancel is bounded by seconds (on_kill's budget) and a job left running costs its whole run,
+        # so it takes the connection's next turn rather than queueing behind every wait's poll
+        with urgent():
+            await self._arun(lambda api: api.cancel(job_id))
 
     # -- the shared poller's calls (core.poller) -------------------------------------------------
     async def aget_progress_if_budget(self, job_id: str) -> JobProgress | None:
@@ -277,7 +282,14 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     async def alist_running(self) -> Listing | None:
         """Every job the vendor runs for this connection, in a few calls; None where it cannot list them (or
         the connection's ``list_polling`` extra is false)."""
-        api = self._async_api or await self._read_async_connection()
+        if self._async_api is None or time.monotonic() - self._async_read_at > CONNECTION_TTL:
+            # the poller's hook lives as long as its waits: it follows an edited connection as a new wait would
+            used = self._async_key
+            api = await self._read_async_connection()
+            if used and self._async_key != used:
+                await self.aclose()  # the next call takes the edited connection's session
+        else:
+            api = self._async_api
         if not api.list_polling:
             return None
         return await self._arun(lambda api: api.list_running())

@@ -14,7 +14,7 @@ from airflow.providers.common.compat.connection import get_async_connection
 from airflow.providers.common.compat.sdk import conf
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
-from airflow_provider_jobprogress.core.budget import BudgetCounts, RequestBudget
+from airflow_provider_jobprogress.core.budget import BudgetCounts, RequestBudget, urgent
 from airflow_provider_jobprogress.core.errors import (
     JobProgressError,
     OperationNotSupportedError,
@@ -279,8 +279,9 @@ class JobProgressTrigger(BaseTrigger):
         """The job read once more at the deadline (its own call: a listing may be a cycle old), within
         ``LAST_LOOK_BUDGET``; None when that read failed."""
         try:
-            async with asyncio.timeout(LAST_LOOK_BUDGET):
-                progress: JobProgress = await hook.aget_progress(job)
+            with urgent():  # bounded by seconds: ahead of the waits' queued polls
+                async with asyncio.timeout(LAST_LOOK_BUDGET):
+                    progress: JobProgress = await hook.aget_progress(job)
         except (JobProgressError, TimeoutError) as exc:
             self.log.warning("%s job %s: no reading at the deadline: %s", hook.vendor(), job, exc or "timed out")
             return None
@@ -400,7 +401,8 @@ class JobProgressTrigger(BaseTrigger):
             )
             return
         try:
-            current = await asyncio.wait_for(hook.aget_progress(job), timeout=seconds / 3)
+            with urgent():  # bounded by seconds: ahead of the waits' queued polls
+                current = await asyncio.wait_for(hook.aget_progress(job), timeout=seconds / 3)
         except (JobProgressError, TimeoutError):
             current = None  # unknown: cancelling a job that ended is harmless, leaving one running is not
         if current is not None and current.is_terminal:

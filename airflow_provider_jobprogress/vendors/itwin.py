@@ -81,6 +81,8 @@ V2_RUNNING = ("Queued", "Active", "TerminatingOnCancel", "TerminatingOnFailure")
 V1_RUNNING = ("unsubmitted", "active")
 #: how many calls the client has left in the platform's window, on Bentley's answers ("Rate limits and quotas")
 REMAINING_CALLS = "itwinplatform-ratelimit-remainingcalls"
+#: more calls left than any subscription has in a window (paid tiers: 5,000 a minute): a header saying more is broken
+MAX_REMAINING_CALLS = 1_000_000
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: jobs per page (``$top``, at most 1,000 per Bentley) and pages per listing of the shared poller
 LIST_PAGE = 1000
@@ -162,8 +164,13 @@ class ITwinApi(VendorApi):
         return "auth_url" if request.url == self.token_url else "base_url"
 
     def calls_remaining(self, headers: Mapping[str, str]) -> int | None:
+        # A plausible count or nothing: a proxy's or a broken gateway's value of thousands of digits makes int()
+        # raise, and one of hundreds overflows the budget's float(); neither says how many calls are left.
         value = str(headers.get(REMAINING_CALLS) or "").strip()
-        return int(value) if value.isascii() and value.isdigit() else None
+        if not (value.isascii() and value.isdigit() and len(value) <= len(str(MAX_REMAINING_CALLS))):
+            return None
+        count = int(value)
+        return count if count <= MAX_REMAINING_CALLS else None
 
     # -- auth ------------------------------------------------------------------------------------
     @property
