@@ -182,6 +182,38 @@ def test_killing_a_deferred_task_cancels_the_remote_job(
 
 
 @needs_3_3
+def test_clearing_a_deferred_task_cancels_the_remote_job(
+    deployment: Deployment, vendor_emulator: VendorEmulator
+) -> None:
+    """A Clear is a kill too: the scheduler has the cleared task scheduled or queued (its new try on its way)
+    before the triggerer runs on_kill, and the job the old try owned is cancelled, once, all the same."""
+    dep, emu = deployment, vendor_emulator
+    emu.set_next_scenario("olconnect", Scenario(steps=100000))
+    runs = start_runs(dep, CANCEL_ON_KILL, ("olconnect",))
+    run_id = runs["olconnect"]
+    job = job_ids(dep, CANCEL_ON_KILL, runs)["olconnect"]
+    dep.wait_task_state(CANCEL_ON_KILL, run_id, "wait", "deferred", timeout=90)
+    seen = len(progress_calls(job_calls(emu, job)))
+    wait_for("the trigger to poll", lambda: len(progress_calls(job_calls(emu, job))) >= seen + 2, 60)
+    response = dep.client.post(
+        f"/dags/{CANCEL_ON_KILL}/clearTaskInstances",
+        json={"dry_run": False, "task_ids": ["wait"], "dag_run_id": run_id, "only_failed": False},
+    )
+    assert response.status_code == 200, response.text
+    cancel_path = f"/rest/serverengine/workflow/print/cancel/{job}"
+    wait_for(
+        "the trigger's on_kill to cancel the job",
+        lambda: any(c.method == "POST" and c.path == cancel_path for c in emu.calls),
+        40,
+    )
+    time.sleep(3)  # a second cancel would come now, if any
+    assert len([c for c in emu.calls if c.method == "POST" and c.path == cancel_path]) == 1
+    assert emu.job("olconnect", job).cancelled
+    text = "".join(p.read_text(errors="replace") for p in dep.trigger_logs(CANCEL_ON_KILL, run_id, "wait"))
+    assert f"job {job}: cancelled (the task was killed)" in text, text[-2000:]
+
+
+@needs_3_3
 def test_a_wait_taken_over_by_another_triggerer_keeps_its_job(
     deployment: Deployment, vendor_emulator: VendorEmulator
 ) -> None:

@@ -743,6 +743,10 @@ def check_results(topo: Topology, out: Outcome, returned: dict[TI, Any], jobs: d
             if digest != item["sha256"]:
                 problems.append(f"{uri}: sha256 differs from the XCom")
     strays = sorted(set(objects) - listed_s3) + sorted(set(files) - listed_local)
+    # A Clear's new try fetches its new job's result beside the old one (a fetch never removes what it did not
+    # write; the folder's marker names the new files only): the old job's files are no strays.
+    replaced = [old for (dag, run), old in out.cleared.items() if old]
+    strays = [s for s in strays if not any(old in s for old in replaced)]
     if strays:
         problems.append(f"{len(strays)} objects/files no fetch lists (partial or duplicate): {strays[:4]}")
     detail = "; ".join(problems[:6]) or f"{fetches} fetches: {len(objects)} S3 objects, {len(files)} files, all whole"
