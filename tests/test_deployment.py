@@ -413,6 +413,11 @@ def token_calls(emu: VendorEmulator, since: float) -> list[Call]:
     return [c for c in emu.calls if c.ts > since and c.path.endswith(("/connect/token", "/authentication/login"))]
 
 
+@pytest.mark.skipif(
+    AIRFLOW_V_3_3_PLUS,
+    reason="on Airflow 3.3 the topology's short form (tests/test_topology.py) kills a triggerer among two, with "
+    "Celery workers on PostgreSQL, and checks the same",
+)
 def test_a_killed_triggerer_hands_its_waits_to_another(deployment: Deployment, vendor_emulator: VendorEmulator) -> None:
     """Two triggerers; the one running the waits dies (SIGKILL). The other takes them over: each wait ends
     with exactly one event, nothing is cancelled or submitted again, and tokens are not asked for in a storm."""
