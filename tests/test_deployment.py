@@ -147,10 +147,13 @@ def test_finish_in_triggerer_uses_no_worker(deployment: Deployment, vendor_emula
 
 
 @needs_3_3
+@pytest.mark.parametrize("kill", ["mark failed", "clear"])
 def test_killing_a_deferred_task_cancels_the_remote_job(
-    deployment: Deployment, vendor_emulator: VendorEmulator
+    deployment: Deployment, vendor_emulator: VendorEmulator, kill: str
 ) -> None:
-    """A sensor asked to own its job (``cancel_on_kill=True``) cancels it when a user kills the task."""
+    """A sensor asked to own its job (``cancel_on_kill=True``) cancels it when a user kills the task. A Clear is a
+    kill too: the scheduler has the cleared task scheduled or queued (its new try on its way) before the
+    triggerer runs on_kill, and the job the old try owned is cancelled, once, all the same."""
     dep, emu = deployment, vendor_emulator
     emu.set_next_scenario("olconnect", Scenario(steps=100000))
     runs = start_runs(dep, CANCEL_ON_KILL, ("olconnect",))
@@ -160,7 +163,14 @@ def test_killing_a_deferred_task_cancels_the_remote_job(
     # the trigger is polling: more progress calls arrive after the deferral
     seen = len(progress_calls(job_calls(emu, job)))
     wait_for("the trigger to poll", lambda: len(progress_calls(job_calls(emu, job))) >= seen + 2, 60)
-    dep.mark_failed(CANCEL_ON_KILL, run_id, "wait")
+    if kill == "mark failed":
+        dep.mark_failed(CANCEL_ON_KILL, run_id, "wait")
+    else:
+        response = dep.client.post(
+            f"/dags/{CANCEL_ON_KILL}/clearTaskInstances",
+            json={"dry_run": False, "task_ids": ["wait"], "dag_run_id": run_id, "only_failed": False},
+        )
+        assert response.status_code == 200, response.text
     cancel_path = f"/rest/serverengine/workflow/print/cancel/{job}"
     wait_for(
         "the trigger's on_kill to cancel the job",
@@ -172,45 +182,14 @@ def test_killing_a_deferred_task_cancels_the_remote_job(
     assert len(cancels) == 1, cancels
     assert cancels[0].status == 204
     assert emu.job("olconnect", job).cancelled
-    assert dep.wait_run(CANCEL_ON_KILL, run_id, 60) == "failed"
-    assert dep.task_state(CANCEL_ON_KILL, run_id, "wait") == "failed"
-    assert dep.task_state(CANCEL_ON_KILL, run_id, "downstream") == "upstream_failed"
     assert len(submit_calls(job_calls(emu, job))) == 1
     text = "".join(p.read_text(errors="replace") for p in dep.trigger_logs(CANCEL_ON_KILL, run_id, "wait"))
     assert "Trigger cancelled by user action, invoking on_kill" in text, text[-2000:]
     assert f"job {job}: cancelled (the task was killed)" in text, text[-2000:]
-
-
-@needs_3_3
-def test_clearing_a_deferred_task_cancels_the_remote_job(
-    deployment: Deployment, vendor_emulator: VendorEmulator
-) -> None:
-    """A Clear is a kill too: the scheduler has the cleared task scheduled or queued (its new try on its way)
-    before the triggerer runs on_kill, and the job the old try owned is cancelled, once, all the same."""
-    dep, emu = deployment, vendor_emulator
-    emu.set_next_scenario("olconnect", Scenario(steps=100000))
-    runs = start_runs(dep, CANCEL_ON_KILL, ("olconnect",))
-    run_id = runs["olconnect"]
-    job = job_ids(dep, CANCEL_ON_KILL, runs)["olconnect"]
-    dep.wait_task_state(CANCEL_ON_KILL, run_id, "wait", "deferred", timeout=90)
-    seen = len(progress_calls(job_calls(emu, job)))
-    wait_for("the trigger to poll", lambda: len(progress_calls(job_calls(emu, job))) >= seen + 2, 60)
-    response = dep.client.post(
-        f"/dags/{CANCEL_ON_KILL}/clearTaskInstances",
-        json={"dry_run": False, "task_ids": ["wait"], "dag_run_id": run_id, "only_failed": False},
-    )
-    assert response.status_code == 200, response.text
-    cancel_path = f"/rest/serverengine/workflow/print/cancel/{job}"
-    wait_for(
-        "the trigger's on_kill to cancel the job",
-        lambda: any(c.method == "POST" and c.path == cancel_path for c in emu.calls),
-        40,
-    )
-    time.sleep(3)  # a second cancel would come now, if any
-    assert len([c for c in emu.calls if c.method == "POST" and c.path == cancel_path]) == 1
-    assert emu.job("olconnect", job).cancelled
-    text = "".join(p.read_text(errors="replace") for p in dep.trigger_logs(CANCEL_ON_KILL, run_id, "wait"))
-    assert f"job {job}: cancelled (the task was killed)" in text, text[-2000:]
+    if kill == "mark failed":
+        assert dep.wait_run(CANCEL_ON_KILL, run_id, 60) == "failed"
+        assert dep.task_state(CANCEL_ON_KILL, run_id, "wait") == "failed"
+        assert dep.task_state(CANCEL_ON_KILL, run_id, "downstream") == "upstream_failed"
 
 
 @needs_3_3
