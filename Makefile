@@ -47,6 +47,7 @@ $(STAMP): pyproject.toml $(wildcard $(CONSTRAINTS)) constraints/build.txt | uv
 	else \
 		echo "WARNING: no $(CONSTRAINTS): installing the newest allowed versions, untested here"; \
 		$(UV) pip install --quiet --python $(BIN)/python -b constraints/build.txt -e ".[$(EXTRAS)]" \
+			$(addprefix -c ,$(wildcard constraints/holds-airflow-$(basename $(AIRFLOW_VERSION)).txt)) \
 			"apache-airflow==$(AIRFLOW_VERSION)"; \
 	fi
 	rm -f $(VENV)/.installed-*
@@ -93,7 +94,7 @@ lint: venv
 # transport, not Airflow)
 PYTEST_ARGS ?=
 unit: venv azurite
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	JOBPROGRESS_CONSTRAINTS=$(CONSTRAINTS) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test: lint unit
 
