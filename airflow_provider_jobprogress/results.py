@@ -295,7 +295,7 @@ class LocalStore(ResultStore):
         try:
             self._make_folders(self.root)
             if self.staging.exists():  # a killed try of this very fetch left it
-                self._undo_what_a_killed_try_began_to_show()
+                self._put_back_what_a_killed_try_moved_aside()
                 shutil.rmtree(self.staging)
             self.staging.mkdir()  # proves we may create files in the destination folder
         except OSError as exc:
@@ -337,12 +337,10 @@ class LocalStore(ResultStore):
                 # The old marker must not vouch for a folder being changed: it goes first, and comes back
                 # with the files it describes if a rename fails.
                 aside = self.staging / "marker.previous"
-                self._write_place(aside, self.root / marker.name)
                 os.replace(self.root / marker.name, aside)
                 self._committed.append((self.root / marker.name, aside))
             for index, (temp, target) in enumerate(self._staged):
                 self._make_folders(target.parent)
-                self._write_place(temp, target)
                 backup = None
                 if target.exists():
                     backup = self.staging / f"{index}.previous"
@@ -365,29 +363,17 @@ class LocalStore(ResultStore):
         except OSError as exc:
             if exc.errno not in NO_HARD_LINKS:
                 raise
-        # Renamed aside, the old file is for a moment only in the staging folder; its place was written down
-        # first (``_write_place``), so the retry of a try killed in that moment puts it back.
+        # Renamed aside, the old file is for a moment only in the staging folder: its place is written down
+        # first, so that the retry of a try killed in that moment puts it back.
+        backup.with_suffix(".place").write_text(target.relative_to(self.root).as_posix(), encoding="utf-8")
         os.replace(target, backup)
 
-    def _write_place(self, staged: Path, target: Path) -> None:
-        """Write down, before a file of the commit (``{i}.part``) or the old marker (``marker.previous``) moves,
-        where it goes: a try killed midway leaves the retry what it needs to undo the commit (SIGKILL runs no
-        ``abort``). Beside it, ``{i}.previous`` keeps the file the move replaces."""
-        staged.with_suffix(".place").write_text(target.relative_to(self.root).as_posix(), encoding="utf-8")
-
-    def _undo_what_a_killed_try_began_to_show(self) -> None:
-        """What ``abort`` would have done for a try killed while it showed its files, so that a retry which
-        fails too leaves the folder as it was before that try: each file it replaced and the old marker go back
-        (over the new file), each file it added at a free name goes. A commit that was through (every
-        ``.part`` moved, the new marker last) stays: it is a whole result."""
-        if not any(self.staging.glob("*.part")):
-            return
+    def _put_back_what_a_killed_try_moved_aside(self) -> None:
+        """Files a killed try renamed aside and did not replace yet go back to their place (never over a file)."""
         for place in self.staging.glob("*.place"):
-            target, backup = self.root / place.read_text(encoding="utf-8"), place.with_suffix(".previous")
-            if backup.exists():
-                os.replace(backup, target)  # a hard link to the file still there: rename(2) leaves both as they are
-            elif place.stem != "marker" and not place.with_suffix(".part").exists():
-                target.unlink(missing_ok=True)  # moved in at a free name
+            backup, target = place.with_suffix(".previous"), self.root / place.read_text(encoding="utf-8")
+            if backup.exists() and not os.path.lexists(target):
+                os.replace(backup, target)
 
     def abort(self) -> None:
         for target, backup in reversed(self._committed):
