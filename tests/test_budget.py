@@ -234,3 +234,17 @@ async def test_turns_of_calls_cancelled_while_queued_are_given_back() -> None:
     await asyncio.wait_for(budget.aacquire(), timeout=5.0)
     assert time.monotonic() - started < 1.5, "the next call waits one turn at most, not 25 s"
     assert budget.counts.calls == 6
+
+
+async def test_raised_limits_reach_a_call_already_queued() -> None:
+    """A user raises requests_per_minute (1/min -> 600/min) while a call queues: the call first in line waits on
+    a timer set from the old rate; the new limits wake it, and it goes within a turn of the new rate."""
+    budget = RequestBudget("c", 1)  # bursts of 1
+    await budget.aacquire()  # the burst
+    waiter = asyncio.ensure_future(budget.aacquire())
+    await asyncio.sleep(0.05)
+    budget.set_limits(600)
+    try:
+        await asyncio.wait_for(asyncio.shield(waiter), timeout=5)
+    finally:
+        waiter.cancel()

@@ -152,6 +152,8 @@ class RequestBudget:
             for new, old in zip(buckets, self._buckets, strict=False):
                 new.tokens = min(old.tokens, new.capacity)
             self._buckets = buckets
+            # the call first in line sleeps on a timer set from the old limits: it looks again now
+            self._wake_head()
 
     # -- taking turns ---------------------------------------------------------------------------------
     def _refill(self) -> float:
@@ -221,9 +223,18 @@ class RequestBudget:
         self._urgent.pop(waiter, None)
         self._queued.pop(waiter, None)
         if head is waiter:
-            new = self._head()
-            if new is not None:
-                new.wake()
+            self._wake_head()
+
+    def _wake_head(self) -> None:
+        """Wake the call first in line; one whose event loop has closed (it can never take its turn) leaves the
+        queue, and the next is woken instead."""
+        while (head := self._head()) is not None:
+            try:
+                head.wake()
+                return
+            except RuntimeError:  # call_soon_threadsafe on a closed loop
+                self._urgent.pop(head, None)
+                self._queued.pop(head, None)
 
     def _leave(self, waiter: _Waiter) -> None:
         with self._lock:
