@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import statistics
 import time
@@ -439,6 +440,27 @@ def asset_event_firsts(topo: Topology) -> dict[str, float]:
     return firsts
 
 
+def asset_run_windows(topo: Topology) -> dict[str, list[tuple[float, float]]]:
+    """Per job, from the first start to the last end of the task instances of each run its asset events
+    triggered: those runs read the job themselves (the example downloads a finished job's outputs)."""
+    events = {
+        r[0]: str(((r[1] or {}).get("payload") or {}).get("job_id"))
+        for r in query(topo, "SELECT id, extra FROM asset_event")
+    }
+    rows = query(
+        topo,
+        "SELECT d.event_id, MIN(ti.start_date), MAX(ti.end_date) FROM dagrun_asset_event d "
+        "JOIN dag_run r ON r.id = d.dag_run_id JOIN task_instance ti ON ti.dag_id = r.dag_id AND ti.run_id = r.run_id "
+        "GROUP BY d.event_id",
+    )
+    windows: dict[str, list[tuple[float, float]]] = {}
+    for event_id, first, last in rows:
+        if event_id in events and first is not None:
+            end = last.timestamp() if last is not None else math.inf
+            windows.setdefault(events[event_id], []).append((first.timestamp(), end))
+    return windows
+
+
 def settle_watcher(topo: Topology, out: Outcome) -> None:
     """Give the watcher a few polls to report the last jobs, then the runs it started time to end."""
     with_timeout = 120.0
@@ -563,6 +585,7 @@ def check_triggerer(topo: Topology, out: Outcome, tis: dict[TI, dict[str, Any]])
     keep reading it). Airflow's own "Trigger fired event" lines cannot count events: a SIGKILLed triggerer loses
     the lines it had not flushed."""
     returned, job_ids, calls = xcoms(topo), xcoms(topo, "job_id"), topo.emulator.calls
+    asset_runs = asset_run_windows(topo)
     moved = [ti for ti in out.moved if ti not in out.user_killed and ti[:2] not in out.cleared]
     problems = []
     for ti in moved:
@@ -581,7 +604,16 @@ def check_triggerer(topo: Topology, out: Outcome, tis: dict[TI, dict[str, Any]])
         # the fetch's first try (a worker killed mid-fetch makes a second): each try reads the job itself
         starts = [fetch[k] for k in ("first_start", "start_date") if fetch and fetch[k] is not None]
         until = min(starts).timestamp() if starts else ended + 30
-        late = [c for c in mine if c.method == "GET" and ended < c.ts < until and is_progress(c)]
+        # a run the job's asset event triggered reads the job too (the watcher's example downloads its outputs)
+        theirs = asset_runs.get(job, [])
+        late = [
+            c
+            for c in mine
+            if c.method == "GET"
+            and ended < c.ts < until
+            and is_progress(c)
+            and not any(first <= c.ts <= last for first, last in theirs)
+        ]
         if sum(is_submit(c) for c in mine) != 1 or cancels_by_job(mine) or late:
             problems.append(f"{name}: job {job} submits/cancels/reads after the end: {[c.path for c in late][:2]}")
     ok = bool(moved) and not problems
