@@ -144,6 +144,37 @@ async def test_an_ended_job_wakes_its_wait_within_one_cycle(emulator: VendorEmul
     await asyncio.gather(*runs, return_exceptions=True)
 
 
+@pytest.mark.parametrize("vendor", ["itwin-v1", "itwin-v2"])
+async def test_a_failure_or_cancellation_is_read_from_its_listing_entry(emulator: VendorEmulator, vendor: str) -> None:
+    """How a job that left the listing ended comes from its entry in the listing of ended jobs, whatever the end:
+    no read of its progress or details of its own (a Trial client has 75 calls a minute for thousands of waits;
+    three calls per failure held every other end back). A failure's messages are read where the entry has none
+    (v2), as its own wait would."""
+    busy = [submit(vendor, Scenario(duration=600), emulator) for _ in range(LIST_MIN_WAITS)]
+    failed = submit(vendor, Scenario(duration=1.0, outcome="fail", message="disk full"), emulator)
+    cancelled = submit(vendor, Scenario(duration=1.0, outcome="cancel"), emulator)
+    runs = [asyncio.ensure_future(wait_all([trigger(vendor, job, interval=0.5)])) for job in busy]
+    soon = time.time() + 0.2
+    ended = [trigger(vendor, job, interval=60.0, first_poll_at=soon) for job in (failed, cancelled)]
+    try:
+        fail, cancel = await asyncio.wait_for(wait_all(ended), timeout=30)
+    finally:
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+    assert (fail["status"], fail["progress"]["state"]) == ("failed", "failed")
+    assert "disk full" in fail["message"]
+    assert (cancel["status"], cancel["progress"]["state"]) == ("cancelled", "cancelled")
+    assert cancel["progress"]["percent"] is not None, "where it stopped: the wait's last reading"
+    own = {
+        job: [c.path for c in emulator.calls if c.job_id == job and c.method == "GET"] for job in (failed, cancelled)
+    }
+    assert not [path for path in own[failed] if path.endswith(failed)], "no details read: the entry has them"
+    # each read its progress once at most: its first poll, while it ran (a listing gives no percentage)
+    assert sum(path.endswith("/progress") for path in own[failed]) <= 1, own[failed]
+    assert sum(path.endswith("/progress") for path in own[cancelled]) <= 1, own[cancelled]
+
+
 async def test_a_wait_alone_reads_its_own_job(emulator: VendorEmulator) -> None:
     job = submit("olconnect", Scenario(steps=4), emulator)  # four reads to the end, however loaded the machine
     (payload,) = await wait_all([trigger("olconnect", job, interval=0.05)])

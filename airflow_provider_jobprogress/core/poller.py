@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -41,7 +42,7 @@ from typing import Protocol
 
 from airflow_provider_jobprogress.core.budget import BudgetCounts, RequestBudget
 from airflow_provider_jobprogress.core.errors import JobProgressError
-from airflow_provider_jobprogress.core.model import JobProgress, Listing
+from airflow_provider_jobprogress.core.model import JobProgress, JobState, Listing
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,10 @@ class JobPoller:
     async def read(self, watch: Watch) -> JobProgress:
         verdict = self._ended.get(watch.job_id)
         if verdict is not None:
+            last = watch.last
+            if verdict.state is JobState.CANCELLED and verdict.percent is None and last is not None:
+                # a cancellation read from a listing has no percentage: where the job stopped is the wait's last
+                return dataclasses.replace(verdict, percent=last.percent)
             return verdict
         if not self.listing:
             return await watch.reader.aget_progress(watch.job_id)

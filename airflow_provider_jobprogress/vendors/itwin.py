@@ -334,8 +334,10 @@ class ITwinApi(VendorApi):
 
     def read_ended(self, ended: Mapping[str, JobProgress]) -> Flow[dict[str, JobProgress]]:
         """How jobs that left the running listing ended: their entries, ``ENDED_BATCH`` ids a call
-        (``id eq '…' or …``). A success is read from its entry as its details would be; a failure or a
-        cancellation (rare, and with a message or percentage to report) as its own wait would read it."""
+        (``id eq '…' or …``), each read as its details would be (a listing's entry is the job's details): no call
+        of its own but a failure's messages where the entry has none (v2). Per job, a failure would cost three
+        calls (progress, details, messages): a Trial client's hour holds 75 a minute for every wait's end. A
+        cancellation's percentage is the wait's last one (``core.poller``)."""
         found: dict[str, JobProgress] = {}
         ids = sorted(ended)
         for start in range(0, len(ids), ENDED_BATCH):
@@ -345,10 +347,7 @@ class ITwinApi(VendorApi):
                 state = job_state(job)
                 if job_id not in ended or state is None or not state.is_terminal:
                     continue
-                if state is JobState.SUCCEEDED:
-                    found[job_id] = yield from self.progress_from_job(job_id, job)
-                else:
-                    found[job_id] = yield from self.progress(job_id)
+                found[job_id] = yield from self.progress_from_job(job_id, job)
         return found
 
     def _listed(self, filter: str) -> Flow[tuple[dict[str, dict[str, Any]], bool]]:
