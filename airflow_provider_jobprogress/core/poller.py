@@ -52,6 +52,10 @@ LIST_MIN_WAITS = 3
 MIN_CYCLE = 1.0
 #: while listings fail, the last good one answers the waits for this many seconds (then: per-job reads)
 STALE_LISTING = 300.0
+#: jobs that left the listing are read this many at a time (``aread_ended``), each chunk's waits woken as its
+#: answer comes: 5,000 ends at once under a Trial client's 75 calls a minute would otherwise hold the first
+#: for the last (iTwin reads 100 per call, ``vendors.itwin.ENDED_BATCH``)
+ENDED_CHUNK = 100
 
 
 #: what receives a connection's counts once a minute (the triggers send them to Airflow's metrics)
@@ -235,19 +239,32 @@ class JobPoller:
             return snapshot
         if self._failed_at is not None and moment - self._failed_at < self.list_interval:
             return self._last_good(moment)  # the last listing failed: no new try before the next cycle
-        return await self._refresh()
+        last_good = self._last_good(moment)
+        if last_good is None:
+            return await self._refresh()
+        # A listing takes its time (pages, then how the jobs that left it ended, all paced by the budget): a
+        # poll meanwhile sees the last one; the new one wakes the waits whose jobs it finds ended.
+        self._start_refresh()
+        return last_good
 
     def _last_good(self, moment: float) -> _Snapshot | None:
         snapshot = self._snapshot
         return snapshot if snapshot is not None and moment - snapshot.taken_at <= STALE_LISTING else None
 
-    async def _refresh(self) -> _Snapshot | None:
+    def _start_refresh(self) -> asyncio.Future[_Snapshot | None] | None:
+        """The listing under way, or a new one (None once closed)."""
         if self._closed:
             return None
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(self._take_snapshot())
+        return self._refreshing
+
+    async def _refresh(self) -> _Snapshot | None:
+        refreshing = self._start_refresh()
+        if refreshing is None:
+            return None
         # shield: one wait leaving (its trigger killed) must not cancel the listing the others wait for
-        return await asyncio.shield(self._refreshing)
+        return await asyncio.shield(refreshing)
 
     async def _take_snapshot(self) -> _Snapshot | None:
         loop = asyncio.get_running_loop()
@@ -260,14 +277,14 @@ class JobPoller:
             jobs = dict(listing.jobs)
             # seen running before, missing now: ended (unless pages were left unread)
             ended = {job: self._seen[job] for job in self.watches if job in self._seen and job not in jobs}
-            if ended and listing.complete:
-                found = await self._read_ended(ended)
-                jobs.update(found)
-                self._ended.update(
-                    {job: reading for job, reading in found.items() if reading.is_terminal and job in self.watches}
-                )
-            elif not listing.complete:
+            if not listing.complete:
                 ended = {}
+            items = list(ended.items())
+            for start in range(0, len(items), ENDED_CHUNK):
+                found = await self._read_ended(dict(items[start : start + ENDED_CHUNK]))
+                jobs.update(found)
+                verdicts = {job: reading for job, reading in found.items() if reading.is_terminal}
+                self._verdicts(verdicts)
         except Exception as exc:  # anything (a bug too) fails this listing only, never every wait's poll nor the cycle
             if self._failed_at is None:
                 log.warning(
@@ -286,12 +303,21 @@ class JobPoller:
             reading = jobs.get(job)
             if reading is not None and not reading.is_terminal:
                 self._seen[job] = reading
-        for job in ended:  # their waits read now: the ended listing's verdict, or their own call
-            self._seen.pop(job, None)
-            for watch in self.watches.get(job, ()):
-                watch.wake()
         snapshot = self._snapshot = _Snapshot(Listing(jobs, listing.complete, listing.percentages), started)
+        for job in ended:  # the rest read their own jobs now (a verdict's waits were woken with it)
+            if self._seen.pop(job, None) is not None:
+                for watch in self.watches.get(job, ()):
+                    watch.wake()
         return snapshot
+
+    def _verdicts(self, verdicts: Mapping[str, JobProgress]) -> None:
+        """How watched jobs ended, kept until their waits leave; each wait woken to read it now."""
+        for job, reading in verdicts.items():
+            if job in self.watches:
+                self._ended[job] = reading
+                self._seen.pop(job, None)
+                for watch in self.watches[job]:
+                    watch.wake()
 
     async def _read_ended(self, ended: Mapping[str, JobProgress]) -> dict[str, JobProgress]:
         """How jobs that left the listing ended; nothing when that read fails (their waits, woken, read their

@@ -87,8 +87,9 @@ _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 #: jobs per page (``$top``, at most 1,000 per Bentley) and pages per listing of the shared poller
 LIST_PAGE = 1000
 LIST_PAGES = 20
-#: job ids per ``id eq … or …`` filter when reading how jobs ended (keeps the URL a few KB long)
-ENDED_BATCH = 50
+#: job ids per ``id eq … or …`` filter when reading how jobs ended: about 5 KB of URL, under the 8 KB that
+#: proxies and gateways commonly allow; the shared poller asks about ``core.poller.ENDED_CHUNK`` at a time
+ENDED_BATCH = 100
 #: the largest page of jobs the API serves (``$top`` 2..1000): the bound of a listing that names no page size
 MAX_PAGE = 1000
 #: a failed v2 job's messages: up to a hundred entries of 2 KiB
