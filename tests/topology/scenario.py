@@ -310,6 +310,24 @@ def moved_over(topo: Topology, out: Outcome, tis: dict[TI, dict[str, Any]], wait
     return None not in owners and out.dead_triggerer not in owners
 
 
+def running_there(topo: Topology, tis: dict[TI, dict[str, Any]], waits: list[TI]) -> bool:
+    """Whether each of ``waits`` has started on the triggerer its trigger is assigned to: the DB assignment comes
+    first, the start there only on that triggerer's next loop (seconds on a loaded host), and a kill in between
+    reaches no on_kill (the full run saw 4 of 10 kills cancel nothing). Each triggerer logs ``trigger … starting``
+    into the trigger log of the task, one file per triggerer job."""
+    assignment = dict(query(topo, "SELECT id, triggerer_id FROM trigger"))
+    for ti in waits:
+        dag_id, run_id, task_id, map_index = ti
+        owner = assignment.get(tis[ti]["trigger_id"])
+        folder = topo.dep.task_logs / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        if map_index >= 0:
+            folder /= f"map_index={map_index}"
+        log = folder / f"attempt={tis[ti]['try_number']}.log.trigger.{owner}.log"
+        if owner is None or not log.is_file() or " starting" not in log.read_text(errors="replace"):
+            return False
+    return True
+
+
 def run(topo: Topology, plan: Plan) -> Outcome:
     out = Outcome(plan)
     dep = topo.dep
@@ -365,8 +383,8 @@ def run(topo: Topology, plan: Plan) -> Outcome:
             and "triggerer" in done
             and all(k in deferred for k in kill_tis)
             and moved_over(topo, out, tis, kill_tis)
+            and running_there(topo, tis, kill_tis)
         ):
-            time.sleep(3)  # the surviving triggerer has them running
             job_ids = xcoms(topo, "job_id")
             for ti in kill_tis:
                 out.user_killed[ti] = str(job_ids[ti])
