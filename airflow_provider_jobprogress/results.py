@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import errno
 import hashlib
 import importlib.util
@@ -41,6 +42,9 @@ _URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']+@")
 #: S3 part size: small enough for flat memory, big enough for S3's 10,000-part limit up to 80 GB
 S3_PART_SIZE = 8 << 20
 #: the completion marker a folder result gets last (Spark's and Hadoop's name), holding the result's manifest
+#: S3 dates an upload to the second, on whichever of its hosts answered: an upload a killed try began right after
+#: announcing it may look a little older than its announcement
+ANNOUNCEMENT_LEEWAY = datetime.timedelta(seconds=1)
 SUCCESS_MARKER = "_SUCCESS"
 #: what ``os.link`` answers on mounts without hard links (gcsfuse, blobfuse, exFAT, some SMB shares)
 NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP})
@@ -460,7 +464,7 @@ class _Upload:
     key: str
     upload_id: str
     parts: list[dict[str, Any]]
-    #: the upload id of its ledger entry, while there is one
+    #: the upload id of the ledger entry that announced it, while there is one
     ledger: str | None = None
 
 
@@ -478,11 +482,14 @@ class S3Store(_ObjectStore):
 
     Until completion an upload is invisible: no reader, listing or bucket notification sees a partial
     object, and nothing is copied or deleted to "move" it. Each part carries its SHA-256, which S3 checks
-    on receipt. A fetch touches only uploads it began itself: each is recorded, as soon as S3 has named it,
-    in a ledger of empty uploads under a key of this fetch's own (``<prefix>.jobprogress-<key>.upload-<id
-    hash>``: uploads are invisible and send no bucket event). A try killed with SIGKILL leaves its uploads
-    and their ledger; the retry aborts exactly those. Other writers' uploads, even under the same prefix,
-    are never touched: what no retry clears is the bucket lifecycle rule's (``AbortIncompleteMultipartUpload``).
+    on receipt. A fetch touches only uploads it began itself: each is announced before it begins, in a
+    ledger of empty uploads under a key of this fetch's own (``<prefix>.jobprogress-<key>.upload-<hash of the
+    object's key>``: uploads are invisible and send no bucket event), so a try killed even as S3 named an upload
+    left word of it. A try killed with SIGKILL leaves its uploads and their ledger; the retry aborts the uploads
+    to each announced key begun since its announcement (S3 dates them to the second: a second's leeway), then
+    the ledger. Other writers' uploads under the same prefix are never touched (only one begun on the very key
+    this fetch writes, within that window, would be taken for ours: two writers of one object conflict anyway);
+    what no retry clears is the bucket lifecycle rule's (``AbortIncompleteMultipartUpload``).
 
     A failed commit removes an object it completed at a free key only while it is still ours (a delete
     conditional on its ETag), so another writer's object put there since stays.
@@ -510,19 +517,20 @@ class S3Store(_ObjectStore):
         self._call("abort_multipart_upload", Key=probe["Key"], UploadId=probe["UploadId"])
 
     def _clear_killed_try(self) -> None:
-        """Abort the uploads a killed try of this fetch recorded in its ledger, then the ledger (and a probe)."""
+        """Abort the uploads a killed try of this fetch announced in its ledger, then the ledger (and a probe)."""
         leftovers = list(self._unfinished(self.own))
-        recorded = {u["Key"] for u in leftovers if u["Key"].startswith(self.ledger)}
-        if recorded:
+        announced = {u["Key"]: u["Initiated"] for u in leftovers if u["Key"].startswith(self.ledger)}
+        if announced:
             for upload in self._unfinished(self.prefix):
-                if self._ledger_key(upload["UploadId"]) in recorded:
+                since = announced.get(self._ledger_key(upload["Key"]))
+                if since is not None and upload["Initiated"] >= since - ANNOUNCEMENT_LEEWAY:
                     self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
         for upload in leftovers:  # after the uploads they record: a try killed here leaves the ledger to retry
             self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
 
-    def _ledger_key(self, upload_id: str) -> str:
-        """The ledger entry of an upload: a fixed-length name (S3's ids are long, of no promised alphabet)."""
-        return self.ledger + hashlib.sha256(upload_id.encode()).hexdigest()[:32]
+    def _ledger_key(self, key: str) -> str:
+        """The ledger entry announcing an upload to ``key``: a fixed-length name (keys are up to 1 KiB)."""
+        return self.ledger + hashlib.sha256(key.encode()).hexdigest()[:32]
 
     def _unfinished(self, prefix: str) -> Iterator[dict[str, Any]]:
         markers: dict[str, str] = {}
@@ -533,9 +541,9 @@ class S3Store(_ObjectStore):
                 return
             markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
 
-    def _record(self, upload: _Upload) -> None:
-        ledger = self._call("create_multipart_upload", Key=self._ledger_key(upload.upload_id))
-        upload.ledger = ledger["UploadId"]
+    def _announce(self, key: str) -> str:
+        """The ledger entry of an upload about to begin: its own upload id."""
+        return str(self._call("create_multipart_upload", Key=self._ledger_key(key))["UploadId"])
 
     def _forget(self, upload: _Upload) -> None:
         """Drop the ledger entry of an upload completed or aborted; a failure only leaves it to the retry."""
@@ -544,17 +552,23 @@ class S3Store(_ObjectStore):
                 self.fs.call_s3(
                     "abort_multipart_upload",
                     Bucket=self.bucket,
-                    Key=self._ledger_key(upload.upload_id),
+                    Key=self._ledger_key(upload.key),
                     UploadId=upload.ledger,
                 )
             upload.ledger = None
 
     def _stage(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
         key = self.prefix + name if name is not None else self.prefix
-        created = self._call("create_multipart_upload", Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256")
-        upload = _Upload(key, created["UploadId"], [])
+        ledger = self._announce(key)  # first: a try killed as S3 names the upload has still announced it
+        try:
+            created = self._call(
+                "create_multipart_upload", Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256"
+            )
+        except Exception:  # S3 refused it: nothing to announce (a kill runs nothing, and leaves the ledger)
+            self._forget(_Upload(key, "", [], ledger))
+            raise
+        upload = _Upload(key, created["UploadId"], [], ledger)
         self._pending.append(upload)  # registered first: a failure mid-stream aborts it
-        self._record(upload)  # before any part: a killed try's retry finds it
         digest = _Digest()
         # Each part is spooled to a temporary file and sent from it in small reads: holding a part as one
         # bytes object costs its size several times over (join, socket buffer, allocator high-water).

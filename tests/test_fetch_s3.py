@@ -329,6 +329,39 @@ def test_what_a_killed_try_left_is_cleaned_by_its_retry_and_only_that(
     assert set(objects(s3)) == {f"run/{stored['name']}", "run/_SUCCESS", "run/theirs.bin"}
 
 
+def test_a_try_killed_as_s3_named_its_upload_is_cleaned_by_its_retry(
+    airflow_db: Path, emulator: VendorEmulator, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL between S3's answer to CreateMultipartUpload and anything after it (the topology's short form caught
+    a worker there, writing a marker): the retry still knows that upload, because the fetch announced it first."""
+    from airflow_provider_jobprogress.results import S3Store
+
+    job_id = finished_job(emulator, "olconnect", Scenario(steps=0))
+    destination = f"s3://{CONN_ID}@{s3.bucket}/run/"
+    foreign = ForeignUpload(s3, "run/theirs.bin")
+    real_call = S3Store._call
+
+    class Killed(BaseException):
+        """What the killed try sees of its own death: nothing runs after it, no cleanup either."""
+
+    def dies_once_named(self: S3Store, method: str, **kwargs: Any) -> Any:
+        answer = real_call(self, method, **kwargs)
+        if method == "create_multipart_upload" and not kwargs["Key"].rpartition("/")[2].startswith(".jobprogress-"):
+            raise Killed
+        return answer
+
+    with monkeypatch.context() as killed:
+        killed.setattr(S3Store, "_call", dies_once_named)
+        killed.setattr(S3Store, "abort", lambda self: None)
+        with pytest.raises(Killed):
+            fetch("olconnect_default", job_id, destination)
+    assert len(unfinished_uploads(s3)) > 1, "the killed try left its upload (and its announcement)"
+    [stored] = fetch("olconnect_default", job_id, destination)
+    assert unfinished_uploads(s3) == ["run/theirs.bin"], "the retry aborted what its killed try began, only that"
+    assert set(objects(s3)) == {f"run/{stored['name']}", "run/_SUCCESS"}
+    foreign.finish(b"their bytes")
+
+
 MEASURED_FETCH = """
 import gc, json, os, sys
 from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook

@@ -9,9 +9,11 @@ costs the vendor. A wait *watches* its job on the connection's ``JobPoller`` and
 - **``LIST_MIN_WAITS`` or more jobs on a connection whose vendor lists its jobs** (OL Connect
   ``getOperations``; iTwin v2 ``GET /jobs?$filter``): once per cycle the poller reads every running job of the
   connection in one call (or a few pages), and each wait's poll is answered from that listing, without a call of
-  its own. A job that was listed and no longer is has ended: the vendor's listing of ended jobs (where it has one)
-  or one per-job call reads how, and the poller wakes that wait at once instead of at its next poll, so an end
-  is seen within one cycle however far the wait's backoff has grown. A job the listing has never shown (it ended
+  its own. A job that was listed and no longer is has ended: the vendor's listing of ended jobs (where it has one,
+  ``ENDED_CHUNK`` jobs at a time, each chunk's waits woken as its answer comes) or one per-job call reads how,
+  and the poller wakes that wait at once instead of at its next poll, so an end is seen within one cycle however
+  far the wait's backoff has grown. A poll while a listing is under way is answered from the last one: a
+  listing and its ended jobs' reads, paced by a short budget, may take a while, and hold no wait meanwhile. A job the listing has never shown (it ended
   before the first listing, or the vendor does not know it) is read per job. Where the listing gives no
   percentage (iTwin), a wait's per-job progress read is *optional*: sent when the budget has a call to spare,
   left out (the wait keeps its last percentage) when it has not, so completions always come first.
