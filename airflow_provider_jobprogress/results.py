@@ -42,10 +42,12 @@ _URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']+@")
 #: S3 part size: small enough for flat memory, big enough for S3's 10,000-part limit up to 80 GB
 S3_PART_SIZE = 8 << 20
 #: the completion marker a folder result gets last (Spark's and Hadoop's name), holding the result's manifest
-#: S3 dates an upload to the second, on whichever of its hosts answered: an upload a killed try began right after
-#: announcing it may look a little older than its announcement
-ANNOUNCEMENT_LEEWAY = datetime.timedelta(seconds=1)
 SUCCESS_MARKER = "_SUCCESS"
+#: An upload is announced before it begins and recorded once S3 has named it (``S3Store``). An announcement left
+#: without its record (a try killed in between) stands for the upload begun on its key within this window: S3
+#: dates uploads to the second, on whichever host answered (the leeway before), and a create call with its
+#: retries ends within minutes (the window after)
+ANNOUNCED_UPLOAD = (datetime.timedelta(seconds=1), datetime.timedelta(minutes=5))
 #: what ``os.link`` answers on mounts without hard links (gcsfuse, blobfuse, exFAT, some SMB shares)
 NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP})
 #: an old marker bigger than this is not ours: removed before a commit, it is not put back after a failure
@@ -464,7 +466,7 @@ class _Upload:
     key: str
     upload_id: str
     parts: list[dict[str, Any]]
-    #: the upload id of the ledger entry that announced it, while there is one
+    #: the upload id of its ledger entry, while there is one
     ledger: str | None = None
 
 
@@ -482,14 +484,16 @@ class S3Store(_ObjectStore):
 
     Until completion an upload is invisible: no reader, listing or bucket notification sees a partial
     object, and nothing is copied or deleted to "move" it. Each part carries its SHA-256, which S3 checks
-    on receipt. A fetch touches only uploads it began itself: each is announced before it begins, in a
-    ledger of empty uploads under a key of this fetch's own (``<prefix>.jobprogress-<key>.upload-<hash of the
-    object's key>``: uploads are invisible and send no bucket event), so a try killed even as S3 named an upload
-    left word of it. A try killed with SIGKILL leaves its uploads and their ledger; the retry aborts the uploads
-    to each announced key begun since its announcement (S3 dates them to the second: a second's leeway), then
-    the ledger. Other writers' uploads under the same prefix are never touched (only one begun on the very key
-    this fetch writes, within that window, would be taken for ours: two writers of one object conflict anyway);
-    what no retry clears is the bucket lifecycle rule's (``AbortIncompleteMultipartUpload``).
+    on receipt. A fetch touches only uploads it began itself, by a ledger of empty uploads under keys of
+    this fetch's own (uploads are invisible and send no bucket event): each upload is *announced* before it
+    begins (``<prefix>.jobprogress-<key>.announce-<hash of the object's key>``) and *recorded* once S3 has named
+    it (``….upload-<hash of its upload id>``), then its announcement is dropped. A try killed with SIGKILL leaves
+    its uploads and their ledger; the retry aborts each recorded upload, and for an announcement left without
+    its record (a try killed as S3 named the upload) the upload begun on that key within ``ANNOUNCED_UPLOAD`` of
+    it, then the ledger. Other writers' uploads under the same prefix are never touched (only one begun on the
+    very key this fetch writes, within that window of a killed try, would be taken for ours: two writers of one
+    object conflict anyway); what no retry clears is the bucket lifecycle rule's
+    (``AbortIncompleteMultipartUpload``), as is an upload a create call's own silent retry left behind.
 
     A failed commit removes an object it completed at a free key only while it is still ours (a delete
     conditional on its ETag), so another writer's object put there since stays.
@@ -503,6 +507,7 @@ class S3Store(_ObjectStore):
         #: keys only this fetch (this vendor job to this destination) writes: its probe and its ledger
         self.own = f"{self.prefix}.jobprogress-{self.key}."
         self.ledger = f"{self.own}upload-"
+        self.announcements = f"{self.own}announce-"
         self._pending: list[_Upload] = []
         self._landed: list[_Landed] = []
 
@@ -517,20 +522,28 @@ class S3Store(_ObjectStore):
         self._call("abort_multipart_upload", Key=probe["Key"], UploadId=probe["UploadId"])
 
     def _clear_killed_try(self) -> None:
-        """Abort the uploads a killed try of this fetch announced in its ledger, then the ledger (and a probe)."""
+        """Abort the uploads a killed try of this fetch left in its ledger, then the ledger (and a probe)."""
         leftovers = list(self._unfinished(self.own))
-        announced = {u["Key"]: u["Initiated"] for u in leftovers if u["Key"].startswith(self.ledger)}
-        if announced:
+        recorded = {u["Key"] for u in leftovers if u["Key"].startswith(self.ledger)}
+        announced = {u["Key"]: u["Initiated"] for u in leftovers if u["Key"].startswith(self.announcements)}
+        before, after = ANNOUNCED_UPLOAD
+        if recorded or announced:
             for upload in self._unfinished(self.prefix):
-                since = announced.get(self._ledger_key(upload["Key"]))
-                if since is not None and upload["Initiated"] >= since - ANNOUNCEMENT_LEEWAY:
+                since = announced.get(self._announcement_key(upload["Key"]))
+                if self._ledger_key(upload["UploadId"]) in recorded or (
+                    since is not None and since - before <= upload["Initiated"] <= since + after
+                ):
                     self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
         for upload in leftovers:  # after the uploads they record: a try killed here leaves the ledger to retry
             self._call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
 
-    def _ledger_key(self, key: str) -> str:
-        """The ledger entry announcing an upload to ``key``: a fixed-length name (keys are up to 1 KiB)."""
-        return self.ledger + hashlib.sha256(key.encode()).hexdigest()[:32]
+    def _ledger_key(self, upload_id: str) -> str:
+        """The ledger entry of an upload: a fixed-length name (S3's ids are long, of no promised alphabet)."""
+        return self.ledger + hashlib.sha256(upload_id.encode()).hexdigest()[:32]
+
+    def _announcement_key(self, key: str) -> str:
+        """The ledger entry announcing an upload to ``key`` (keys are up to 1 KiB)."""
+        return self.announcements + hashlib.sha256(key.encode()).hexdigest()[:32]
 
     def _unfinished(self, prefix: str) -> Iterator[dict[str, Any]]:
         markers: dict[str, str] = {}
@@ -541,9 +554,9 @@ class S3Store(_ObjectStore):
                 return
             markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
 
-    def _announce(self, key: str) -> str:
-        """The ledger entry of an upload about to begin: its own upload id."""
-        return str(self._call("create_multipart_upload", Key=self._ledger_key(key))["UploadId"])
+    def _record(self, upload: _Upload) -> None:
+        ledger = self._call("create_multipart_upload", Key=self._ledger_key(upload.upload_id))
+        upload.ledger = ledger["UploadId"]
 
     def _forget(self, upload: _Upload) -> None:
         """Drop the ledger entry of an upload completed or aborted; a failure only leaves it to the retry."""
@@ -552,23 +565,24 @@ class S3Store(_ObjectStore):
                 self.fs.call_s3(
                     "abort_multipart_upload",
                     Bucket=self.bucket,
-                    Key=self._ledger_key(upload.key),
+                    Key=self._ledger_key(upload.upload_id),
                     UploadId=upload.ledger,
                 )
             upload.ledger = None
 
     def _stage(self, name: str | None, chunks: Iterable[bytes], *, content_type: str, source: str | None) -> StoredFile:
         key = self.prefix + name if name is not None else self.prefix
-        ledger = self._announce(key)  # first: a try killed as S3 names the upload has still announced it
-        try:
-            created = self._call(
-                "create_multipart_upload", Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256"
-            )
-        except Exception:  # S3 refused it: nothing to announce (a kill runs nothing, and leaves the ledger)
-            self._forget(_Upload(key, "", [], ledger))
-            raise
-        upload = _Upload(key, created["UploadId"], [], ledger)
+        # Announced first: a try killed as S3 names the upload has still left word of it. A create that fails
+        # leaves its announcement too (an answer lost on the way may have begun an upload all the same).
+        announcement = self._call("create_multipart_upload", Key=self._announcement_key(key))["UploadId"]
+        created = self._call("create_multipart_upload", Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256")
+        upload = _Upload(key, created["UploadId"], [])
         self._pending.append(upload)  # registered first: a failure mid-stream aborts it
+        self._record(upload)  # before any part, and before the announcement goes: the retry finds it exactly
+        with contextlib.suppress(Exception):  # a failure leaves an announcement its record already covers
+            self.fs.call_s3(
+                "abort_multipart_upload", Bucket=self.bucket, Key=self._announcement_key(key), UploadId=announcement
+            )
         digest = _Digest()
         # Each part is spooled to a temporary file and sent from it in small reads: holding a part as one
         # bytes object costs its size several times over (join, socket buffer, allocator high-water).

@@ -355,7 +355,11 @@ def test_a_try_killed_as_s3_named_its_upload_is_cleaned_by_its_retry(
         killed.setattr(S3Store, "abort", lambda self: None)
         with pytest.raises(Killed):
             fetch("olconnect_default", job_id, destination)
-    assert len(unfinished_uploads(s3)) > 1, "the killed try left its upload (and its announcement)"
+    ledger = [key for key in unfinished_uploads(s3) if key.startswith("run/.jobprogress-")]
+    began = [key for key in unfinished_uploads(s3) if key not in ledger and key != "run/theirs.bin"]
+    assert len(ledger) == 1, "its announcement, not yet followed by a record"
+    assert ".announce-" in ledger[0]
+    assert len(began) == 1, "and the upload S3 had begun for it"
     [stored] = fetch("olconnect_default", job_id, destination)
     assert unfinished_uploads(s3) == ["run/theirs.bin"], "the retry aborted what its killed try began, only that"
     assert set(objects(s3)) == {f"run/{stored['name']}", "run/_SUCCESS"}
