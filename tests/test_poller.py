@@ -151,13 +151,14 @@ async def test_a_failure_or_cancellation_is_read_from_its_listing_entry(emulator
     three calls per failure held every other end back). A failure's messages are read where the entry has none
     (v2), as its own wait would."""
     busy = [submit(vendor, Scenario(duration=600), emulator) for _ in range(LIST_MIN_WAITS)]
-    failed = submit(vendor, Scenario(duration=1.0, outcome="fail", message="disk full"), emulator)
-    cancelled = submit(vendor, Scenario(duration=1.0, outcome="cancel"), emulator)
+    # long enough for several listings to see them run, however loaded the machine
+    failed = submit(vendor, Scenario(duration=5.0, outcome="fail", message="disk full"), emulator)
+    cancelled = submit(vendor, Scenario(duration=5.0, outcome="cancel"), emulator)
     runs = [asyncio.ensure_future(wait_all([trigger(vendor, job, interval=0.5)])) for job in busy]
     soon = time.time() + 0.2
     ended = [trigger(vendor, job, interval=60.0, first_poll_at=soon) for job in (failed, cancelled)]
     try:
-        fail, cancel = await asyncio.wait_for(wait_all(ended), timeout=30)
+        fail, cancel = await asyncio.wait_for(wait_all(ended), timeout=50)
     finally:
         for run in runs:
             run.cancel()
@@ -608,7 +609,7 @@ async def test_ended_jobs_are_read_in_chunks_each_waking_its_waits() -> None:
         assert not vendor.release.is_set()
         assert vendor.ended_reads == [ENDED_CHUNK, 10]
         vendor.release.set()
-        last = await asyncio.wait_for(watches[-1].read(), timeout=10)
+        last = await asyncio.wait_for(read_until_ended(watches[-1]), timeout=10)
         assert last.state is JobState.SUCCEEDED
     finally:
         vendor.release.set()

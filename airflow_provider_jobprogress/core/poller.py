@@ -12,11 +12,12 @@ costs the vendor. A wait *watches* its job on the connection's ``JobPoller`` and
   its own. A job that was listed and no longer is has ended: the vendor's listing of ended jobs (where it has one,
   ``ENDED_CHUNK`` jobs at a time, each chunk's waits woken as its answer comes) or one per-job call reads how,
   and the poller wakes that wait at once instead of at its next poll, so an end is seen within one cycle however
-  far the wait's backoff has grown. A poll while a listing is under way is answered from the last one: a
-  listing and its ended jobs' reads, paced by a short budget, may take a while, and hold no wait meanwhile. A job the listing has never shown (it ended
-  before the first listing, or the vendor does not know it) is read per job. Where the listing gives no
-  percentage (iTwin), a wait's per-job progress read is *optional*: sent when the budget has a call to spare,
-  left out (the wait keeps its last percentage) when it has not, so completions always come first.
+  far the wait's backoff has grown (a budget short for thousands of ends at once stretches that). A poll while
+  a listing is under way is answered from the last good one (the first listing is awaited): a listing and its
+  ended jobs' reads, paced by a short budget, may take a while, and hold no wait meanwhile. A job the listing
+  has never shown (it ended before the first listing, or the vendor does not know it) is read per job. Where the
+  listing gives no percentage (iTwin), a wait's per-job progress read is *optional*: sent when the budget has a
+  call to spare, left out (the wait keeps its last percentage) when it has not, so completions always come first.
 
 The cycle is the shortest current interval of the waits, within the vendor's ``list_interval`` and
 ``MIN_CYCLE``. A listing that fails is tried again next cycle; meanwhile the waits are answered from the last good
@@ -56,8 +57,8 @@ MIN_CYCLE = 1.0
 STALE_LISTING = 300.0
 #: jobs that left the listing are read this many at a time (``aread_ended``), each chunk's waits woken as its
 #: answer comes: 5,000 ends at once under a Trial client's 75 calls a minute would otherwise hold the first
-#: for the last (iTwin reads 100 per call, ``vendors.itwin.ENDED_BATCH``)
-ENDED_CHUNK = 100
+#: for the last (iTwin reads 50 per call, ``vendors.itwin.ENDED_BATCH``)
+ENDED_CHUNK = 50
 
 
 #: what receives a connection's counts once a minute (the triggers send them to Airflow's metrics)

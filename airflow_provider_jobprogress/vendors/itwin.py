@@ -10,6 +10,7 @@ A 404 ProgressNotFound means a v1 job left ``active`` (or 30 days passed): its d
 
 from __future__ import annotations
 
+import logging
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 from airflow_provider_jobprogress.core.errors import (
     AuthenticationError,
     ConfigurationError,
+    JobProgressError,
     ResultNotReadyError,
     VendorResponseError,
 )
@@ -83,13 +85,15 @@ V1_RUNNING = ("unsubmitted", "active")
 REMAINING_CALLS = "itwinplatform-ratelimit-remainingcalls"
 #: more calls left than any subscription has in a window (paid tiers: 5,000 a minute): a header saying more is broken
 MAX_REMAINING_CALLS = 1_000_000
+log = logging.getLogger(__name__)
+
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: jobs per page (``$top``, at most 1,000 per Bentley) and pages per listing of the shared poller
 LIST_PAGE = 1000
 LIST_PAGES = 20
-#: job ids per ``id eq … or …`` filter when reading how jobs ended: about 5 KB of URL, under the 8 KB that
-#: proxies and gateways commonly allow; the shared poller asks about ``core.poller.ENDED_CHUNK`` at a time
-ENDED_BATCH = 100
+#: job ids per ``id eq … or …`` filter when reading how jobs ended (about 2.5 KB of URL, well under what gateways
+#: allow, and a filter of modest size); the shared poller asks about ``core.poller.ENDED_CHUNK`` at a time
+ENDED_BATCH = 50
 #: the largest page of jobs the API serves (``$top`` 2..1000): the bound of a listing that names no page size
 MAX_PAGE = 1000
 #: a failed v2 job's messages: up to a hundred entries of 2 KiB
@@ -338,8 +342,10 @@ class ITwinApi(VendorApi):
         (``id eq '…' or …``), each read as its details would be (a listing's entry is the job's details): no call
         of its own but a failure's messages where the entry has none (v2). Per job, a failure would cost three
         calls (progress, details, messages): a Trial client's hour holds 75 a minute for every wait's end. A
-        cancellation's percentage is the wait's last one (``core.poller``)."""
+        cancellation's percentage is the wait's last one (``core.poller``). Failures come last, each on its own:
+        one whose messages cannot be read is left out (its wait reads it), the others' verdicts stay."""
         found: dict[str, JobProgress] = {}
+        failed: dict[str, dict[str, Any]] = {}
         ids = sorted(ended)
         for start in range(0, len(ids), ENDED_BATCH):
             batch = " or ".join(f"id eq {_literal(job_id)}" for job_id in ids[start : start + ENDED_BATCH])
@@ -348,7 +354,15 @@ class ITwinApi(VendorApi):
                 state = job_state(job)
                 if job_id not in ended or state is None or not state.is_terminal:
                     continue
+                if state is JobState.FAILED:
+                    failed[job_id] = job
+                else:
+                    found[job_id] = yield from self.progress_from_job(job_id, job)
+        for job_id, job in failed.items():
+            try:
                 found[job_id] = yield from self.progress_from_job(job_id, job)
+            except JobProgressError as exc:
+                log.warning("iTwin job %s failed; reading why failed too, its wait reads it: %s", job_id, exc)
         return found
 
     def _listed(self, filter: str) -> Flow[tuple[dict[str, dict[str, Any]], bool]]:

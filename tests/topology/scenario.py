@@ -458,18 +458,25 @@ def asset_event_firsts(topo: Topology) -> dict[str, float]:
     return firsts
 
 
+#: the task of the watcher's example DAG that reads a finished job (its outputs)
+WATCHER_FETCH = "download_outputs"
+
+
 def asset_run_windows(topo: Topology) -> dict[str, list[tuple[float, float]]]:
-    """Per job, from the first start to the last end of the task instances of each run its asset events
-    triggered: those runs read the job themselves (the example downloads a finished job's outputs)."""
+    """Per job, when the fetch of a run its asset event triggered ran (the watcher's example downloads a finished
+    job's outputs, reading the job first): from its first start to its last end. Only that task's window, not
+    the run's: a second trigger's late reads would come right after the job's end, before it starts."""
     events = {
         r[0]: str(((r[1] or {}).get("payload") or {}).get("job_id"))
         for r in query(topo, "SELECT id, extra FROM asset_event")
     }
     rows = query(
         topo,
-        "SELECT d.event_id, MIN(ti.start_date), MAX(ti.end_date) FROM dagrun_asset_event d "
+        "SELECT d.event_id, MIN(COALESCE(h.start_date, ti.start_date)), MAX(ti.end_date) FROM dagrun_asset_event d "
         "JOIN dag_run r ON r.id = d.dag_run_id JOIN task_instance ti ON ti.dag_id = r.dag_id AND ti.run_id = r.run_id "
-        "GROUP BY d.event_id",
+        "LEFT JOIN task_instance_history h ON h.dag_id = ti.dag_id AND h.run_id = ti.run_id AND h.task_id = ti.task_id "
+        "AND h.map_index = ti.map_index WHERE ti.task_id = %s GROUP BY d.event_id",
+        WATCHER_FETCH,
     )
     windows: dict[str, list[tuple[float, float]]] = {}
     for event_id, first, last in rows:
