@@ -91,10 +91,10 @@ lint: venv
 	$(BIN)/mypy airflow_provider_jobprogress tests dags_examples benchmarks
 
 # PYTEST_ARGS: more pytest arguments (CI's second pass on the oldest Airflow leaves out the soak: it tests our
-# transport, not Airflow)
+# transport, not Airflow). The 40 slowest tests are listed after each run: what to look at when CI grows.
 PYTEST_ARGS ?=
 unit: venv azurite
-	JOBPROGRESS_CONSTRAINTS=$(CONSTRAINTS) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	JOBPROGRESS_CONSTRAINTS=$(CONSTRAINTS) $(BIN)/python -m pytest -q --durations=40 $(PYTEST_ARGS)
 
 test: lint unit
 
