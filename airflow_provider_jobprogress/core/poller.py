@@ -308,6 +308,9 @@ class JobPoller:
                 self._seen[job] = reading
         snapshot = self._snapshot = _Snapshot(Listing(jobs, listing.complete, listing.percentages), started)
         for job in ended:  # the rest read their own jobs now (a verdict's waits were woken with it)
+            reading = jobs.get(job)
+            if reading is not None and not reading.is_terminal:
+                continue  # still running, as the ended read found: the listing's pages missed it
             if self._seen.pop(job, None) is not None:
                 for watch in self.watches.get(job, ()):
                     watch.wake()

@@ -343,7 +343,9 @@ class ITwinApi(VendorApi):
         of its own but a failure's messages where the entry has none (v2). Per job, a failure would cost three
         calls (progress, details, messages): a Trial client's hour holds 75 a minute for every wait's end. A
         cancellation's percentage is the wait's last one (``core.poller``). Failures come last, each on its own:
-        one whose messages cannot be read is left out (its wait reads it), the others' verdicts stay."""
+        one whose messages cannot be read is left out (its wait reads it), the others' verdicts stay. A job still
+        running is answered as the running listing would have (a listing of many pages misses jobs when others end
+        between its pages), so its wait is not woken to read it."""
         found: dict[str, JobProgress] = {}
         failed: dict[str, dict[str, Any]] = {}
         ids = sorted(ended)
@@ -352,9 +354,11 @@ class ITwinApi(VendorApi):
             jobs, _ = yield from self._listed(f"({batch})")
             for job_id, job in jobs.items():
                 state = job_state(job)
-                if job_id not in ended or state is None or not state.is_terminal:
+                if job_id not in ended or state is None:
                     continue
-                if state is JobState.FAILED:
+                if not state.is_terminal:  # still running: the listing's pages missed it (others ended between them)
+                    found[job_id] = JobProgress(self.vendor, job_id, state, raw=job)
+                elif state is JobState.FAILED:
                     failed[job_id] = job
                 else:
                     found[job_id] = yield from self.progress_from_job(job_id, job)
