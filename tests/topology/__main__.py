@@ -7,6 +7,7 @@ the home folder (logs, PostgreSQL's data) for a look afterwards. Exits 1 if any 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -19,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="CI's short form (about 60 jobs) instead of 300")
     parser.add_argument("--keep", action="store_true", help="keep the home folder (logs, data) afterwards")
     args = parser.parse_args(argv)
+    # SIGTERM (a CI timeout, `kill`) tears down as Ctrl-C does: left running, the Celery workers of a killed run
+    # kept executing its tasks against a broker gone, beside the next run
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     plan = Plan.short() if args.short else Plan.full()
     started = time.monotonic()
     topo = Topology()
