@@ -521,7 +521,7 @@ def check_all(topo: Topology, out: Outcome) -> None:
         check_submits(out, returned, jobs, calls),
         check_clears(out, returned, calls),
         check_triggerer(topo, out, tis),
-        check_user_kills(out, tis, jobs, calls, now),
+        check_user_kills(topo, out, tis, jobs, calls, now),
         check_watcher(topo, out),
         check_results(topo, out, returned, jobs),
         check_secrets(topo),
@@ -658,7 +658,32 @@ def _trigger_logs(topo: Topology, ti: TI, try_number: int) -> list[Path]:
     return sorted(folder.glob(f"attempt={try_number}.log.trigger.*.log"))
 
 
-def check_user_kills(out: Outcome, tis: Any, jobs: dict[str, Any], calls: list[Call], now: float) -> Check:
+#: what a trigger log says about a kill: Airflow's own line and ours (cancelled, or why not)
+KILL_WORDS = ("on_kill", "cancel on kill", "not cancelled", "cancelled job", "cancel")
+
+
+def kill_evidence(topo: Topology, ti: TI) -> str:
+    """What the killed wait's trigger logs (every triggerer's) say about its kill: a failed check explains itself
+    on a CI machine whose logs are gone afterwards."""
+    dag_id, run_id, task_id, map_index = ti
+    folder = topo.dep.task_logs / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    if map_index >= 0:
+        folder /= f"map_index={map_index}"
+    said = []
+    for log in sorted(folder.glob("attempt=*.log.trigger.*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                event = str(json.loads(line).get("event", ""))
+            except ValueError:
+                event = line
+            if any(word in event.lower() for word in KILL_WORDS):
+                said.append(f"[{log.name.rpartition('.trigger.')[2].removesuffix('.log')}] {event[:160]}")
+    return " | ".join(said[-3:]) or "no trigger log line about the kill"
+
+
+def check_user_kills(
+    topo: Topology, out: Outcome, tis: Any, jobs: dict[str, Any], calls: list[Call], now: float
+) -> Check:
     cancels = cancels_by_job(calls)
     killed = set(out.user_killed.values())
     problems = []
@@ -666,6 +691,11 @@ def check_user_kills(out: Outcome, tis: Any, jobs: dict[str, Any], calls: list[C
         problems.append(
             f"cancelled {sorted(set(cancels) - killed)} no user killed; not cancelled {sorted(killed - set(cancels))}"
         )
+        problems += [
+            f"{'/'.join(map(str, ti))}: {kill_evidence(topo, ti)}"
+            for ti, job in out.user_killed.items()
+            if job not in cancels
+        ][:4]
     problems += [f"{j} cancelled {n} times" for j, n in cancels.items() if n != 1]
     problems += [f"{j} is {jobs[j].state(now)}" for j in killed if j in jobs and jobs[j].state(now) != "cancelled"]
     problems += [
