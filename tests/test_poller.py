@@ -354,6 +354,31 @@ async def test_a_verdict_from_a_slow_ended_listing_answers_the_wait_it_wakes(
     assert own == [], "its job read from the listings only, never on its own"
 
 
+async def test_a_listing_goes_ahead_of_the_end_confirmations_queued_before_it(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OL Connect's listing has no ended listing: each operation that left it gets one getProgress of its own (a
+    required call). Forty end together on a budget of four calls a second (a burst of twenty): twenty of those wait
+    their turns for five seconds. The listing is one call that answers every wait (and shows the operations started
+    meanwhile): it takes the next turn, not the place behind them. Queued behind them, the OL Connect benchmark
+    listed twice in 338 s while 5,000 ends were confirmed, and every wait started meanwhile read its own job."""
+    emulator.set_default_scenario("olconnect", Scenario(duration=600))
+    with_extra(monkeypatch, "olconnect_default", requests_per_minute=240)
+    running = [submit("olconnect", Scenario(duration=600), emulator) for _ in range(LIST_MIN_WAITS)]
+    ending = [submit("olconnect", Scenario(duration=1.5), emulator) for _ in range(40)]
+    runs = [asyncio.ensure_future(wait_all([trigger("olconnect", job, interval=1.0)])) for job in running]
+    payloads = await asyncio.wait_for(wait_all([trigger("olconnect", job, interval=1.0) for job in ending]), 60)
+    for run in runs:
+        run.cancel()
+    await asyncio.gather(*runs, return_exceptions=True)
+    assert {p["status"] for p in payloads} == {"success"}
+    calls = [c for c in emulator.calls if c.method == "GET"]
+    confirmations = [i for i, c in enumerate(calls) if c.path.endswith(tuple(f"/getProgress/{j}" for j in ending))]
+    between = [c for c in calls[confirmations[0] : confirmations[-1]] if c.path.endswith("/getOperations")]
+    assert len(confirmations) >= 40, "each ended operation confirmed once"
+    assert len(between) >= 3, f"the cycle's listings went while the confirmations queued ({len(between)})"
+
+
 async def test_a_busy_ol_connect_server_is_listed_in_one_call(emulator: VendorEmulator) -> None:
     """getOperations lists every operation the server runs, watched or not (~150 bytes each): a server running
     a thousand is 150 KB, past the 64 KiB bound of a per-job answer. Its bound is a listing's."""

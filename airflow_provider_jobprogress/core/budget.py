@@ -9,7 +9,8 @@ most ``BURST_FRACTION`` of its window.
 
 - **Required** calls (states, the confirmation that a job ended, a submit) queue (``aacquire()``/``acquire()``),
   in order, and go one at a time as the buckets refill. An **urgent** one (a cancel, the last look at a deadline:
-  each bounded by a few seconds) takes the next turn ahead of every queued poll. A call given up while queued (its
+  each bounded by a few seconds; a listing of the shared poller, one call for every wait) takes the next turn
+  ahead of every queued poll. A call given up while queued (its
   wait ended) leaves the queue without spending a turn.
 - **Optional** calls (a progress percentage a listing did not give) go only while every bucket is at least half
   full (``try_take()``): the other half is kept for required calls, so when the budget is short the optional
@@ -52,8 +53,8 @@ _URGENT: ContextVar[bool] = ContextVar("jobprogress_urgent_calls", default=False
 def urgent() -> Iterator[None]:
     """Required calls made inside (in this task, and tasks it starts) take the connection's next turn, ahead of
     every queued poll: a cancel, the last look at a deadline, each bounded by seconds, which a queue of
-    thousands of polls would outlast. A context, not a parameter, so every hook method (a vendor's own
-    overrides too) runs urgently as it is."""
+    thousands of polls would outlast; the shared poller's listings, each one call for every wait. A context,
+    not a parameter, so every hook method (a vendor's own overrides too) runs urgently as it is."""
     token = _URGENT.set(True)
     try:
         yield

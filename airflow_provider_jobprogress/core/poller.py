@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from airflow_provider_jobprogress.core.budget import BudgetCounts, RequestBudget
+from airflow_provider_jobprogress.core.budget import BudgetCounts, RequestBudget, urgent
 from airflow_provider_jobprogress.core.errors import JobProgressError
 from airflow_provider_jobprogress.core.model import JobProgress, JobState, Listing
 
@@ -273,21 +273,25 @@ class JobPoller:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            listing = await self.reader.alist_running()
-            if listing is None:  # this connection cannot list (an API without a list call)
-                self.lists = False
-                return None
-            jobs = dict(listing.jobs)
-            # seen running before, missing now: ended (unless pages were left unread)
-            ended = {job: self._seen[job] for job in self.watches if job in self._seen and job not in jobs}
-            if not listing.complete:
-                ended = {}
-            items = list(ended.items())
-            for start in range(0, len(items), ENDED_CHUNK):
-                found = await self._read_ended(dict(items[start : start + ENDED_CHUNK]))
-                jobs.update(found)
-                verdicts = {job: reading for job, reading in found.items() if reading.is_terminal}
-                self._verdicts(verdicts)
+            # One listing answers every wait of the connection, and one read of ended jobs wakes many: they take
+            # the budget's next turn, ahead of the waits' own queued reads. Behind them, thousands of end
+            # confirmations held the listing for minutes, and every wait started meanwhile read its own job.
+            with urgent():
+                listing = await self.reader.alist_running()
+                if listing is None:  # this connection cannot list (an API without a list call)
+                    self.lists = False
+                    return None
+                jobs = dict(listing.jobs)
+                # seen running before, missing now: ended (unless pages were left unread)
+                ended = {job: self._seen[job] for job in self.watches if job in self._seen and job not in jobs}
+                if not listing.complete:
+                    ended = {}
+                items = list(ended.items())
+                for start in range(0, len(items), ENDED_CHUNK):
+                    found = await self._read_ended(dict(items[start : start + ENDED_CHUNK]))
+                    jobs.update(found)
+                    verdicts = {job: reading for job, reading in found.items() if reading.is_terminal}
+                    self._verdicts(verdicts)
         except Exception as exc:  # anything (a bug too) fails this listing only, never every wait's poll nor the cycle
             if self._failed_at is None:
                 log.warning(
