@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 import types
 import uuid
 from collections.abc import Callable
@@ -27,7 +28,8 @@ class TriggererComms:
     """The triggerer supervisor's side of the comms, in this process.
 
     ``failures`` makes the next requests fail as the triggerer's comms fail them when the API server cannot
-    answer (``AirflowRuntimeError`` carrying ``API_SERVER_ERROR``); ``hang`` holds every request until released.
+    answer (``AirflowRuntimeError`` carrying ``API_SERVER_ERROR``); ``hang`` holds every request until released;
+    ``delay`` answers each after that many seconds (a loaded API server, requests queued in the triggerer).
     """
 
     def __init__(self) -> None:
@@ -37,6 +39,7 @@ class TriggererComms:
         self.failures = 0
         self.hang = threading.Event()
         self.released = threading.Event()
+        self.delay = 0.0
         self.asked: list[Any] = []
 
     def send(self, msg: Any) -> Any:
@@ -50,6 +53,8 @@ class TriggererComms:
         self.asked.append(msg)
         if self.hang.is_set():
             self.released.wait(60)
+        if self.delay:
+            time.sleep(self.delay)
         if self.failures:
             self.failures -= 1
             raise AirflowRuntimeError(

@@ -372,10 +372,18 @@ class JobProgressTrigger(BaseTrigger):
             self.log.warning("job %s: cancel on kill failed: %s: %s", job, type(exc).__name__, exc)
 
     async def _cancel_if_killed(self, seconds: float) -> None:
+        """Within ``seconds``: ask Airflow whether the task was killed, then read the job and cancel it. The question
+        may take all but the cancel's share (``seconds / 3``): on a loaded deployment its answer is the slow part
+        (ten kills at once queue their questions in the triggerer, behind a busy API server), and without it
+        nothing is cancelled. The progress read (is the job still running?) goes only when it fits beside that
+        share; without it the cancel goes anyway (cancelling an ended job is harmless, leaving one running not)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        reserve = seconds / 3  # the cancel's share: its call, a token refresh, the log line
         hook = await self._hook()
         vendor, job = hook.vendor(), check_job_id(self.job_id, hook.vendor())
         try:
-            async with asyncio.timeout(seconds / 3):
+            async with asyncio.timeout_at(deadline - reserve):
                 state = await task_instance_state(self.task_instance)
         except Exception as exc:  # the comms' errors, a timeout, no task instance to ask about
             # Cancelling a job that another triggerer still waits on destroys its work and fails the task, past
@@ -400,11 +408,14 @@ class JobProgressTrigger(BaseTrigger):
                 state,
             )
             return
-        try:
-            with urgent():  # bounded by seconds: ahead of the waits' queued polls
-                current = await asyncio.wait_for(hook.aget_progress(job), timeout=seconds / 3)
-        except (JobProgressError, TimeoutError):
-            current = None  # unknown: cancelling a job that ended is harmless, leaving one running is not
+        current: JobProgress | None = None  # unknown: cancelling a job that ended is harmless, leaving one running not
+        spare = deadline - reserve - loop.time()
+        if spare > 0:
+            try:
+                with urgent():  # bounded: ahead of the waits' queued polls
+                    current = await asyncio.wait_for(hook.aget_progress(job), timeout=min(spare, reserve))
+            except (JobProgressError, TimeoutError):
+                pass
         if current is not None and current.is_terminal:
             return
         await self._cancel(hook, vendor, job, reason="the task was killed")
