@@ -17,7 +17,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 _HOME = Path(tempfile.mkdtemp(prefix="jobprogress-airflow-"))
 # Airflow reads its configuration at import time: settle it before anything imports airflow.
-os.environ.setdefault("AIRFLOW_HOME", str(_HOME))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make unit` runs tests on several processes (pytest-xdist): each its own Airflow home and SQLite database
+    # (the home the controller set is inherited, and two processes migrating one SQLite file race)
+    os.environ["AIRFLOW_HOME"] = str(_HOME)
+else:
+    os.environ.setdefault("AIRFLOW_HOME", str(_HOME))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "tests" / "dags"))
 # Two DAG bundles: the tests' own DAGs and the shipped examples (dag.test() needs a DAG inside a bundle).

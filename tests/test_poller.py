@@ -8,6 +8,7 @@ Jobs here run on time (``Scenario(duration=…)``), as real ones do: a listing n
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import time
@@ -539,6 +540,49 @@ async def test_a_failed_read_of_ended_jobs_keeps_the_listing() -> None:
         for watch in watches:
             poller.unwatch(watch)
         await poller.aclose()
+
+
+async def test_slow_listings_leave_the_budget_turns_between_them() -> None:
+    """A listing takes the budget's next turn ahead of the waits' own reads (the reads of jobs no listing showed
+    yet among them): were a slow one (many pages on a short budget) followed at once by the next, those reads would
+    get no turn at all. A listing starts no sooner after the last one ended than that one took."""
+
+    class Slow(StandIn):
+        def __init__(self, jobs: int) -> None:
+            super().__init__(jobs)
+            self.spans: list[tuple[float, float]] = []
+
+        async def alist_running(self) -> Listing | None:
+            started = time.monotonic()
+            await asyncio.sleep(0.6)
+            listing = await super().alist_running()
+            self.spans.append((started, time.monotonic()))
+            return listing
+
+    reader = Slow(5)
+    poller = JobPoller("itwin_default", reader, lists=True, list_interval=0.3)
+    watches = [poller.watch(job, reader) for job in reader.jobs]
+
+    async def poll(watch: Watch) -> None:
+        watch.interval = 0.2
+        while True:
+            await watch.read()
+            await watch.sleep(0.2, tick=0.05)
+
+    polls = [asyncio.ensure_future(poll(w)) for w in watches]
+    try:
+        await asyncio.sleep(4.0)
+    finally:
+        for task in polls:
+            task.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
+        for watch in watches:
+            poller.unwatch(watch)
+        await poller.aclose()
+    spans = reader.spans
+    assert len(spans) >= 2
+    gaps = [later[0] - earlier[1] for earlier, later in itertools.pairwise(spans)]
+    assert min(gaps) >= 0.5, f"listings {len(spans)}, gaps between them {[round(g, 2) for g in gaps]}"
 
 
 async def test_an_edited_connection_reaches_the_poller(

@@ -164,6 +164,8 @@ class JobPoller:
         self._cycle_task: asyncio.Task[None] | None = None
         #: loop time of the last failed listing while it keeps failing (None when the last one worked)
         self._failed_at: float | None = None
+        #: loop time before which no listing starts (``_take_snapshot``)
+        self._next_listing_at = 0.0
         self._closed = False
 
     # -- who watches ------------------------------------------------------------------------------
@@ -247,7 +249,8 @@ class JobPoller:
             return await self._refresh()
         # A listing takes its time (pages, then how the jobs that left it ended, all paced by the budget): a
         # poll meanwhile sees the last one; the new one wakes the waits whose jobs it finds ended.
-        self._start_refresh()
+        if moment >= self._next_listing_at:
+            self._start_refresh()
         return last_good
 
     def _last_good(self, moment: float) -> _Snapshot | None:
@@ -273,25 +276,35 @@ class JobPoller:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            # One listing answers every wait of the connection, and one read of ended jobs wakes many: they take
-            # the budget's next turn, ahead of the waits' own queued reads. Behind them, thousands of end
-            # confirmations held the listing for minutes, and every wait started meanwhile read its own job.
+            return await self._list(loop, started)
+        finally:
+            # the next listing no sooner after this one ended than this one took: a slow listing (many pages on a
+            # short budget), urgent as it is, still leaves the waits' own reads at least every other turn
+            finished = loop.time()
+            self._next_listing_at = finished + (finished - started)
+
+    async def _list(self, loop: asyncio.AbstractEventLoop, started: float) -> _Snapshot | None:
+        try:
+            # One listing answers every wait of the connection: it takes the budget's next turn, ahead of the waits'
+            # own queued reads (behind thousands of end confirmations it waited minutes, and every wait started
+            # meanwhile read its own job). Listings leave turns between them (``_next_listing_at``); the reads of
+            # ended jobs (iTwin: 50 a call, a failure's messages one each) take their turns in order.
             with urgent():
                 listing = await self.reader.alist_running()
-                if listing is None:  # this connection cannot list (an API without a list call)
-                    self.lists = False
-                    return None
-                jobs = dict(listing.jobs)
-                # seen running before, missing now: ended (unless pages were left unread)
-                ended = {job: self._seen[job] for job in self.watches if job in self._seen and job not in jobs}
-                if not listing.complete:
-                    ended = {}
-                items = list(ended.items())
-                for start in range(0, len(items), ENDED_CHUNK):
-                    found = await self._read_ended(dict(items[start : start + ENDED_CHUNK]))
-                    jobs.update(found)
-                    verdicts = {job: reading for job, reading in found.items() if reading.is_terminal}
-                    self._verdicts(verdicts)
+            if listing is None:  # this connection cannot list (an API without a list call)
+                self.lists = False
+                return None
+            jobs = dict(listing.jobs)
+            # seen running before, missing now: ended (unless pages were left unread)
+            ended = {job: self._seen[job] for job in self.watches if job in self._seen and job not in jobs}
+            if not listing.complete:
+                ended = {}
+            items = list(ended.items())
+            for start in range(0, len(items), ENDED_CHUNK):
+                found = await self._read_ended(dict(items[start : start + ENDED_CHUNK]))
+                jobs.update(found)
+                verdicts = {job: reading for job, reading in found.items() if reading.is_terminal}
+                self._verdicts(verdicts)
         except Exception as exc:  # anything (a bug too) fails this listing only, never every wait's poll nor the cycle
             if self._failed_at is None:
                 log.warning(
@@ -357,7 +370,7 @@ class JobPoller:
                     shortest = min((w.interval for ws in self.watches.values() for w in ws), default=MIN_CYCLE)
                     cycle = min(max(shortest, MIN_CYCLE), self.list_interval)
                     last = max(self._snapshot.taken_at if self._snapshot else 0.0, self._failed_at or 0.0)
-                    await asyncio.sleep(max(last + cycle - loop.time(), 0.0))
+                    await asyncio.sleep(max(max(last + cycle, self._next_listing_at) - loop.time(), 0.0))
                     if self.listing and loop.time() - last >= cycle * 0.9:
                         await self._refresh()
                 self._summarise()

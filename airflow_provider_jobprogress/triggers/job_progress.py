@@ -380,7 +380,9 @@ class JobProgressTrigger(BaseTrigger):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         reserve = seconds / 3  # the cancel's share: its call, a token refresh, the log line
-        hook = await self._hook()
+        # the wait's own hook where it has one (its connection read, its session and token): a new one would read
+        # the connection again, through the same busy comms as the question
+        hook = self._hooks[0] if self._hooks else await self._hook()
         vendor, job = hook.vendor(), check_job_id(self.job_id, hook.vendor())
         try:
             async with asyncio.timeout_at(deadline - reserve):
