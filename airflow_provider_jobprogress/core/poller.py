@@ -14,7 +14,9 @@ costs the vendor. A wait *watches* its job on the connection's ``JobPoller`` and
   and the poller wakes that wait at once instead of at its next poll, so an end is seen within one cycle however
   far the wait's backoff has grown (a budget short for thousands of ends at once stretches that). A poll while
   a listing is under way is answered from the last good one (the first listing is awaited): a listing and its
-  ended jobs' reads, paced by a short budget, may take a while, and hold no wait meanwhile. A job the listing
+  ended jobs' reads, paced by a short budget, may take a while, and hold no wait meanwhile. The listing call
+  takes the budget's next turn, ahead of the waits' own queued reads (``core.budget.urgent``), and the next one
+  starts no sooner after it ended than it took, so the waits' reads keep at least every other turn. A job the listing
   has never shown (it ended before the first listing, or the vendor does not know it) is read per job. Where the
   listing gives no percentage (iTwin), a wait's per-job progress read is *optional*: sent when the budget has a
   call to spare, left out (the wait keeps its last percentage) when it has not, so completions always come first.
@@ -276,21 +278,19 @@ class JobPoller:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            return await self._list(loop, started)
-        finally:
-            # the next listing no sooner after this one ended than this one took: a slow listing (many pages on a
-            # short budget), urgent as it is, still leaves the waits' own reads at least every other turn
-            finished = loop.time()
-            self._next_listing_at = finished + (finished - started)
-
-    async def _list(self, loop: asyncio.AbstractEventLoop, started: float) -> _Snapshot | None:
-        try:
             # One listing answers every wait of the connection: it takes the budget's next turn, ahead of the waits'
             # own queued reads (behind thousands of end confirmations it waited minutes, and every wait started
             # meanwhile read its own job). Listings leave turns between them (``_next_listing_at``); the reads of
             # ended jobs (iTwin: 50 a call, a failure's messages one each) take their turns in order.
-            with urgent():
-                listing = await self.reader.alist_running()
+            try:
+                with urgent():
+                    listing = await self.reader.alist_running()
+            finally:
+                # the next listing call no sooner after this one ended than this one took: a slow listing (many
+                # pages on a short budget), urgent as it is, still leaves the waits' own reads every other turn
+                # (the reads of ended jobs that follow take normal turns: not counted)
+                listed = loop.time()
+                self._next_listing_at = listed + (listed - started)
             if listing is None:  # this connection cannot list (an API without a list call)
                 self.lists = False
                 return None
@@ -369,14 +369,19 @@ class JobPoller:
                 else:
                     shortest = min((w.interval for ws in self.watches.values() for w in ws), default=MIN_CYCLE)
                     cycle = min(max(shortest, MIN_CYCLE), self.list_interval)
-                    last = max(self._snapshot.taken_at if self._snapshot else 0.0, self._failed_at or 0.0)
-                    await asyncio.sleep(max(max(last + cycle, self._next_listing_at) - loop.time(), 0.0))
-                    if self.listing and loop.time() - last >= cycle * 0.9:
+                    await asyncio.sleep(max(max(self._last_listed() + cycle, self._next_listing_at) - loop.time(), 0.0))
+                    # a wait's poll may have started a listing meanwhile: none twice in a cycle, none inside the gap
+                    due = loop.time() - self._last_listed() >= cycle * 0.9 and loop.time() >= self._next_listing_at
+                    if self.listing and due:
                         await self._refresh()
                 self._summarise()
         finally:
             if self._cycle_task is asyncio.current_task():
                 self._cycle_task = None
+
+    def _last_listed(self) -> float:
+        """Loop time of the last listing begun (its snapshot's) or failed; 0.0 before any."""
+        return max(self._snapshot.taken_at if self._snapshot else 0.0, self._failed_at or 0.0)
 
     def _summarise(self) -> None:
         """Once a minute at most: a log line and the metrics of what the connection's budget saw."""
