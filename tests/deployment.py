@@ -281,6 +281,23 @@ class Deployment:
     def trigger_logs(self, dag_id: str, run_id: str, task_id: str, attempt: int = 1) -> list[Path]:
         return sorted(self.task_log_dir(dag_id, run_id, task_id).glob(f"attempt={attempt}.log.trigger.*.log"))
 
+    def trigger_log_text(self, dag_id: str, run_id: str, task_id: str, *lines: str, timeout: float = 60) -> str:
+        """The trigger logs' text once every one of ``lines`` is in it: a trigger's log lines reach the file through
+        the triggerer's supervisor, and on a loaded machine its last ones (the end it saw) can land after the
+        resumed task, even the whole run, has finished. AssertionError with the text after ``timeout``."""
+        text = ""
+
+        def complete() -> bool:
+            nonlocal text
+            text = "".join(p.read_text(errors="replace") for p in self.trigger_logs(dag_id, run_id, task_id))
+            return all(line in text for line in lines)
+
+        try:
+            wait_for(f"{lines} in the trigger log", complete, timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {text[-2000:]}") from None
+        return text
+
 
 def group_alive(pgid: int) -> bool:
     try:
