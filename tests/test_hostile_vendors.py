@@ -11,6 +11,7 @@ process's memory grew. The servers count what they sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -423,6 +424,36 @@ async def test_a_deadline_during_a_trickled_answer_is_the_waits_timeout_not_the_
     slow_tries = {**RETRY, "request_timeout": 30.0}
     got = await watch(trigger("scriptx", deadline=time.time() + 1.5, request_retry=slow_tries), limit=20)
     assert_one_typed_event(got, "scriptx", "timeout", None)
+
+
+async def test_a_request_in_a_task_cancelled_before_still_ends_at_its_time_limit(hostile: Any) -> None:
+    """``on_kill`` runs in a task Airflow has already cancelled (in the same task where ``wait_for`` does not
+    make one, Python 3.12+): its cancel request must still end at its own time limit, as the typed error the
+    kill logs, not as a CancelledError taken for someone else's."""
+    hostile("scriptx", trickle())
+    hook = ScriptXHook("hostile_scriptx", request_retry=RequestRetry(attempts=1, request_timeout=1.0))
+    api = await hook._read_async_connection()
+    session = AsyncSession(api, pool_size=1)
+
+    async def killed_then_cleaning_up() -> BaseException | None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        # Airflow's cancellation, caught and not taken back: cancelling() stays 1, as in on_kill
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(5)
+        try:
+            await session.run(api.progress(JOB))
+        except BaseException as exc:  # what the request ended with, handed to the test
+            return exc
+        return None
+
+    try:
+        error = await asyncio.wait_for(asyncio.ensure_future(killed_then_cleaning_up()), 20)
+    finally:
+        await session.aclose()
+    assert isinstance(error, VendorUnavailableError), repr(error)
+    assert "within 1 s" in str(error)
 
 
 def test_a_worker_read_of_a_trickled_answer_ends_at_the_request_time_limit(hostile: Any) -> None:

@@ -330,11 +330,6 @@ def _read_answer(answer: requests.Response, limit: int, time_limit: float | None
     return b"".join(chunks)[:limit], False
 
 
-def _still_cancelled(task: asyncio.Task[Any]) -> bool:
-    """Whether someone else (a wait's deadline, a killed trigger) cancelled ``task`` too."""
-    return task.cancelling() > 0
-
-
 def _out_of_time(seconds: float) -> str:
     return f"AnswerTimeout (no whole answer within {seconds:g} s)"
 
@@ -343,13 +338,15 @@ class _Clock:
     """One request's time limit: started when the request has its connection, it cancels the request's task
     when it runs out (as ``asyncio.timeout`` does, for a third of its cost per request: one timer handle)."""
 
-    __slots__ = ("expired", "handle", "seconds", "task")
+    __slots__ = ("cancelling", "expired", "handle", "seconds", "task")
 
     def __init__(self, seconds: float, task: asyncio.Task[Any]) -> None:
         self.seconds = seconds
         self.task: asyncio.Task[Any] | None = task
         self.handle: asyncio.TimerHandle | None = None
         self.expired = False
+        #: the task's cancel requests before the request began: ``on_kill`` runs in a task Airflow has cancelled
+        self.cancelling = task.cancelling()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.handle is not None:  # aiohttp retries an idempotent request once on a dropped kept-alive connection
@@ -362,7 +359,8 @@ class _Clock:
             self.task.cancel()
 
     def stop(self) -> bool:
-        """Stop it (once); True when it ran out, its cancellation then taken back: the caller raises instead.
+        """Stop it (once); True when it ran out, its cancellation then taken back: the caller raises instead
+        unless ``cancelled_too``.
 
         It lets go of the task: the request's context holds this clock (``_REQUEST_CLOCK``), and the timers made in
         that context (this one, aiohttp's) outlive the request: asyncio keeps a cancelled timer, with its context,
@@ -377,6 +375,10 @@ class _Clock:
                 self.task.uncancel()
         self.task = None
         return self.expired
+
+    def cancelled_too(self, task: asyncio.Task[Any]) -> bool:
+        """Whether someone else (a wait's deadline, a killed trigger) cancelled ``task`` during the request."""
+        return task.cancelling() > self.cancelling
 
 
 #: the clock of the request the running task is sending, started by the connector
@@ -691,7 +693,7 @@ class AsyncSession:
                     spend(budget, self.api, answer.status, answer.headers)
                 return Response.build(answer.status, answer.headers, body)
         except (TimeoutError, aiohttp.ClientError, asyncio.CancelledError) as exc:
-            if clock is not None and task is not None and clock.stop() and not _still_cancelled(task):
+            if clock is not None and task is not None and clock.stop() and not clock.cancelled_too(task):
                 raise TransportError(_out_of_time(clock.seconds), sent=True) from None
             if isinstance(exc, asyncio.CancelledError):
                 raise
