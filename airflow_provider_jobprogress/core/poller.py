@@ -248,27 +248,29 @@ class JobPoller:
             return self._last_good(moment)  # the last listing failed: no new try before the next cycle
         last_good = self._last_good(moment)
         if last_good is None:
-            return await self._refresh()
+            return await self._refresh(force=True)  # nothing to answer from: the gap after the last one waits
         # A listing takes its time (pages, then how the jobs that left it ended, all paced by the budget): a
         # poll meanwhile sees the last one; the new one wakes the waits whose jobs it finds ended.
-        if moment >= self._next_listing_at:
-            self._start_refresh()
+        self._start_refresh()
         return last_good
 
     def _last_good(self, moment: float) -> _Snapshot | None:
         snapshot = self._snapshot
         return snapshot if snapshot is not None and moment - snapshot.taken_at <= STALE_LISTING else None
 
-    def _start_refresh(self) -> asyncio.Future[_Snapshot | None] | None:
-        """The listing under way, or a new one (None once closed)."""
+    def _start_refresh(self, *, force: bool = False) -> asyncio.Future[_Snapshot | None] | None:
+        """The listing under way, or a new one; None once closed, or inside the gap a listing leaves after it
+        (``_next_listing_at``) unless ``force`` (no listing yet, or the last too old to answer from)."""
         if self._closed:
             return None
         if self._refreshing is None or self._refreshing.done():
+            if not force and asyncio.get_running_loop().time() < self._next_listing_at:
+                return None
             self._refreshing = asyncio.ensure_future(self._take_snapshot())
         return self._refreshing
 
-    async def _refresh(self) -> _Snapshot | None:
-        refreshing = self._start_refresh()
+    async def _refresh(self, *, force: bool = False) -> _Snapshot | None:
+        refreshing = self._start_refresh(force=force)
         if refreshing is None:
             return None
         # shield: one wait leaving (its trigger killed) must not cancel the listing the others wait for
@@ -370,9 +372,9 @@ class JobPoller:
                     shortest = min((w.interval for ws in self.watches.values() for w in ws), default=MIN_CYCLE)
                     cycle = min(max(shortest, MIN_CYCLE), self.list_interval)
                     await asyncio.sleep(max(max(self._last_listed() + cycle, self._next_listing_at) - loop.time(), 0.0))
-                    # a wait's poll may have started a listing meanwhile: none twice in a cycle, none inside the gap
-                    due = loop.time() - self._last_listed() >= cycle * 0.9 and loop.time() >= self._next_listing_at
-                    if self.listing and due:
+                    # a wait's poll may have started a listing meanwhile: none twice in a cycle (nor inside the gap
+                    # after the last, which ``_start_refresh`` keeps)
+                    if self.listing and loop.time() - self._last_listed() >= cycle * 0.9:
                         await self._refresh()
                 self._summarise()
         finally:
