@@ -740,3 +740,23 @@ async def test_itwin_says_a_job_taken_for_ended_still_runs(emulator: VendorEmula
         await hook.aclose()
     assert found[ended].state is JobState.SUCCEEDED
     assert found[running].state in (JobState.QUEUED, JobState.RUNNING)
+
+
+@pytest.mark.parametrize("vendor", sorted(LISTING))
+async def test_a_listing_keeps_nothing_of_the_vendors_answer(emulator: VendorEmulator, vendor: str) -> None:
+    """A listing's readings live in the poller's snapshot and in every wait's last reading, and the poller keeps
+    the running ones between listings: with the vendor's own entries in them (an iTwin job's whole details), two
+    listings' worth of parsed JSON stayed alive, 29 MB at 20,000 waits. They carry the facts, no ``raw``."""
+    job_ids = [submit(vendor, Scenario(duration=600), emulator) for _ in range(3)]
+    conn_id, hook_class, _, _ = LISTING[vendor]
+    hook = hook_class(conn_id)
+    try:
+        listing = await hook.alist_running()
+        assert listing is not None
+        ended = await hook.aread_ended({job: listing.jobs[job] for job in job_ids})
+    finally:
+        await hook.aclose()
+    assert set(job_ids) <= set(listing.jobs)
+    assert [listing.jobs[job].raw for job in job_ids] == [None] * 3
+    if vendor != "olconnect":  # iTwin reads them from its listing too (OL Connect: getProgress's few bytes)
+        assert [ended[job].raw for job in job_ids] == [None] * 3

@@ -95,6 +95,10 @@ class Listing:
     ``jobs``: a reading per job id the vendor listed (running jobs; ended ones where an ended listing found
     them). ``complete``: every running job of the connection is in it (False when pages were left unread: then
     a job missing from it may still run). ``percentages``: the readings carry the job's percentage.
+
+    Its readings carry no ``raw``: the poller keeps a listing for all its waits, and each wait its last reading;
+    with the vendor's entries in them (an iTwin job's whole details) two listings' parsed answers stayed alive,
+    29 MB at 20,000 waits (``benchmarks/README.md``).
     """
 
     jobs: Mapping[str, JobProgress]

@@ -334,7 +334,7 @@ class ITwinApi(VendorApi):
         for job_id, job in jobs.items():
             state = job_state(job)
             if state is not None and not state.is_terminal:
-                readings[job_id] = JobProgress(self.vendor, job_id, state, raw=job)
+                readings[job_id] = JobProgress(self.vendor, job_id, state)  # no raw (core.model.Listing)
         return Listing(readings, complete=complete, percentages=False)
 
     def read_ended(self, ended: Mapping[str, JobProgress]) -> Flow[dict[str, JobProgress]]:
@@ -357,7 +357,7 @@ class ITwinApi(VendorApi):
                 if job_id not in ended or state is None:
                     continue
                 if not state.is_terminal:  # still running: the listing's pages missed it (others ended between them)
-                    found[job_id] = JobProgress(self.vendor, job_id, state, raw=job)
+                    found[job_id] = JobProgress(self.vendor, job_id, state)
                 elif state is JobState.FAILED:
                     failed[job_id] = job
                 else:

@@ -240,7 +240,8 @@ class OLConnectApi(VendorApi):
                 percent = percentage(item.get("progress"), self.vendor, job_id, what=what)
             except VendorResponseError:
                 continue
-            jobs[job_id] = JobProgress(self.vendor, job_id, JobState.RUNNING, percent, raw=item)
+            # no raw: a listing's readings are kept for every wait (core.model.Listing)
+            jobs[job_id] = JobProgress(self.vendor, job_id, JobState.RUNNING, percent)
         return Listing(jobs)
 
     def result_text(self, job_id: str) -> Flow[str]:
