@@ -86,6 +86,30 @@ class _Waiter:
     since: float
 
 
+class _LoopWake:
+    """Wakes a call queued in an event loop, from any thread: a future for each time it sleeps, nothing else. (An
+    ``asyncio.Event`` and a closure were 1 KB a queued call: thousands of waits queue behind a short budget.) A wake
+    that lands before its call sleeps again is a spurious wake at worst: the call looks at its turn, then sleeps."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] | None = None
+
+    def arm(self) -> asyncio.Future[None]:
+        self.future = self.loop.create_future()
+        return self.future
+
+    def __call__(self) -> None:
+        self.loop.call_soon_threadsafe(self._set)
+
+    def _set(self) -> None:
+        future = self.future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+
 @dataclass
 class _Bucket:
     """Calls per ``window`` seconds, refilled continuously, holding at most ``BURST_FRACTION`` of a window."""
@@ -248,18 +272,17 @@ class RequestBudget:
         wait = self.try_acquire(urgent=urgent)
         if wait == 0:
             return
-        loop = asyncio.get_running_loop()
-        woken = asyncio.Event()
-        waiter = self._join(urgent, lambda: loop.call_soon_threadsafe(woken.set))
+        wake = _LoopWake(asyncio.get_running_loop())
+        waiter = self._join(urgent, wake)
         try:
             while (wait := self._turn(waiter)) > 0:
-                woken.clear()
+                woken = wake.arm()
                 if wait == math.inf:
-                    await woken.wait()
+                    await woken
                 else:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(wait):
-                            await woken.wait()
+                            await woken
         except BaseException:
             self._leave(waiter)
             raise
