@@ -585,6 +585,46 @@ async def test_slow_listings_leave_the_budget_turns_between_them() -> None:
     assert min(gaps) >= 0.5, f"listings {len(spans)}, gaps between them {[round(g, 2) for g in gaps]}"
 
 
+async def test_only_the_listing_call_is_urgent_not_the_reads_of_ended_jobs() -> None:
+    """The listing takes the budget's next turn; the reads of how jobs ended that follow it (iTwin: 50 ids a
+    call, a failure's messages one each) take their turns in order, behind the waits' own queued reads: urgent
+    too, a thousand ends at once would have every wait's read wait behind them."""
+    from airflow_provider_jobprogress.core.budget import _URGENT
+
+    class Recording(StandIn):
+        def __init__(self, jobs: int) -> None:
+            super().__init__(jobs)
+            self.urgent: dict[str, list[bool]] = {"listing": [], "ended": []}
+
+        async def alist_running(self) -> Listing | None:
+            self.urgent["listing"].append(_URGENT.get())
+            listing = await super().alist_running()
+            if self.listings > 1:  # from the second on, one job has left the listing
+                assert listing is not None
+                return Listing({j: r for j, r in listing.jobs.items() if j != "j0"}, percentages=False)
+            return listing
+
+        async def aread_ended(self, ended: Mapping[str, JobProgress]) -> dict[str, JobProgress]:
+            self.urgent["ended"].append(_URGENT.get())
+            return {job: JobProgress("iTwin", job, JobState.SUCCEEDED, 100.0) for job in ended}
+
+    reader = Recording(LIST_MIN_WAITS)
+    poller = JobPoller("itwin_default", reader, lists=True, list_interval=0.1)
+    watches = [poller.watch(job, reader) for job in reader.jobs]
+    try:
+        for _ in range(2):
+            await asyncio.gather(*(w.read() for w in watches))
+            await asyncio.sleep(0.3)
+        await asyncio.gather(*(w.read() for w in watches))
+    finally:
+        for watch in watches:
+            poller.unwatch(watch)
+        await poller.aclose()
+    assert reader.urgent["listing"], "it listed"
+    assert set(reader.urgent["listing"]) == {True}, reader.urgent
+    assert reader.urgent["ended"] == [False], reader.urgent
+
+
 async def test_an_edited_connection_reaches_the_poller(
     emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
