@@ -648,3 +648,34 @@ async def test_an_answered_request_keeps_nothing_of_its_task_alive(emulator: Ven
         sleeping.cancel()
         await hook.aclose()
         await ASYNC_SESSIONS.aclose_all()
+
+
+async def test_a_flow_queued_for_its_turn_has_not_started(emulator: VendorEmulator) -> None:
+    """Behind a short budget thousands of waits queue (20,000 mixed waits on the default budgets: 11,400 at once).
+    A queued read holds its turn's place and nothing of its flow: not its generators, its request, its send (at
+    20,000 waits those were a third of the triggerer's memory growth). Each flow starts when its first call's turn
+    comes, and that call takes no second turn."""
+    from airflow_provider_jobprogress.core.budget import RequestBudget
+
+    job_id = submit("scriptx")[0]
+    hook = ScriptXHook("scriptx_default")
+    api = await hook._read_async_connection()
+    budget = RequestBudget("scriptx_default", 60)  # 1 a second, bursts of 5
+    session = AsyncSession(api, budget=budget)
+    started: list[int] = []
+
+    def counted(index: int) -> Any:
+        started.append(index)
+        return (yield from api.poll(job_id))
+
+    reads = [asyncio.ensure_future(session.run(counted(i))) for i in range(8)]
+    try:
+        await asyncio.sleep(0.5)
+        assert len(started) == 5, f"the burst's five started, the queued three not: {started}"
+        await asyncio.wait_for(asyncio.gather(*reads), 10)
+    finally:
+        for read in reads:
+            read.cancel()
+        await session.aclose()
+    assert sorted(started) == list(range(8))
+    assert budget.counts.calls == 8, "one turn a read"
