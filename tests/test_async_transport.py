@@ -679,3 +679,19 @@ async def test_a_flow_queued_for_its_turn_has_not_started(emulator: VendorEmulat
         await session.aclose()
     assert sorted(started) == list(range(8))
     assert budget.counts.calls == 8, "one turn a read"
+
+
+async def test_waits_on_one_connection_share_its_api_object_until_it_is_read_again(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each wait has a hook of its own; thousands made one API object and session digest each from the same read of
+    the connection. They share them now; a new read (an edited connection) makes new ones."""
+    hooks = [OLConnectHook("olconnect_default", request_retry=FAST_RETRY) for _ in range(3)]
+    first = [await hook._read_async_connection() for hook in hooks]
+    assert first[0] is first[1] is first[2]
+    monkeypatch.setattr(base_hook, "CONNECTION_TTL", 0.0)
+    again = await OLConnectHook("olconnect_default", request_retry=FAST_RETRY)._read_async_connection()
+    assert again is not first[0], "a new read of the connection, a new API object"
+    other = await OLConnectHook("olconnect_default", request_retry={"attempts": 1})._read_async_connection()
+    assert other is not again, "a retry policy of its own"
+    assert other.request_retry.attempts == 1

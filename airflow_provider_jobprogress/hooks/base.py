@@ -167,9 +167,20 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         with ``newer``, as read after the read this hook used (after an authentication failure)."""
         not_before = self._async_read_at + 1e-9 if newer else time.monotonic() - CONNECTION_TTL
         self._async_read_at, fields = await _CONNECTIONS.get(self.conn_id, self._read_connection_fields, not_before)
-        self._async_api = self._make_api(fields)
-        self._async_key = _session_key(type(self), fields, self.timeout)
+        self._async_api, self._async_key = self._api_for(fields)
         return self._async_api
+
+    def _api_for(self, fields: ConnectionFields) -> tuple[ApiT, str]:
+        """The vendor API object and session key for one read of the connection, shared by the hooks of this class
+        (and retry policy and timeouts) that read it: thousands of waits each made their own (~0.4 KB and a digest
+        each). An API object is not changed once made; a new read of the connection makes new ones."""
+        key = (type(self), id(fields), self.request_retry, self.timeout)
+        found = _APIS.get(key)
+        if found is None or found[0] is not fields:  # the entry keeps its fields alive: no other has their id
+            if len(_APIS) >= 256:
+                _APIS.clear()
+            found = _APIS[key] = (fields, self._make_api(fields), _session_key(type(self), fields, self.timeout))
+        return found[1], found[2]
 
     async def asession(self) -> AsyncSession:
         """The event loop's shared session for this connection (one pool, one token), held until ``aclose``."""
@@ -346,6 +357,10 @@ def _fields(conn_id: str, conn: Any, extra: Any) -> ConnectionFields:
         password=conn.password or None,
         extra=dict(extra or {}),
     )
+
+
+#: ``JobProgressHook._api_for``: (hook class, id of a connection read, retry policy, timeouts) -> (that read, API, key)
+_APIS: dict[tuple[type, int, RequestRetry, tuple[float, float]], tuple[ConnectionFields, Any, str]] = {}
 
 
 def _session_key(hook: type, fields: ConnectionFields, timeout: tuple[float, float]) -> str:
