@@ -681,6 +681,37 @@ async def test_a_flow_queued_for_its_turn_has_not_started(emulator: VendorEmulat
     assert budget.counts.calls == 8, "one turn a read"
 
 
+async def test_an_optional_read_left_out_starts_nothing(emulator: VendorEmulator) -> None:
+    """A listing that carries no percentage reads it only from a budget's spare half: on a Trial budget four of five
+    such reads are left out, and each built its request before it was refused. Refused, it starts nothing."""
+    from airflow_provider_jobprogress.core.budget import BudgetShort, RequestBudget
+
+    job_id = submit("scriptx")[0]
+    hook = ScriptXHook("scriptx_default")
+    api = await hook._read_async_connection()
+    budget = RequestBudget("scriptx_default", 60)  # bursts of 5, the spare half: 2 optional calls
+    session = AsyncSession(api, budget=budget)
+    started: list[int] = []
+
+    def counted(index: int) -> Any:
+        started.append(index)
+        return (yield from api.poll(job_id))
+
+    outcomes: list[str] = []
+    try:
+        for index in range(5):
+            try:
+                await session.run(counted(index), optional=True)
+                outcomes.append("sent")
+            except BudgetShort:
+                outcomes.append("left out")
+    finally:
+        await session.aclose()
+    assert outcomes.count("sent") >= 1, outcomes
+    assert outcomes.count("left out") >= 1, outcomes
+    assert len(started) == outcomes.count("sent"), f"only the reads sent started: {outcomes}, {started}"
+
+
 async def test_waits_on_one_connection_share_its_api_object_until_it_is_read_again(
     emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
