@@ -660,7 +660,8 @@ async def test_a_flow_queued_for_its_turn_has_not_started(emulator: VendorEmulat
     job_id = submit("scriptx")[0]
     hook = ScriptXHook("scriptx_default")
     api = await hook._read_async_connection()
-    budget = RequestBudget("scriptx_default", 60)  # 1 a second, bursts of 5
+    now = [1000.0]
+    budget = RequestBudget("scriptx_default", 60, clock=lambda: now[0])  # 1 a second, bursts of 5; time stands
     session = AsyncSession(api, budget=budget)
     started: list[int] = []
 
@@ -668,10 +669,11 @@ async def test_a_flow_queued_for_its_turn_has_not_started(emulator: VendorEmulat
         started.append(index)
         return (yield from api.poll(job_id))
 
-    reads = [asyncio.ensure_future(session.run(counted(i))) for i in range(8)]
+    reads = [asyncio.ensure_future(session.run(counted(i), early_turn=True)) for i in range(8)]
     try:
         await asyncio.sleep(0.5)
         assert len(started) == 5, f"the burst's five started, the queued three not: {started}"
+        now[0] += 10.0  # the budget's time moves on: the three take their turns (each within a second of its look)
         await asyncio.wait_for(asyncio.gather(*reads), 10)
     finally:
         for read in reads:
@@ -701,7 +703,7 @@ async def test_an_optional_read_left_out_starts_nothing(emulator: VendorEmulator
     try:
         for index in range(5):
             try:
-                await session.run(counted(index), optional=True)
+                await session.run(counted(index), optional=True, early_turn=True)
                 outcomes.append("sent")
             except BudgetShort:
                 outcomes.append("left out")
@@ -720,9 +722,41 @@ async def test_waits_on_one_connection_share_its_api_object_until_it_is_read_aga
     hooks = [OLConnectHook("olconnect_default", request_retry=FAST_RETRY) for _ in range(3)]
     first = [await hook._read_async_connection() for hook in hooks]
     assert first[0] is first[1] is first[2]
+    other = OLConnectHook("olconnect_default", request_retry={"attempts": 1})
+    assert await other._read_async_connection() is not first[0], "the same read, a retry policy of its own"
+    assert other._async_api is not None
+    assert other._async_api.request_retry.attempts == 1
+    slower = OLConnectHook("olconnect_default", request_retry=FAST_RETRY, timeout=(5.0, 300.0))
+    await slower._read_async_connection()
+    assert slower._async_key != hooks[0]._async_key, "other timeouts, a session of their own"
     monkeypatch.setattr(base_hook, "CONNECTION_TTL", 0.0)
     again = await OLConnectHook("olconnect_default", request_retry=FAST_RETRY)._read_async_connection()
     assert again is not first[0], "a new read of the connection, a new API object"
-    other = await OLConnectHook("olconnect_default", request_retry={"attempts": 1})._read_async_connection()
-    assert other is not again, "a retry policy of its own"
-    assert other.request_retry.attempts == 1
+
+
+async def test_a_call_a_vendor_does_not_make_takes_no_turn(emulator: VendorEmulator) -> None:
+    """OL Connect reads ended operations one by one (its ``read_ended`` makes no call) and ScriptX has no listing
+    (its ``list_running`` makes none): on a budget with no turn free they answer at once and spend nothing (a
+    turn taken before every flow queued them behind every wait's read, holding the poller's listing)."""
+    from airflow_provider_jobprogress.core.budget import BUDGETS
+    from airflow_provider_jobprogress.core.model import JobProgress, JobState
+
+    BUDGETS.clear()
+    olconnect, scriptx = OLConnectHook("olconnect_default"), ScriptXHook("scriptx_default")
+    try:
+        await olconnect.asession()
+        await scriptx.asession()
+        budgets = [BUDGETS.find("olconnect_default"), BUDGETS.find("scriptx_default")]
+        for budget in budgets:
+            assert budget is not None
+            while budget.try_acquire() == 0:  # every turn spent
+                pass
+        calls = [b.counts.calls for b in budgets if b is not None]
+        running = JobProgress("OL Connect", "op-1", JobState.RUNNING)
+        assert await asyncio.wait_for(olconnect.aread_ended({"op-1": running}), 0.5) == {}
+        assert await asyncio.wait_for(scriptx.alist_running(), 0.5) is None
+        assert [b.counts.calls for b in budgets if b is not None] == calls
+    finally:
+        await olconnect.aclose()
+        await scriptx.aclose()
+        BUDGETS.clear()

@@ -789,7 +789,7 @@ async def test_a_listing_keeps_nothing_of_the_vendors_answer(emulator: VendorEmu
     listings' worth of parsed JSON stayed alive, 29 MB at 20,000 waits. They carry the facts, no ``raw``."""
     job_ids = [submit(vendor, Scenario(duration=600), emulator) for _ in range(3)]
     conn_id, hook_class, _, _ = LISTING[vendor]
-    hook = hook_class(conn_id)
+    hook: Any = hook_class(conn_id)
     try:
         listing = await hook.alist_running()
         assert listing is not None
@@ -800,3 +800,12 @@ async def test_a_listing_keeps_nothing_of_the_vendors_answer(emulator: VendorEmu
     assert [listing.jobs[job].raw for job in job_ids] == [None] * 3
     if vendor != "olconnect":  # iTwin reads them from its listing too (OL Connect: getProgress's few bytes)
         assert [ended[job].raw for job in job_ids] == [None] * 3
+        finished = [submit(vendor, Scenario(duration=0.2, outcome=o), emulator) for o in ("succeed", "fail")]
+        await asyncio.sleep(0.5)
+        hook = hook_class(conn_id)
+        try:
+            verdicts = await hook.aread_ended({job: JobProgress("iTwin", job, JobState.RUNNING) for job in finished})
+        finally:
+            await hook.aclose()
+        assert {verdicts[job].state for job in finished} == {JobState.SUCCEEDED, JobState.FAILED}
+        assert [verdicts[job].raw for job in finished] == [None, None]

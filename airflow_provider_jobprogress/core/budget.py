@@ -78,7 +78,7 @@ class BudgetCounts:
     queued_seconds: float = 0.0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Waiter:
     """A required call waiting for its turn; ``wake`` (thread-safe) tells it to look again."""
 
@@ -201,6 +201,15 @@ class RequestBudget:
         for bucket in self._buckets:
             bucket.tokens -= 1.0
         self.counts.calls += 1
+
+    def refund(self) -> None:
+        """A turn taken for a call that was not sent (its flow took the turn before it started, then needed a
+        login first, or ended without a call): back to the buckets, and the first in line looks again."""
+        with self._lock:
+            for bucket in self._buckets:
+                bucket.tokens = min(bucket.tokens + 1.0, bucket.capacity)
+            self.counts.calls -= 1
+            self._wake_head()
 
     def _head(self) -> _Waiter | None:
         for lane in (self._urgent, self._queued):

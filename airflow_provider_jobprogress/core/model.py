@@ -33,9 +33,10 @@ class JobProgress:
     """One reading of a job's progress.
 
     ``raw`` is the vendor's own answer (parsed JSON or text), for code that reads a job in-process (the
-    hook's ``get_progress``). ``to_dict`` gives the form that travels in trigger events and XCom: the facts
-    only (no ``raw``: a vendor body can be large and can name people, such as the e-mail of the iTwin service
-    app that started the job), with the message shortened to ``MAX_MESSAGE`` characters.
+    hook's ``get_progress``); readings from a listing (``Listing``) have none. ``to_dict`` gives the form that
+    travels in trigger events and XCom: the facts only (no ``raw``: a vendor body can be large and can name
+    people, such as the e-mail of the iTwin service app that started the job), with the message shortened to
+    ``MAX_MESSAGE`` characters.
     """
 
     vendor: str
@@ -96,9 +97,9 @@ class Listing:
     them). ``complete``: every running job of the connection is in it (False when pages were left unread: then
     a job missing from it may still run). ``percentages``: the readings carry the job's percentage.
 
-    Its readings carry no ``raw``: the poller keeps a listing for all its waits, and each wait its last reading;
-    with the vendor's entries in them (an iTwin job's whole details) two listings' parsed answers stayed alive,
-    29 MB at 20,000 waits (``benchmarks/README.md``).
+    Its readings carry no ``raw`` (nor do those of ``read_ended``): the poller keeps a listing for all its waits,
+    and each wait its last reading; with the vendor's entries in them (an iTwin job's whole details) two
+    listings' parsed answers stayed alive, 29 MiB of 202 MiB traced at 20,000 waits (``benchmarks/README.md``).
     """
 
     jobs: Mapping[str, JobProgress]

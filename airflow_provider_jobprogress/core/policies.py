@@ -182,7 +182,8 @@ class RequestRetry:
         if isinstance(value, RequestRetry):
             return value
         try:
-            key = (cls, None if value is None else tuple(sorted(value.items())))
+            # the values' types too: 1, 1.0 and True are equal keys, and one caller's type would reach another
+            key = (cls, None if value is None else tuple(sorted((k, type(v), v) for k, v in value.items())))
             found = _RETRIES.get(key)
         except (AttributeError, TypeError):  # not a mapping, or a value that cannot be hashed: its own, or its error
             return cls() if value is None else cls(**_known_fields(cls, value))
@@ -195,7 +196,7 @@ class RequestRetry:
 
 
 #: the policies ``RequestRetry.from_value`` built, by class and the items they came from
-_RETRIES: dict[tuple[type, tuple[tuple[str, Any], ...] | None], Any] = {}
+_RETRIES: dict[tuple[type, tuple[tuple[str, type, Any], ...] | None], Any] = {}
 
 
 #: The 0.1 name, kept for one release: it collides with ``airflow.sdk.RetryPolicy`` (task retries).

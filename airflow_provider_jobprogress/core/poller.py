@@ -379,8 +379,9 @@ class JobPoller:
                     cycle = min(max(shortest, MIN_CYCLE), self.list_interval)
                     await asyncio.sleep(max(max(self._last_listed() + cycle, self._next_listing_at) - loop.time(), 0.0))
                     # a wait's poll may have started a listing meanwhile: none twice in a cycle (nor inside the gap
-                    # after the last, which ``_start_refresh`` keeps)
-                    if self.listing and loop.time() - self._last_listed() >= cycle * 0.9:
+                    # after the last, which ``_start_refresh`` keeps), and the summary below does not wait for it
+                    under_way = self._refreshing is not None and not self._refreshing.done()
+                    if self.listing and not under_way and loop.time() - self._last_listed() >= cycle * 0.9:
                         await self._refresh()
                 self._summarise()
         finally:

@@ -593,16 +593,18 @@ class AsyncSession:
         elif not self._client.cancelled() and self._client.exception() is None:
             await self._client.result().close()
 
-    async def run(self, flow: Flow[T], *, optional: bool = False, _login: bool = False) -> T:
+    async def run(self, flow: Flow[T], *, optional: bool = False, early_turn: bool = False) -> T:
         """Drive ``flow`` to its value. ``optional``: its calls go only if the connection's budget has one to
         spare (``RequestBudget.try_take``), else ``BudgetShort`` ends it (a progress read a listing can stand
         in for); other calls wait their turn.
 
-        A flow takes its first call's turn before it starts. A required one waits for it: thousands of waits queue
-        behind a short budget (20,000 mixed waits on the default budgets: 11,400 at once), each with only this
-        frame and the unstarted flow, not the flow's generators, its request and the send under way. An optional
-        one left out (four of five iTwin percentage reads at 5,000 waits on a Trial budget) costs no request
-        built. A flow that ends before it calls (a failure before it sent anything) has spent a turn for nothing."""
+        ``early_turn`` (a wait's poll, a flow that starts with its one call): its first call's turn is taken before
+        the flow starts. A required one waits for it: thousands of waits queue behind a short budget (20,000
+        mixed waits on the default budgets: 11,400 at once), each with only this frame and the unstarted flow, not
+        the flow's generators, its request and the send under way (``benchmarks/README.md``). An optional one left
+        out (four of five iTwin percentage reads at 5,000 waits on a Trial budget) builds no request. A turn the
+        flow does not use at once goes back: before a login (the turn is taken again once the token is there, so
+        the calls held by a slow login do not all go together when it ends), or when the flow ends without a call."""
         if asyncio.get_running_loop() is not self.loop:
             flow.close()
             raise JobProgressError(
@@ -611,9 +613,9 @@ class AsyncSession:
                 "this HTTP session belongs to another event loop, whose connections cannot serve this one",
                 hint="Get it in the loop that uses it (await hook.asession()), or call the hook's async methods",
             )
-        turn = False  # the first authenticated call's turn, taken before the flow starts
+        held = False  # the first authenticated call's turn: taken before the flow starts, not yet used
         budget = self.budget
-        if budget is not None and not _login:
+        if budget is not None and early_turn:
             try:
                 long_pause(budget, self.api, budget.paused_for(), None)
                 if not optional:
@@ -623,28 +625,40 @@ class AsyncSession:
             except BaseException:
                 flow.close()
                 raise
-            turn = True
+            held = True
         reply: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                step = flow.throw(error) if error is not None else flow.send(reply)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            reply, error = None, None
-            if isinstance(step, Sleep):
-                await asyncio.sleep(step.seconds)
-            elif isinstance(step, GetToken):
-                reply = await self._get_token(step.stale)
-            else:
-                taken, turn = turn and step.authenticated, turn and not step.authenticated
+        try:
+            while True:
                 try:
-                    reply = await self._send(step, optional=optional, turn_taken=taken)
-                except (TransportError, OversizedAnswer) as exc:
-                    error = exc
-                except (BudgetShort, RateLimitedError):
-                    flow.close()
-                    raise
+                    step = flow.throw(error) if error is not None else flow.send(reply)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                reply, error = None, None
+                if isinstance(step, Sleep):
+                    await asyncio.sleep(step.seconds)
+                elif isinstance(step, GetToken):
+                    if held and budget is not None and not self._token_fresh(step.stale):
+                        held = False  # a login first: the turn goes back, and is taken again when the call goes
+                        budget.refund()
+                    reply = await self._get_token(step.stale)
+                else:
+                    taken = held and step.authenticated
+                    held = held and not taken
+                    try:
+                        reply = await self._send(step, optional=optional, turn_taken=taken)
+                    except (TransportError, OversizedAnswer) as exc:
+                        error = exc
+                    except (BudgetShort, RateLimitedError):
+                        flow.close()
+                        raise
+        finally:
+            if held and budget is not None:
+                budget.refund()  # the flow ended (or failed) before its first call
+
+    def _token_fresh(self, stale: Token | None) -> bool:
+        token = self._token
+        return token is not None and token is not stale and token.usable(now(), self.api.token_margin)
 
     async def _get_token(self, stale: Token | None) -> Token:
         token = self._token
@@ -653,7 +667,7 @@ class AsyncSession:
         async with self._lock:
             token = self._token
             if token is None or token is stale or not token.usable(now(), self.api.token_margin):
-                token = await self.run(self.api.login(), _login=True)
+                token = await self.run(self.api.login())
                 self._token = token
             return token
 

@@ -133,6 +133,8 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     # -- connection ------------------------------------------------------------------------------
     def _make_api(self, fields: ConnectionFields) -> ApiT:
+        """The vendor API for a read of the connection. A function of ``fields`` and ``request_retry`` alone: the
+        async hooks of one class share what it makes for one read (``_api_for``)."""
         return self.api_class.from_connection(fields, request_retry=self.request_retry)  # type: ignore[attr-defined,no-any-return]
 
     @cached_property
@@ -174,9 +176,9 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         """The vendor API object and session key for one read of the connection, shared by the hooks of this class
         (and retry policy and timeouts) that read it: thousands of waits each made their own (~0.4 KB and a digest
         each). An API object is not changed once made; a new read of the connection makes new ones."""
-        key = (type(self), id(fields), self.request_retry, self.timeout)
+        key = (type(self), fields.conn_id, self.request_retry, tuple(self.timeout))
         found = _APIS.get(key)
-        if found is None or found[0] is not fields:  # the entry keeps its fields alive: no other has their id
+        if found is None or found[0] is not fields:  # a newer read replaces the older (and its secrets)
             if len(_APIS) >= 256:
                 _APIS.clear()
             found = _APIS[key] = (fields, self._make_api(fields), _session_key(type(self), fields, self.timeout))
@@ -211,7 +213,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     ) -> None:
         await self.aclose()
 
-    async def _arun(self, build: Callable[[ApiT], Flow[T]], *, optional: bool = False) -> T:
+    async def _arun(self, build: Callable[[ApiT], Flow[T]], *, optional: bool = False, early_turn: bool = False) -> T:
         """Run a flow on the shared session; on an authentication failure read the connection once more.
 
         A secret rotated while a wait runs reaches the wait this way: if the connection changed, the flow
@@ -220,7 +222,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
         session = await self.asession()
         assert self._async_api is not None
         try:
-            return await session.run(build(self._async_api), optional=optional)
+            return await session.run(build(self._async_api), optional=optional, early_turn=early_turn)
         except AuthenticationError:
             used = self._async_key
             await self._read_async_connection(newer=True)
@@ -228,7 +230,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
                 raise
         await self.aclose()
         session = await self.asession()
-        return await session.run(build(self._async_api), optional=optional)
+        return await session.run(build(self._async_api), optional=optional, early_turn=early_turn)
 
     # -- the job's life, sync --------------------------------------------------------------------
     def get_progress(self, job_id: str, *, deadline: float | None = None) -> JobProgress:
@@ -274,7 +276,8 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
 
     # -- the job's life, async (triggerer) -------------------------------------------------------
     async def aget_progress(self, job_id: str) -> JobProgress:
-        return await self._arun(lambda api: api.poll(job_id))
+        # early_turn: a wait's poll queued behind a short budget holds its place, not its request (AsyncSession.run)
+        return await self._arun(lambda api: api.poll(job_id), early_turn=True)
 
     async def acancel(self, job_id: str) -> None:
         # urgent: a cancel is bounded by seconds (on_kill's budget) and a job left running costs its whole run,
@@ -286,7 +289,7 @@ class JobProgressHook(BaseHook, Generic[ApiT]):
     async def aget_progress_if_budget(self, job_id: str) -> JobProgress | None:
         """``aget_progress`` if the connection's budget has a call to spare; None (nothing sent) if not."""
         try:
-            return await self._arun(lambda api: api.poll(job_id), optional=True)
+            return await self._arun(lambda api: api.poll(job_id), optional=True, early_turn=True)
         except BudgetShort:
             return None
 
@@ -359,8 +362,8 @@ def _fields(conn_id: str, conn: Any, extra: Any) -> ConnectionFields:
     )
 
 
-#: ``JobProgressHook._api_for``: (hook class, id of a connection read, retry policy, timeouts) -> (that read, API, key)
-_APIS: dict[tuple[type, int, RequestRetry, tuple[float, float]], tuple[ConnectionFields, Any, str]] = {}
+#: ``JobProgressHook._api_for``: (hook class, connection id, retry policy, timeouts) -> (the last read, its API, key)
+_APIS: dict[tuple[type, str, RequestRetry, tuple[float, ...]], tuple[ConnectionFields, Any, str]] = {}
 
 
 def _session_key(hook: type, fields: ConnectionFields, timeout: tuple[float, float]) -> str:

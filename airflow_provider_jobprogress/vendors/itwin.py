@@ -14,7 +14,7 @@ import logging
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
@@ -361,10 +361,10 @@ class ITwinApi(VendorApi):
                 elif state is JobState.FAILED:
                     failed[job_id] = job
                 else:
-                    found[job_id] = yield from self.progress_from_job(job_id, job)
+                    found[job_id] = replace((yield from self.progress_from_job(job_id, job)), raw=None)
         for job_id, job in failed.items():
             try:
-                found[job_id] = yield from self.progress_from_job(job_id, job)
+                found[job_id] = replace((yield from self.progress_from_job(job_id, job)), raw=None)
             except JobProgressError as exc:
                 log.warning("iTwin job %s failed; reading why failed too, its wait reads it: %s", job_id, exc)
         return found
