@@ -564,9 +564,18 @@ def check_runs(out: Outcome, states: dict[Any, str], tis: Any, returned: Any, jo
     )
 
 
+#: seconds between a submit's answer and its task's record of the job id (XCom) that a worker kill may fall in
+RECORD_WINDOW = 5.0
+
+
 def check_submits(out: Outcome, returned: dict[TI, Any], jobs: dict[str, Any], calls: list[Call]) -> Check:
-    """Jobs the vendors started == jobs a task ended up owning + the one whose answer a killed worker never read."""
+    """Jobs the vendors started == jobs a task ended up owning + the one whose answer a killed worker never read,
+    and any other submit the same kill cut between its answer and its record: a SIGKILLed worker takes all its
+    tasks (concurrency 8), and one of them answered within ``RECORD_WINDOW`` s before the kill has started a job
+    no task can know (the window the README names; CI met one at 21:00:18, 0.1 s after the kill)."""
     submitted = Counter(c.job_id for c in calls if is_submit(c) and c.status < 400 and c.job_id)
+    answered = {c.job_id: c.ts for c in calls if is_submit(c) and c.status < 400 and c.job_id}
+    kills = [when for _, _, when in out.worker_kills]
     owned = {
         str(v)
         for (dag, _, task, _), v in returned.items()
@@ -577,12 +586,14 @@ def check_submits(out: Outcome, returned: dict[TI, Any], jobs: dict[str, Any], c
     orphans = set(submitted) - owned
     twice = [j for j, n in submitted.items() if n > 1]
     expected_orphans = {out.submit_cut_job} if out.submit_cut_job else set()
+    cut_too = {j for j in orphans - expected_orphans if any(-1.0 <= k - answered[j] <= RECORD_WINDOW for k in kills)}
+    expected_orphans |= cut_too
     ok = not twice and orphans == expected_orphans
     orphan_states = {j: jobs[j].state(time.monotonic()) for j in orphans if j in jobs}
     detail = (
         f"{len(submitted)} jobs started for {len(owned)} owned; started twice: {twice}; "
-        f"owned by no task: {sorted(orphans)} (expected only the cut submit {sorted(expected_orphans)}; "
-        f"states {orphan_states})"
+        f"owned by no task: {sorted(orphans)} (expected only the cut submit {sorted(expected_orphans - cut_too)} "
+        f"and submits the same kill cut {sorted(cut_too)}; states {orphan_states})"
     )
     return Check("each job submitted once per try that needed one", ok, detail)
 
