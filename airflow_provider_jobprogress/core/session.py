@@ -617,11 +617,7 @@ class AsyncSession:
         budget = self.budget
         if budget is not None and early_turn:
             try:
-                long_pause(budget, self.api, budget.paused_for(), None)
-                if not optional:
-                    await budget.aacquire()
-                elif not budget.try_take():
-                    raise BudgetShort  # most of a short budget's optional reads: nothing built, nothing started
+                await self._take_turn(budget, optional)  # most of a short budget's optional reads end here
             except BaseException:
                 flow.close()
                 raise
@@ -638,7 +634,7 @@ class AsyncSession:
                 if isinstance(step, Sleep):
                     await asyncio.sleep(step.seconds)
                 elif isinstance(step, GetToken):
-                    if held and budget is not None and not self._token_fresh(step.stale):
+                    if held and budget is not None and self._fresh_token(step.stale) is None:
                         held = False  # a login first: the turn goes back, and is taken again when the call goes
                         budget.refund()
                     reply = await self._get_token(step.stale)
@@ -656,19 +652,20 @@ class AsyncSession:
             if held and budget is not None:
                 budget.refund()  # the flow ended (or failed) before its first call
 
-    def _token_fresh(self, stale: Token | None) -> bool:
+    def _fresh_token(self, stale: Token | None) -> Token | None:
         token = self._token
-        return token is not None and token is not stale and token.usable(now(), self.api.token_margin)
+        return (
+            token if token is not None and token is not stale and token.usable(now(), self.api.token_margin) else None
+        )
 
     async def _get_token(self, stale: Token | None) -> Token:
-        token = self._token
-        if token is not None and token is not stale and token.usable(now(), self.api.token_margin):
+        token = self._fresh_token(stale)
+        if token is not None:
             return token  # the hot path of every poll: no lock
         async with self._lock:
-            token = self._token
-            if token is None or token is stale or not token.usable(now(), self.api.token_margin):
-                token = await self.run(self.api.login())
-                self._token = token
+            token = self._fresh_token(stale)
+            if token is None:
+                token = self._token = await self.run(self.api.login())
             return token
 
     @property
@@ -695,14 +692,19 @@ class AsyncSession:
         self._proxies[(url.scheme, url.host, url.port)] = found
         return found
 
+    async def _take_turn(self, budget: RequestBudget, optional: bool) -> None:
+        """A call's turn in the connection's budget: a required one waits for it, an optional one goes only if
+        one is spare, else ``BudgetShort``; a pause longer than a call holds on hands the wait back."""
+        long_pause(budget, self.api, budget.paused_for(), None)
+        if not optional:
+            await budget.aacquire()
+        elif not budget.try_take():
+            raise BudgetShort
+
     async def _send(self, request: Request, *, optional: bool = False, turn_taken: bool = False) -> Response:
         budget = self.budget if request.authenticated else None  # logins and pre-signed URLs are not API calls
         if budget is not None and not turn_taken:
-            long_pause(budget, self.api, budget.paused_for(), None)
-            if not optional:
-                await budget.aacquire()
-            elif not budget.try_take():
-                raise BudgetShort
+            await self._take_turn(budget, optional)
         task = asyncio.current_task()
         clock = _Clock(request.time_limit, task) if request.time_limit is not None and task is not None else None
         context = _REQUEST_CLOCK.set(clock)  # set going by the connector (_ClockedConnector)
