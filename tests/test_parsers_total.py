@@ -418,3 +418,54 @@ def test_poll_gives_up_on_an_answer_that_stays_unreadable_after_the_policy_attem
     api = OLConnectApi("http://olc:9340", request_retry=RequestRetry(attempts=3, initial_delay=0, jitter=0))
     with pytest.raises(VendorResponseError, match="expected 0-100"):
         drive(api.poll(JOB), [garbled()] * 3)
+
+
+# -- the running listing's page: two fields of each job decoded, read as the whole page's JSON would be ---------
+
+job_states = st.sampled_from(["active", "Active", "queued", "Queued", "unsubmitted", "success", "Failed", "x", ""])
+listed_jobs = st.one_of(
+    st.fixed_dictionaries(
+        {"id": st.text(max_size=6) | json_values, "state": job_states | json_values},
+        optional={"name": json_values, "executionInformation": json_values, "specifications": json_values},
+    ),
+    st.fixed_dictionaries({"state": job_states}),
+    json_values,
+)
+next_links = st.sampled_from(
+    [
+        {"next": {"href": "https://api.example/jobs?continuationToken=abc&$top=2"}},
+        {"next": {"href": "https://api.example/jobs?$top=2"}},
+        {"next": None},
+        {"self": {"href": "x"}},
+        [],
+        None,
+    ]
+)
+listing_pages = st.fixed_dictionaries(
+    {"jobs": st.lists(listed_jobs, max_size=6)}, optional={"_links": next_links | json_values, "other": json_values}
+)
+
+
+def _states_as_json_reads_them(api: ITwinApi, answer: Response) -> tuple[dict[str, JobState | None], str | None]:
+    """The reference: the whole page decoded as JSON (``list_jobs_page``), each job's state read from it."""
+    jobs, token = api._jobs_of(answer)
+    states = {job["id"]: job.get("state", "") for job in jobs if isinstance(job.get("id"), str) and job["id"]}
+    return {job_id: itwin_module.STATES.get(str(text).lower()) for job_id, text in states.items()}, token
+
+
+@pytest.mark.parametrize("api_name", ["realitydataanalysis", "reality-modeling"])
+@PROPERTY
+@given(
+    body=listing_pages.map(_dump) | bodies | st.lists(listed_jobs, max_size=3).map(lambda jobs: _dump({"jobs": jobs}))
+)
+def test_the_running_listing_reads_a_page_as_its_whole_json_would(api_name: str, body: bytes) -> None:
+    api = itwin(api_name)
+    answer = Response.build(200, {"content-type": "application/json"}, body)
+    try:
+        expected = _states_as_json_reads_them(api, answer)
+    except VendorResponseError:
+        with pytest.raises(VendorResponseError):
+            api._states_of(answer)
+        return
+    states, token = api._states_of(answer)
+    assert ({job_id: itwin_module.STATES.get(str(text).lower()) for job_id, text in states.items()}, token) == expected

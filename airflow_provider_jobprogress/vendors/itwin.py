@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
+
+import msgspec
 
 from airflow_provider_jobprogress.core.errors import (
     AuthenticationError,
@@ -86,6 +88,7 @@ REMAINING_CALLS = "itwinplatform-ratelimit-remainingcalls"
 #: more calls left than any subscription has in a window (paid tiers: 5,000 a minute): a header saying more is broken
 MAX_REMAINING_CALLS = 1_000_000
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: jobs per page (``$top``, at most 1,000 per Bentley) and pages per listing of the shared poller
@@ -329,10 +332,10 @@ class ITwinApi(VendorApi):
         running = V2_RUNNING if self.family.version == 2 else V1_RUNNING
         states = " or ".join(f"state eq '{state}'" for state in running)
         clauses = [f"iTwinId eq {self.itwin_id}"] if self.itwin_id else []
-        jobs, complete = yield from self._listed(" and ".join([*clauses, f"({states})"]))
+        jobs, complete = yield from self._listed(" and ".join([*clauses, f"({states})"]), self._states_of)
         readings: dict[str, JobProgress] = {}
-        for job_id, job in jobs.items():
-            state = job_state(job)
+        for job_id, text in jobs.items():
+            state = STATES.get(str(text).lower())
             if state is not None and not state.is_terminal:
                 readings[job_id] = JobProgress(self.vendor, job_id, state)  # no raw (core.model.Listing)
         return Listing(readings, complete=complete, percentages=False)
@@ -351,7 +354,7 @@ class ITwinApi(VendorApi):
         ids = sorted(ended)
         for start in range(0, len(ids), ENDED_BATCH):
             batch = " or ".join(f"id eq {_literal(job_id)}" for job_id in ids[start : start + ENDED_BATCH])
-            jobs, _ = yield from self._listed(f"({batch})")
+            jobs, _ = yield from self._listed(f"({batch})", self._jobs_by_id)
             for job_id, job in jobs.items():
                 state = job_state(job)
                 if job_id not in ended or state is None:
@@ -369,19 +372,42 @@ class ITwinApi(VendorApi):
                 log.warning("iTwin job %s failed; reading why failed too, its wait reads it: %s", job_id, exc)
         return found
 
-    def _listed(self, filter: str) -> Flow[tuple[dict[str, dict[str, Any]], bool]]:
-        """The jobs a filter selects by id, at most ``LIST_PAGES`` pages of ``LIST_PAGE``; and whether that
-        was all of them (a continuation token handed out twice is a ``VendorResponseError``)."""
-        jobs: dict[str, dict[str, Any]] = {}
+    def _listed(
+        self, filter: str, read: Callable[[Response], tuple[dict[str, T], str | None]]
+    ) -> Flow[tuple[dict[str, T], bool]]:
+        """What ``read`` takes of each job a filter selects, by id, from at most ``LIST_PAGES`` pages of
+        ``LIST_PAGE``; and whether that was all of them (a continuation token handed out twice is a
+        ``VendorResponseError``)."""
+        jobs: dict[str, T] = {}
         token: str | None = None
         seen: set[str] = set()
         for _ in range(LIST_PAGES):
-            page, token = yield from self.list_jobs_page(filter, top=LIST_PAGE, continuation_token=token)
-            jobs.update({str(job["id"]): job for job in page if isinstance(job.get("id"), str) and job["id"]})
+            page, token = read((yield from self._list_page(filter, LIST_PAGE, token)))
+            jobs.update(page)
             token = next_page_token(token, seen, None, what="list jobs")
             if token is None:
                 return jobs, True
         return jobs, False
+
+    def _jobs_by_id(self, response: Response) -> tuple[dict[str, dict[str, Any]], str | None]:
+        jobs, token = self._jobs_of(response)
+        return {job["id"]: job for job in jobs if isinstance(job.get("id"), str) and job["id"]}, token
+
+    def _states_of(self, response: Response) -> tuple[dict[str, Any], str | None]:
+        """A listing page's jobs' states by id, decoding only those two fields of each (``_StatesPage``): the
+        running listing reads pages of up to 1,000 jobs' whole details every cycle, and decoding all of them
+        was half a 5,000-wait triggerer's CPU (``benchmarks/README.md``). A page this shape does not fit (an
+        entry that is not an object, no ``jobs`` list, not JSON) is read as ``list_jobs_page`` reads it: the
+        same entries skipped, the same errors."""
+        try:
+            page = _STATES_PAGE.decode(response.body)
+        except (msgspec.MsgspecError, RecursionError):  # deep nesting: msgspec meets the recursion limit
+            jobs, token = self._jobs_of(response)
+            return {
+                job["id"]: job.get("state", "") for job in jobs if isinstance(job.get("id"), str) and job["id"]
+            }, token
+        states = {job.id: job.state for job in page.jobs if isinstance(job.id, str) and job.id}
+        return states, _continuation_token({"_links": page.links})
 
     # -- listing -------------------------------------------------------------------------------
     def list_jobs_page(
@@ -391,14 +417,19 @@ class ITwinApi(VendorApi):
 
         The API needs a filter; without one, the connection's iTwin is the filter.
         """
+        return self._jobs_of((yield from self._list_page(filter, top, continuation_token)))
+
+    def _list_page(self, filter: str | None, top: int | None, continuation_token: str | None) -> Flow[Response]:
         params = {"$filter": self._job_filter(filter)}
         if top is not None:
             params["$top"] = str(top)
         if continuation_token:
             params["continuationToken"] = continuation_token
-        what = "list jobs"
         request = self._call("GET", self._job_path(), params=params, max_answer=answer_limit(top or MAX_PAGE))
-        response = yield from self.send(request, None, what=what)
+        return (yield from self.send(request, None, what="list jobs"))
+
+    def _jobs_of(self, response: Response) -> tuple[list[dict[str, Any]], str | None]:
+        what = "list jobs"
         data = self.parse_json(response, None, what=what)
         jobs = self.require(data, "jobs", None, what=what)
         if not isinstance(jobs, list):
@@ -684,6 +715,21 @@ def next_page_token(token: str | None, seen: set[str], job_id: str | None, *, wh
         )
     seen.add(token)
     return token
+
+
+class _StatedJob(msgspec.Struct):
+    """A listed job as the running listing reads it: its id and state, the rest of its details skipped."""
+
+    id: Any = None
+    state: Any = ""
+
+
+class _StatesPage(msgspec.Struct):
+    jobs: list[_StatedJob]
+    links: Any = msgspec.field(default=None, name="_links")
+
+
+_STATES_PAGE = msgspec.json.Decoder(_StatesPage)
 
 
 def _continuation_token(data: dict[str, Any]) -> str | None:
