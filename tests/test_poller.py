@@ -515,6 +515,44 @@ async def test_a_failed_listing_answers_from_the_last_good_one() -> None:
         await poller.aclose()
 
 
+async def test_closing_a_poller_keeps_a_cancel_of_its_closer() -> None:
+    """The last wait leaving closes its poller, which cancels the listing under way and waits for it to wind up.
+    A cancel of the wait itself meanwhile (the triggerer stopping it) is the wait's own: before, it was swallowed
+    with the listing's, and the wait went on as if never asked to stop. The hook's share is given back all the
+    same."""
+
+    class SlowToStop(StandIn):
+        closed = False
+
+        async def alist_running(self) -> Listing | None:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.3)  # the listing's own clean-up, after its cancel
+                raise
+            return None
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    reader = SlowToStop(3)
+    poller = JobPoller("itwin_default", reader, lists=True, list_interval=0.1)
+    watches = [poller.watch(job, reader) for job in reader.jobs]
+    for _ in range(50):
+        if reader.listings or poller._refreshing is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert poller._refreshing is not None, "a listing is under way"
+    for watch in watches:
+        poller.unwatch(watch)
+    closer = asyncio.ensure_future(poller.aclose())
+    await asyncio.sleep(0.1)
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    assert reader.closed, "the hook's share was given back"
+
+
 async def test_a_failed_read_of_ended_jobs_keeps_the_listing() -> None:
     """The listing worked, the read of how a vanished job ended did not: the listing still answers the others."""
 

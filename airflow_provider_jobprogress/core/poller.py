@@ -208,6 +208,9 @@ class JobPoller:
         """Stop the cycle and any listing under way (a listing left running would take a session again after
         its hook gave it back), then give back the hook's share of the session."""
         self._closed = True
+        closer = asyncio.current_task()
+        # a cancel of the closer meanwhile (its wait stopped) is its own, not the tasks' it cancels: kept for the end
+        cancels = closer.cancelling() if closer is not None else 0
         for task in (self._cycle_task, self._refreshing):
             if task is not None and not task.done():
                 task.cancel()
@@ -215,6 +218,8 @@ class JobPoller:
                     await task
         self._cycle_task = self._refreshing = None
         await self.reader.aclose()
+        if closer is not None and closer.cancelling() > cancels:
+            raise asyncio.CancelledError
 
     # -- reading ----------------------------------------------------------------------------------
     async def read(self, watch: Watch) -> JobProgress:
