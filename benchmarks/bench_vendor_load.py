@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -624,7 +625,7 @@ def run_case(case: Case, emu: Emulator, calls_dir: str | None = None) -> Result:
         baseline = rss_mib("VmHWM")
         calls_before = int(control.call("GET", "/_emulator/stats")["calls"])
         load_before, started = load(), time.strftime("%H:%M:%S")
-        with counting_reads() as reads, watching_budgets() as budgets:
+        with counting_reads() as reads, watching_budgets() as budgets, sampling_rss(baseline) as rss_timeline:
             emu_cpu0, cpu0, start = emu.cpu_seconds(), time.process_time(), time.time()
             seen = asyncio.run(run_waits(triggers, last_end + GRACE))
             wall = time.time() - start
@@ -670,8 +671,30 @@ def run_case(case: Case, emu: Emulator, calls_dir: str | None = None) -> Result:
         load_after=load_after,
         started=started,
         start=start,
-        extra={"creation_s": created, "budget": asdict(budgets)},
+        extra={"creation_s": created, "budget": asdict(budgets), "rss_timeline": rss_timeline},
     )
+
+
+@contextmanager
+def sampling_rss(baseline: float, every: float = 5.0) -> Iterator[list[tuple[float, float]]]:
+    """VmRSS above ``baseline`` every ``every`` seconds while the waits run, as (seconds, MiB): where a case's
+    memory goes up (the waits' own structures at the start, or reads queued behind a budget later) tells what
+    to look for (``benchmarks/README.md``, stop 25's profile)."""
+    timeline: list[tuple[float, float]] = []
+    done = threading.Event()
+    start = time.monotonic()
+
+    def sample() -> None:
+        while not done.wait(every):
+            timeline.append((round(time.monotonic() - start, 1), round(rss_mib("VmRSS") - baseline, 1)))
+
+    sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
+    sampler.start()
+    try:
+        yield timeline
+    finally:
+        done.set()
+        sampler.join()
 
 
 def airflow_home() -> str:
