@@ -717,14 +717,17 @@ def next_page_token(token: str | None, seen: set[str], job_id: str | None, *, wh
     return token
 
 
-class _StatedJob(msgspec.Struct):
-    """A listed job as the running listing reads it: its id and state, the rest of its details skipped."""
+class _StatedJob(msgspec.Struct, gc=False):
+    """A listed job as the running listing reads it: its id and state, the rest of its details skipped.
+
+    Not tracked by the garbage collector (it holds no reference back to itself): a page's thousand entries
+    would each count towards the next collection."""
 
     id: Any = None
     state: Any = ""
 
 
-class _StatesPage(msgspec.Struct):
+class _StatesPage(msgspec.Struct, gc=False):
     jobs: list[_StatedJob]
     links: Any = msgspec.field(default=None, name="_links")
 
