@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -181,6 +182,58 @@ async def test_on_kill_waits_for_a_slow_answer_while_the_cancel_still_fits(
     triggerer.comms.delay = 4.0
     await trig.on_kill()
     assert emulator.count("POST", f"/cancel/{job_id}") == 1
+
+
+#: Airflow's cancel message for a user's kill (``_USER_ACTION_CANCEL_MSG``, airflow/jobs/triggerer_job_runner.py)
+USER_ACTION = "__airflow_user_action__"
+
+
+async def run_like_airflow(trig: JobProgressTrigger, resend_every: float) -> None:
+    """A trigger run as Airflow 3.3.2's triggerer runs it when a user kills its task (``TriggerRunner.run_trigger``
+    and ``arun`` in airflow/jobs/triggerer_job_runner.py): the task is cancelled with ``USER_ACTION``; on that
+    message ``on_kill`` runs under ``wait_for(on_kill_timeout)``, a CancelledError of it swallowed; ``cleanup`` in
+    ``finally``. The supervisor keeps the trigger in ``cancelling_triggers`` until the runner reports it finished, and
+    every sync (about a second) hands it to ``cancel_triggers`` again, which cancels the task again."""
+
+    async def run_trigger() -> None:
+        try:
+            async for _ in trig.run():
+                pass
+        except asyncio.CancelledError as exc:
+            if exc.args and exc.args[0] == USER_ACTION:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(trig.on_kill(), timeout=30)
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await trig.cleanup()
+
+    task = asyncio.ensure_future(run_trigger())
+    await asyncio.sleep(1.0)  # the wait under way
+    while not task.done():
+        task.cancel(USER_ACTION)
+        await asyncio.wait({task}, timeout=resend_every)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_a_kill_cancels_the_job_though_airflow_sends_the_cancel_again_every_second(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch, triggerer: Triggerer
+) -> None:
+    """Airflow 3.3.2 sends a killed trigger's cancel again at every sync until the trigger ends, and each one
+    cancels what ``on_kill`` awaits: before, a kill whose first step (Airflow's answer to "was the task killed?")
+    took more than a second was cut off and left its job running (the topology's third run, at load 21: ten user
+    kills, ten jobs left). The kill's work now outlasts the repeated cancels, within its own budget."""
+    monkeypatch.setattr(job_progress, "ON_KILL_BUDGET", 9.0)
+    emulator.set_next_scenario("olconnect", Scenario(steps=100))
+    job_id = submit("olconnect")
+    trig = trigger("olconnect", job_id)
+    trig.task_instance = triggerer.task_instance("failed")
+    triggerer.comms.delay = 2.0  # the answer comes after two re-sent cancels
+    started = time.monotonic()
+    await run_like_airflow(trig, resend_every=0.5)
+    assert emulator.count("POST", f"/cancel/{job_id}") == 1
+    assert time.monotonic() - started < 1.0 + 9.0 + 2.0, "within the kill's budget"
 
 
 async def test_on_kill_ends_within_the_deployments_on_kill_timeout(

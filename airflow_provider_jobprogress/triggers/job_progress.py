@@ -145,6 +145,8 @@ class JobProgressTrigger(BaseTrigger):
         self.last_seen = last_seen
         self._last: JobProgress | None = JobProgress.from_dict(last_seen) if last_seen else None
         self._hooks: list[Any] = []
+        #: the kill's work (``on_kill``), which ``cleanup`` waits for before giving back the hooks it uses
+        self._killing: asyncio.Future[None] | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -192,7 +194,10 @@ class JobProgressTrigger(BaseTrigger):
     async def cleanup(self) -> None:
         """Airflow calls this on every exit: after the event, on a triggerer shutdown, and after ``on_kill``
         when a user kills the task. What the wait (or ``on_kill``) holds goes back here, so a killed wait's
-        cancel still goes out on the session, pool and token the wait held."""
+        cancel still goes out on the session, pool and token the wait held (a kill's work still under way is waited
+        for first: on Python 3.11 Airflow's re-sent cancel ends its ``wait_for`` of ``on_kill`` early)."""
+        if self._killing is not None:
+            await _outlast_cancels(self._killing)
         await self._release_hooks()
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -361,9 +366,19 @@ class JobProgressTrigger(BaseTrigger):
         quicker than the triggerer's cleanup) and the job is cancelled unless it has ended (as it has when
         another triggerer took the wait over and saw its end). Never called on a triggerer restart or shutdown.
         The whole of it (the state, connection, a progress read, the cancel) is bounded by ``on_kill_budget()``.
+
+        Airflow 3.3.2 sends the kill's cancel again at every sync of its triggerer (about a second: the supervisor
+        keeps the trigger in ``cancelling_triggers`` until it has ended), and each one cancels what ``on_kill``
+        awaits: a kill whose question took more than a second was cut off and left its job running. So the work
+        runs in a task of its own, which ``on_kill`` (and ``cleanup``) wait for through those cancels.
         """
         if not self.cancel_on_kill or (self._last is not None and self._last.is_terminal):
             return
+        if self._killing is None:
+            self._killing = asyncio.ensure_future(self._kill())
+        await _outlast_cancels(self._killing)
+
+    async def _kill(self) -> None:
         seconds = on_kill_budget()
         try:
             async with asyncio.timeout(seconds):
@@ -424,6 +439,13 @@ class JobProgressTrigger(BaseTrigger):
         if current is not None and current.is_terminal:
             return
         await self._cancel(hook, vendor, job, reason="the task was killed")
+
+
+async def _outlast_cancels(work: asyncio.Future[None]) -> None:
+    """Wait for ``work`` (bounded by its own time limit) however often this task is cancelled meanwhile."""
+    while not work.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(work)
 
 
 #: the task instance states in which a wait Airflow stopped through its user-kill path still has a use for the
