@@ -515,42 +515,77 @@ async def test_a_failed_listing_answers_from_the_last_good_one() -> None:
         await poller.aclose()
 
 
-async def test_closing_a_poller_keeps_a_cancel_of_its_closer() -> None:
-    """The last wait leaving closes its poller, which cancels the listing under way and waits for it to wind up.
-    A cancel of the wait itself meanwhile (the triggerer stopping it) is the wait's own: before, it was swallowed
-    with the listing's, and the wait went on as if never asked to stop. The hook's share is given back all the
-    same."""
+class SlowToStop(StandIn):
+    """A listing that, cancelled, winds up until ``finish`` is set (or it is cancelled again)."""
 
-    class SlowToStop(StandIn):
-        closed = False
+    def __init__(self, jobs: int) -> None:
+        super().__init__(jobs)
+        self.cleaning = asyncio.Event()
+        self.finish = asyncio.Event()
+        self.closed = False
 
-        async def alist_running(self) -> Listing | None:
-            try:
-                await asyncio.sleep(30)
-            except asyncio.CancelledError:
-                await asyncio.sleep(0.3)  # the listing's own clean-up, after its cancel
-                raise
-            return None
+    async def alist_running(self) -> Listing | None:
+        self.listings += 1
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.cleaning.set()
+            await self.finish.wait()
+            raise
+        return None
 
-        async def aclose(self) -> None:
-            self.closed = True
+    async def aclose(self) -> None:
+        self.closed = True
 
+
+async def _closing_with_a_listing_under_way() -> tuple[JobPoller, SlowToStop]:
     reader = SlowToStop(3)
     poller = JobPoller("itwin_default", reader, lists=True, list_interval=0.1)
     watches = [poller.watch(job, reader) for job in reader.jobs]
-    for _ in range(50):
-        if reader.listings or poller._refreshing is not None:
+    for _ in range(100):
+        if reader.listings:
             break
         await asyncio.sleep(0.05)
-    assert poller._refreshing is not None, "a listing is under way"
+    assert reader.listings, "a listing is under way"
     for watch in watches:
         poller.unwatch(watch)
+    return poller, reader
+
+
+async def test_closing_a_poller_keeps_a_cancel_of_its_closer() -> None:
+    """The last wait leaving closes its poller, which cancels the listing under way and waits for it to wind up.
+    A cancel of the wait itself meanwhile (Airflow sends a user's kill again every second) is the wait's own, with
+    its message (Airflow runs ``on_kill`` on it): before, it was swallowed with the listing's, and the wait went on
+    as if never asked to stop. The hook's share is given back all the same."""
+    poller, reader = await _closing_with_a_listing_under_way()
     closer = asyncio.ensure_future(poller.aclose())
-    await asyncio.sleep(0.1)
-    closer.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    await asyncio.wait_for(reader.cleaning.wait(), 5)
+    closer.cancel("user action")
+    with pytest.raises(asyncio.CancelledError) as cancelled:
         await closer
+    assert cancelled.value.args == ("user action",)
     assert reader.closed, "the hook's share was given back"
+
+
+async def test_a_poller_closed_by_a_task_cancelled_before_closes_without_a_cancel_of_its_own() -> None:
+    """A wait cancelled once closes its poller in its ``finally``: the close itself raises nothing (the wait's
+    first cancel goes on as it came)."""
+    poller, reader = await _closing_with_a_listing_under_way()
+
+    async def cancelled_wait() -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            reader.finish.set()  # the listing winds up at once
+            await poller.aclose()
+            return "closed"
+        return "not cancelled"
+
+    assert await cancelled_wait() == "closed"
+    assert reader.closed
 
 
 async def test_a_failed_read_of_ended_jobs_keeps_the_listing() -> None:

@@ -206,18 +206,28 @@ class JobPoller:
 
     async def aclose(self) -> None:
         """Stop the cycle and any listing under way (a listing left running would take a session again after
-        its hook gave it back), then give back the hook's share of the session."""
+        its hook gave it back), then give back the hook's share of the session; then raise a cancel of the
+        closing task that came meanwhile."""
         self._closed = True
         closer = asyncio.current_task()
-        # a cancel of the closer meanwhile (its wait stopped) is its own, not the tasks' it cancels: kept for the end
+        # A cancel of the closer meanwhile (its wait stopped) is its own, not the tasks' it cancels: raised at the
+        # end as it came (Airflow reads its message: a user's kill runs on_kill).
         cancels = closer.cancelling() if closer is not None else 0
+        own: asyncio.CancelledError | None = None
         for task in (self._cycle_task, self._refreshing):
             if task is not None and not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
+                try:
                     await task
+                except asyncio.CancelledError as exc:
+                    if own is None and closer is not None and closer.cancelling() > cancels:
+                        own = exc
+                except Exception:  # noqa: S110 - the listing's failure was logged where it happened
+                    pass
         self._cycle_task = self._refreshing = None
         await self.reader.aclose()
+        if own is not None:
+            raise own
         if closer is not None and closer.cancelling() > cancels:
             raise asyncio.CancelledError
 
