@@ -21,6 +21,7 @@ from airflow_provider_jobprogress.core.errors import (
 )
 from airflow_provider_jobprogress.core.model import JobState
 from airflow_provider_jobprogress.core.protocol import ConnectionFields, Response
+from airflow_provider_jobprogress.vendors import itwin as itwin_module
 from airflow_provider_jobprogress.vendors.olconnect import OLConnectApi
 from airflow_provider_jobprogress.vendors.scriptx import ScriptXApi
 from tests.flowdriver import drive
@@ -142,6 +143,32 @@ def test_list_jobs_follows_the_continuation_token() -> None:
 def test_list_jobs_filters_on_the_connections_itwin_by_default() -> None:
     _, (request,), _ = drive(itwin("reality-analysis").list_jobs(), [jresp(200, {"jobs": []})])
     assert request.params == {"$filter": "iTwinId eq twin-1"}
+
+
+def test_the_running_listing_reads_bentleys_pages_to_the_end() -> None:
+    """The shared poller's listing of running jobs, page after page of Bentley's own jobs-get-all answer: each
+    job's state by id, the next page asked with the continuation token of ``_links.next``."""
+    first = bentley("jobs_get_200")
+    first["jobs"][0]["state"] = "Active"  # one of its two jobs still running
+    second = {"jobs": [{"id": "job-last", "state": "Queued", "name": "n"}, {"id": "", "state": "Active"}, 5]}
+    listing, (one, two), _ = drive(itwin("reality-analysis").list_running(), [jresp(200, first), jresp(200, second)])
+    expected = {job["id"]: itwin_module.job_state(job) for job in first["jobs"]} | {"job-last": JobState.QUEUED}
+    assert {job_id: reading.state for job_id, reading in listing.jobs.items()} == {
+        job_id: state for job_id, state in expected.items() if state is not None and not state.is_terminal
+    }
+    assert listing.complete
+    assert "continuationToken" not in (one.params or {})
+    assert (two.params or {}).get("continuationToken") == "MTRmZDkwOGYtNWEzOS00YzY3LWFmMGYtMGMxMWQxYWNkMDhl"
+
+
+@pytest.mark.parametrize("href", ["https://x]jobs?continuationToken=abc", "http://[::1/jobs?continuationToken=a"])
+def test_a_next_link_that_is_no_url_is_a_vendor_response_error(href: str) -> None:
+    """Not a listing passed off as whole (the unread pages' jobs would be taken for ended), nor a ValueError
+    nobody planned for."""
+    page = {"jobs": [{"id": "a", "state": "Active"}], "_links": {"next": {"href": href}}}
+    for flow in (itwin("reality-analysis").list_running(), itwin("reality-analysis").list_jobs()):
+        with pytest.raises(VendorResponseError, match="next"):
+            drive(flow, [jresp(200, page)])
 
 
 def test_list_jobs_without_a_filter_or_itwin_is_refused_before_any_call() -> None:
