@@ -687,6 +687,7 @@ def sampling_rss(baseline: float, every: float = 5.0) -> Iterator[list[tuple[flo
     def sample() -> None:
         while not done.wait(every):
             timeline.append((round(time.monotonic() - start, 1), round(rss_mib("VmRSS") - baseline, 1)))
+        timeline.append((round(time.monotonic() - start, 1), round(rss_mib("VmRSS") - baseline, 1)))  # at the end
 
     sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
     sampler.start()
