@@ -72,6 +72,10 @@ def _itwin_flows(api: str) -> dict[str, Callable[[], Flow[Any]]]:
         f"itwin {api} start": lambda: itwin(api).start(JOB),
         f"itwin {api} cancel": lambda: itwin(api).cancel(JOB),
         f"itwin {api} list jobs": lambda: itwin(api).list_jobs(),
+        f"itwin {api} list running": lambda: itwin(api).list_running(),
+        f"itwin {api} read ended": lambda: itwin(api).read_ended(
+            {JOB: JobProgress("iTwin", JOB, JobState.RUNNING), "job-2": JobProgress("iTwin", "job-2", JobState.QUEUED)}
+        ),
         f"itwin {api} check": lambda: itwin(api).check(),
     }
 
@@ -86,6 +90,8 @@ FLOWS: dict[str, Callable[[], Flow[Any]]] = {
     "olconnect cancel": lambda: olconnect().cancel(JOB),
     "olconnect check": lambda: olconnect().check(),
     "olconnect login": lambda: olconnect().login(),
+    "olconnect list running": lambda: olconnect().list_running(),
+    "olconnect read ended": lambda: olconnect().read_ended({JOB: JobProgress("OL Connect", JOB, JobState.RUNNING)}),
     "scriptx progress": lambda: scriptx().progress(JOB),
     "scriptx submit": lambda: scriptx().submit({"document": "d"}),
     "scriptx check (license)": lambda: scriptx().check(),
