@@ -588,6 +588,30 @@ async def test_a_poller_closed_by_a_task_cancelled_before_closes_without_a_cance
     assert reader.closed
 
 
+async def test_a_cancel_sent_again_while_a_cancelled_wait_closes_its_poller_is_not_raised_in_its_place() -> None:
+    """A user's kill cancels the wait with Airflow's message; the wait's ``finally`` closes its poller; Airflow
+    sends the cancel again meanwhile. The close raises nothing: the first cancel, message and all, goes on (a
+    cancel raised in its place, without the message, made Airflow skip ``on_kill`` and leave the job)."""
+    poller, reader = await _closing_with_a_listing_under_way()
+    loop = asyncio.get_running_loop()
+
+    async def killed_wait() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            loop.call_later(0.2, reader.finish.set)  # the listing winds up
+            loop.call_soon(lambda: loop.call_soon(wait.cancel))  # sent again while the close waits for it
+            await poller.aclose()
+
+    wait = asyncio.ensure_future(killed_wait())
+    await asyncio.sleep(0.05)
+    wait.cancel("user action")
+    with pytest.raises(asyncio.CancelledError) as cancelled:
+        await wait
+    assert cancelled.value.args == ("user action",)
+    assert reader.closed
+
+
 async def test_a_failed_read_of_ended_jobs_keeps_the_listing() -> None:
     """The listing worked, the read of how a vanished job ended did not: the listing still answers the others."""
 

@@ -211,7 +211,9 @@ class JobPoller:
         self._closed = True
         closer = asyncio.current_task()
         # A cancel of the closer meanwhile (its wait stopped) is its own, not the tasks' it cancels: raised at the
-        # end as it came (Airflow reads its message: a user's kill runs on_kill).
+        # end as it came (Airflow reads its message: a user's kill runs on_kill). Unless the closer was being
+        # cancelled already (a wait's ``finally`` under its first cancel): that cancel is on its way with its
+        # message, and what comes meanwhile is Airflow sending it again (which may come with none).
         cancels = closer.cancelling() if closer is not None else 0
         own: asyncio.CancelledError | None = None
         for task in (self._cycle_task, self._refreshing):
@@ -226,9 +228,9 @@ class JobPoller:
                     pass
         self._cycle_task = self._refreshing = None
         await self.reader.aclose()
-        if own is not None:
+        if cancels == 0 and own is not None:
             raise own
-        if closer is not None and closer.cancelling() > cancels:
+        if cancels == 0 and closer is not None and closer.cancelling() > 0:
             raise asyncio.CancelledError
 
     # -- reading ----------------------------------------------------------------------------------

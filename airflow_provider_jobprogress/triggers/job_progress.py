@@ -145,8 +145,9 @@ class JobProgressTrigger(BaseTrigger):
         self.last_seen = last_seen
         self._last: JobProgress | None = JobProgress.from_dict(last_seen) if last_seen else None
         self._hooks: list[Any] = []
-        #: the kill's work (``on_kill``), which ``cleanup`` waits for before giving back the hooks it uses
-        self._killing: asyncio.Future[None] | None = None
+        #: the kill's work (``_kill``, started by ``on_kill``), which ``cleanup`` waits for before giving back the
+        #: hooks it uses
+        self._killing: asyncio.Task[None] | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -196,9 +197,15 @@ class JobProgressTrigger(BaseTrigger):
         when a user kills the task. What the wait (or ``on_kill``) holds goes back here, so a killed wait's
         cancel still goes out on the session, pool and token the wait held (a kill's work still under way is waited
         for first: on Python 3.11 Airflow's re-sent cancel ends its ``wait_for`` of ``on_kill`` early)."""
-        if self._killing is not None:
+        if self._killing is None:
+            await self._release_hooks()
+            return
+        # Airflow sends a kill's cancel again every second until the trigger has ended: the kill's work, then the
+        # hooks' release (a session's close cut short would leave it and the other hooks held), outlast them.
+        try:
             await _outlast_cancels(self._killing)
-        await self._release_hooks()
+        finally:
+            await _outlast_cancels(asyncio.get_running_loop().create_task(self._release_hooks()))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # Exactly one event, whatever happens: Airflow only says "exited without sending an event" otherwise.
@@ -370,23 +377,30 @@ class JobProgressTrigger(BaseTrigger):
         Airflow 3.3.2 sends the kill's cancel again at every sync of its triggerer (about a second: the supervisor
         keeps the trigger in ``cancelling_triggers`` until it has ended), and each one cancels what ``on_kill``
         awaits: a kill whose question took more than a second was cut off and left its job running. So the work
-        runs in a task of its own, which ``on_kill`` (and ``cleanup``) wait for through those cancels.
+        runs in a task of its own, which ``on_kill`` (and ``cleanup``) wait for through those cancels: Airflow's
+        ``on_kill_timeout`` no longer cuts it either, and ``on_kill_budget()``, always below that timeout, is its
+        only bound.
         """
         if not self.cancel_on_kill or (self._last is not None and self._last.is_terminal):
             return
         if self._killing is None:
-            self._killing = asyncio.ensure_future(self._kill())
+            job = printable(str(self.job_id))
+            self._killing = asyncio.get_running_loop().create_task(self._kill(), name=f"jobprogress kill {job}")
         await _outlast_cancels(self._killing)
 
     async def _kill(self) -> None:
-        seconds = on_kill_budget()
+        """``on_kill``'s work, within ``on_kill_budget()``; it logs every way it ends but success and raises none."""
+        job = printable(str(self.job_id))
         try:
+            seconds = on_kill_budget()
             async with asyncio.timeout(seconds):
                 await self._cancel_if_killed(seconds)
         except TimeoutError:
-            self.log.warning("job %s: cancel on kill gave up after %.0f s", printable(str(self.job_id)), seconds)
+            self.log.warning("job %s: cancel on kill gave up after %.0f s", job, seconds)
+        except asyncio.CancelledError:  # only the event loop's end (a triggerer shutting down) cancels this task
+            self.log.warning("job %s: cancel on kill cut short by the triggerer's shutdown; the job may still run", job)
+            raise
         except Exception as exc:  # on_kill must never raise into Airflow's cleanup
-            job = printable(str(self.job_id))
             self.log.warning("job %s: cancel on kill failed: %s: %s", job, type(exc).__name__, exc)
 
     async def _cancel_if_killed(self, seconds: float) -> None:
@@ -441,11 +455,16 @@ class JobProgressTrigger(BaseTrigger):
         await self._cancel(hook, vendor, job, reason="the task was killed")
 
 
-async def _outlast_cancels(work: asyncio.Future[None]) -> None:
-    """Wait for ``work`` (bounded by its own time limit) however often this task is cancelled meanwhile."""
+async def _outlast_cancels(work: asyncio.Task[None]) -> None:
+    """Wait for ``work`` (bounded by its own time limit) however often this task is cancelled meanwhile: the cancels
+    are swallowed (the caller returns; its ``cancelling()`` stays raised), so only for a task already unwinding the
+    cancel it will raise, as a killed trigger's ``on_kill`` and ``cleanup`` are. Neither the work's exception nor
+    its cancel comes through (``asyncio.wait`` neither raises it nor cancels the work)."""
     while not work.done():
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(work)
+            await asyncio.wait({work})
+    if not work.cancelled():
+        work.exception()  # retrieved: never "Task exception was never retrieved"
 
 
 #: the task instance states in which a wait Airflow stopped through its user-kill path still has a use for the
