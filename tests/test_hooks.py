@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any
 
 import pytest
@@ -270,6 +271,29 @@ def test_itwin_cancel_patches_state_cancelled(emulator: VendorEmulator) -> None:
     hook.cancel(job_id)
     assert emulator.count("PATCH", f"/jobs/{job_id}") == 2  # submit, then cancel
     assert hook.get_progress(job_id).state is JobState.CANCELLED
+
+
+@pytest.mark.parametrize(("outcome", "state"), [("fail", JobState.FAILED), ("cancel", JobState.CANCELLED)])
+def test_olconnect_an_operation_dropped_after_it_failed_is_read_as_it_ended(
+    monkeypatch: pytest.MonkeyPatch, outcome: str, state: JobState
+) -> None:
+    """A server drops a finished operation from its active list (getProgress: 404) after a while; its result
+    call still says how it ended. A success was read from it, a failure or cancellation was "unknown": 10,000
+    OL Connect waits ending within two minutes on the default budget confirmed some ends past the emulator's
+    retention, and 126 waits ended in error instead of their jobs' failure or cancellation."""
+    with VendorEmulator(retention=0.1) as emulator:
+        for conn_id, conn in emulator.connections().items():
+            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", conn)
+        emulator.set_next_scenario("olconnect", Scenario(steps=0, outcome=outcome, message="No printer"))
+        hook, submit = make("olconnect")
+        job_id = submit(hook)
+        assert hook.get_progress(job_id).state is state  # it ends at its first read
+        time.sleep(0.3)  # past the retention
+        final = hook.get_progress(job_id)
+        assert final.state is state
+        assert emulator.calls[-1].path.endswith(f"/getResultTxt/{job_id}")
+        if outcome == "fail":
+            assert "No printer" in (final.message or "")
 
 
 def test_itwin_progress_gone_falls_back_to_job_details(monkeypatch: pytest.MonkeyPatch) -> None:

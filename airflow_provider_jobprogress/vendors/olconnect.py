@@ -5,7 +5,8 @@ Decisions where the vendor docs are silent (see shared/vendors/README.md):
   message; a message that says the operation was cancelled means CANCELLED. A 5xx without such a body
   is transient and retried.
 - getProgress 404: servers drop finished operations from their active list, so we ask getResultTxt;
-  a result means SUCCEEDED, otherwise the operation is unknown (JobNotFoundError).
+  a result means SUCCEEDED, a JSON Error (HTTP 500) says how it failed or was cancelled as getProgress's
+  would, otherwise the operation is unknown (JobNotFoundError).
 """
 
 from __future__ import annotations
@@ -188,9 +189,7 @@ class OLConnectApi(VendorApi):
             return (yield from self._progress_after_drop(job_id))
         error = _json_error(response)
         if response.status >= 500 and error is not None:
-            message = str(error.get("message") or "operation failed")
-            state = JobState.CANCELLED if "cancel" in message.lower() else JobState.FAILED
-            return JobProgress(self.vendor, job_id, state, message=message, raw=error)
+            return _failure(job_id, error)
         if response.status >= 300:
             raise self.status_error(response, job_id, what=what)
         return parse_progress(response, job_id)
@@ -207,6 +206,10 @@ class OLConnectApi(VendorApi):
                 message="operation no longer listed; its result is available",
                 raw=response.text.strip(),
             )
+        error = _json_error(response)
+        if response.status >= 500 and error is not None and "not completed" not in str(error.get("message")):
+            # how it failed or was cancelled, as getProgress said before the server dropped it
+            return _failure(job_id, error)
         raise JobNotFoundError(self.vendor, job_id, f"getProgress and getResultTxt answered {response.status}")
 
     def cancel(self, job_id: str) -> Flow[None]:
@@ -352,6 +355,13 @@ def parse_progress(response: Response, job_id: str) -> JobProgress:
             OLConnectApi.vendor, job_id, f"getProgress: expected 0-100 or 'done', got {describe_body(response)}"
         )
     return JobProgress(OLConnectApi.vendor, job_id, JobState.RUNNING, percent, raw=text)
+
+
+def _failure(job_id: str, error: dict[str, Any]) -> JobProgress:
+    """An operation's JSON Error (HTTP 500): FAILED with its message, or CANCELLED when it says so."""
+    message = str(error.get("message") or "operation failed")
+    state = JobState.CANCELLED if "cancel" in message.lower() else JobState.FAILED
+    return JobProgress(OLConnectApi.vendor, job_id, state, message=message, raw=error)
 
 
 def _json_error(response: Response) -> dict[str, Any] | None:
