@@ -284,12 +284,19 @@ class Deployment:
     def trigger_log_text(self, dag_id: str, run_id: str, task_id: str, *lines: str, timeout: float = 60) -> str:
         """The trigger logs' text once every one of ``lines`` is in it: a trigger's log lines reach the file through
         the triggerer's supervisor, and on a loaded machine its last ones (the end it saw) can land after the
-        resumed task, even the whole run, has finished. AssertionError with the text after ``timeout``."""
+        resumed task, even the whole run, has finished. Lines that land after the supervisor handled the trigger's
+        end go to the triggerer's own log instead (Airflow 3.3.2, ``TriggerRunnerSupervisor``: ``get_logger``
+        falls back once the trigger's logger is gone, airflow/jobs/triggerer_job_runner.py): a line looked for is
+        taken from there too, and added to the text. AssertionError with the text after ``timeout``."""
         text = ""
 
         def complete() -> bool:
             nonlocal text
             text = "".join(p.read_text(errors="replace") for p in self.trigger_logs(dag_id, run_id, task_id))
+            missing = [line for line in lines if line not in text]
+            if missing:
+                own = "".join(p.read_text(errors="replace") for p in sorted(self.logs_dir.glob("triggerer*.log")))
+                text += "".join(f"{entry}\n" for entry in own.splitlines() if any(line in entry for line in missing))
             return all(line in text for line in lines)
 
         try:
