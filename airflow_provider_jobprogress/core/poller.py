@@ -222,16 +222,17 @@ class JobPoller:
                 try:
                     await task
                 except asyncio.CancelledError as exc:
-                    if own is None and closer is not None and closer.cancelling() > cancels:
+                    if cancels == 0 and own is None and closer is not None and closer.cancelling() > 0:
                         own = exc
                 except Exception:  # noqa: S110 - the listing's failure was logged where it happened
                     pass
         self._cycle_task = self._refreshing = None
         await self.reader.aclose()
-        if cancels == 0 and own is not None:
-            raise own
-        if cancels == 0 and closer is not None and closer.cancelling() > 0:
-            raise asyncio.CancelledError
+        if cancels == 0:
+            if own is not None:
+                raise own
+            if closer is not None and closer.cancelling() > 0:
+                raise asyncio.CancelledError
 
     # -- reading ----------------------------------------------------------------------------------
     async def read(self, watch: Watch) -> JobProgress:

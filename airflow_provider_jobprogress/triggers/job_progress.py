@@ -202,10 +202,8 @@ class JobProgressTrigger(BaseTrigger):
             return
         # Airflow sends a kill's cancel again every second until the trigger has ended: the kill's work, then the
         # hooks' release (a session's close cut short would leave it and the other hooks held), outlast them.
-        try:
-            await _outlast_cancels(self._killing)
-        finally:
-            await _outlast_cancels(asyncio.get_running_loop().create_task(self._release_hooks()))
+        await _outlast_cancels(self._killing)  # raises nothing: it retrieves the work's end and swallows cancels
+        await _outlast_cancels(asyncio.get_running_loop().create_task(self._release_hooks()))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # Exactly one event, whatever happens: Airflow only says "exited without sending an event" otherwise.
