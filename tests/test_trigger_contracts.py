@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import socket
@@ -238,6 +239,35 @@ async def test_a_kill_cancels_the_job_though_airflow_sends_the_cancel_again_ever
     assert trig._killing is not None
     assert trig._killing.done()
     assert trig._hooks == [], "the hooks were given back"
+
+
+@pytest.mark.parametrize("ending", ["returns", "raises", "is cancelled"])
+async def test_outlasting_cancels_returns_however_the_work_ends(ending: str, caplog: pytest.LogCaptureFixture) -> None:
+    """``cleanup`` awaits the kill's work and then the hooks' release in plain sequence, on the promise that
+    ``_outlast_cancels`` raises nothing: not the cancels sent meanwhile (three here), not the work's exception,
+    not the work's own cancel (a loop shutting down cancels it), and leaves no exception unretrieved."""
+    release = asyncio.Event()
+
+    async def work() -> None:
+        await release.wait()
+        if ending == "raises":
+            raise RuntimeError("the kill's work failed")
+        if ending == "is cancelled":
+            raise asyncio.CancelledError
+
+    task = asyncio.get_running_loop().create_task(work())
+    waiter = asyncio.get_running_loop().create_task(job_progress._outlast_cancels(task))
+    for _ in range(3):
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+    release.set()
+    await asyncio.wait({waiter}, timeout=5.0)
+    assert waiter.done()
+    assert waiter.exception() is None, "returned: neither a cancel nor the work's end came through"
+    assert waiter.cancelling() == 3, "the cancels stay counted for a caller already unwinding one"
+    del task
+    gc.collect()
+    assert "never retrieved" not in caplog.text
 
 
 async def test_on_kill_ends_within_the_deployments_on_kill_timeout(

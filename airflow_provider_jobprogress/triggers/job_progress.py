@@ -202,7 +202,7 @@ class JobProgressTrigger(BaseTrigger):
             return
         # Airflow sends a kill's cancel again every second until the trigger has ended: the kill's work, then the
         # hooks' release (a session's close cut short would leave it and the other hooks held), outlast them.
-        await _outlast_cancels(self._killing)  # raises nothing: it retrieves the work's end and swallows cancels
+        await _outlast_cancels(self._killing)  # raises neither a cancel nor anything of the work
         await _outlast_cancels(asyncio.get_running_loop().create_task(self._release_hooks()))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
