@@ -8,6 +8,7 @@ Jobs here run on time (``Scenario(duration=…)``), as real ones do: a listing n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -609,6 +610,83 @@ async def test_a_cancel_sent_again_while_a_cancelled_wait_closes_its_poller_is_n
     with pytest.raises(asyncio.CancelledError) as cancelled:
         await wait
     assert cancelled.value.args == ("user action",)
+    assert reader.closed
+
+
+class SlowToClose(SlowToStop):
+    """A hook whose share of the session takes a while to give back (the last share: the session closes)."""
+
+    def __init__(self, jobs: int) -> None:
+        super().__init__(jobs)
+        self.closing = asyncio.Event()
+
+    async def aclose(self) -> None:
+        self.closing.set()
+        await asyncio.sleep(0.3)
+        self.closed = True
+
+
+async def test_a_cancel_sent_again_while_the_poller_gives_its_session_back_does_not_cut_that_short() -> None:
+    """A user's kill cancels the wait; its ``finally`` closes the poller; Airflow sends the cancel again while the
+    hook's share of the session is being given back (the session closing). Before, that cancel cut the close
+    short (the session left held) and came out of ``aclose`` in place of the first one."""
+    reader = SlowToClose(3)
+    poller = JobPoller("itwin_default", reader, lists=False, list_interval=15.0)
+    watches = [poller.watch(job, reader) for job in reader.jobs]
+    loop = asyncio.get_running_loop()
+
+    async def killed_wait() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            for watch in watches:
+                poller.unwatch(watch)
+            await poller.aclose()
+
+    async def resend() -> None:
+        await reader.closing.wait()
+        wait.cancel()  # sent again, without the message
+
+    wait = asyncio.ensure_future(killed_wait())
+    resender = loop.create_task(resend())
+    await asyncio.sleep(0.05)
+    wait.cancel("user action")
+    with pytest.raises(asyncio.CancelledError) as cancelled:
+        await wait
+    await resender
+    assert cancelled.value.args == ("user action",)
+    assert reader.closed, "the session was given back whole"
+
+
+async def test_a_cancel_of_the_closer_that_its_listing_absorbed_is_still_raised() -> None:
+    """The listing the close cancels may swallow the cancel that comes for the closer too and end quietly: the
+    closer was still asked to stop, so ``aclose`` raises a cancel once the session is given back."""
+
+    class Swallows(SlowToStop):
+        async def alist_running(self) -> Listing | None:
+            self.listings += 1
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                self.cleaning.set()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.finish.wait()
+            return None
+
+    reader = Swallows(3)
+    poller = JobPoller("itwin_default", reader, lists=True, list_interval=0.1)
+    watches = [poller.watch(job, reader) for job in reader.jobs]
+    for _ in range(100):
+        if reader.listings:
+            break
+        await asyncio.sleep(0.05)
+    for watch in watches:
+        poller.unwatch(watch)
+    closer = asyncio.ensure_future(poller.aclose())
+    await asyncio.wait_for(reader.cleaning.wait(), 5)
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
     assert reader.closed
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from airflow_provider_jobprogress.core import PollPolicy, RequestRetry
 from airflow_provider_jobprogress.core.model import JobProgress
+from airflow_provider_jobprogress.core.poller import outlast_cancels
 from airflow_provider_jobprogress.hooks.olconnect import OLConnectHook
 from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
 from airflow_provider_jobprogress.triggers import job_progress
@@ -244,7 +245,7 @@ async def test_a_kill_cancels_the_job_though_airflow_sends_the_cancel_again_ever
 @pytest.mark.parametrize("ending", ["returns", "raises", "is cancelled"])
 async def test_outlasting_cancels_returns_however_the_work_ends(ending: str, caplog: pytest.LogCaptureFixture) -> None:
     """``cleanup`` awaits the kill's work and then the hooks' release in plain sequence, on the promise that
-    ``_outlast_cancels`` raises nothing: not the cancels sent meanwhile (three here), not the work's exception,
+    ``outlast_cancels`` raises nothing: not the cancels sent meanwhile (three here), not the work's exception,
     not the work's own cancel (a loop shutting down cancels it), and leaves no exception unretrieved."""
     release = asyncio.Event()
 
@@ -256,7 +257,7 @@ async def test_outlasting_cancels_returns_however_the_work_ends(ending: str, cap
             raise asyncio.CancelledError
 
     task = asyncio.get_running_loop().create_task(work())
-    waiter = asyncio.get_running_loop().create_task(job_progress._outlast_cancels(task))
+    waiter = asyncio.get_running_loop().create_task(outlast_cancels(task))
     for _ in range(3):
         await asyncio.sleep(0.01)
         waiter.cancel()
@@ -264,6 +265,7 @@ async def test_outlasting_cancels_returns_however_the_work_ends(ending: str, cap
     await asyncio.wait({waiter}, timeout=5.0)
     assert waiter.done()
     assert waiter.exception() is None, "returned: neither a cancel nor the work's end came through"
+    assert isinstance(waiter.result(), asyncio.CancelledError), "the first cancel, for the caller to raise or not"
     assert waiter.cancelling() == 3, "the cancels stay counted for a caller already unwinding one"
     del task
     gc.collect()

@@ -7,7 +7,8 @@
 - ``protocol``: ``VendorApi``, the discipline every vendor adapter shares (auth, retries, error mapping), as
   sans-I/O flows; ``session``: runs a flow with requests (workers) or aiohttp (the triggerer);
 - ``budget``: a connection's request budget in a process; ``poller``: the one poller per connection and event
-  loop that reads every wait's job (listing where the vendor can).
+  loop that reads every wait's job (listing where the vendor can), and ``outlast_cancels``, how a stopping wait
+  finishes what it must (a kill's cancel, a session given back) while Airflow re-sends its cancel.
 """
 
 from airflow_provider_jobprogress.core.errors import (

@@ -145,6 +145,24 @@ class _Snapshot:
     taken_at: float  # loop time
 
 
+async def outlast_cancels(work: asyncio.Future[None]) -> asyncio.CancelledError | None:
+    """Wait for ``work`` (bounded by its own time limit) however often this task is cancelled meanwhile, and
+    return the first of those cancels (None if none came). They are swallowed (this task's ``cancelling()`` stays
+    raised: the caller decides whether to raise one), so a task already unwinding a cancel finishes what it must
+    (a killed trigger's ``on_kill`` and ``cleanup``, a poller giving its session back) while Airflow sends that
+    cancel again every second. Neither the work's exception nor its cancel comes through (``asyncio.wait``
+    neither raises it nor cancels the work); the exception is retrieved (``work.result()`` still raises it)."""
+    first: asyncio.CancelledError | None = None
+    while not work.done():
+        try:
+            await asyncio.wait({work})
+        except asyncio.CancelledError as exc:
+            first = first or exc
+    if not work.cancelled():
+        work.exception()  # retrieved: never "Task exception was never retrieved"
+    return first
+
+
 class JobPoller:
     """The waits on one connection in one event loop, and the listing that answers their polls."""
 
@@ -227,7 +245,12 @@ class JobPoller:
                 except Exception:  # noqa: S110 - the listing's failure was logged where it happened
                     pass
         self._cycle_task = self._refreshing = None
-        await self.reader.aclose()
+        # the hook's share of the session, given back whole (the last share closes it) through a re-sent cancel
+        closing = asyncio.ensure_future(self.reader.aclose())
+        came = await outlast_cancels(closing)
+        if own is None and cancels == 0:
+            own = came
+        closing.result()  # its failure, if any, as before
         if cancels == 0:
             if own is not None:
                 raise own

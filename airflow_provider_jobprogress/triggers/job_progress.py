@@ -24,7 +24,7 @@ from airflow_provider_jobprogress.core.errors import (
 )
 from airflow_provider_jobprogress.core.model import JobProgress, JobState, short
 from airflow_provider_jobprogress.core.policies import PollPolicy, RequestRetry, jittered
-from airflow_provider_jobprogress.core.poller import POLLERS, JobPoller, Watch
+from airflow_provider_jobprogress.core.poller import POLLERS, JobPoller, Watch, outlast_cancels
 from airflow_provider_jobprogress.core.protocol import check_job_id
 from airflow_provider_jobprogress.hooks import HOOK_CLASS_BY_CONN_TYPE, load_hook_class
 
@@ -202,8 +202,8 @@ class JobProgressTrigger(BaseTrigger):
             return
         # Airflow sends a kill's cancel again every second until the trigger has ended: the kill's work, then the
         # hooks' release (a session's close cut short would leave it and the other hooks held), outlast them.
-        await _outlast_cancels(self._killing)  # raises neither a cancel nor anything of the work
-        await _outlast_cancels(asyncio.get_running_loop().create_task(self._release_hooks()))
+        await outlast_cancels(self._killing)  # raises neither a cancel nor anything of the work
+        await outlast_cancels(asyncio.get_running_loop().create_task(self._release_hooks()))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # Exactly one event, whatever happens: Airflow only says "exited without sending an event" otherwise.
@@ -384,7 +384,7 @@ class JobProgressTrigger(BaseTrigger):
         if self._killing is None:
             job = printable(str(self.job_id))
             self._killing = asyncio.get_running_loop().create_task(self._kill(), name=f"jobprogress kill {job}")
-        await _outlast_cancels(self._killing)
+        await outlast_cancels(self._killing)
 
     async def _kill(self) -> None:
         """``on_kill``'s work, within ``on_kill_budget()``; it logs every way it ends but success and raises none."""
@@ -451,18 +451,6 @@ class JobProgressTrigger(BaseTrigger):
         if current is not None and current.is_terminal:
             return
         await self._cancel(hook, vendor, job, reason="the task was killed")
-
-
-async def _outlast_cancels(work: asyncio.Task[None]) -> None:
-    """Wait for ``work`` (bounded by its own time limit) however often this task is cancelled meanwhile: the cancels
-    are swallowed (the caller returns; its ``cancelling()`` stays raised), so only for a task already unwinding the
-    cancel it will raise, as a killed trigger's ``on_kill`` and ``cleanup`` are. Neither the work's exception nor
-    its cancel comes through (``asyncio.wait`` neither raises it nor cancels the work)."""
-    while not work.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({work})
-    if not work.cancelled():
-        work.exception()  # retrieved: never "Task exception was never retrieved"
 
 
 #: the task instance states in which a wait Airflow stopped through its user-kill path still has a use for the
