@@ -70,6 +70,8 @@ GRACE = 900.0
 #: from its listing entry (one call per 50)
 OUTCOMES = ("fail", "cancel", *["succeed"] * 48)
 STATUS_OF = {"succeeded": "success", "failed": "failed", "cancelled": "cancelled"}
+#: a trigger whose run() raised instead of giving an event (counted an error): this, then the exception's type
+RAISED = "raised "
 
 
 @dataclass(frozen=True)
@@ -502,8 +504,11 @@ async def run_waits(triggers: Mapping[str, Any], give_up_at: float) -> dict[str,
     seen: dict[str, tuple[float, str]] = {}
 
     async def one(job_id: str, trigger: Any) -> None:
-        async for event in trigger.run():
-            seen[job_id] = (time.time(), event_status(event.payload))
+        try:
+            async for event in trigger.run():
+                seen[job_id] = (time.time(), event_status(event.payload))
+        except Exception as exc:  # HttpSensorTrigger lets out every error but a 404: in Airflow, a failed trigger
+            seen[job_id] = (time.time(), f"{RAISED}{type(exc).__name__}")
 
     tasks = [asyncio.create_task(one(job, trigger)) for job, trigger in triggers.items()]
     # one wait for all of them: waiting again and again would cost a callback per task each time, in the
@@ -563,7 +568,7 @@ def measure_vendor(
             right += 1
         else:
             wrong += 1
-            errors += status == "error"
+            errors += status == "error" or status.startswith(RAISED)
         if end < start:
             before += 1
         else:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -84,6 +87,20 @@ def test_vendor_load_counts_every_vendors_calls_and_each_waits_true_end(
     table = bench.report([result], "header")
     assert "machinery: " in table
     assert "| 4 |" in table
+
+
+def test_vendor_load_counts_a_trigger_that_raised_as_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``HttpSensorTrigger.run`` lets every error but a 404 out (Airflow fails such a trigger): before, such a
+    wait was counted unfinished, as if the case had given up on it."""
+    bench = load_vendor_bench(monkeypatch)
+
+    class Raises:
+        async def run(self) -> Any:
+            raise ConnectionResetError("the vendor hung up")
+            yield  # an async generator, as every trigger's run()
+
+    seen = asyncio.run(bench.run_waits({"j1": Raises()}, time.time() + 5.0))
+    assert seen["j1"][1] == "raised ConnectionResetError"
 
 
 def test_the_token_masking_benchmark_counts_what_each_variant_gives_airflows_masker() -> None:
