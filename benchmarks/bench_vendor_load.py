@@ -507,7 +507,7 @@ async def run_waits(triggers: Mapping[str, Any], give_up_at: float) -> dict[str,
         try:
             async for event in trigger.run():
                 seen[job_id] = (time.time(), event_status(event.payload))
-        except Exception as exc:  # HttpSensorTrigger lets out every error but a 404: in Airflow, a failed trigger
+        except Exception as exc:  # HttpSensorTrigger lets out every error not an AirflowException: a failed trigger
             seen[job_id] = (time.time(), f"{RAISED}{type(exc).__name__}")
 
     tasks = [asyncio.create_task(one(job, trigger)) for job, trigger in triggers.items()]
@@ -564,11 +564,15 @@ def measure_vendor(
             unfinished += 1
             continue
         when, status = seen[job]
+        if status.startswith(RAISED):  # no event: an error, and no time at which its end was seen
+            wrong += 1
+            errors += 1
+            continue
         if status == truth or (status == "ended" and when >= end):
             right += 1
         else:
             wrong += 1
-            errors += status == "error" or status.startswith(RAISED)
+            errors += status == "error"
         if end < start:
             before += 1
         else:
@@ -578,7 +582,8 @@ def measure_vendor(
     limited = [float(call["ts"]) for call in mine if call["status"] == 429]
     lists = sorted(float(call["ts"]) for call in mine if call["method"] == "GET" and not call.get("job_id"))
     # while some wait of this vendor still waited: after the last event a poller has nothing to list for
-    last_event = max((seen[job][0] for job in jobs if job in seen), default=start + wall)
+    events = [seen[job][0] for job in jobs if job in seen and not seen[job][1].startswith(RAISED)]
+    last_event = max(events, default=start + wall)
     marks = [moment for moment in lists if moment <= last_event]
     gaps = [b - a for a, b in itertools.pairwise([*marks, last_event])] if marks else []
     return VendorResult(

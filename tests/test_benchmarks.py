@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import math
 import os
 import sys
 import time
@@ -90,8 +91,8 @@ def test_vendor_load_counts_every_vendors_calls_and_each_waits_true_end(
 
 
 def test_vendor_load_counts_a_trigger_that_raised_as_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``HttpSensorTrigger.run`` lets every error but a 404 out (Airflow fails such a trigger): before, such a
-    wait was counted unfinished, as if the case had given up on it."""
+    """``HttpSensorTrigger.run`` lets every error but an AirflowException out (Airflow fails such a trigger):
+    before, such a wait was counted unfinished, as if the case had given up on it, and then its moment as an end."""
     bench = load_vendor_bench(monkeypatch)
 
     class Raises:
@@ -101,6 +102,12 @@ def test_vendor_load_counts_a_trigger_that_raised_as_an_error(monkeypatch: pytes
 
     seen = asyncio.run(bench.run_waits({"j1": Raises()}, time.time() + 5.0))
     assert seen["j1"][1] == "raised ConnectionResetError"
+    # counted an error, and its moment (before the job's end here) is no end seen late
+    records = {"j1": {"submitted_at": 100.0, "scenario": {"duration": 60.0}, "state": "succeeded"}}
+    seen = {"j1": (130.0, "raised ConnectionResetError")}
+    result = bench.measure_vendor(bench.Group("olconnect", 1, 60.0), ["j1"], records, seen, [], 100.0, 100.0)
+    assert (result.right, result.wrong, result.errors, result.unfinished) == (0, 1, 1, 0)
+    assert math.isnan(result.late_max_s)
 
 
 def test_the_token_masking_benchmark_counts_what_each_variant_gives_airflows_masker() -> None:

@@ -539,8 +539,8 @@ class SlowToStop(StandIn):
         self.closed = True
 
 
-async def _closing_with_a_listing_under_way() -> tuple[JobPoller, SlowToStop]:
-    reader = SlowToStop(3)
+async def _closing_with_a_listing_under_way(reader: SlowToStop | None = None) -> tuple[JobPoller, SlowToStop]:
+    reader = reader or SlowToStop(3)
     poller = JobPoller("itwin_default", reader, lists=True, list_interval=0.1)
     watches = [poller.watch(job, reader) for job in reader.jobs]
     for _ in range(100):
@@ -673,15 +673,7 @@ async def test_a_cancel_of_the_closer_that_its_listing_absorbed_is_still_raised(
                     await self.finish.wait()
             return None
 
-    reader = Swallows(3)
-    poller = JobPoller("itwin_default", reader, lists=True, list_interval=0.1)
-    watches = [poller.watch(job, reader) for job in reader.jobs]
-    for _ in range(100):
-        if reader.listings:
-            break
-        await asyncio.sleep(0.05)
-    for watch in watches:
-        poller.unwatch(watch)
+    poller, reader = await _closing_with_a_listing_under_way(Swallows(3))
     closer = asyncio.ensure_future(poller.aclose())
     await asyncio.wait_for(reader.cleaning.wait(), 5)
     closer.cancel()

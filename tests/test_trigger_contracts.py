@@ -258,14 +258,16 @@ async def test_outlasting_cancels_returns_however_the_work_ends(ending: str, cap
 
     task = asyncio.get_running_loop().create_task(work())
     waiter = asyncio.get_running_loop().create_task(outlast_cancels(task))
-    for _ in range(3):
+    for sent in range(3):
         await asyncio.sleep(0.01)
-        waiter.cancel()
+        waiter.cancel(f"cancel {sent}")
     release.set()
     await asyncio.wait({waiter}, timeout=5.0)
     assert waiter.done()
     assert waiter.exception() is None, "returned: neither a cancel nor the work's end came through"
-    assert isinstance(waiter.result(), asyncio.CancelledError), "the first cancel, for the caller to raise or not"
+    first = waiter.result()
+    assert isinstance(first, asyncio.CancelledError)
+    assert first.args == ("cancel 0",), "the first cancel, for the caller to raise or not"
     assert waiter.cancelling() == 3, "the cancels stay counted for a caller already unwinding one"
     del task
     gc.collect()
