@@ -146,12 +146,13 @@ class _Snapshot:
 
 
 async def outlast_cancels(work: asyncio.Future[None]) -> asyncio.CancelledError | None:
-    """Wait for ``work`` (bounded by its own time limit) however often this task is cancelled meanwhile, and
-    return the first of those cancels (None if none came). They are swallowed (this task's ``cancelling()`` stays
-    raised: the caller decides whether to raise one), so a task already unwinding a cancel finishes what it must
-    (a killed trigger's ``on_kill`` and ``cleanup``, a poller giving its session back) while Airflow sends that
-    cancel again every second. Neither the work's exception nor its cancel comes through (``asyncio.wait``
-    neither raises it nor cancels the work); the exception is retrieved (``work.result()`` still raises it)."""
+    """Wait for ``work`` (bounded only by its own time limit, if it has one) however often this task is cancelled
+    meanwhile, and return the first of those cancels (None if none came). They are swallowed (this task's
+    ``cancelling()`` stays raised: the caller decides whether to raise one), so a task already unwinding a cancel
+    finishes what it must (a killed trigger's ``on_kill`` and ``cleanup``, a poller giving its session back) while
+    Airflow sends that cancel again every second. Neither the work's exception nor its cancel comes through
+    (``asyncio.wait`` neither raises it nor cancels the work); the exception is retrieved (``work.result()`` still
+    raises it)."""
     first: asyncio.CancelledError | None = None
     while not work.done():
         try:
@@ -248,10 +249,9 @@ class JobPoller:
         # the hook's share of the session, given back whole (the last share closes it) through a re-sent cancel
         closing = asyncio.ensure_future(self.reader.aclose())
         came = await outlast_cancels(closing)
-        if own is None and cancels == 0:
-            own = came
         closing.result()  # its failure, if any, as before
         if cancels == 0:
+            own = own or came
             if own is not None:
                 raise own
             if closer is not None and closer.cancelling() > 0:
