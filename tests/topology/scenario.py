@@ -542,10 +542,22 @@ def waiting_tasks(tis: dict[TI, dict[str, Any]]) -> dict[TI, str]:
     return waits
 
 
+def unsuccessful(tis: dict[TI, dict[str, Any]], dag: str, run: str) -> str:
+    """A run's tasks that did not succeed, with their try: what to look for in the kept home's task logs."""
+    return (
+        ", ".join(
+            f"{task}[{index}] {info['state']} try {info['try_number']}"
+            for (d, r, task, index), info in sorted(tis.items())
+            if (d, r) == (dag, run) and info["state"] not in ("success", "skipped")
+        )
+        or "every task succeeded or was skipped"
+    )
+
+
 def check_runs(out: Outcome, states: dict[Any, str], tis: Any, returned: Any, jobs: Any, now: float) -> Check:
     expected = {**{key: "success" for key in states if key[0] == WATCHER_DAG}, **out.runs}
     wrong = [
-        f"{dag}/{run} {states.get((dag, run))} (expected {want})"
+        f"{dag}/{run} {states.get((dag, run))} (expected {want}: {unsuccessful(tis, dag, run)})"
         for (dag, run), want in expected.items()
         if states.get((dag, run)) != want
     ]
