@@ -242,6 +242,35 @@ async def test_a_kill_cancels_the_job_though_airflow_sends_the_cancel_again_ever
     assert trig._hooks == [], "the hooks were given back"
 
 
+async def test_a_kill_with_nothing_to_cancel_still_gives_its_session_back_through_re_sent_cancels(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch, triggerer: Triggerer
+) -> None:
+    """A killed wait with no kill work (it does not own its job, or its job has ended) still gives its hooks'
+    sessions back in ``cleanup`` while Airflow sends the kill's cancel again every second: a release cut short there
+    leaves the shared session held (the hook forgets its lease before it gives it back)."""
+    emulator.set_next_scenario("olconnect", Scenario(steps=100))
+    job_id = submit("olconnect")
+    trig = trigger("olconnect", job_id, cancel_on_kill=False)  # as for a job already ended: no kill work
+    trig.task_instance = triggerer.task_instance("failed")
+    giving_back: list[OLConnectHook] = []
+    given_back: list[OLConnectHook] = []
+    release = OLConnectHook.aclose
+
+    async def slow_release(hook: OLConnectHook) -> None:
+        giving_back.append(hook)
+        await asyncio.sleep(0.3)  # an aiohttp close waiting on its connections: re-sent cancels land meanwhile
+        await release(hook)
+        given_back.append(hook)
+
+    monkeypatch.setattr(OLConnectHook, "aclose", slow_release)
+    await run_like_airflow(trig, resend_every=0.05)
+    # two hooks: the wait's own, and its connection's poller's (given back when the poller closes)
+    assert len(giving_back) == 2
+    assert given_back == giving_back, "every hook that began giving its session back finished"
+    assert trig._hooks == []
+    assert emulator.count("POST", f"/cancel/{job_id}") == 0
+
+
 @pytest.mark.parametrize("ending", ["returns", "raises", "is cancelled"])
 async def test_outlasting_cancels_returns_however_the_work_ends(ending: str, caplog: pytest.LogCaptureFixture) -> None:
     """``cleanup`` awaits the kill's work and then the hooks' release in plain sequence, on the promise that

@@ -197,13 +197,13 @@ class JobProgressTrigger(BaseTrigger):
         when a user kills the task. What the wait (or ``on_kill``) holds goes back here, so a killed wait's
         cancel still goes out on the session, pool and token the wait held (a kill's work still under way is waited
         for first: on Python 3.11 Airflow's re-sent cancel ends its ``wait_for`` of ``on_kill`` early)."""
-        if self._killing is None:
-            await self._release_hooks()
-            return
-        # Airflow sends a kill's cancel again every second until the trigger has ended: the kill's work, then the
-        # hooks' release (a session's close cut short would leave it and the other hooks held), outlast them.
-        await outlast_cancels(self._killing)  # raises neither a cancel nor anything of the work
-        await outlast_cancels(asyncio.get_running_loop().create_task(self._release_hooks()))
+        # Airflow sends a kill's cancel again every second until the trigger has ended, whether or not the kill has
+        # work (a wait that does not own its job has none): the kill's work, then the hooks' release (a session's
+        # close cut short would leave it and the other hooks held), outlast them.
+        if self._killing is not None:
+            await outlast_cancels(self._killing)  # raises neither a cancel nor anything of the work
+        if self._hooks:  # none after an event: run() gave them back
+            await outlast_cancels(asyncio.get_running_loop().create_task(self._release_hooks()))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # Exactly one event, whatever happens: Airflow only says "exited without sending an event" otherwise.
