@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -656,6 +657,49 @@ async def test_a_cancel_sent_again_while_the_poller_gives_its_session_back_does_
     await resender
     assert cancelled.value.args == ("user action",)
     assert reader.closed, "the session was given back whole"
+
+
+@pytest.mark.parametrize("cancelled", ["before the close", "during the close"])
+async def test_a_session_close_that_fails_is_logged_and_never_replaces_the_kill(
+    cancelled: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hook's share of the session fails to go back (the session's close raised): that is logged, and the
+    wait's cancel, message and all, goes on. Raised instead, a close's failure in the wait's ``finally`` took the
+    place of Airflow's kill (no ``on_kill``, an error event for a wait that was killed)."""
+
+    class FailsToClose(SlowToClose):
+        async def aclose(self) -> None:
+            await super().aclose()
+            raise RuntimeError("the session's close failed")
+
+    reader = FailsToClose(3)
+    poller = JobPoller("itwin_default", reader, lists=False, list_interval=15.0)
+    watches = [poller.watch(job, reader) for job in reader.jobs]
+
+    async def wait() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            for watch in watches:
+                poller.unwatch(watch)
+            await poller.aclose()
+
+    async def closing_wait() -> None:
+        for watch in watches:
+            poller.unwatch(watch)
+        await poller.aclose()
+
+    task = asyncio.ensure_future(wait() if cancelled == "before the close" else closing_wait())
+    if cancelled == "before the close":
+        await asyncio.sleep(0.05)
+    else:
+        await reader.closing.wait()
+    task.cancel("user action")
+    with caplog.at_level(logging.WARNING), pytest.raises(asyncio.CancelledError) as kill:
+        await task
+    assert kill.value.args == ("user action",)
+    assert reader.closed
+    assert "the session's close failed" in caplog.text
 
 
 async def test_a_cancel_of_the_closer_that_its_listing_absorbed_is_still_raised() -> None:

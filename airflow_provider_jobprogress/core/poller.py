@@ -225,8 +225,8 @@ class JobPoller:
 
     async def aclose(self) -> None:
         """Stop the cycle and any listing under way (a listing left running would take a session again after
-        its hook gave it back), then give back the hook's share of the session; then raise a cancel of the
-        closing task that came meanwhile."""
+        its hook gave it back), then give back the hook's share of the session (a failure to is logged); then
+        raise a cancel of the closing task that came meanwhile."""
         self._closed = True
         closer = asyncio.current_task()
         # A cancel of the closer meanwhile (its wait stopped) is its own, not the tasks' it cancels: raised at the
@@ -246,10 +246,13 @@ class JobPoller:
                 except Exception:  # noqa: S110 - the listing's failure was logged where it happened
                     pass
         self._cycle_task = self._refreshing = None
-        # the hook's share of the session, given back whole (the last share closes it) through a re-sent cancel
+        # the hook's share of the session, given back whole (the last share closes it) through a re-sent cancel;
+        # a close that fails is logged, never raised: in a wait's ``finally`` it would take the place of its cancel
         closing = asyncio.ensure_future(self.reader.aclose())
         came = await outlast_cancels(closing)
-        closing.result()  # its failure, if any, as before
+        failed = None if closing.cancelled() else closing.exception()
+        if failed is not None:
+            log.warning("%s: giving back the poller's session failed: %s", self.name, failed)
         if cancels == 0:
             own = own or came
             if own is not None:
