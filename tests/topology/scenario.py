@@ -528,6 +528,9 @@ def check_all(topo: Topology, out: Outcome) -> None:
     ):
         out.checks.append(check)
     out.figures = figures(topo, out, tis, returned, jobs)
+    for ti, info in tis.items():  # a task that failed a run that should have succeeded says why
+        if out.runs.get(ti[:2]) == "success" and info["state"] not in ("success", "skipped"):
+            out.note(f"evidence: {failure_evidence(topo, ti)}")
 
 
 def waiting_tasks(tis: dict[TI, dict[str, Any]]) -> dict[TI, str]:
@@ -552,6 +555,37 @@ def unsuccessful(tis: dict[TI, dict[str, Any]], dag: str, run: str) -> str:
         )
         or "every task succeeded or was skipped"
     )
+
+
+def failure_evidence(topo: Topology, ti: TI) -> str:
+    """Why a task failed, for a CI machine whose logs are gone afterwards: each try's last error line in its task
+    log, and what the scheduler wrote of it (heartbeat timeouts, stuck in queued) in the ``log`` table."""
+    dag_id, run_id, task_id, map_index = ti
+    folder = topo.dep.task_logs / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    if map_index >= 0:
+        folder /= f"map_index={map_index}"
+    said = []
+    for log in sorted(folder.glob("attempt=*.log")):
+        errors = []
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and str(record.get("level", "")).lower() in ("error", "critical"):
+                errors.append(str(record.get("event", ""))[:300])
+        said.append(f"{log.name}: {errors[-1] if errors else 'no error line'}")
+    events = query(
+        topo,
+        "SELECT event, extra FROM log WHERE dag_id = %s AND run_id = %s AND task_id = %s AND map_index = %s "
+        "AND event NOT IN ('running', 'success', 'cli_task_run') ORDER BY dttm",
+        dag_id,
+        run_id,
+        task_id,
+        map_index,
+    )
+    said += [f"log table: {event} {str(extra or '')[:200]}" for event, extra in events]
+    return f"{'/'.join(map(str, ti))}: " + " | ".join(said)
 
 
 def check_runs(out: Outcome, states: dict[Any, str], tis: Any, returned: Any, jobs: Any, now: float) -> Check:
