@@ -645,7 +645,7 @@ def test_a_file_a_killed_try_renamed_aside_is_put_back_by_the_retry(
             fetch("scriptx_default", job_id, f"file://{dest}/")
     assert not (dest / "a.pdf").exists(), "the old file is only in the staging folder now"
     # The killed try collected the one-time PDF: the retry gets 404, and yesterday's print is back in place.
-    with pytest.raises(JobNotFoundError):
+    with pytest.raises(JobNotFoundError, match="already collected"):
         fetch("scriptx_default", job_id, f"file://{dest}/")
     assert everything_under(tmp_path) == ["dest", "dest/a.pdf"]
     assert (dest / "a.pdf").read_bytes() == b"yesterday's print"
