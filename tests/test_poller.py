@@ -627,28 +627,31 @@ class SlowToClose(SlowToStop):
         self.closed = True
 
 
+async def _wait_then_close(reader: SlowToStop, seconds: float) -> None:
+    """Waits on the reader's jobs for ``seconds``, then (or once cancelled) leave, closing their poller as a wait's
+    ``finally`` does."""
+    poller = JobPoller("itwin_default", reader, lists=False, list_interval=15.0)
+    watches = [poller.watch(job, reader) for job in reader.jobs]
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        for watch in watches:
+            poller.unwatch(watch)
+        await poller.aclose()
+
+
 async def test_a_cancel_sent_again_while_the_poller_gives_its_session_back_does_not_cut_that_short() -> None:
     """A user's kill cancels the wait; its ``finally`` closes the poller; Airflow sends the cancel again while the
     hook's share of the session is being given back (the session closing). Before, that cancel cut the close
     short (the session left held) and came out of ``aclose`` in place of the first one."""
     reader = SlowToClose(3)
-    poller = JobPoller("itwin_default", reader, lists=False, list_interval=15.0)
-    watches = [poller.watch(job, reader) for job in reader.jobs]
     loop = asyncio.get_running_loop()
-
-    async def killed_wait() -> None:
-        try:
-            await asyncio.sleep(30)
-        finally:
-            for watch in watches:
-                poller.unwatch(watch)
-            await poller.aclose()
 
     async def resend() -> None:
         await reader.closing.wait()
         wait.cancel()  # sent again, without the message
 
-    wait = asyncio.ensure_future(killed_wait())
+    wait = asyncio.ensure_future(_wait_then_close(reader, seconds=30))
     resender = loop.create_task(resend())
     await asyncio.sleep(0.05)
     wait.cancel("user action")
@@ -673,23 +676,7 @@ async def test_a_session_close_that_fails_is_logged_and_never_replaces_the_kill(
             raise RuntimeError("the session's close failed")
 
     reader = FailsToClose(3)
-    poller = JobPoller("itwin_default", reader, lists=False, list_interval=15.0)
-    watches = [poller.watch(job, reader) for job in reader.jobs]
-
-    async def wait() -> None:
-        try:
-            await asyncio.sleep(30)
-        finally:
-            for watch in watches:
-                poller.unwatch(watch)
-            await poller.aclose()
-
-    async def closing_wait() -> None:
-        for watch in watches:
-            poller.unwatch(watch)
-        await poller.aclose()
-
-    task = asyncio.ensure_future(wait() if cancelled == "before the close" else closing_wait())
+    task = asyncio.ensure_future(_wait_then_close(reader, seconds=30 if cancelled == "before the close" else 0))
     if cancelled == "before the close":
         await asyncio.sleep(0.05)
     else:

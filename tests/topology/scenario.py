@@ -317,12 +317,8 @@ def running_there(topo: Topology, tis: dict[TI, dict[str, Any]], waits: list[TI]
     into the trigger log of the task, one file per triggerer job."""
     assignment = dict(query(topo, "SELECT id, triggerer_id FROM trigger"))
     for ti in waits:
-        dag_id, run_id, task_id, map_index = ti
         owner = assignment.get(tis[ti]["trigger_id"])
-        folder = topo.dep.task_logs / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-        if map_index >= 0:
-            folder /= f"map_index={map_index}"
-        log = folder / f"attempt={tis[ti]['try_number']}.log.trigger.{owner}.log"
+        log = task_log_folder(topo, ti) / f"attempt={tis[ti]['try_number']}.log.trigger.{owner}.log"
         if owner is None or not log.is_file() or " starting" not in log.read_text(errors="replace"):
             return False
     return True
@@ -557,13 +553,17 @@ def unsuccessful(tis: dict[TI, dict[str, Any]], dag: str, run: str) -> str:
     )
 
 
+def task_log_folder(topo: Topology, ti: TI) -> Path:
+    """Where a task instance's logs are: its tries' ``attempt=N.log``, and each triggerer's trigger log beside."""
+    dag_id, run_id, task_id, map_index = ti
+    folder = topo.dep.task_logs / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    return folder / f"map_index={map_index}" if map_index >= 0 else folder
+
+
 def failure_evidence(topo: Topology, ti: TI) -> str:
     """Why a task failed, for a CI machine whose logs are gone afterwards: each try's last error line in its task
     log, and what the scheduler wrote of it (heartbeat timeouts, stuck in queued) in the ``log`` table."""
-    dag_id, run_id, task_id, map_index = ti
-    folder = topo.dep.task_logs / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-    if map_index >= 0:
-        folder /= f"map_index={map_index}"
+    folder = task_log_folder(topo, ti)
     said = []
     for log in sorted(folder.glob("attempt=*.log")):
         errors = []
@@ -578,11 +578,8 @@ def failure_evidence(topo: Topology, ti: TI) -> str:
     events = query(
         topo,
         "SELECT event, extra FROM log WHERE dag_id = %s AND run_id = %s AND task_id = %s AND map_index = %s "
-        "AND event NOT IN ('running', 'success', 'cli_task_run') ORDER BY dttm",
-        dag_id,
-        run_id,
-        task_id,
-        map_index,
+        "AND event NOT IN ('running', 'success', 'deferred') ORDER BY dttm",
+        *ti,
     )
     said += [f"log table: {event} {str(extra or '')[:200]}" for event, extra in events]
     return f"{'/'.join(map(str, ti))}: " + " | ".join(said)
@@ -763,10 +760,7 @@ KILL_WORDS = ("on_kill", "cancel on kill", "not cancelled", "cancelled job", "ca
 def kill_evidence(topo: Topology, ti: TI) -> str:
     """What the killed wait's trigger logs (every triggerer's) say about its kill: a failed check explains itself
     on a CI machine whose logs are gone afterwards."""
-    dag_id, run_id, task_id, map_index = ti
-    folder = topo.dep.task_logs / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-    if map_index >= 0:
-        folder /= f"map_index={map_index}"
+    folder = task_log_folder(topo, ti)
     said = []
     for log in sorted(folder.glob("attempt=*.log.trigger.*.log")):
         for line in log.read_text(errors="replace").splitlines():
