@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_jobprogress.core.errors import ResultDestinationError, UnsafeResultNameError
+from airflow_provider_jobprogress.core.errors import JobNotFoundError, ResultDestinationError, UnsafeResultNameError
 from airflow_provider_jobprogress.result_names import NameBook, contained, disposition_name, extension
 from airflow_provider_jobprogress.testing.emulators import Scenario, VendorEmulator
 
@@ -620,7 +620,8 @@ def test_without_hard_links_a_failed_commit_still_puts_every_replaced_file_back(
 def test_a_file_a_killed_try_renamed_aside_is_put_back_by_the_retry(
     airflow_db: Path, emulator: VendorEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from airflow_provider_jobprogress.core.errors import JobNotFoundError
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
     from airflow_provider_jobprogress.results import LocalStore
 
     class Killed(BaseException):
@@ -644,11 +645,31 @@ def test_a_file_a_killed_try_renamed_aside_is_put_back_by_the_retry(
         with pytest.raises(Killed):
             fetch("scriptx_default", job_id, f"file://{dest}/")
     assert not (dest / "a.pdf").exists(), "the old file is only in the staging folder now"
-    # The killed try collected the one-time PDF: the retry gets 404, and yesterday's print is back in place.
-    with pytest.raises(JobNotFoundError, match="already collected"):
+    # The killed try collected the one-time PDF: the retry fails at once, and yesterday's print is back in place.
+    with pytest.raises(AirflowFailException, match="already collected"):
         fetch("scriptx_default", job_id, f"file://{dest}/")
     assert everything_under(tmp_path) == ["dest", "dest/a.pdf"]
     assert (dest / "a.pdf").read_bytes() == b"yesterday's print"
+
+
+def test_a_scriptx_pdf_collected_before_fails_the_fetch_at_once(
+    airflow_db: Path, emulator: VendorEmulator, tmp_path: Path
+) -> None:
+    """ScriptX serves a PDF once (its status then says 100 Collected): a fetch that finds it collected (an earlier
+    try died past its download, or another reader took it) fails without a download and without retries, which
+    could only fail the same way (a 404 retried: three tries in the topology's CI run)."""
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    job_id = finished_job(emulator, "scriptx", Scenario(steps=0))
+    fetch("scriptx_default", job_id, f"file://{tmp_path}/first/")
+    downloads = emulator.count("GET", f"/download/{job_id}")
+    with pytest.raises(AirflowFailException, match="already collected") as failed:
+        fetch("scriptx_default", job_id, f"file://{tmp_path}/second/")
+    assert str(failed.value).startswith(f"ScriptX.Services job {job_id}: "), "it names the vendor and the job"
+    assert "submit the job again" in str(failed.value)
+    assert isinstance(failed.value.__cause__, JobNotFoundError), "the typed error travels as its cause"
+    assert emulator.count("GET", f"/download/{job_id}") == downloads, "no download tried"
+    assert not (tmp_path / "second").exists()
 
 
 def test_a_filesystem_that_keeps_uncommitted_files_unseen_is_taken(tmp_path: Path) -> None:

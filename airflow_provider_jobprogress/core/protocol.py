@@ -348,6 +348,11 @@ class VendorApi:
         raise NotImplementedError
         yield  # pragma: no cover
 
+    def result_gone(self, progress: JobProgress) -> str | None:
+        """Why a finished job's result can no longer be fetched, when its reading says so (a vendor that serves a
+        result once); None when it can be."""
+        return None
+
     def result_value(self, text: str) -> Any:
         """A small text result as the value a DAG wants; vendors whose results are ids or paths override."""
         return text

@@ -10,12 +10,13 @@ from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperat
 
 from airflow_provider_jobprogress.core.errors import (
     ConfigurationError,
+    JobNotFoundError,
     ResultDestinationError,
     ResultNotForXComError,
     ResultNotReadyError,
     UnsafeResultNameError,
 )
-from airflow_provider_jobprogress.core.model import JobState
+from airflow_provider_jobprogress.core.model import JobProgress, JobState
 from airflow_provider_jobprogress.core.policies import RequestRetry
 from airflow_provider_jobprogress.core.protocol import ResultPart
 from airflow_provider_jobprogress.result_names import (
@@ -64,7 +65,8 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
       mapped fetches into one folder a marker each (``"_SUCCESS-{{ ti.map_index }}"``), or None for none.
     - Either way, vendor metadata is also pushed as XCom key ``metadata`` (one dict) when there is some.
 
-    Not finished → ``ResultNotReadyError``; failed or cancelled → the task fails; result gone (404) →
+    Not finished → ``ResultNotReadyError``; failed or cancelled → the task fails; a result its vendor serves once
+    and already served (ScriptX's status 100 Collected) → the task fails without retry; result gone (404) →
     ``JobNotFoundError``; a download cut short → the task fails (retryable) with nothing written.
     """
 
@@ -131,6 +133,9 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         if progress.state in (JobState.QUEUED, JobState.RUNNING):
             raise ResultNotReadyError(progress.vendor, job_id, f"the job is {progress.state.value}, not finished")
         self._outcome(progress)  # failed / cancelled jobs fail the task here, with the vendor's message
+        gone = self._gone(progress)
+        if gone is not None and spec is None:
+            raise gone
         self._fetched_job_id = job_id
         parts = self.hook.xcom_result_parts(job_id) if spec is None else self.hook.result_parts(job_id)
         if not parts:
@@ -140,8 +145,23 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
             context["ti"].xcom_push(key="metadata", value=metadata)
         if spec is None:
             return self._to_xcom(job_id, parts)
-        self._stored = self._to_storage(job_id, spec, parts, marker)
+        self._stored = self._to_storage(job_id, spec, parts, marker, gone)
         return self._stored
+
+    def _gone(self, progress: JobProgress) -> AirflowFailException | None:
+        """The failure of a fetch whose result its vendor served once and has served (ScriptX's status 100
+        Collected: an earlier try died past its download, or another reader took it): no retry could fetch it."""
+        why = self.hook.api.result_gone(progress)
+        if why is None:
+            return None
+        error = JobNotFoundError(
+            progress.vendor, progress.job_id, why, hint="No retry can fetch it: submit the job again to have it"
+        )
+        self.log.error("%s", error)
+        failure = AirflowFailException(str(error))
+        failure.__cause__ = error  # as ``raise failure from error`` would, where it is raised
+        failure.__suppress_context__ = True
+        return failure
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage (``apache-airflow-providers-openlineage``, when installed) calls this after a success:
@@ -197,7 +217,12 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
 
     # -- storage ---------------------------------------------------------------------------------
     def _to_storage(
-        self, job_id: str, spec: DestinationSpec, parts: list[ResultPart], marker: str | None
+        self,
+        job_id: str,
+        spec: DestinationSpec,
+        parts: list[ResultPart],
+        marker: str | None,
+        gone: AirflowFailException | None = None,
     ) -> list[dict[str, Any]]:
         vendor = self.hook.vendor()
         store = open_store(spec, vendor, job_id, several=len(parts) > 1)
@@ -209,6 +234,8 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
             book.claim(marker)  # a vendor file of that name is numbered: the marker is ours
         stored: list[StoredFile] = []
         with landing(store, marker=marker):
+            if gone is not None:  # raised once the store cleared what a killed try of this fetch left
+                raise gone
             for part, name in zip(parts, names, strict=True):
                 stored.append(self._land(store, book, job_id, part, name))
         for item in stored:

@@ -174,6 +174,10 @@ class ScriptXApi(VendorApi):
         )
         yield  # pragma: no cover
 
+    def result_gone(self, progress: JobProgress) -> str | None:
+        # 100 Collected: the PDF was downloaded whole before (the service serves it once)
+        return progress.message if progress.step == JOB_STATUS[100][0] else None
+
     def results(self, job_id: str) -> Flow[list[ResultPart]]:
         if job_id.startswith(DONE_AT_SUBMIT):
             raise OperationNotSupportedError(
