@@ -6,46 +6,52 @@ that accepts an outcome must be seen refusing its near misses here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
 from typing import Any
 
 import pytest
 
-from airflow_provider_jobprogress.testing.emulators import Call
+from airflow_provider_jobprogress.testing.emulators import Call, Scenario
+from airflow_provider_jobprogress.testing.emulators.model import Download, Job
 from tests.topology.scenario import MAPPED, TI, Outcome, Plan, check_runs, collected_by_a_killed_try
 
 RUN = "t_run"
+SUBMIT: TI = (MAPPED, RUN, "scriptx_submit", 2)
 FETCH: TI = (MAPPED, RUN, "scriptx_fetch", 2)
 TOKEN = "3f2c0d1e-token"
 KILLED_AT = 100.0
 
 
-@dataclass
-class Job:
-    collected: bool
-    vendor: str = "scriptx"
-
-    def state(self, now: float) -> str:
-        return "succeeded"
-
-
-def download(status: int, at: float) -> Call:
-    return Call("GET", f"/api/v1/printPdf/download/{TOKEN}", status, "scriptx", TOKEN, at)
+def download(at: float) -> Call:
+    return Call("GET", f"/api/v1/printPdf/download/{TOKEN}", 200, "scriptx", TOKEN, at)
 
 
 def records(
-    fetch_state: str = "failed", collected: bool = True, served_at: float = 90.0, refused_at: float | None = 110.0
+    *,
+    fetch_state: str = "failed",
+    whole: bool = True,
+    downloads: tuple[float, ...] = (90.0,),
+    cut_try: int | None = 1,
+    try_number: int = 2,
+    other: dict[TI, str] | None = None,
 ) -> tuple[Outcome, dict[TI, dict[str, Any]], dict[TI, Any], dict[str, Any], list[Call]]:
+    """A mapped run whose ScriptX fetch's ``cut_try`` a worker kill at ``KILLED_AT`` cut, the fetch now at
+    ``try_number`` in ``fetch_state``; the PDF's downloads began at ``downloads``, one of them ``whole``."""
     out = Outcome(Plan.short())
     out.runs[(MAPPED, RUN)] = "success"
     out.worker_kills.append(("mid-fetch", "worker-1", KILLED_AT))
+    if cut_try is not None:
+        out.cut_tries[FETCH] = (cut_try, KILLED_AT)
     tis: dict[TI, dict[str, Any]] = {
-        (MAPPED, RUN, "scriptx_submit", 2): {"state": "success", "try_number": 1},
-        FETCH: {"state": fetch_state, "try_number": 3},
+        SUBMIT: {"state": "success", "try_number": 1},
+        FETCH: {"state": fetch_state, "try_number": try_number},
     }
-    returned: dict[TI, Any] = {(MAPPED, RUN, "scriptx_submit", 2): TOKEN}
-    calls = [download(200, served_at)] + ([download(404, refused_at)] if refused_at is not None else [])
-    return out, tis, returned, {TOKEN: Job(collected)}, calls
+    tis.update({ti: {"state": state, "try_number": 1} for ti, state in (other or {}).items()})
+    job = Job("scriptx", TOKEN, Scenario())
+    job.submit(time.monotonic())
+    job.complete_now(time.monotonic())
+    job.downloads.append(Download(0, "0" * 64, 1024, complete=whole))
+    return out, tis, {SUBMIT: TOKEN}, {TOKEN: job}, [download(at) for at in downloads]
 
 
 def test_a_scriptx_fetch_whose_pdf_a_killed_try_collected_fails_its_run_as_it_must() -> None:
@@ -61,18 +67,28 @@ def test_a_scriptx_fetch_whose_pdf_a_killed_try_collected_fails_its_run_as_it_mu
 @pytest.mark.parametrize(
     "near_miss",
     [
-        {"collected": False},  # the kill cut the download itself: the retry downloads it again
-        {"served_at": 105.0},  # served after the kill: no killed try had it
-        {"refused_at": 95.0},  # refused before the kill: not the kill's doing
-        {"refused_at": None},  # never refused: the retry did not fail for want of the PDF
-        {"fetch_state": "success"},
+        {"whole": False},  # the kill cut the download itself: the retry downloads it again
+        {"downloads": (90.0, 105.0)},  # a download after the kill: a later try had the PDF
+        {"downloads": ()},  # never downloaded: the retry did not fail for want of the PDF
+        {"cut_try": None},  # no kill cut a try of this fetch (another worker's kill, or none ran it)
+        {"try_number": 1},  # the try the kill cut is the one that failed: no retry ran
     ],
     ids=lambda miss: ",".join(f"{k}={v}" for k, v in miss.items()),
 )
 def test_a_scriptx_fetch_failed_otherwise_still_fails_the_check(near_miss: dict[str, Any]) -> None:
     out, tis, returned, jobs, calls = records(**near_miss)
     assert collected_by_a_killed_try(out, tis, returned, jobs, calls) == {}
-    if near_miss != {"fetch_state": "success"}:
-        check = check_runs(out, {(MAPPED, RUN): "failed"}, tis, returned, jobs, calls, now=200.0)
-        assert not check.ok
-        assert "scriptx_fetch[2] failed try 3" in check.detail, "the task that failed the run is named"
+    check = check_runs(out, {(MAPPED, RUN): "failed"}, tis, returned, jobs, calls, now=200.0)
+    assert not check.ok
+    assert f"scriptx_fetch[2] failed try {tis[FETCH]['try_number']}" in check.detail, "the task is named"
+
+
+def test_a_lost_pdf_excuses_nothing_else_that_failed_in_its_run() -> None:
+    """Another task of the same run that failed (an OL Connect fetch whose retry failed too) is still wrong."""
+    other: TI = (MAPPED, RUN, "olconnect_fetch", 4)
+    out, tis, returned, jobs, calls = records(other={other: "failed"})
+    assert set(collected_by_a_killed_try(out, tis, returned, jobs, calls)) == {FETCH}
+    check = check_runs(out, {(MAPPED, RUN): "failed"}, tis, returned, jobs, calls, now=200.0)
+    assert not check.ok
+    assert "olconnect_fetch[4] failed" in check.detail
+    assert "worker kill" in check.detail, "the excuse it did find is said too"

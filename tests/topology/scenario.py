@@ -113,6 +113,8 @@ class Outcome:
     #: the waits the killed triggerer held, with their try number then
     moved: dict[tuple[str, str, str, int], int] = field(default_factory=dict)
     worker_kills: list[tuple[str, str, float]] = field(default_factory=list)  # (what, worker, when)
+    #: every task try a worker kill cut (the killed worker ran it then): TI -> (its try number, when killed)
+    cut_tries: dict[tuple[str, str, str, int], tuple[int, float]] = field(default_factory=dict)
     submit_cut_job: str | None = None
     #: the TriggererJob id of the triggerer killed, whether it ran the asset watcher, and when (epoch seconds)
     dead_triggerer: int | None = None
@@ -278,8 +280,14 @@ def kill_worker_running(topo: Topology, out: Outcome, ti: TI, what: str) -> bool
     worker = topo.worker_running(info["pid"])
     if worker is None:
         return False
+    running = {key: ti_info for key, ti_info in task_instances(topo).items() if ti_info["state"] == "running"}
+    cut = {
+        key: ti_info["try_number"] for key, ti_info in running.items() if topo.worker_running(ti_info["pid"]) == worker
+    }
     topo.kill(worker)
-    out.worker_kills.append((what, worker, time.time()))
+    when = time.time()
+    out.worker_kills.append((what, worker, when))
+    out.cut_tries.update({key: (try_number, when) for key, try_number in cut.items()})
     out.note(f"SIGKILL {worker} {what} ({ti[2]}[{ti[3]}]); a new {worker} starts")
     topo.start_worker(worker)
     return True
@@ -524,9 +532,13 @@ def check_all(topo: Topology, out: Outcome) -> None:
     ):
         out.checks.append(check)
     out.figures = figures(topo, out, tis, returned, jobs)
-    for ti, info in tis.items():  # a task that failed a run that should have succeeded says why
-        if out.runs.get(ti[:2]) == "success" and info["state"] not in ("success", "skipped"):
+    # the tasks that failed a run that should have succeeded say why (the report comes first, whatever this does)
+    failed = [ti for ti, info in tis.items() if info["state"] == "failed" and expects_success(out, ti)]
+    for ti in failed[:EVIDENCE_TASKS]:
+        try:
             out.note(f"evidence: {failure_evidence(topo, ti)}")
+        except Exception as exc:
+            out.note(f"evidence: {'/'.join(map(str, ti))}: not read ({type(exc).__name__}: {exc})")
 
 
 def waiting_tasks(tis: dict[TI, dict[str, Any]]) -> dict[TI, str]:
@@ -553,6 +565,15 @@ def unsuccessful(tis: dict[TI, dict[str, Any]], dag: str, run: str) -> str:
     )
 
 
+#: how many failed tasks' evidence a report prints at most
+EVIDENCE_TASKS = 10
+
+
+def expects_success(out: Outcome, ti: TI) -> bool:
+    """Whether ``ti``'s run should succeed: one the scenario triggered for that, or one the asset watcher started."""
+    return out.runs.get(ti[:2]) == "success" or ti[0] == WATCHER_DAG
+
+
 def task_log_folder(topo: Topology, ti: TI) -> Path:
     """Where a task instance's logs are: its tries' ``attempt=N.log``, and each triggerer's trigger log beside."""
     dag_id, run_id, task_id, map_index = ti
@@ -566,64 +587,93 @@ def failure_evidence(topo: Topology, ti: TI) -> str:
     folder = task_log_folder(topo, ti)
     said = []
     for log in sorted(folder.glob("attempt=*.log")):
-        errors = []
-        for line in log.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and str(record.get("level", "")).lower() in ("error", "critical"):
-                errors.append(str(record.get("event", ""))[:300])
-        said.append(f"{log.name}: {errors[-1] if errors else 'no error line'}")
+        errors = [
+            record for record in log_records(log) if str(record.get("level", "")).lower() in ("error", "critical")
+        ]
+        said.append(f"{log.name}: {error_line(errors[-1]) if errors else 'no error line'}")
     events = query(
         topo,
-        "SELECT event, extra FROM log WHERE dag_id = %s AND run_id = %s AND task_id = %s AND map_index = %s "
-        "AND event NOT IN ('running', 'success', 'deferred') ORDER BY dttm",
+        "SELECT try_number, event, extra FROM log WHERE dag_id = %s AND run_id = %s AND task_id = %s "
+        "AND map_index = %s AND event NOT IN ('running', 'success', 'deferred') ORDER BY dttm",
         *ti,
     )
-    said += [f"log table: {event} {str(extra or '')[:200]}" for event, extra in events]
+    said += [f"log table, try {try_number}: {event} {str(extra or '')[:200]}" for try_number, event, extra in events]
     return f"{'/'.join(map(str, ti))}: " + " | ".join(said)
+
+
+def log_records(log: Path) -> list[dict[str, Any]]:
+    """A task or trigger log's JSON lines (Airflow 3 writes one object a line; anything else is left out)."""
+    records = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def error_line(record: dict[str, Any]) -> str:
+    """An error record's event, with the exception it carries (Airflow 3.3 moves a failed task's exception into
+    ``error_detail``: its event says only "Task failed with exception")."""
+    text = str(record.get("event", ""))
+    detail = record.get("error_detail")
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):  # structlog's: the raised one first
+        text += f": {detail[0].get('exc_type')}: {detail[0].get('exc_value')}"
+    return text[:400]
 
 
 def collected_by_a_killed_try(
     out: Outcome, tis: dict[TI, dict[str, Any]], returned: dict[TI, Any], jobs: dict[str, Any], calls: list[Call]
 ) -> dict[TI, str]:
-    """ScriptX fetches whose PDF a try that a worker kill cut had already collected. ScriptX serves a PDF once (then
-    404 "already collected"), so the retry cannot have it and the task fails, as it must: a worker killed mid-fetch
-    kills every task it runs, and a ScriptX fetch among them, past its download, loses its run (CI, 2026-12-06: the
-    run failed on one fetch, 74 of 75 fetches done). Counted only with the evidence: the PDF served whole, a worker
-    killed after that, and a later download refused."""
+    """ScriptX fetches whose PDF a try that a worker kill cut had already collected: ScriptX serves a PDF once, so
+    the task fails, as it must (since 7fb368a at once, without retrying). A worker killed mid-fetch kills every
+    task it runs; likely (not reproduced) what failed one mapped run in CI at b0ac230, every wait right and 74 of
+    75 fetches done. Only on the evidence: the fetch's try was running on the killed worker when it was killed;
+    every download of the PDF began before that kill and one of them went out whole (the emulator's ``collected``;
+    the killed worker's connection cannot finish one after it); a later download or status read ended the
+    task."""
     fetches = {(MAPPED, "scriptx_fetch"): "scriptx_submit"} | {
         (dag, names[3]): names[1] for dag, names in EXAMPLES.items() if names[0] == "scriptx"
     }
-    kills = [when for _, _, when in out.worker_kills]
     lost = {}
     for ti, info in tis.items():
         dag, run, task, index = ti
         submit = fetches.get((dag, task))
-        if submit is None or info["state"] != "failed":
+        cut = out.cut_tries.get(ti)
+        if submit is None or cut is None or info["state"] != "failed" or info["try_number"] <= cut[0]:
             continue
         job_id = str(returned.get((dag, run, submit, index)) or out.job_ids.get((dag, run, submit, index)))
         job = jobs.get(job_id)
-        if job is None or not job.collected:
-            continue
-        downloads = [c for c in calls if c.job_id == job_id and "/download/" in c.path]
-        served = min((c.ts for c in downloads if c.status == 200), default=math.inf)
-        refused = max((c.ts for c in downloads if c.status == 404), default=-math.inf)
-        if any(served < when < refused for when in kills):
+        downloads = [c.ts for c in calls if c.job_id == job_id and "/download/" in c.path and c.status == 200]
+        if job is not None and job.collected and downloads and max(downloads) < cut[1]:
             lost[ti] = f"{dag}/{run}/{task}[{index}] (job {job_id})"
     return lost
 
 
 def check_runs(
-    out: Outcome, states: dict[Any, str], tis: Any, returned: Any, jobs: Any, calls: list[Call], now: float
+    out: Outcome,
+    states: dict[tuple[str, str], str],
+    tis: dict[TI, dict[str, Any]],
+    returned: dict[TI, Any],
+    jobs: dict[str, Any],
+    calls: list[Call],
+    now: float,
 ) -> Check:
-    # a run that lost a ScriptX PDF to a worker kill fails, as it must (collected_by_a_killed_try)
+    # A run that lost a ScriptX PDF to a worker kill fails, as it must (collected_by_a_killed_try), when that is
+    # all that went wrong in it: any other task that did not succeed there still fails the check.
     lost = collected_by_a_killed_try(out, tis, returned, jobs, calls)
+    excused = {
+        key
+        for key in {ti[:2] for ti in lost}
+        if {ti for ti, info in tis.items() if ti[:2] == key and info["state"] not in ("success", "skipped")}
+        <= set(lost)
+    }
     expected = {
         **{key: "success" for key in states if key[0] == WATCHER_DAG},
         **out.runs,
-        **{ti[:2]: "failed" for ti in lost},
+        **{key: "failed" for key in excused},
     }
     wrong = [
         f"{dag}/{run} {states.get((dag, run))} (expected {want}: {unsuccessful(tis, dag, run)})"
@@ -640,12 +690,10 @@ def check_runs(
         if tis[ti]["state"] != want:
             wrong.append(f"{'/'.join(map(str, ti))} is {tis[ti]['state']}, its job {job_id} {truth}")
     n = len(waiting_tasks(tis))
-    lost_line = f"; failed, a try a worker kill cut had their ScriptX PDF: {sorted(lost.values())}" if lost else ""
-    return Check(
-        "every task ends in its job's true state",
-        not wrong,
-        "; ".join(wrong[:8]) or f"{len(out.runs)} runs, {n} waits{lost_line}",
-    )
+    said = wrong[:8] or [f"{len(out.runs)} runs, {n} waits"]
+    if lost:
+        said.append(f"failed, a try a worker kill cut had their ScriptX PDF: {sorted(lost.values())}")
+    return Check("every task ends in its job's true state", not wrong, "; ".join(said))
 
 
 #: seconds between a submit's answer and its task's record of the job id (XCom) that a worker kill may fall in
@@ -763,11 +811,8 @@ def kill_evidence(topo: Topology, ti: TI) -> str:
     folder = task_log_folder(topo, ti)
     said = []
     for log in sorted(folder.glob("attempt=*.log.trigger.*.log")):
-        for line in log.read_text(errors="replace").splitlines():
-            try:
-                event = str(json.loads(line).get("event", ""))
-            except ValueError:
-                event = line
+        for record in log_records(log):
+            event = str(record.get("event", ""))
             if any(word in event.lower() for word in KILL_WORDS):
                 said.append(f"[{log.name.rpartition('.trigger.')[2].removesuffix('.log')}] {event[:160]}")
     return " | ".join(said[-3:]) or "no trigger log line about the kill"
