@@ -662,13 +662,14 @@ async def test_a_cancel_sent_again_while_the_poller_gives_its_session_back_does_
     assert reader.closed, "the session was given back whole"
 
 
-@pytest.mark.parametrize("cancelled", ["before the close", "during the close"])
+@pytest.mark.parametrize("cancelled", ["before the close", "during the close", "never"])
 async def test_a_session_close_that_fails_is_logged_and_never_replaces_the_kill(
     cancelled: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The hook's share of the session fails to go back (the session's close raised): that is logged, and the
     wait's cancel, message and all, goes on. Raised instead, a close's failure in the wait's ``finally`` took the
-    place of Airflow's kill (no ``on_kill``, an error event for a wait that was killed)."""
+    place of Airflow's kill (no ``on_kill``, an error event for a wait that was killed); with no kill, it turned a
+    wait's end into an error event."""
 
     class FailsToClose(SlowToClose):
         async def aclose(self) -> None:
@@ -677,15 +678,20 @@ async def test_a_session_close_that_fails_is_logged_and_never_replaces_the_kill(
 
     reader = FailsToClose(3)
     task = asyncio.ensure_future(_wait_then_close(reader, seconds=30 if cancelled == "before the close" else 0))
-    if cancelled == "before the close":
-        await asyncio.sleep(0.05)
-    else:
-        await reader.closing.wait()
-    task.cancel("user action")
-    with caplog.at_level(logging.WARNING), pytest.raises(asyncio.CancelledError) as kill:
-        await task
-    assert kill.value.args == ("user action",)
+    with caplog.at_level(logging.WARNING):
+        if cancelled == "never":
+            await task  # raises nothing
+        else:
+            if cancelled == "before the close":
+                await asyncio.sleep(0.05)
+            else:
+                await reader.closing.wait()
+            task.cancel("user action")
+            with pytest.raises(asyncio.CancelledError) as kill:
+                await task
+            assert kill.value.args == ("user action",)
     assert reader.closed
+    assert "RuntimeError" in caplog.text
     assert "the session's close failed" in caplog.text
 
 

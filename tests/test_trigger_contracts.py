@@ -9,7 +9,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -190,7 +190,9 @@ async def test_on_kill_waits_for_a_slow_answer_while_the_cancel_still_fits(
 USER_ACTION = "__airflow_user_action__"
 
 
-async def run_like_airflow(trig: JobProgressTrigger, resend_every: float) -> None:
+async def run_like_airflow(
+    trig: JobProgressTrigger, resend_every: float, kill_when: Callable[[], Awaitable[object]] | None = None
+) -> None:
     """A trigger run as Airflow 3.3.2's triggerer runs it when a user kills its task (``TriggerRunner.run_trigger``
     and ``arun`` in airflow/jobs/triggerer_job_runner.py): the task is cancelled with ``USER_ACTION``; on that
     message ``on_kill`` runs under ``wait_for(on_kill_timeout)``, a CancelledError of it swallowed; ``cleanup`` in
@@ -211,7 +213,7 @@ async def run_like_airflow(trig: JobProgressTrigger, resend_every: float) -> Non
                 await trig.cleanup()
 
     task = asyncio.ensure_future(run_trigger())
-    await asyncio.sleep(1.0)  # the wait under way
+    await (kill_when() if kill_when is not None else asyncio.sleep(1.0))  # by default: the wait under way
     while not task.done():
         task.cancel(USER_ACTION)
         await asyncio.wait({task}, timeout=resend_every)
@@ -242,33 +244,72 @@ async def test_a_kill_cancels_the_job_though_airflow_sends_the_cancel_again_ever
     assert trig._hooks == [], "the hooks were given back"
 
 
+class SlowRelease:
+    """The hooks' ``aclose`` made slow (as the last share's session close, waiting on its connections), noting
+    which hooks began giving their share back and which finished."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.giving_back: list[OLConnectHook] = []
+        self.given_back: list[OLConnectHook] = []
+        self._waiting: dict[int, asyncio.Event] = {}
+        release = OLConnectHook.aclose
+
+        async def slow_release(hook: OLConnectHook) -> None:
+            self.giving_back.append(hook)
+            for n, event in self._waiting.items():
+                if len(self.giving_back) >= n:
+                    event.set()
+            await asyncio.sleep(0.3)  # re-sent cancels land meanwhile
+            await release(hook)
+            self.given_back.append(hook)
+
+        monkeypatch.setattr(OLConnectHook, "aclose", slow_release)
+
+    async def began(self, n: int) -> None:
+        """Until ``n`` hooks have begun giving their share back."""
+        event = self._waiting.setdefault(n, asyncio.Event())
+        if len(self.giving_back) >= n:
+            event.set()
+        await event.wait()
+
+
 async def test_a_kill_with_nothing_to_cancel_still_gives_its_session_back_through_re_sent_cancels(
     emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch, triggerer: Triggerer
 ) -> None:
     """A killed wait with no kill work (it does not own its job, or its job has ended) still gives its hooks'
     sessions back in ``cleanup`` while Airflow sends the kill's cancel again every second: a release cut short there
-    leaves the shared session held (the hook forgets its lease before it gives it back)."""
+    leaves the shared session held (the last share's close cut off)."""
     emulator.set_next_scenario("olconnect", Scenario(steps=100))
     job_id = submit("olconnect")
     trig = trigger("olconnect", job_id, cancel_on_kill=False)  # as for a job already ended: no kill work
     trig.task_instance = triggerer.task_instance("failed")
-    giving_back: list[OLConnectHook] = []
-    given_back: list[OLConnectHook] = []
-    release = OLConnectHook.aclose
-
-    async def slow_release(hook: OLConnectHook) -> None:
-        giving_back.append(hook)
-        await asyncio.sleep(0.3)  # an aiohttp close waiting on its connections: re-sent cancels land meanwhile
-        await release(hook)
-        given_back.append(hook)
-
-    monkeypatch.setattr(OLConnectHook, "aclose", slow_release)
+    slow = SlowRelease(monkeypatch)
+    giving_back, given_back = slow.giving_back, slow.given_back
     await run_like_airflow(trig, resend_every=0.05)
     # two hooks: the wait's own, and its connection's poller's (given back when the poller closes)
     assert len(giving_back) == 2
     assert given_back == giving_back, "every hook that began giving its session back finished"
     assert trig._hooks == []
     assert emulator.count("POST", f"/cancel/{job_id}") == 0
+
+
+async def test_a_kill_just_after_the_event_still_gives_the_session_back(
+    emulator: VendorEmulator, monkeypatch: pytest.MonkeyPatch, triggerer: Triggerer
+) -> None:
+    """The job ended and the wait gives its hooks back before its event; a user's kill lands just then, and
+    Airflow sends it again every second. That release, cut short, had already handed the hooks over, so
+    ``cleanup`` found none to give back: the shared session stayed held."""
+    emulator.set_next_scenario("olconnect", Scenario(steps=1))
+    job_id = submit("olconnect")
+    trig = trigger("olconnect", job_id, cancel_on_kill=False)
+    trig.task_instance = triggerer.task_instance("failed")
+    slow = SlowRelease(monkeypatch)
+
+    # the poller's hook goes back first (inside the wait), then the wait's own in run(), before the event
+    await run_like_airflow(trig, resend_every=0.05, kill_when=lambda: slow.began(2))
+    assert len(slow.giving_back) == 2
+    assert slow.given_back == slow.giving_back, "every hook that began giving its session back finished"
+    assert trig._hooks == []
 
 
 @pytest.mark.parametrize("ending", ["returns", "raises", "is cancelled"])

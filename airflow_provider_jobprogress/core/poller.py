@@ -225,7 +225,7 @@ class JobPoller:
 
     async def aclose(self) -> None:
         """Stop the cycle and any listing under way (a listing left running would take a session again after
-        its hook gave it back), then give back the hook's share of the session (a failure to is logged); then
+        its hook gave it back), then give back the hook's share of the session (logging a failure to); then
         raise a cancel of the closing task that came meanwhile."""
         self._closed = True
         closer = asyncio.current_task()
@@ -252,7 +252,7 @@ class JobPoller:
         came = await outlast_cancels(closing)
         failed = None if closing.cancelled() else closing.exception()
         if failed is not None:
-            log.warning("%s: giving back the poller's session failed: %s", self.name, failed)
+            log.warning("%s: giving back the poller's session failed: %s: %s", self.name, type(failed).__name__, failed)
         if cancels == 0:
             own = own or came
             if own is not None:

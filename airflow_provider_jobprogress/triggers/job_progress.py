@@ -198,12 +198,17 @@ class JobProgressTrigger(BaseTrigger):
         cancel still goes out on the session, pool and token the wait held (a kill's work still under way is waited
         for first: on Python 3.11 Airflow's re-sent cancel ends its ``wait_for`` of ``on_kill`` early)."""
         # Airflow sends a kill's cancel again every second until the trigger has ended, whether or not the kill has
-        # work (a wait that does not own its job has none): the kill's work, then the hooks' release (a session's
-        # close cut short would leave it and the other hooks held), outlast them.
+        # work (a wait that does not own its job has none): the kill's work, then the hooks' release, outlast them.
         if self._killing is not None:
             await outlast_cancels(self._killing)  # raises neither a cancel nor anything of the work
-        if self._hooks:  # none after an event: run() gave them back
-            await outlast_cancels(asyncio.get_running_loop().create_task(self._release_hooks()))
+        await self._give_back()
+
+    async def _give_back(self) -> asyncio.CancelledError | None:
+        """Release the hooks in a task of its own that cancels of this one do not cut (a session's close cut short
+        would leave it and the other hooks held); the first such cancel, for the caller to raise or not."""
+        if not self._hooks:
+            return None
+        return await outlast_cancels(asyncio.get_running_loop().create_task(self._release_hooks()))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # Exactly one event, whatever happens: Airflow only says "exited without sending an event" otherwise.
@@ -212,8 +217,11 @@ class JobProgressTrigger(BaseTrigger):
         except Exception as exc:  # the one place where anything unplanned becomes an event
             event = self._error_event(exc)
         # The wait is over: give back what it held before the event too, since dag.test() runs a trigger only
-        # to its first event and calls no cleanup() (cancelled, it is cleanup() that gives it back).
-        await self._release_hooks()
+        # to its first event and calls no cleanup() (cancelled, it is cleanup() that gives it back). A kill that
+        # lands meanwhile waits for the release, then ends the trigger as it came (message and all).
+        came = await self._give_back()
+        if came is not None:
+            raise came
         yield event
 
     async def _wait(self) -> TriggerEvent:
