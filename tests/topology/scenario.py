@@ -288,7 +288,7 @@ def kill_worker_running(topo: Topology, out: Outcome, ti: TI, what: str) -> bool
     when = time.time()
     out.worker_kills.append((what, worker, when))
     out.cut_tries.update({key: (try_number, when) for key, try_number in cut.items()})
-    out.note(f"SIGKILL {worker} {what} ({ti[2]}[{ti[3]}]); a new {worker} starts")
+    out.note(f"SIGKILL {worker} {what} ({ti[2]}[{ti[3]}]), cutting {len(cut)} task tries; a new {worker} starts")
     topo.start_worker(worker)
     return True
 
