@@ -225,7 +225,7 @@ class JobPoller:
 
     async def aclose(self) -> None:
         """Stop the cycle and any listing under way (a listing left running would take a session again after
-        its hook gave it back), then give back the hook's share of the session (logging a failure to); then
+        its hook gave it back), then give back the hook's share of the session (a failure is logged, not raised); then
         raise a cancel of the closing task that came meanwhile."""
         self._closed = True
         closer = asyncio.current_task()

@@ -135,6 +135,7 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         self._outcome(progress)  # failed / cancelled jobs fail the task here, with the vendor's message
         gone = self._gone(progress)
         if gone is not None and spec is None:
+            self.log.error("%s", gone)
             raise gone
         self._fetched_job_id = job_id
         parts = self.hook.xcom_result_parts(job_id) if spec is None else self.hook.result_parts(job_id)
@@ -157,7 +158,6 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         error = JobNotFoundError(
             progress.vendor, progress.job_id, why, hint="No retry can fetch it: submit the job again to have it"
         )
-        self.log.error("%s", error)
         failure = AirflowFailException(str(error))
         failure.__cause__ = error  # as ``raise failure from error`` would, where it is raised
         failure.__suppress_context__ = True
@@ -235,6 +235,7 @@ class FetchJobResultOperator(JobWaitMixin, BaseOperator):
         stored: list[StoredFile] = []
         with landing(store, marker=marker):
             if gone is not None:  # raised once the store cleared what a killed try of this fetch left
+                self.log.error("%s", gone)
                 raise gone
             for part, name in zip(parts, names, strict=True):
                 stored.append(self._land(store, book, job_id, part, name))

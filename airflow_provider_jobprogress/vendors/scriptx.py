@@ -51,6 +51,8 @@ JOB_STATUS: dict[int, tuple[str, JobState]] = {
     -1: ("ItemError", JobState.FAILED),
     -2: ("Abandoned", JobState.CANCELLED),
 }
+#: what status 100 (Collected) means for a fetch
+COLLECTED_MESSAGE = "output already collected: the PDF was downloaded before and is gone from the server"
 #: PrintRequestStatus codes answered by the print call
 QUEUED_TO_DEVICE, QUEUED_TO_FILE, SOFT_ERROR, OK, NOT_SET = 1, 2, 3, 4, 0
 #: our job id for a print the service finished when it was submitted (status 4, no job identifier)
@@ -176,7 +178,7 @@ class ScriptXApi(VendorApi):
 
     def result_gone(self, progress: JobProgress) -> str | None:
         # 100 Collected: the PDF was downloaded whole before (the service serves it once)
-        return progress.message if progress.step == JOB_STATUS[100][0] else None
+        return COLLECTED_MESSAGE if progress.step == JOB_STATUS[100][0] else None
 
     def results(self, job_id: str) -> Flow[list[ResultPart]]:
         if job_id.startswith(DONE_AT_SUBMIT):
@@ -204,7 +206,7 @@ def parse_status(data: Any, job_id: str) -> JobProgress:
     name, state = JOB_STATUS[code]
     message = str(data.get("message") or "") or None
     if code == 100:
-        message = "output already collected: the PDF was downloaded before and is gone from the server"
+        message = COLLECTED_MESSAGE
     return JobProgress(vendor, job_id, state, step=name, message=message, raw=data)
 
 

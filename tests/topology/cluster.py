@@ -129,8 +129,9 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def ancestors(pid: int) -> list[int]:
-    parents, chain = _parents(), []
+def ancestors(pid: int, parents: dict[int, int] | None = None) -> list[int]:
+    """``pid`` and its ancestors, from ``parents`` (``pid -> parent``; read now when not given)."""
+    parents, chain = parents if parents is not None else _parents(), []
     while pid in parents and pid > 1:
         chain.append(pid)
         pid = parents[pid]
@@ -488,16 +489,22 @@ class Topology:
         kill_tree(self.dep.procs[name].pid)
         self.dep.kill(name)
 
-    def worker_running(self, pid: int | None) -> str | None:
-        """The Celery worker a task process ``pid`` runs under."""
+    def worker_running(self, pid: int | None, parents: dict[int, int] | None = None) -> str | None:
+        """The Celery worker a task process ``pid`` runs under (``parents``: one reading of the process table for
+        many questions, ``process_parents()``)."""
         if not pid:
             return None
-        chain = set(ancestors(pid))
+        chain = set(ancestors(pid, parents))
         for name in self.workers:
             proc = self.dep.procs.get(name)
             if proc is not None and proc.pid in chain:
                 return name
         return None
+
+    @staticmethod
+    def process_parents() -> dict[int, int]:
+        """``pid -> parent pid`` of every live process, read once."""
+        return _parents()
 
     def restart(self, name: str) -> None:
         self.account(name)

@@ -101,6 +101,15 @@ class Check:
         return f"{'PASS' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
 
 
+@dataclass(frozen=True)
+class CutTry:
+    """A task try a worker kill cut: its number, when it started and when it was killed (epoch seconds)."""
+
+    number: int
+    started: float
+    killed: float
+
+
 @dataclass
 class Outcome:
     """What happened, for the checks and the figures."""
@@ -113,8 +122,8 @@ class Outcome:
     #: the waits the killed triggerer held, with their try number then
     moved: dict[tuple[str, str, str, int], int] = field(default_factory=dict)
     worker_kills: list[tuple[str, str, float]] = field(default_factory=list)  # (what, worker, when)
-    #: every task try a worker kill cut (the killed worker ran it then): TI -> (its try number, when killed)
-    cut_tries: dict[tuple[str, str, str, int], tuple[int, float]] = field(default_factory=dict)
+    #: every task try a worker kill cut (the killed worker ran it then)
+    cut_tries: dict[tuple[str, str, str, int], CutTry] = field(default_factory=dict)
     submit_cut_job: str | None = None
     #: the TriggererJob id of the triggerer killed, whether it ran the asset watcher, and when (epoch seconds)
     dead_triggerer: int | None = None
@@ -280,14 +289,16 @@ def kill_worker_running(topo: Topology, out: Outcome, ti: TI, what: str) -> bool
     worker = topo.worker_running(info["pid"])
     if worker is None:
         return False
+    # every try the kill cuts, read as close to the kill as can be (one reading of the process table)
     running = {key: ti_info for key, ti_info in task_instances(topo).items() if ti_info["state"] == "running"}
-    cut = {
-        key: ti_info["try_number"] for key, ti_info in running.items() if topo.worker_running(ti_info["pid"]) == worker
-    }
+    parents = topo.process_parents()
+    cut = {key: ti_info for key, ti_info in running.items() if topo.worker_running(ti_info["pid"], parents) == worker}
     topo.kill(worker)
     when = time.time()
     out.worker_kills.append((what, worker, when))
-    out.cut_tries.update({key: (try_number, when) for key, try_number in cut.items()})
+    out.cut_tries.update(
+        {key: CutTry(ti_info["try_number"], ti_info["start_date"].timestamp(), when) for key, ti_info in cut.items()}
+    )
     out.note(f"SIGKILL {worker} {what} ({ti[2]}[{ti[3]}]), cutting {len(cut)} task tries; a new {worker} starts")
     topo.start_worker(worker)
     return True
@@ -521,7 +532,7 @@ def check_all(topo: Topology, out: Outcome) -> None:
     out.job_ids = xcoms(topo, "job_id")
     now = time.monotonic()
     for check in (
-        check_runs(out, states, tis, returned, jobs, calls, now),
+        check_runs(out, states, tis, returned, jobs, calls, now, last_errors(topo, tis)),
         check_submits(out, returned, jobs, calls),
         check_clears(out, returned, calls),
         check_triggerer(topo, out, tis),
@@ -532,8 +543,8 @@ def check_all(topo: Topology, out: Outcome) -> None:
     ):
         out.checks.append(check)
     out.figures = figures(topo, out, tis, returned, jobs)
-    # the tasks that failed a run that should have succeeded say why (the report comes first, whatever this does)
-    failed = [ti for ti, info in tis.items() if info["state"] == "failed" and expects_success(out, ti)]
+    # the tasks that did not succeed in a run that should have say why (the report comes first, whatever this does)
+    failed = [ti for ti, info in tis.items() if info["state"] not in WELL and expects_success(out, ti)]
     for ti in failed[:EVIDENCE_TASKS]:
         try:
             out.note(f"evidence: {failure_evidence(topo, ti)}")
@@ -567,6 +578,23 @@ def unsuccessful(tis: dict[TI, dict[str, Any]], dag: str, run: str) -> str:
 
 #: how many failed tasks' evidence a report prints at most
 EVIDENCE_TASKS = 10
+#: the end states of a task that did not go wrong
+WELL = ("success", "skipped")
+
+
+def last_errors(topo: Topology, tis: dict[TI, dict[str, Any]]) -> dict[TI, str]:
+    """Each failed task's last error line, from its last try's log ("" when it logged none or cannot be read)."""
+    found = {}
+    for ti, info in tis.items():
+        if info["state"] != "failed":
+            continue
+        log = task_log_folder(topo, ti) / f"attempt={info['try_number']}.log"
+        try:
+            errors = [r for r in log_records(log) if str(r.get("level", "")).lower() in ("error", "critical")]
+        except OSError:
+            errors = []
+        found[ti] = error_line(errors[-1]) if errors else ""
+    return found
 
 
 def expects_success(out: Outcome, ti: TI) -> bool:
@@ -625,15 +653,20 @@ def error_line(record: dict[str, Any]) -> str:
 
 
 def collected_by_a_killed_try(
-    out: Outcome, tis: dict[TI, dict[str, Any]], returned: dict[TI, Any], jobs: dict[str, Any], calls: list[Call]
+    out: Outcome,
+    tis: dict[TI, dict[str, Any]],
+    returned: dict[TI, Any],
+    jobs: dict[str, Any],
+    calls: list[Call],
+    last_errors: dict[TI, str],
 ) -> dict[TI, str]:
     """ScriptX fetches whose PDF a try that a worker kill cut had already collected: ScriptX serves a PDF once, so
     the task fails, as it must (since 7fb368a at once, without retrying). A worker killed mid-fetch kills every
     task it runs; likely (not reproduced) what failed one mapped run in CI at b0ac230, every wait right and 74 of
     75 fetches done. Only on the evidence: the fetch's try was running on the killed worker when it was killed;
-    every download of the PDF began before that kill and one of them went out whole (the emulator's ``collected``;
-    the killed worker's connection cannot finish one after it); a later download or status read ended the
-    task."""
+    every download of the PDF began while that try ran (after it started, before the kill) and one of them went
+    out whole (the emulator's ``collected``; the killed worker's connection cannot finish one after it); the next
+    try, the last, failed saying the output was already collected (``last_errors``: its log's last error)."""
     fetches = {(MAPPED, "scriptx_fetch"): "scriptx_submit"} | {
         (dag, names[3]): names[1] for dag, names in EXAMPLES.items() if names[0] == "scriptx"
     }
@@ -642,12 +675,15 @@ def collected_by_a_killed_try(
         dag, run, task, index = ti
         submit = fetches.get((dag, task))
         cut = out.cut_tries.get(ti)
-        if submit is None or cut is None or info["state"] != "failed" or info["try_number"] <= cut[0]:
+        if submit is None or cut is None or info["state"] != "failed" or info["try_number"] != cut.number + 1:
+            continue
+        if "already collected" not in last_errors.get(ti, ""):
             continue
         job_id = str(returned.get((dag, run, submit, index)) or out.job_ids.get((dag, run, submit, index)))
         job = jobs.get(job_id)
         downloads = [c.ts for c in calls if c.job_id == job_id and "/download/" in c.path and c.status == 200]
-        if job is not None and job.collected and downloads and max(downloads) < cut[1]:
+        while_cut = bool(downloads) and cut.started <= min(downloads) and max(downloads) < cut.killed
+        if job is not None and job.collected and while_cut:
             lost[ti] = f"{dag}/{run}/{task}[{index}] (job {job_id})"
     return lost
 
@@ -660,10 +696,11 @@ def check_runs(
     jobs: dict[str, Any],
     calls: list[Call],
     now: float,
+    last_errors: dict[TI, str] | None = None,
 ) -> Check:
     # A run that lost a ScriptX PDF to a worker kill fails, as it must (collected_by_a_killed_try), when that is
     # all that went wrong in it: any other task that did not succeed there still fails the check.
-    lost = collected_by_a_killed_try(out, tis, returned, jobs, calls)
+    lost = collected_by_a_killed_try(out, tis, returned, jobs, calls, last_errors or {})
     excused = {
         key
         for key in {ti[:2] for ti in lost}
